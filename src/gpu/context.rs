@@ -1,0 +1,202 @@
+//! The GPU context: adapter choice, device creation with the adapter's own limits, and the
+//! pipeline cache every launcher draws from.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::kernels::{self, Pipeline};
+
+/// How to choose the adapter.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backends to consider; `None` means the `WGPU_BACKEND` environment variable, else all.
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name (`--adapter`).
+    pub adapter: Option<String>,
+}
+
+/// Optional adapter features we request when present.
+pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+
+/// One device and queue plus everything created from them once.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    /// Why this adapter was chosen, for `info` and logs.
+    pub reason: String,
+    pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
+    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    /// Bound where an optional input (e.g. a missing bias) is unused by the kernel.
+    pub(crate) dummy: wgpu::Buffer,
+}
+
+/// Every adapter the selected backends offer, in preference order (best first).
+pub fn ranked_adapters(backends: wgpu::Backends) -> (wgpu::Instance, Vec<wgpu::Adapter>) {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    adapters.sort_by_key(|a| rank(&a.get_info()));
+    (instance, adapters)
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    // The GL backend is the last resort: fewer bindings, no f16 or subgroups, slow compiles.
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    };
+    (device, backend)
+}
+
+/// The backends to try: the caller's choice, else `WGPU_BACKEND`, else all compiled in.
+pub fn resolve_backends(requested: Option<wgpu::Backends>) -> wgpu::Backends {
+    requested
+        .or_else(wgpu::Backends::from_env)
+        .unwrap_or(wgpu::Backends::all())
+}
+
+impl Gpu {
+    /// Chooses an adapter (high performance first) and creates the device.
+    pub fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let backends = resolve_backends(opts.backends);
+        let (_instance, adapters) = ranked_adapters(backends);
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(format!(
+                "no GPU adapter found (backends tried: {backends:?}); install a Vulkan driver \
+                 (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers` gives a software one) \
+                 or set WGPU_BACKEND=gl to use OpenGL"
+            )));
+        }
+        let (adapter, reason) = match &opts.adapter {
+            Some(want) => {
+                let needle = want.to_lowercase();
+                let found = adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&needle));
+                match found {
+                    Some(a) => (a, format!("its name matches --adapter {want:?}")),
+                    None => {
+                        let (_, all) = ranked_adapters(backends);
+                        let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                        return Err(Error::NoAdapter(format!(
+                            "no adapter name contains {want:?}; available: {}",
+                            names.join(", ")
+                        )));
+                    }
+                }
+            }
+            None => {
+                let count = adapters.len();
+                let a = adapters.into_iter().next().expect("checked non-empty");
+                let why = format!(
+                    "best of {count} adapter(s): discrete > integrated > virtual > CPU, \
+                     native API before GL"
+                );
+                (a, why)
+            }
+        };
+        Self::from_adapter(adapter, reason)
+    }
+
+    /// Creates the device on a given adapter with its own limits and our optional features.
+    pub fn from_adapter(adapter: wgpu::Adapter, reason: String) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let features = adapter.features() & OPTIONAL_FEATURES;
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("densenet-wgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            features,
+            limits,
+            reason,
+            pipelines: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            dummy,
+        })
+    }
+
+    /// The compute pipeline of a WGSL entry point, created on first use and cached.
+    pub(crate) fn pipeline(&self, entry: &'static str) -> Result<Arc<Pipeline>> {
+        if let Some(p) = self.pipelines.lock().expect("pipeline cache").get(entry) {
+            return Ok(p.clone());
+        }
+        let (shader, ep) = kernels::find_entry(entry)
+            .ok_or_else(|| Error::Device(format!("no WGSL entry point named {entry}")))?;
+        let module = self.module(shader)?;
+        let pipeline = Arc::new(kernels::create_pipeline(self, &module, shader, ep)?);
+        self.pipelines
+            .lock()
+            .expect("pipeline cache")
+            .insert(entry, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn module(&self, shader: &'static kernels::Shader) -> Result<Arc<wgpu::ShaderModule>> {
+        if let Some(m) = self.modules.lock().expect("module cache").get(shader.file) {
+            return Ok(m.clone());
+        }
+        let source = shader.full_source();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.file),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Device(format!("shader {}: {e}", shader.file)));
+        }
+        let module = Arc::new(module);
+        self.modules
+            .lock()
+            .expect("module cache")
+            .insert(shader.file, module.clone());
+        Ok(module)
+    }
+
+    /// Whether this adapter is a CPU implementation (llvmpipe, SwiftShader, WARP).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))
+    }
+}

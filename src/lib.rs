@@ -1,0 +1,20 @@
+//! densenet-wgpu: DenseNet training on any GPU with hand-written WGSL compute kernels.
+//!
+//! - [`gpu`]: adapter choice, device, buffers, readback.
+//! - [`kernels`]: the registry of WGSL entry points and the [`kernels::Dispatch`] every
+//!   launcher builds.
+//! - [`ops`]: one module per op: its params struct and its launchers.
+//! - [`reference`]: the same ops as plain Rust on the CPU, the truth the kernels are tested
+//!   against.
+//!
+//! Activations are channel-major, (C, N, H, W), so a dense block's concatenation is a
+//! contiguous channel range of one buffer (see DESIGN.md).
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod ops;
+pub mod reference;
+
+pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuBuffer, GpuOptions, View};

@@ -1,0 +1,303 @@
+//! 2-D convolution over channel-major (C, N, H, W) tensors: forward, backward-data,
+//! backward-weight (split-K) and backward-bias.
+//!
+//! Shapes (channel-major): x (C_in, N, H, W), weight (C_out, C_in, KH, KW) as in PyTorch,
+//! bias (C_out), y (C_out, N, P, Q) with P = (H + 2 PH - KH) / SH + 1, Q likewise.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::ensure_shape;
+use crate::error::Result;
+use crate::gpu::{Gpu, View};
+use crate::kernels::{dispatch, dispatch_workgroups, Access::*, Dispatch, Entry, Shader};
+
+/// Shapes of one convolution, also its uniform (binding 0). Build with [`Conv2dParams::new`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Conv2dParams {
+    pub n: u32,
+    pub c_in: u32,
+    pub h: u32,
+    pub w: u32,
+    pub c_out: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub kernel_h: u32,
+    pub kernel_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_h: u32,
+    pub pad_w: u32,
+    /// First element of x (and dx): a channel offset times N*H*W.
+    pub x_offset: u32,
+    /// First element of y (and dy): a channel offset times N*P*Q.
+    pub y_offset: u32,
+    pub has_bias: u32,
+    /// Split-K factor of the weight gradient; set by the launcher.
+    pub splits: u32,
+    /// Output pixels per split; set by the launcher.
+    pub chunk: u32,
+    pub _pad: [u32; 2],
+}
+
+const OP: &str = "conv2d";
+
+impl Conv2dParams {
+    /// `input` is (N, C_in, H, W) in PyTorch order; kernel, stride and padding are (h, w).
+    pub fn new(
+        input: [u32; 4],
+        c_out: u32,
+        kernel: (u32, u32),
+        stride: (u32, u32),
+        pad: (u32, u32),
+        bias: bool,
+    ) -> Result<Self> {
+        let [n, c_in, h, w] = input;
+        ensure_shape!(
+            n > 0 && c_in > 0 && h > 0 && w > 0 && c_out > 0,
+            OP,
+            "input {input:?} and output channels {c_out} must all be positive"
+        );
+        ensure_shape!(
+            kernel.0 > 0 && kernel.1 > 0 && stride.0 > 0 && stride.1 > 0,
+            OP,
+            "kernel {kernel:?} and stride {stride:?} must be positive"
+        );
+        ensure_shape!(
+            h + 2 * pad.0 >= kernel.0 && w + 2 * pad.1 >= kernel.1,
+            OP,
+            "kernel {kernel:?} is larger than the padded input {}x{}",
+            h + 2 * pad.0,
+            w + 2 * pad.1
+        );
+        Ok(Conv2dParams {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            out_h: (h + 2 * pad.0 - kernel.0) / stride.0 + 1,
+            out_w: (w + 2 * pad.1 - kernel.1) / stride.1 + 1,
+            kernel_h: kernel.0,
+            kernel_w: kernel.1,
+            stride_h: stride.0,
+            stride_w: stride.1,
+            pad_h: pad.0,
+            pad_w: pad.1,
+            x_offset: 0,
+            y_offset: 0,
+            has_bias: bias as u32,
+            splits: 1,
+            chunk: 1,
+            _pad: [0; 2],
+        })
+    }
+
+    /// Reads x at input channel `c` of a larger buffer (x's own channels start there).
+    pub fn with_x_channel_offset(mut self, c: u32) -> Self {
+        self.x_offset = c * self.n * self.h * self.w;
+        self
+    }
+
+    /// Writes y at output channel `c` of a larger buffer (in-place concatenation).
+    pub fn with_y_channel_offset(mut self, c: u32) -> Self {
+        self.y_offset = c * self.n * self.out_h * self.out_w;
+        self
+    }
+
+    pub fn x_len(&self) -> u64 {
+        self.c_in as u64 * self.n as u64 * self.h as u64 * self.w as u64
+    }
+    pub fn y_len(&self) -> u64 {
+        self.c_out as u64 * self.n as u64 * self.out_h as u64 * self.out_w as u64
+    }
+    pub fn weight_len(&self) -> u64 {
+        self.c_out as u64 * self.c_in as u64 * self.kernel_h as u64 * self.kernel_w as u64
+    }
+    /// Multiply-adds of the forward pass (each backward GEMM does as many).
+    pub fn macs(&self) -> u64 {
+        self.y_len() * self.c_in as u64 * self.kernel_h as u64 * self.kernel_w as u64
+    }
+
+    /// The split-K factor of the weight gradient: enough invocations to fill a large GPU,
+    /// at least 256 output pixels per split.
+    pub fn with_weight_splits(mut self) -> Self {
+        let npq = self.n * self.out_h * self.out_w;
+        let taps = self.c_in * self.kernel_h * self.kernel_w;
+        let tiles = taps.div_ceil(4) * self.c_out.div_ceil(4);
+        let splits = 32768u32.div_ceil(tiles).clamp(1, npq.div_ceil(256).max(1));
+        self.chunk = npq.div_ceil(splits);
+        self.splits = npq.div_ceil(self.chunk);
+        self
+    }
+
+    /// Elements of the workspace [`conv2d_backward_weight`] needs.
+    pub fn weight_workspace_len(&self) -> u64 {
+        self.with_weight_splits().splits as u64 * self.weight_len()
+    }
+
+    fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
+        ensure_shape!(
+            view.len >= need,
+            OP,
+            "{what} has {} elements but {self:?} needs {need}",
+            view.len
+        );
+        Ok(())
+    }
+}
+
+const PARAMS: usize = std::mem::size_of::<Conv2dParams>();
+
+pub static SHADER: Shader = Shader {
+    file: "conv2d.wgsl",
+    source: include_str!("../../shaders/conv2d.wgsl"),
+    entries: &[
+        Entry {
+            name: "conv2d_forward",
+            bindings: &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
+            workgroup_size: 64,
+            params_size: PARAMS,
+        },
+        Entry {
+            name: "conv2d_backward_data",
+            bindings: &[(2, Read), (5, Read), (6, ReadWrite)],
+            workgroup_size: 64,
+            params_size: PARAMS,
+        },
+        Entry {
+            name: "conv2d_backward_weight",
+            bindings: &[(1, Read), (5, Read), (7, ReadWrite)],
+            workgroup_size: 64,
+            params_size: PARAMS,
+        },
+        Entry {
+            name: "conv2d_backward_weight_reduce",
+            bindings: &[(8, Read), (9, ReadWrite)],
+            workgroup_size: 64,
+            params_size: PARAMS,
+        },
+        Entry {
+            name: "conv2d_backward_bias",
+            bindings: &[(5, Read), (10, ReadWrite)],
+            workgroup_size: 256,
+            params_size: PARAMS,
+        },
+    ],
+};
+
+fn tiles(a: u32, b: u32) -> u64 {
+    a.div_ceil(4) as u64 * b.div_ceil(4) as u64
+}
+
+/// y = conv(x, weight) + bias, written at `p.y_offset`.
+pub fn conv2d_forward(
+    gpu: &Gpu,
+    p: &Conv2dParams,
+    x: View<'_>,
+    weight: View<'_>,
+    bias: Option<View<'_>>,
+    y: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.check("x", &x, p.x_offset as u64 + p.x_len())?;
+    p.check("weight", &weight, p.weight_len())?;
+    p.check("y", &y, p.y_offset as u64 + p.y_len())?;
+    ensure_shape!(
+        bias.is_some() == (p.has_bias != 0),
+        OP,
+        "bias given: {}, but params say has_bias = {}",
+        bias.is_some(),
+        p.has_bias
+    );
+    if let Some(b) = &bias {
+        p.check("bias", b, p.c_out as u64)?;
+    }
+    let bias = bias.unwrap_or(View {
+        buffer: &gpu.dummy,
+        offset: 0,
+        len: 1,
+    });
+    let npq = p.n * p.out_h * p.out_w;
+    let d = dispatch(
+        gpu,
+        "conv2d_forward",
+        p,
+        &[(1, x), (2, weight), (3, bias), (4, y)],
+        tiles(npq, p.c_out),
+    )?;
+    Ok(vec![d])
+}
+
+/// dx += W^T * dy (the gradient of the input), accumulated at `p.x_offset`.
+pub fn conv2d_backward_data(
+    gpu: &Gpu,
+    p: &Conv2dParams,
+    dy: View<'_>,
+    weight: View<'_>,
+    dx: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
+    p.check("weight", &weight, p.weight_len())?;
+    p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
+    let nhw = p.n * p.h * p.w;
+    let d = dispatch(
+        gpu,
+        "conv2d_backward_data",
+        p,
+        &[(2, weight), (5, dy), (6, dx)],
+        tiles(nhw, p.c_in),
+    )?;
+    Ok(vec![d])
+}
+
+/// dweight += dy * im2col(x)^T, in two passes: split-K partial sums into `workspace`
+/// (at least [`Conv2dParams::weight_workspace_len`] elements), then their sum.
+pub fn conv2d_backward_weight(
+    gpu: &Gpu,
+    p: &Conv2dParams,
+    x: View<'_>,
+    dy: View<'_>,
+    workspace: View<'_>,
+    dweight: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    let p = p.with_weight_splits();
+    p.check("x", &x, p.x_offset as u64 + p.x_len())?;
+    p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
+    p.check("workspace", &workspace, p.weight_workspace_len())?;
+    p.check("dweight", &dweight, p.weight_len())?;
+    let taps = p.c_in * p.kernel_h * p.kernel_w;
+    let partials = dispatch(
+        gpu,
+        "conv2d_backward_weight",
+        &p,
+        &[(1, x), (5, dy), (7, workspace)],
+        tiles(taps, p.c_out) * p.splits as u64,
+    )?;
+    let reduce = dispatch(
+        gpu,
+        "conv2d_backward_weight_reduce",
+        &p,
+        &[(8, workspace), (9, dweight)],
+        p.weight_len(),
+    )?;
+    Ok(vec![partials, reduce])
+}
+
+/// dbias += dy summed over N, P, Q.
+pub fn conv2d_backward_bias(
+    gpu: &Gpu,
+    p: &Conv2dParams,
+    dy: View<'_>,
+    dbias: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
+    p.check("dbias", &dbias, p.c_out as u64)?;
+    let d = dispatch_workgroups(
+        gpu,
+        "conv2d_backward_bias",
+        p,
+        &[(5, dy), (10, dbias)],
+        p.c_out as u64,
+    )?;
+    Ok(vec![d])
+}

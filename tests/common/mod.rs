@@ -1,0 +1,106 @@
+//! Shared by the GPU tests: one device per test binary, seeded inputs whose seed is printed
+//! on failure, NaN-poisoned outputs, and the DESIGN.md tolerance check.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use densenet_wgpu::kernels::{submit, Dispatch};
+use densenet_wgpu::{Gpu, GpuBuffer, GpuOptions};
+
+/// Forward outputs: atol 1e-5 + rtol 1e-4 (DESIGN.md).
+pub const FWD: (f64, f64) = (1e-5, 1e-4);
+/// Gradients: atol 1e-4 + rtol 1e-3 (DESIGN.md).
+pub const GRAD: (f64, f64) = (1e-4, 1e-3);
+
+/// The device shared by every test of this binary. No adapter is a failure, never a skip.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new(&GpuOptions::default()) {
+        Ok(g) => g,
+        Err(e) => panic!("GPU tests need an adapter: {e}"),
+    })
+}
+
+/// A fresh seed per test run, or DENSENET_SEED to replay one.
+pub fn seed() -> u64 {
+    if let Ok(s) = std::env::var("DENSENET_SEED") {
+        return s.parse().expect("DENSENET_SEED must be an integer");
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
+}
+
+pub struct Rand {
+    pub seed: u64,
+    rng: fastrand::Rng,
+}
+
+impl Rand {
+    pub fn new() -> Self {
+        let seed = seed();
+        Rand {
+            seed,
+            rng: fastrand::Rng::with_seed(seed),
+        }
+    }
+    /// Uniform in [-1, 1).
+    pub fn vec(&mut self, len: u64) -> Vec<f32> {
+        (0..len).map(|_| self.rng.f32() * 2.0 - 1.0).collect()
+    }
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, len: u64, lo: f32, hi: f32) -> Vec<f32> {
+        (0..len).map(|_| lo + self.rng.f32() * (hi - lo)).collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        self.rng.u32(..n)
+    }
+}
+
+pub fn up(data: &[f32]) -> GpuBuffer {
+    gpu().upload("test input", data).unwrap()
+}
+
+pub fn up_u32(data: &[u32]) -> GpuBuffer {
+    gpu().upload("test input", data).unwrap()
+}
+
+/// An output buffer of `len` elements filled with NaN, so an unwritten element fails.
+pub fn poisoned(len: u64) -> GpuBuffer {
+    up(&vec![f32::NAN; len as usize])
+}
+
+pub fn read(buf: &GpuBuffer) -> Vec<f32> {
+    gpu().read_all(buf).unwrap()
+}
+
+pub fn read_u32(buf: &GpuBuffer) -> Vec<u32> {
+    gpu().read_all(buf).unwrap()
+}
+
+/// Submits the launches and waits for them.
+pub fn run(dispatches: Vec<Dispatch>) {
+    submit(gpu(), &dispatches);
+    gpu().wait().unwrap();
+}
+
+/// Compares element-wise with |got - want| <= atol + rtol |want| (NaN in either fails).
+/// Prints and returns the largest relative error |got - want| / max(|want|, atol / rtol).
+pub fn check(what: &str, seed: u64, got: &[f32], want: &[f32], tol: (f64, f64)) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length (seed {seed})");
+    let (atol, rtol) = tol;
+    let mut worst = 0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g as f64, w as f64);
+        let err = (g - w).abs();
+        assert!(
+            err <= atol + rtol * w.abs(),
+            "{what}: element {i} is {g}, reference {w} (|diff| {err:.3e} > {atol:e} + {rtol:e}*|ref|); \
+             replay with DENSENET_SEED={seed}"
+        );
+        worst = worst.max(err / w.abs().max(atol / rtol));
+    }
+    println!("max-rel-err {what}: {worst:.3e}");
+    worst
+}

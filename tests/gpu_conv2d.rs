@@ -1,0 +1,178 @@
+//! conv2d on the GPU against the CPU reference: every entry point, uneven shapes, channel
+//! offsets on both sides, NaN-poisoned outputs and accumulation onto non-zero gradients.
+
+mod common;
+use common::*;
+use densenet_wgpu::ops::conv2d::{self, Conv2dParams};
+use densenet_wgpu::reference as cpu;
+
+struct Case {
+    input: [u32; 4],
+    c_out: u32,
+    kernel: (u32, u32),
+    stride: (u32, u32),
+    pad: (u32, u32),
+    bias: bool,
+    /// Channels before x in its buffer and before y in its buffer.
+    x_chan: u32,
+    y_chan: u32,
+}
+
+fn cases() -> Vec<Case> {
+    let c = |input, c_out, kernel, stride, pad, bias, x_chan, y_chan| Case {
+        input,
+        c_out,
+        kernel,
+        stride,
+        pad,
+        bias,
+        x_chan,
+        y_chan,
+    };
+    vec![
+        c([3, 13, 7, 7], 5, (3, 3), (1, 1), (1, 1), true, 0, 0),
+        c([1, 4, 9, 5], 7, (7, 7), (2, 2), (3, 3), false, 0, 0),
+        c([3, 13, 7, 7], 6, (1, 1), (1, 1), (0, 0), true, 2, 3),
+        c([2, 3, 8, 8], 9, (3, 3), (2, 2), (0, 0), true, 1, 0),
+        c([3, 5, 9, 5], 4, (2, 3), (2, 1), (2, 1), true, 0, 2),
+        c([1, 1, 12, 12], 8, (7, 7), (2, 2), (3, 3), false, 0, 0),
+        c([3, 10, 7, 7], 13, (3, 3), (1, 1), (0, 0), true, 3, 5),
+    ]
+}
+
+/// Buffers sized for the case's channel offsets, filled with random values outside the
+/// tensor too, so reads past the tensor would show.
+struct Setup {
+    p: Conv2dParams,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    y_total: u64,
+}
+
+fn setup(c: &Case, rng: &mut Rand) -> Setup {
+    let p = Conv2dParams::new(c.input, c.c_out, c.kernel, c.stride, c.pad, c.bias)
+        .unwrap()
+        .with_x_channel_offset(c.x_chan)
+        .with_y_channel_offset(c.y_chan);
+    let x_total = p.x_offset as u64 + p.x_len() + 7;
+    let y_total = p.y_offset as u64 + p.y_len() + 5;
+    Setup {
+        x: rng.vec(x_total),
+        w: rng.vec(p.weight_len()),
+        b: rng.vec(p.c_out as u64),
+        y_total,
+        p,
+    }
+}
+
+#[test]
+fn conv2d_forward_matches_reference() {
+    let mut rng = Rand::new();
+    for (i, c) in cases().iter().enumerate() {
+        let s = setup(c, &mut rng);
+        let (x, w, b, y) = (up(&s.x), up(&s.w), up(&s.b), poisoned(s.y_total));
+        let bias = c.bias.then(|| b.view());
+        run(conv2d::conv2d_forward(gpu(), &s.p, x.view(), w.view(), bias, y.view()).unwrap());
+        let mut want = vec![f32::NAN; s.y_total as usize];
+        cpu::conv2d_forward(&mut want, &s.x, &s.w, c.bias.then_some(&s.b[..]), &s.p);
+        let got = read(&y);
+        let (lo, hi) = (
+            s.p.y_offset as usize,
+            (s.p.y_offset as u64 + s.p.y_len()) as usize,
+        );
+        check(
+            &format!("conv2d_forward case {i}"),
+            rng.seed,
+            &got[lo..hi],
+            &want[lo..hi],
+            FWD,
+        );
+        assert!(
+            got[..lo].iter().chain(&got[hi..]).all(|v| v.is_nan()),
+            "conv2d_forward case {i} wrote outside its channel range (seed {})",
+            rng.seed
+        );
+    }
+}
+
+#[test]
+fn conv2d_backward_data_matches_reference() {
+    let mut rng = Rand::new();
+    for (i, c) in cases().iter().enumerate() {
+        let s = setup(c, &mut rng);
+        let dy = rng.vec(s.y_total);
+        let dx0 = rng.vec(s.x.len() as u64);
+        let (dyb, w, dx) = (up(&dy), up(&s.w), up(&dx0));
+        run(conv2d::conv2d_backward_data(gpu(), &s.p, dyb.view(), w.view(), dx.view()).unwrap());
+        let mut want = dx0.clone();
+        cpu::conv2d_backward_data(&mut want, &dy, &s.w, &s.p);
+        check(
+            &format!("conv2d_backward_data case {i}"),
+            rng.seed,
+            &read(&dx),
+            &want,
+            GRAD,
+        );
+    }
+}
+
+#[test]
+fn conv2d_backward_weight_matches_reference() {
+    let mut rng = Rand::new();
+    for (i, c) in cases().iter().enumerate() {
+        let s = setup(c, &mut rng);
+        let dy = rng.vec(s.y_total);
+        let dw0 = rng.vec(s.p.weight_len());
+        let (x, dyb, dw) = (up(&s.x), up(&dy), up(&dw0));
+        let ws = poisoned(s.p.weight_workspace_len());
+        let launch =
+            conv2d::conv2d_backward_weight(gpu(), &s.p, x.view(), dyb.view(), ws.view(), dw.view());
+        run(launch.unwrap());
+        let mut want = dw0.clone();
+        cpu::conv2d_backward_weight(&mut want, &s.x, &dy, &s.p);
+        check(
+            &format!("conv2d_backward_weight case {i}"),
+            rng.seed,
+            &read(&dw),
+            &want,
+            GRAD,
+        );
+    }
+}
+
+#[test]
+fn conv2d_backward_bias_matches_reference() {
+    let mut rng = Rand::new();
+    for (i, c) in cases().iter().enumerate() {
+        let s = setup(c, &mut rng);
+        let dy = rng.vec(s.y_total);
+        let db0 = rng.vec(s.p.c_out as u64);
+        let (dyb, db) = (up(&dy), up(&db0));
+        run(conv2d::conv2d_backward_bias(gpu(), &s.p, dyb.view(), db.view()).unwrap());
+        let mut want = db0.clone();
+        cpu::conv2d_backward_bias(&mut want, &dy, &s.p);
+        check(
+            &format!("conv2d_backward_bias case {i}"),
+            rng.seed,
+            &read(&db),
+            &want,
+            GRAD,
+        );
+    }
+}
+
+#[test]
+fn conv2d_rejects_mismatched_buffers() {
+    let p = Conv2dParams::new([2, 3, 5, 5], 4, (3, 3), (1, 1), (1, 1), false).unwrap();
+    let (x, w, y) = (
+        poisoned(p.x_len()),
+        poisoned(p.weight_len() - 1),
+        poisoned(p.y_len()),
+    );
+    let err = conv2d::conv2d_forward(gpu(), &p, x.view(), w.view(), None, y.view())
+        .err()
+        .expect("a short weight buffer must be refused");
+    assert!(err.to_string().contains("weight"), "{err}");
+    assert!(Conv2dParams::new([1, 1, 2, 2], 1, (5, 5), (1, 1), (0, 0), false).is_err());
+}
