@@ -75,7 +75,17 @@ impl Gpu {
     /// Chooses an adapter (high performance first) and creates the device.
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
         let backends = resolve_backends(opts.backends);
-        let (_instance, adapters) = ranked_adapters(backends);
+        // GL is only a fallback: probing it costs time and prints EGL noise, so try it only
+        // when no native adapter (or none of the requested name) exists.
+        let native = backends - wgpu::Backends::GL;
+        let (_instance, mut adapters) = ranked_adapters(native);
+        let wanted = |a: &wgpu::Adapter| match &opts.adapter {
+            Some(w) => a.get_info().name.to_lowercase().contains(&w.to_lowercase()),
+            None => true,
+        };
+        if !adapters.iter().any(wanted) && backends.contains(wgpu::Backends::GL) {
+            adapters = ranked_adapters(backends).1;
+        }
         if adapters.is_empty() {
             return Err(Error::NoAdapter(format!(
                 "no GPU adapter found (backends tried: {backends:?}); install a Vulkan driver \

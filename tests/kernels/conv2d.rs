@@ -1,8 +1,7 @@
 //! conv2d on the GPU against the CPU reference: every entry point, uneven shapes, channel
 //! offsets on both sides, NaN-poisoned outputs and accumulation onto non-zero gradients.
 
-mod common;
-use common::*;
+use crate::common::*;
 use densenet_wgpu::ops::conv2d::{self, Conv2dParams};
 use densenet_wgpu::reference as cpu;
 

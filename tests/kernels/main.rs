@@ -1,0 +1,6 @@
+//! Every kernel entry point on the GPU against the CPU reference (one test binary, one
+//! device shared by all tests).
+
+mod common;
+
+mod conv2d;

@@ -1,0 +1,7 @@
+//! The CPU reference's backward functions against central finite differences of its own
+//! forward functions (no GPU). Each check draws a random upstream gradient g and compares
+//! the analytic gradient with d/dx sum(forward(x) * g).
+
+mod fd;
+
+mod conv2d;
