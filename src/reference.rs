@@ -6,7 +6,12 @@
 //! R x S kernel. Outputs first, then inputs, then params. Backward functions ADD into their
 //! gradient outputs, like the kernels.
 
+use crate::ops::concat::ConcatParams;
 use crate::ops::conv2d::Conv2dParams;
+use crate::ops::cross_entropy::CrossEntropyParams;
+use crate::ops::linear::LinearParams;
+use crate::ops::relu::ReluParams;
+use crate::ops::sgd::SgdParams;
 
 // ---------------------------------------------------------------------------------------
 // conv2d
@@ -93,6 +98,179 @@ pub fn conv2d_backward_bias(dbias: &mut [f32], dy: &[f32], p: &Conv2dParams) {
     let dy = &dy[p.y_offset as usize..][..plane * p.c_out as usize];
     for (k, row) in dy.chunks(plane).enumerate() {
         dbias[k] = (dbias[k] as f64 + sum(row)) as f32;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// relu
+
+/// y[y_offset + i] = max(x[x_offset + i], 0).
+pub fn relu_forward(y: &mut [f32], x: &[f32], p: &ReluParams) {
+    let (xo, yo, n) = (p.x_offset as usize, p.y_offset as usize, p.count as usize);
+    for i in 0..n {
+        y[yo + i] = x[xo + i].max(0.0);
+    }
+}
+
+/// dx += dy where the forward output y is positive.
+pub fn relu_backward(dx: &mut [f32], y: &[f32], dy: &[f32], p: &ReluParams) {
+    let (xo, yo, n) = (p.x_offset as usize, p.y_offset as usize, p.count as usize);
+    for i in 0..n {
+        if y[yo + i] > 0.0 {
+            dx[xo + i] += dy[yo + i];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// concat
+
+/// Copies the part into its channel range of the whole.
+pub fn concat_forward(whole: &mut [f32], part: &[f32], p: &ConcatParams) {
+    let (o, n) = (p.offset as usize, p.count as usize);
+    whole[o..o + n].copy_from_slice(&part[..n]);
+}
+
+/// dpart += the part's channel range of dwhole.
+pub fn concat_backward(dpart: &mut [f32], dwhole: &[f32], p: &ConcatParams) {
+    let (o, n) = (p.offset as usize, p.count as usize);
+    for (d, g) in dpart[..n].iter_mut().zip(&dwhole[o..o + n]) {
+        *d += g;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// linear: x (I, N) feature-major, weight (O, I), bias (O), y (N, O)
+
+pub fn linear_forward(
+    y: &mut [f32],
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    p: &LinearParams,
+) {
+    let (n, i_f, o_f) = (
+        p.n as usize,
+        p.in_features as usize,
+        p.out_features as usize,
+    );
+    for ni in 0..n {
+        for o in 0..o_f {
+            let mut acc = bias.map_or(0.0, |b| b[o] as f64);
+            for i in 0..i_f {
+                acc += weight[o * i_f + i] as f64 * x[i * n + ni] as f64;
+            }
+            y[ni * o_f + o] = acc as f32;
+        }
+    }
+}
+
+/// dx (I, N) += W^T dy.
+pub fn linear_backward_data(dx: &mut [f32], dy: &[f32], weight: &[f32], p: &LinearParams) {
+    let (n, i_f, o_f) = (
+        p.n as usize,
+        p.in_features as usize,
+        p.out_features as usize,
+    );
+    for i in 0..i_f {
+        for ni in 0..n {
+            let acc: f64 = (0..o_f)
+                .map(|o| weight[o * i_f + i] as f64 * dy[ni * o_f + o] as f64)
+                .sum();
+            dx[i * n + ni] = (dx[i * n + ni] as f64 + acc) as f32;
+        }
+    }
+}
+
+/// dweight (O, I) += dy^T x^T.
+pub fn linear_backward_weight(dweight: &mut [f32], x: &[f32], dy: &[f32], p: &LinearParams) {
+    let (n, i_f, o_f) = (
+        p.n as usize,
+        p.in_features as usize,
+        p.out_features as usize,
+    );
+    for o in 0..o_f {
+        for i in 0..i_f {
+            let acc: f64 = (0..n)
+                .map(|ni| dy[ni * o_f + o] as f64 * x[i * n + ni] as f64)
+                .sum();
+            dweight[o * i_f + i] = (dweight[o * i_f + i] as f64 + acc) as f32;
+        }
+    }
+}
+
+/// dbias (O) += dy summed over the batch.
+pub fn linear_backward_bias(dbias: &mut [f32], dy: &[f32], p: &LinearParams) {
+    let (n, o_f) = (p.n as usize, p.out_features as usize);
+    for o in 0..o_f {
+        let acc: f64 = (0..n).map(|ni| dy[ni * o_f + o] as f64).sum();
+        dbias[o] = (dbias[o] as f64 + acc) as f32;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// softmax cross-entropy
+
+/// Returns (mean loss over valid samples, correct predictions) and adds the gradient of the
+/// mean loss to dlogits. Labels >= classes are padding and count for nothing.
+pub fn softmax_cross_entropy(
+    dlogits: &mut [f32],
+    logits: &[f32],
+    labels: &[u32],
+    p: &CrossEntropyParams,
+) -> (f32, u32) {
+    let (n, c) = (p.n as usize, p.classes as usize);
+    let valid = labels[..n].iter().filter(|&&l| l < p.classes).count();
+    let scale = 1.0 / valid.max(1) as f64;
+    let (mut loss, mut correct) = (0f64, 0u32);
+    for ni in 0..n {
+        let label = labels[ni] as usize;
+        if label >= c {
+            continue;
+        }
+        let row = &logits[ni * c..][..c];
+        // First maximum wins, as argmax in PyTorch.
+        let (arg, best) = row
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |(a, b), (o, &v)| if v > b { (o, v) } else { (a, b) },
+            );
+        let lse = best as f64
+            + row
+                .iter()
+                .map(|&v| (v as f64 - best as f64).exp())
+                .sum::<f64>()
+                .ln();
+        loss += lse - row[label] as f64;
+        correct += (arg == label) as u32;
+        for (o, &v) in row.iter().enumerate() {
+            let prob = (v as f64 - lse).exp();
+            let g = (prob - (o == label) as u8 as f64) * scale;
+            dlogits[ni * c + o] = (dlogits[ni * c + o] as f64 + g) as f32;
+        }
+    }
+    ((loss * scale) as f32, correct)
+}
+
+// ---------------------------------------------------------------------------------------
+// SGD
+
+/// One torch.optim.SGD step (dampening 0) on `param`, updating `velocity` when momentum > 0.
+pub fn sgd_update(param: &mut [f32], grad: &[f32], velocity: &mut [f32], p: &SgdParams) {
+    for i in 0..p.count as usize {
+        let mut g = grad[i] as f64 + p.weight_decay as f64 * param[i] as f64;
+        if p.momentum != 0.0 {
+            let v = p.momentum as f64 * velocity[i] as f64 + g;
+            velocity[i] = v as f32;
+            g = if p.nesterov != 0 {
+                g + p.momentum as f64 * v
+            } else {
+                v
+            };
+        }
+        param[i] = (param[i] as f64 - p.lr as f64 * g) as f32;
     }
 }
 

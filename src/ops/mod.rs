@@ -1,8 +1,20 @@
 //! One module per op: its params struct (also its uniform), its launchers, its shader.
 
+pub mod concat;
 pub mod conv2d;
+pub mod cross_entropy;
+pub mod linear;
+pub mod relu;
+pub mod sgd;
 
 use crate::kernels::Shader;
 
 /// Every WGSL file of the crate, for the pipeline cache and the naga tests.
-pub static SHADERS: &[&Shader] = &[&conv2d::SHADER];
+pub static SHADERS: &[&Shader] = &[
+    &conv2d::SHADER,
+    &relu::SHADER,
+    &concat::SHADER,
+    &linear::SHADER,
+    &cross_entropy::SHADER,
+    &sgd::SHADER,
+];

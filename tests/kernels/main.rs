@@ -4,3 +4,6 @@
 mod common;
 
 mod conv2d;
+mod cross_entropy;
+mod elementwise;
+mod linear;

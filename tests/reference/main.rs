@@ -5,3 +5,6 @@
 mod fd;
 
 mod conv2d;
+mod elementwise;
+mod linear;
+mod optim;

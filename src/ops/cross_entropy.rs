@@ -1,0 +1,99 @@
+//! Softmax cross-entropy (mean over the batch) fused with its gradient and a count of
+//! correct predictions. Logits (N, classes) row-major, labels (N) u32; a label >= classes
+//! (use [`IGNORE`]) marks a padding sample that counts for nothing.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::ensure_shape;
+use crate::error::Result;
+use crate::gpu::{Gpu, View};
+use crate::kernels::{dispatch_workgroups, Access::*, Dispatch, Entry, Shader};
+
+/// The label of a padding sample (as PyTorch's ignore_index).
+pub const IGNORE: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct CrossEntropyParams {
+    pub n: u32,
+    pub classes: u32,
+    pub _pad: [u32; 2],
+}
+
+const OP: &str = "softmax_cross_entropy";
+
+impl CrossEntropyParams {
+    pub fn new(n: u32, classes: u32) -> Result<Self> {
+        ensure_shape!(
+            n > 0 && classes > 0,
+            OP,
+            "batch {n} and classes {classes} must be positive"
+        );
+        Ok(CrossEntropyParams {
+            n,
+            classes,
+            _pad: [0; 2],
+        })
+    }
+
+    pub fn logits_len(&self) -> u64 {
+        self.n as u64 * self.classes as u64
+    }
+}
+
+pub static SHADER: Shader = Shader {
+    file: "cross_entropy.wgsl",
+    source: include_str!("../../shaders/cross_entropy.wgsl"),
+    entries: &[Entry {
+        name: "softmax_cross_entropy",
+        bindings: &[
+            (1, Read),
+            (2, Read),
+            (3, ReadWrite),
+            (4, ReadWrite),
+            (5, ReadWrite),
+        ],
+        workgroup_size: 256,
+        params_size: std::mem::size_of::<CrossEntropyParams>(),
+    }],
+};
+
+/// loss[0] += mean loss, dlogits += its gradient, correct[0] (u32) += correct predictions.
+pub fn softmax_cross_entropy(
+    gpu: &Gpu,
+    p: &CrossEntropyParams,
+    logits: View<'_>,
+    labels: View<'_>,
+    dlogits: View<'_>,
+    loss: View<'_>,
+    correct: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    let lens = [
+        ("logits", logits.len, p.logits_len()),
+        ("labels", labels.len, p.n as u64),
+        ("dlogits", dlogits.len, p.logits_len()),
+        ("loss", loss.len, 1),
+        ("correct", correct.len, 1),
+    ];
+    for (what, have, need) in lens {
+        ensure_shape!(
+            have >= need,
+            OP,
+            "{what} has {have} elements but {p:?} needs {need}"
+        );
+    }
+    let d = dispatch_workgroups(
+        gpu,
+        "softmax_cross_entropy",
+        p,
+        &[
+            (1, logits),
+            (2, labels),
+            (3, dlogits),
+            (4, loss),
+            (5, correct),
+        ],
+        1,
+    )?;
+    Ok(vec![d])
+}

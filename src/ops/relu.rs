@@ -1,0 +1,99 @@
+//! ReLU, elementwise: forward and backward (the mask taken from the output).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::ensure_shape;
+use crate::error::Result;
+use crate::gpu::{Gpu, View};
+use crate::kernels::{dispatch, Access::*, Dispatch, Entry, Shader};
+
+/// `count` elements, x (and dx) from element `x_offset`, y (and dy) from `y_offset`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ReluParams {
+    pub count: u32,
+    pub x_offset: u32,
+    pub y_offset: u32,
+    pub _pad: u32,
+}
+
+const OP: &str = "relu";
+
+impl ReluParams {
+    pub fn new(count: u32) -> Self {
+        ReluParams {
+            count,
+            x_offset: 0,
+            y_offset: 0,
+            _pad: 0,
+        }
+    }
+
+    /// Element offsets of x/dx and y/dy in their buffers.
+    pub fn with_offsets(mut self, x_offset: u32, y_offset: u32) -> Self {
+        self.x_offset = x_offset;
+        self.y_offset = y_offset;
+        self
+    }
+
+    fn check(&self, what: &str, view: &View<'_>, offset: u32) -> Result<()> {
+        let need = offset as u64 + self.count as u64;
+        ensure_shape!(
+            view.len >= need,
+            OP,
+            "{what} has {} elements but {self:?} needs {need}",
+            view.len
+        );
+        Ok(())
+    }
+}
+
+const PARAMS: usize = std::mem::size_of::<ReluParams>();
+
+pub static SHADER: Shader = Shader {
+    file: "relu.wgsl",
+    source: include_str!("../../shaders/relu.wgsl"),
+    entries: &[
+        Entry {
+            name: "relu_forward",
+            bindings: &[(1, Read), (2, ReadWrite)],
+            workgroup_size: 256,
+            params_size: PARAMS,
+        },
+        Entry {
+            name: "relu_backward",
+            bindings: &[(3, Read), (4, Read), (5, ReadWrite)],
+            workgroup_size: 256,
+            params_size: PARAMS,
+        },
+    ],
+};
+
+/// y = max(x, 0).
+pub fn relu_forward(gpu: &Gpu, p: &ReluParams, x: View<'_>, y: View<'_>) -> Result<Vec<Dispatch>> {
+    p.check("x", &x, p.x_offset)?;
+    p.check("y", &y, p.y_offset)?;
+    let d = dispatch(gpu, "relu_forward", p, &[(1, x), (2, y)], p.count as u64)?;
+    Ok(vec![d])
+}
+
+/// dx += dy where the forward output y is positive.
+pub fn relu_backward(
+    gpu: &Gpu,
+    p: &ReluParams,
+    y: View<'_>,
+    dy: View<'_>,
+    dx: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.check("y", &y, p.y_offset)?;
+    p.check("dy", &dy, p.y_offset)?;
+    p.check("dx", &dx, p.x_offset)?;
+    let d = dispatch(
+        gpu,
+        "relu_backward",
+        p,
+        &[(3, y), (4, dy), (5, dx)],
+        p.count as u64,
+    )?;
+    Ok(vec![d])
+}

@@ -1,0 +1,97 @@
+//! Softmax cross-entropy and SGD on the GPU against the reference.
+
+use crate::common::*;
+use densenet_wgpu::ops::cross_entropy::{self, CrossEntropyParams, IGNORE};
+use densenet_wgpu::ops::sgd::{self, SgdParams};
+use densenet_wgpu::reference as cpu;
+
+#[test]
+fn softmax_cross_entropy_matches_reference() {
+    let mut rng = Rand::new();
+    // (batch, classes, padding samples): one sample, the d2l head, a batch wider than the
+    // workgroup, padding labels in the last batch.
+    for (i, &(n, classes, pad)) in [(1, 10, 0), (3, 13, 0), (256, 10, 0), (300, 7, 21)]
+        .iter()
+        .enumerate()
+    {
+        let p = CrossEntropyParams::new(n, classes).unwrap();
+        // Logits of a larger scale make the softmax sharp, some rows with exact ties.
+        let mut logits = rng.range(p.logits_len(), -6.0, 6.0);
+        logits[classes as usize - 1] = logits[0];
+        let mut labels: Vec<u32> = (0..n).map(|_| rng.below(classes)).collect();
+        for l in labels.iter_mut().rev().take(pad) {
+            *l = IGNORE;
+        }
+        let dl0 = rng.vec(p.logits_len());
+        let (lb, yb, db) = (up(&logits), up_u32(&labels), up(&dl0));
+        let (loss, correct) = (up(&[0.5f32]), up_u32(&[7]));
+        let launch = cross_entropy::softmax_cross_entropy(
+            gpu(),
+            &p,
+            lb.view(),
+            yb.view(),
+            db.view(),
+            loss.view(),
+            correct.view(),
+        );
+        run(launch.unwrap());
+        let mut want = dl0.clone();
+        let (want_loss, want_correct) = cpu::softmax_cross_entropy(&mut want, &logits, &labels, &p);
+        check(
+            &format!("softmax_cross_entropy dlogits case {i}"),
+            rng.seed,
+            &read(&db),
+            &want,
+            GRAD,
+        );
+        check(
+            &format!("softmax_cross_entropy loss case {i}"),
+            rng.seed,
+            &read(&loss),
+            &[0.5 + want_loss],
+            FWD,
+        );
+        assert_eq!(
+            read_u32(&correct),
+            [7 + want_correct],
+            "correct count, case {i} (seed {})",
+            rng.seed
+        );
+    }
+}
+
+#[test]
+fn sgd_update_matches_reference() {
+    let mut rng = Rand::new();
+    // (lr, momentum, weight decay, nesterov): plain SGD (the d2l recipe), each term alone,
+    // and all together; three steps each so the momentum buffer matters.
+    let cases = [
+        (0.1, 0.0, 0.0, false),
+        (0.05, 0.9, 0.0, false),
+        (0.1, 0.0, 5e-4, false),
+        (0.02, 0.9, 1e-3, true),
+    ];
+    for (i, &(lr, mom, wd, nesterov)) in cases.iter().enumerate() {
+        let count = 1000 + i as u32 * 77;
+        let p = SgdParams::new(count, lr, mom, wd, nesterov).unwrap();
+        let mut param = rng.vec(count as u64);
+        let mut vel = vec![0.0; count as usize];
+        let (pb, vb) = (up(&param), up(&vel));
+        for step in 0..3 {
+            let grad = rng.vec(count as u64);
+            let gb = up(&grad);
+            let velocity = (mom > 0.0).then(|| vb.view());
+            run(sgd::sgd_update(gpu(), &p, pb.view(), gb.view(), velocity).unwrap());
+            cpu::sgd_update(&mut param, &grad, &mut vel, &p);
+            check(
+                &format!("sgd_update case {i} step {step}"),
+                rng.seed,
+                &read(&pb),
+                &param,
+                FWD,
+            );
+        }
+    }
+    assert!(SgdParams::new(10, 0.1, 1.5, 0.0, false).is_err());
+    assert!(SgdParams::new(10, f32::NAN, 0.0, 0.0, false).is_err());
+}

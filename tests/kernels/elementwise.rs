@@ -1,0 +1,132 @@
+//! relu and concat on the GPU against the reference.
+
+use crate::common::*;
+use densenet_wgpu::ops::concat::{self, ConcatParams};
+use densenet_wgpu::ops::relu::{self, ReluParams};
+use densenet_wgpu::reference as cpu;
+
+/// (count, x_offset, y_offset): odd sizes, offsets into larger buffers, more than one
+/// workgroup, and one launch over 65,535 workgroups * 256 would need folding at scale.
+const RELU_CASES: [(u32, u32, u32); 4] = [
+    (1, 0, 0),
+    (3 * 13 * 7 * 7, 13, 2),
+    (1000, 5, 0),
+    (70001, 0, 9),
+];
+
+#[test]
+fn relu_forward_matches_reference() {
+    let mut rng = Rand::new();
+    for (i, &(count, xo, yo)) in RELU_CASES.iter().enumerate() {
+        let p = ReluParams::new(count).with_offsets(xo, yo);
+        let x = rng.vec((xo + count + 3) as u64);
+        let y_len = (yo + count + 4) as u64;
+        let (xb, yb) = (up(&x), poisoned(y_len));
+        run(relu::relu_forward(gpu(), &p, xb.view(), yb.view()).unwrap());
+        let mut want = vec![f32::NAN; y_len as usize];
+        cpu::relu_forward(&mut want, &x, &p);
+        let got = read(&yb);
+        let r = yo as usize..(yo + count) as usize;
+        check(
+            &format!("relu_forward case {i}"),
+            rng.seed,
+            &got[r.clone()],
+            &want[r.clone()],
+            FWD,
+        );
+        assert!(got[..r.start]
+            .iter()
+            .chain(&got[r.end..])
+            .all(|v| v.is_nan()));
+    }
+}
+
+#[test]
+fn relu_backward_matches_reference() {
+    let mut rng = Rand::new();
+    for (i, &(count, xo, yo)) in RELU_CASES.iter().enumerate() {
+        let p = ReluParams::new(count).with_offsets(xo, yo);
+        let y: Vec<f32> = rng
+            .vec((yo + count) as u64)
+            .iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        let dy = rng.vec((yo + count) as u64);
+        let dx0 = rng.vec((xo + count + 2) as u64);
+        let (yb, dyb, dxb) = (up(&y), up(&dy), up(&dx0));
+        run(relu::relu_backward(gpu(), &p, yb.view(), dyb.view(), dxb.view()).unwrap());
+        let mut want = dx0.clone();
+        cpu::relu_backward(&mut want, &y, &dy, &p);
+        check(
+            &format!("relu_backward case {i}"),
+            rng.seed,
+            &read(&dxb),
+            &want,
+            GRAD,
+        );
+    }
+}
+
+const CONCAT_CASES: [([u32; 4], u32, u32); 3] = [
+    ([3, 10, 8, 8], 23, 13),
+    ([1, 13, 7, 7], 13, 0),
+    ([3, 2, 9, 5], 7, 4),
+];
+
+#[test]
+fn concat_forward_matches_reference() {
+    let mut rng = Rand::new();
+    for (i, &(part, total, c0)) in CONCAT_CASES.iter().enumerate() {
+        let p = ConcatParams::new(part, total, c0).unwrap();
+        let x = rng.vec(p.count as u64);
+        let (xb, wb) = (up(&x), poisoned(p.total as u64));
+        run(concat::concat_forward(gpu(), &p, xb.view(), wb.view()).unwrap());
+        let mut want = vec![f32::NAN; p.total as usize];
+        cpu::concat_forward(&mut want, &x, &p);
+        let got = read(&wb);
+        let r = p.offset as usize..(p.offset + p.count) as usize;
+        check(
+            &format!("concat_forward case {i}"),
+            rng.seed,
+            &got[r.clone()],
+            &want[r.clone()],
+            FWD,
+        );
+        assert!(got[..r.start]
+            .iter()
+            .chain(&got[r.end..])
+            .all(|v| v.is_nan()));
+    }
+}
+
+#[test]
+fn concat_backward_matches_reference() {
+    let mut rng = Rand::new();
+    for (i, &(part, total, c0)) in CONCAT_CASES.iter().enumerate() {
+        let p = ConcatParams::new(part, total, c0).unwrap();
+        let dwhole = rng.vec(p.total as u64);
+        let dpart0 = rng.vec(p.count as u64);
+        let (dwb, dpb) = (up(&dwhole), up(&dpart0));
+        run(concat::concat_backward(gpu(), &p, dwb.view(), dpb.view()).unwrap());
+        let mut want = dpart0.clone();
+        cpu::concat_backward(&mut want, &dwhole, &p);
+        check(
+            &format!("concat_backward case {i}"),
+            rng.seed,
+            &read(&dpb),
+            &want,
+            GRAD,
+        );
+    }
+}
+
+#[test]
+fn concat_rejects_out_of_range_channels() {
+    assert!(ConcatParams::new([2, 5, 4, 4], 8, 4).is_err());
+    let p = ReluParams::new(100).with_offsets(10, 0);
+    let (x, y) = (poisoned(100), poisoned(100));
+    let err = relu::relu_forward(gpu(), &p, x.view(), y.view())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("x has 100"), "{err}");
+}
