@@ -1,8 +1,9 @@
 //! One module per op: its params struct (also its uniform), its launchers, its shader.
 
+pub mod batchnorm;
 pub mod conv2d;
 
 use crate::kernels::Shader;
 
 /// Every WGSL file of the crate, for the pipeline cache and the naga tests.
-pub static SHADERS: &[&Shader] = &[&conv2d::SHADER];
+pub static SHADERS: &[&Shader] = &[&conv2d::SHADER, &batchnorm::SHADER];

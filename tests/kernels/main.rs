@@ -3,4 +3,5 @@
 
 mod common;
 
+mod batchnorm;
 mod conv2d;

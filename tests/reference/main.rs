@@ -4,4 +4,5 @@
 
 mod fd;
 
+mod batchnorm;
 mod conv2d;
