@@ -6,6 +6,7 @@
 //! R x S kernel. Outputs first, then inputs, then params. Backward functions ADD into their
 //! gradient outputs, like the kernels.
 
+use crate::ops::batchnorm::BatchNormParams;
 use crate::ops::concat::ConcatParams;
 use crate::ops::conv2d::Conv2dParams;
 use crate::ops::cross_entropy::CrossEntropyParams;
@@ -271,6 +272,109 @@ pub fn sgd_update(param: &mut [f32], grad: &[f32], velocity: &mut [f32], p: &Sgd
             };
         }
         param[i] = (param[i] as f64 - p.lr as f64 * g) as f32;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// batchnorm
+
+/// Per channel: where its run of M starts in x and in y (offsets included), and its index
+/// in the statistics arrays.
+fn batchnorm_planes(p: &BatchNormParams) -> impl Iterator<Item = (usize, usize, usize)> {
+    let m = p.m as usize;
+    let (xo, yo, so) = (
+        p.x_offset as usize,
+        p.y_offset as usize,
+        p.stat_offset as usize,
+    );
+    (0..p.c as usize).map(move |c| (xo + c * m, yo + c * m, so + c))
+}
+
+/// mean and var (biased) at stat_offset of each channel of x (C, N, H, W) at x_offset; the
+/// variance in a second pass over the deviations from the mean.
+pub fn batchnorm_stats(mean: &mut [f32], var: &mut [f32], x: &[f32], p: &BatchNormParams) {
+    let m = p.m as usize;
+    for (xi, _, s) in batchnorm_planes(p) {
+        let run = &x[xi..][..m];
+        let mu = sum(run) / m as f64;
+        let sq: f64 = run.iter().map(|&v| (v as f64 - mu).powi(2)).sum();
+        mean[s] = mu as f32;
+        var[s] = (sq / m as f64) as f32;
+    }
+}
+
+/// running_mean and running_var at stat_offset move momentum of the way to mean and to the
+/// unbiased variance var * M / (M - 1).
+pub fn batchnorm_update_running(
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    mean: &[f32],
+    var: &[f32],
+    p: &BatchNormParams,
+) {
+    assert!(
+        p.m > 1,
+        "batchnorm training needs more than 1 value per channel"
+    );
+    let (mom, m) = (p.momentum as f64, p.m as f64);
+    for (_, _, s) in batchnorm_planes(p) {
+        let unbiased = var[s] as f64 * m / (m - 1.0);
+        running_mean[s] = ((1.0 - mom) * running_mean[s] as f64 + mom * mean[s] as f64) as f32;
+        running_var[s] = ((1.0 - mom) * running_var[s] as f64 + mom * unbiased) as f32;
+    }
+}
+
+/// y at y_offset = (x - mean) / sqrt(var + eps) * gamma + beta, with mean and var at
+/// stat_offset (batch statistics in training, running ones in evaluation).
+pub fn batchnorm_forward(
+    y: &mut [f32],
+    x: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    p: &BatchNormParams,
+) {
+    let m = p.m as usize;
+    for (c, (xi, yi, s)) in batchnorm_planes(p).enumerate() {
+        let invstd = 1.0 / (var[s] as f64 + p.eps as f64).sqrt();
+        let (g, b, mu) = (gamma[c] as f64, beta[c] as f64, mean[s] as f64);
+        for (out, &v) in y[yi..][..m].iter_mut().zip(&x[xi..][..m]) {
+            *out = ((v as f64 - mu) * invstd * g + b) as f32;
+        }
+    }
+}
+
+/// With xhat = (x - mean) / sqrt(var + eps) and mean, var the batch statistics of x:
+/// dx at x_offset += gamma / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)),
+/// dgamma += sum(dy * xhat), dbeta += sum(dy).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward(
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    gamma: &[f32],
+    p: &BatchNormParams,
+) {
+    let m = p.m as usize;
+    for (c, (xi, yi, s)) in batchnorm_planes(p).enumerate() {
+        let invstd = 1.0 / (var[s] as f64 + p.eps as f64).sqrt();
+        let mu = mean[s] as f64;
+        let (xs, dys) = (&x[xi..][..m], &dy[yi..][..m]);
+        let xhat = |v: f32| (v as f64 - mu) * invstd;
+        let sum_dy = sum(dys);
+        let sum_dy_xhat: f64 = xs.iter().zip(dys).map(|(&v, &g)| g as f64 * xhat(v)).sum();
+        let scale = gamma[c] as f64 * invstd;
+        for ((d, &v), &g) in dx[xi..][..m].iter_mut().zip(xs).zip(dys) {
+            let grad = scale * (g as f64 - sum_dy / m as f64 - xhat(v) * sum_dy_xhat / m as f64);
+            *d = (*d as f64 + grad) as f32;
+        }
+        dgamma[c] = (dgamma[c] as f64 + sum_dy_xhat) as f32;
+        dbeta[c] = (dbeta[c] as f64 + sum_dy) as f32;
     }
 }
 

@@ -1,5 +1,6 @@
 //! One module per op: its params struct (also its uniform), its launchers, its shader.
 
+pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;
 pub mod cross_entropy;
@@ -12,6 +13,7 @@ use crate::kernels::Shader;
 /// Every WGSL file of the crate, for the pipeline cache and the naga tests.
 pub static SHADERS: &[&Shader] = &[
     &conv2d::SHADER,
+    &batchnorm::SHADER,
     &relu::SHADER,
     &concat::SHADER,
     &linear::SHADER,

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod batchnorm;
 mod conv2d;
 mod cross_entropy;
 mod elementwise;

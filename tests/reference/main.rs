@@ -4,6 +4,7 @@
 
 mod fd;
 
+mod batchnorm;
 mod conv2d;
 mod elementwise;
 mod linear;

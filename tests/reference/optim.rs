@@ -8,9 +8,15 @@ fn sgd_update_follows_torch_semantics() {
     let p = SgdParams::new(1, 0.1, 0.9, 0.01, false).unwrap();
     let (mut param, mut v) = ([1.0f32], [0.0f32]);
     cpu::sgd_update(&mut param, &[0.5], &mut v, &p);
-    assert!(close(param[0], 0.949) && close(v[0], 0.51), "{param:?} {v:?}");
+    assert!(
+        close(param[0], 0.949) && close(v[0], 0.51),
+        "{param:?} {v:?}"
+    );
     cpu::sgd_update(&mut param, &[0.5], &mut v, &p);
-    assert!(close(v[0], 0.96849) && close(param[0], 0.852151), "{param:?} {v:?}");
+    assert!(
+        close(v[0], 0.96849) && close(param[0], 0.852151),
+        "{param:?} {v:?}"
+    );
 
     let nesterov = SgdParams::new(1, 0.1, 0.9, 0.01, true).unwrap();
     let (mut param, mut v) = ([1.0f32], [0.0f32]);
@@ -20,5 +26,8 @@ fn sgd_update_follows_torch_semantics() {
     let plain = SgdParams::new(1, 0.1, 0.0, 0.0, false).unwrap();
     let (mut param, mut v) = ([1.0f32], [123.0f32]);
     cpu::sgd_update(&mut param, &[0.5], &mut v, &plain);
-    assert!(close(param[0], 0.95) && v[0] == 123.0, "plain SGD leaves the velocity alone");
+    assert!(
+        close(param[0], 0.95) && v[0] == 123.0,
+        "plain SGD leaves the velocity alone"
+    );
 }

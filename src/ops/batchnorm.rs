@@ -1,0 +1,389 @@
+//! Batch normalization (PyTorch `BatchNorm2d`) over channel-major (C, N, H, W) tensors:
+//! training statistics, running-statistics update, normalize (training or evaluation) and
+//! backward.
+//!
+//! Shapes (channel-major): x and y (C, N, H, W), each channel one run of M = N*H*W values;
+//! gamma, beta, dgamma, dbeta (C); mean, var, running_mean, running_var are per-channel
+//! arrays read and written at `stat_offset + c`, so one array can hold the statistics of a
+//! whole dense block (each channel's statistics are computed once, when it is produced).
+//! The variance stored is the biased one (it normalizes); the running variance takes the
+//! unbiased one, var * M / (M - 1), as in PyTorch.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::ensure_shape;
+use crate::error::Result;
+use crate::gpu::{Gpu, View};
+use crate::kernels::{dispatch, dispatch_workgroups, Access::*, Dispatch, Entry, Shader};
+
+/// Shapes, offsets and constants of one batch norm, also its uniform (binding 0). Build with
+/// [`BatchNormParams::new`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BatchNormParams {
+    /// Channels of this op.
+    pub c: u32,
+    /// Values per channel: N*H*W.
+    pub m: u32,
+    /// First element of x (and dx): a channel offset times M.
+    pub x_offset: u32,
+    /// First element of y (and dy): a channel offset times M.
+    pub y_offset: u32,
+    /// First channel of this op in the mean / var / running arrays.
+    pub stat_offset: u32,
+    pub eps: f32,
+    pub momentum: f32,
+    pub _pad: u32,
+}
+
+const OP: &str = "batchnorm";
+
+/// PyTorch's defaults.
+pub const EPS: f32 = 1e-5;
+pub const MOMENTUM: f32 = 0.1;
+
+impl BatchNormParams {
+    /// `input` is (N, C, H, W) in PyTorch order; eps 1e-5 and momentum 0.1 as in PyTorch.
+    pub fn new(input: [u32; 4]) -> Result<Self> {
+        let [n, c, h, w] = input;
+        ensure_shape!(
+            n > 0 && c > 0 && h > 0 && w > 0,
+            OP,
+            "input {input:?} must be positive in every dimension"
+        );
+        let m = n as u64 * h as u64 * w as u64;
+        ensure_shape!(
+            c as u64 * m <= u32::MAX as u64,
+            OP,
+            "input {input:?} has more than 2^32 - 1 elements"
+        );
+        Ok(BatchNormParams {
+            c,
+            m: m as u32,
+            x_offset: 0,
+            y_offset: 0,
+            stat_offset: 0,
+            eps: EPS,
+            momentum: MOMENTUM,
+            _pad: 0,
+        })
+    }
+
+    /// Reads x (and adds into dx) at channel `c` of a larger buffer.
+    pub fn with_x_channel_offset(mut self, c: u32) -> Self {
+        self.x_offset = c.saturating_mul(self.m);
+        self
+    }
+
+    /// Writes y (and reads dy) at channel `c` of a larger buffer.
+    pub fn with_y_channel_offset(mut self, c: u32) -> Self {
+        self.y_offset = c.saturating_mul(self.m);
+        self
+    }
+
+    /// Reads and writes the statistics of this op's channel 0 at channel `c` of the mean /
+    /// var / running arrays (gamma and beta are still this op's own, indexed from 0).
+    pub fn with_stat_offset(mut self, c: u32) -> Self {
+        self.stat_offset = c;
+        self
+    }
+
+    pub fn with_eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    pub fn with_momentum(mut self, momentum: f32) -> Self {
+        self.momentum = momentum;
+        self
+    }
+
+    /// Elements of x (and y) this op covers: C*M.
+    pub fn len(&self) -> u64 {
+        self.c as u64 * self.m as u64
+    }
+
+    /// Whether C*M is zero (never for params built by [`BatchNormParams::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements a view of x or dx must hold.
+    pub fn x_len(&self) -> u64 {
+        self.x_offset as u64 + self.len()
+    }
+
+    /// Elements a view of y or dy must hold.
+    pub fn y_len(&self) -> u64 {
+        self.y_offset as u64 + self.len()
+    }
+
+    /// Elements a mean / var / running array must hold.
+    pub fn stat_len(&self) -> u64 {
+        self.stat_offset as u64 + self.c as u64
+    }
+
+    /// Checks what the builders cannot: offsets in range of the kernels' u32 indices, and
+    /// eps and momentum usable.
+    fn validate(&self) -> Result<()> {
+        ensure_shape!(
+            self.c > 0 && self.m > 0,
+            OP,
+            "{self:?} has no channels or no values per channel"
+        );
+        let max = u32::MAX as u64;
+        ensure_shape!(
+            self.x_len() <= max && self.y_len() <= max && self.stat_len() <= max,
+            OP,
+            "{self:?}: an offset puts the tensor past element 2^32 - 1"
+        );
+        ensure_shape!(
+            self.eps.is_finite() && self.eps > 0.0,
+            OP,
+            "eps {} must be positive and finite",
+            self.eps
+        );
+        ensure_shape!(
+            (0.0..=1.0).contains(&self.momentum),
+            OP,
+            "momentum {} must be in [0, 1]",
+            self.momentum
+        );
+        Ok(())
+    }
+
+    /// Batch statistics need at least two values per channel (PyTorch refuses the same).
+    fn validate_train(&self) -> Result<()> {
+        self.validate()?;
+        ensure_shape!(
+            self.m > 1,
+            OP,
+            "training needs more than 1 value per channel (N*H*W = {}); use evaluation mode",
+            self.m
+        );
+        Ok(())
+    }
+
+    fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
+        ensure_shape!(
+            view.len >= need,
+            OP,
+            "{what} has {} elements but {self:?} needs {need}",
+            view.len
+        );
+        Ok(())
+    }
+}
+
+const PARAMS: usize = std::mem::size_of::<BatchNormParams>();
+
+pub static SHADER: Shader = Shader {
+    file: "batchnorm.wgsl",
+    source: include_str!("../../shaders/batchnorm.wgsl"),
+    entries: &[
+        Entry {
+            name: "batchnorm_stats",
+            bindings: &[(1, Read), (5, ReadWrite), (6, ReadWrite)],
+            workgroup_size: 256,
+            params_size: PARAMS,
+        },
+        Entry {
+            name: "batchnorm_update_running",
+            bindings: &[(7, Read), (8, Read), (9, ReadWrite), (10, ReadWrite)],
+            workgroup_size: 64,
+            params_size: PARAMS,
+        },
+        Entry {
+            name: "batchnorm_forward",
+            bindings: &[
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, ReadWrite),
+                (7, Read),
+                (8, Read),
+            ],
+            workgroup_size: 64,
+            params_size: PARAMS,
+        },
+        Entry {
+            name: "batchnorm_backward",
+            bindings: &[
+                (1, Read),
+                (2, Read),
+                (7, Read),
+                (8, Read),
+                (11, Read),
+                (12, ReadWrite),
+                (13, ReadWrite),
+                (14, ReadWrite),
+            ],
+            workgroup_size: 256,
+            params_size: PARAMS,
+        },
+    ],
+};
+
+/// mean and var (biased) of each channel of x, written at `p.stat_offset`.
+pub fn batchnorm_stats(
+    gpu: &Gpu,
+    p: &BatchNormParams,
+    x: View<'_>,
+    mean: View<'_>,
+    var: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.validate_train()?;
+    p.check("x", &x, p.x_len())?;
+    p.check("mean", &mean, p.stat_len())?;
+    p.check("var", &var, p.stat_len())?;
+    let d = dispatch_workgroups(
+        gpu,
+        "batchnorm_stats",
+        p,
+        &[(1, x), (5, mean), (6, var)],
+        p.c as u64,
+    )?;
+    Ok(vec![d])
+}
+
+/// running_mean and running_var at `p.stat_offset` move `p.momentum` of the way to the
+/// batch mean and the unbiased batch variance.
+pub fn batchnorm_update_running(
+    gpu: &Gpu,
+    p: &BatchNormParams,
+    mean: View<'_>,
+    var: View<'_>,
+    running_mean: View<'_>,
+    running_var: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.validate_train()?;
+    p.check("mean", &mean, p.stat_len())?;
+    p.check("var", &var, p.stat_len())?;
+    p.check("running_mean", &running_mean, p.stat_len())?;
+    p.check("running_var", &running_var, p.stat_len())?;
+    let d = dispatch(
+        gpu,
+        "batchnorm_update_running",
+        p,
+        &[(7, mean), (8, var), (9, running_mean), (10, running_var)],
+        p.c as u64,
+    )?;
+    Ok(vec![d])
+}
+
+/// y = (x - mean) / sqrt(var + eps) * gamma + beta, written at `p.y_offset`; mean and var
+/// are the batch statistics in training, the running ones in evaluation.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward(
+    gpu: &Gpu,
+    p: &BatchNormParams,
+    x: View<'_>,
+    mean: View<'_>,
+    var: View<'_>,
+    gamma: View<'_>,
+    beta: View<'_>,
+    y: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.validate()?;
+    p.check("x", &x, p.x_len())?;
+    p.check("mean", &mean, p.stat_len())?;
+    p.check("var", &var, p.stat_len())?;
+    p.check("gamma", &gamma, p.c as u64)?;
+    p.check("beta", &beta, p.c as u64)?;
+    p.check("y", &y, p.y_len())?;
+    let d = dispatch(
+        gpu,
+        "batchnorm_forward",
+        p,
+        &[(1, x), (2, gamma), (3, beta), (4, y), (7, mean), (8, var)],
+        p.len(),
+    )?;
+    Ok(vec![d])
+}
+
+/// Training forward: the batch statistics into mean and var, the running statistics
+/// updated with them, then y normalized with them (three dispatches, in order).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_train(
+    gpu: &Gpu,
+    p: &BatchNormParams,
+    x: View<'_>,
+    mean: View<'_>,
+    var: View<'_>,
+    running_mean: View<'_>,
+    running_var: View<'_>,
+    gamma: View<'_>,
+    beta: View<'_>,
+    y: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    let mut all = batchnorm_stats(gpu, p, x, mean, var)?;
+    all.extend(batchnorm_update_running(
+        gpu,
+        p,
+        mean,
+        var,
+        running_mean,
+        running_var,
+    )?);
+    all.extend(batchnorm_forward(gpu, p, x, mean, var, gamma, beta, y)?);
+    Ok(all)
+}
+
+/// Evaluation forward: y normalized with the running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_eval(
+    gpu: &Gpu,
+    p: &BatchNormParams,
+    x: View<'_>,
+    running_mean: View<'_>,
+    running_var: View<'_>,
+    gamma: View<'_>,
+    beta: View<'_>,
+    y: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    batchnorm_forward(gpu, p, x, running_mean, running_var, gamma, beta, y)
+}
+
+/// Training backward, with mean and var the batch statistics the forward used:
+/// dx (at `p.x_offset`) += gamma / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)),
+/// dgamma += sum(dy * xhat), dbeta += sum(dy).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward(
+    gpu: &Gpu,
+    p: &BatchNormParams,
+    x: View<'_>,
+    dy: View<'_>,
+    mean: View<'_>,
+    var: View<'_>,
+    gamma: View<'_>,
+    dx: View<'_>,
+    dgamma: View<'_>,
+    dbeta: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.validate_train()?;
+    p.check("x", &x, p.x_len())?;
+    p.check("dy", &dy, p.y_len())?;
+    p.check("mean", &mean, p.stat_len())?;
+    p.check("var", &var, p.stat_len())?;
+    p.check("gamma", &gamma, p.c as u64)?;
+    p.check("dx", &dx, p.x_len())?;
+    p.check("dgamma", &dgamma, p.c as u64)?;
+    p.check("dbeta", &dbeta, p.c as u64)?;
+    let d = dispatch_workgroups(
+        gpu,
+        "batchnorm_backward",
+        p,
+        &[
+            (1, x),
+            (2, gamma),
+            (7, mean),
+            (8, var),
+            (11, dy),
+            (12, dx),
+            (13, dgamma),
+            (14, dbeta),
+        ],
+        p.c as u64,
+    )?;
+    Ok(vec![d])
+}
