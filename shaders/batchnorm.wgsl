@@ -8,6 +8,8 @@
 //   backward, with xhat = (x - mean) * invstd:
 //   dx += gamma * invstd * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M)
 //   dgamma += sum(dy * xhat)        dbeta += sum(dy)
+//   With relu set, y = max(y, 0) and backward first zeroes dy where y <= 0 (recomputed from
+//   x, mean, var, gamma and beta: the activation is never stored).
 //
 // Entry points (params at binding 0, a BatchNormParams uniform):
 //   batchnorm_stats           x(1)                         -> mean_out(5) variance_out(6)
@@ -15,7 +17,7 @@
 //   batchnorm_update_running  mean(7) variance(8)          -> running_mean(9) running_var(10)
 //                                                             blends the batch stats in
 //   batchnorm_forward         x(1) mean(7) variance(8) gamma(2) beta(3) -> y(4)   writes y
-//   batchnorm_backward        x(1) dy(11) mean(7) variance(8) gamma(2)
+//   batchnorm_backward        x(1) dy(11) mean(7) variance(8) gamma(2) beta(3)
 //                                                          -> dx(12) dgamma(13) dbeta(14)
 //                                                             adds into all three
 //
@@ -40,7 +42,7 @@ struct BatchNormParams {
     stat_offset: u32,
     eps: f32,
     momentum: f32,
-    _pad0: u32,
+    relu: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: BatchNormParams;
@@ -142,7 +144,13 @@ fn batchnorm_forward(
     let c = i / p.m;
     let s = p.stat_offset + c;
     let invstd = inverseSqrt(variance[s] + p.eps);
-    y[p.y_offset + i] = (x[p.x_offset + i] - mean[s]) * invstd * gamma[c] + beta[c];
+    let v = (x[p.x_offset + i] - mean[s]) * invstd * gamma[c] + beta[c];
+    y[p.y_offset + i] = select(v, max(v, 0.0), p.relu != 0u);
+}
+
+// dy, or with the fused ReLU, dy where the forward's output xhat * gamma + beta was positive.
+fn masked_dy(i: u32, xhat: f32, g: f32, b: f32) -> f32 {
+    return select(dy[i], 0.0, p.relu != 0u && xhat * g + b <= 0.0);
 }
 
 // One workgroup per channel: both sums in one tree, then dx for the channel's run.
@@ -159,11 +167,14 @@ fn batchnorm_backward(
     let invstd = inverseSqrt(variance[p.stat_offset + cc] + p.eps);
     let xbase = p.x_offset + c * p.m;
     let ybase = p.y_offset + c * p.m;
+    let g_c = gamma[cc];
+    let b_c = beta[cc];
     var sums = vec2<f32>(0.0);
     if live {
         for (var i = lid; i < p.m; i += RED) {
-            let g = dy[ybase + i];
-            sums += vec2<f32>(g, g * (x[xbase + i] - mu) * invstd);
+            let xhat = (x[xbase + i] - mu) * invstd;
+            let g = masked_dy(ybase + i, xhat, g_c, b_c);
+            sums += vec2<f32>(g, g * xhat);
         }
     }
     let total = workgroup_sum(lid, sums);
@@ -172,10 +183,11 @@ fn batchnorm_backward(
     }
     let mean_dy = total.x / f32(p.m);
     let mean_dy_xhat = total.y / f32(p.m);
-    let scale = gamma[c] * invstd;
+    let scale = g_c * invstd;
     for (var i = lid; i < p.m; i += RED) {
         let xhat = (x[xbase + i] - mu) * invstd;
-        dx[xbase + i] += scale * (dy[ybase + i] - mean_dy - xhat * mean_dy_xhat);
+        let g = masked_dy(ybase + i, xhat, g_c, b_c);
+        dx[xbase + i] += scale * (g - mean_dy - xhat * mean_dy_xhat);
     }
     if lid == 0u {
         dgamma[c] += total.y;

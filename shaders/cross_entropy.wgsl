@@ -1,16 +1,18 @@
 // cross_entropy.wgsl: softmax cross-entropy (mean over the batch) fused with its gradient,
 // plus the number of correct predictions.
 //
-//   loss     += mean over valid samples n of  logsumexp(logits[n, :]) - logits[n, label[n]]
-//   dlogits  += (softmax(logits[n, :]) - onehot(label[n])) / valid
+//   loss_n    = logsumexp(logits[n, :]) - logits[n, label[n]]     the loss is mean(loss_n)
+//   loss_sum += sum over valid n of loss_n      (the host divides by the samples it counted)
+//   dlogits  += (softmax(logits[n, :]) - onehot(label[n])) / valid     (gradient of the mean)
 //   correct  += count of valid n with argmax(logits[n, :]) == label[n]   (first maximum wins)
 //
 // A label >= classes (IGNORE = 0xffffffff by convention) marks a padding sample: it adds
 // nothing and is not counted in the mean. Everything accumulates, so the host can sum the
-// loss and the accuracy of many steps on the GPU and read them once.
+// loss and the accuracy of many steps (batches of unequal valid counts included) on the GPU
+// and read them once.
 //
 // Entry point (params at binding 0, a CrossEntropyParams uniform):
-//   softmax_cross_entropy   logits(1) labels(2) -> dlogits(3) loss(4) correct(5)
+//   softmax_cross_entropy   logits(1) labels(2) -> dlogits(3) loss_sum(4) correct(5)
 // Geometry: ONE workgroup of 256 invocations; invocation t handles samples t, t + 256, ...
 // The valid count is reduced first, so the gradient can be scaled in the same pass.
 
@@ -25,7 +27,7 @@ struct CrossEntropyParams {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<u32>;
 @group(0) @binding(3) var<storage, read_write> dlogits: array<f32>;
-@group(0) @binding(4) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(4) var<storage, read_write> loss_sum: array<f32>;
 @group(0) @binding(5) var<storage, read_write> correct: array<u32>;
 
 const WG: u32 = 256u;
@@ -56,7 +58,7 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) lid: u32) {
     let scale = 1.0 / f32(max(total_valid, 1u));
     workgroupBarrier();
 
-    var loss_sum = 0.0;
+    var losses = 0.0;
     var hits = 0u;
     for (var n = lid; n < p.n; n += WG) {
         let label = labels[n];
@@ -78,18 +80,18 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) lid: u32) {
             sum += exp(logits[row + o] - best);
         }
         let lse = best + log(sum);
-        loss_sum += lse - logits[row + label];
+        losses += lse - logits[row + label];
         hits += u32(arg == label);
         for (var o = 0u; o < p.classes; o++) {
             let prob = exp(logits[row + o] - lse);
             dlogits[row + o] += (prob - select(0.0, 1.0, o == label)) * scale;
         }
     }
-    red_f[lid] = loss_sum;
+    red_f[lid] = losses;
     red_u[lid] = hits;
     reduce(lid);
     if lid == 0u {
-        loss[0] += red_f[0] * scale;
+        loss_sum[0] += red_f[0];
         correct[0] += red_u[0];
     }
 }

@@ -212,8 +212,8 @@ pub fn linear_backward_bias(dbias: &mut [f32], dy: &[f32], p: &LinearParams) {
 // ---------------------------------------------------------------------------------------
 // softmax cross-entropy
 
-/// Returns (mean loss over valid samples, correct predictions) and adds the gradient of the
-/// mean loss to dlogits. Labels >= classes are padding and count for nothing.
+/// Returns (summed loss over valid samples, correct predictions) and adds the gradient of
+/// the MEAN loss to dlogits. Labels >= classes are padding and count for nothing.
 pub fn softmax_cross_entropy(
     dlogits: &mut [f32],
     logits: &[f32],
@@ -252,7 +252,7 @@ pub fn softmax_cross_entropy(
             dlogits[ni * c + o] = (dlogits[ni * c + o] as f64 + g) as f32;
         }
     }
-    ((loss * scale) as f32, correct)
+    (loss as f32, correct)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -324,8 +324,9 @@ pub fn batchnorm_update_running(
     }
 }
 
-/// y at y_offset = (x - mean) / sqrt(var + eps) * gamma + beta, with mean and var at
-/// stat_offset (batch statistics in training, running ones in evaluation).
+/// y at y_offset = (x - mean) / sqrt(var + eps) * gamma + beta (then max(., 0) when relu is
+/// set), with mean and var at stat_offset (batch statistics in training, running ones in
+/// evaluation).
 pub fn batchnorm_forward(
     y: &mut [f32],
     x: &[f32],
@@ -340,14 +341,16 @@ pub fn batchnorm_forward(
         let invstd = 1.0 / (var[s] as f64 + p.eps as f64).sqrt();
         let (g, b, mu) = (gamma[c] as f64, beta[c] as f64, mean[s] as f64);
         for (out, &v) in y[yi..][..m].iter_mut().zip(&x[xi..][..m]) {
-            *out = ((v as f64 - mu) * invstd * g + b) as f32;
+            let z = (v as f64 - mu) * invstd * g + b;
+            *out = if p.relu != 0 { z.max(0.0) } else { z } as f32;
         }
     }
 }
 
 /// With xhat = (x - mean) / sqrt(var + eps) and mean, var the batch statistics of x:
 /// dx at x_offset += gamma / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)),
-/// dgamma += sum(dy * xhat), dbeta += sum(dy).
+/// dgamma += sum(dy * xhat), dbeta += sum(dy). With relu set, dy is first zeroed where the
+/// forward output xhat * gamma + beta was not positive.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
     dx: &mut [f32],
@@ -358,6 +361,7 @@ pub fn batchnorm_backward(
     mean: &[f32],
     var: &[f32],
     gamma: &[f32],
+    beta: &[f32],
     p: &BatchNormParams,
 ) {
     let m = p.m as usize;
@@ -366,11 +370,20 @@ pub fn batchnorm_backward(
         let mu = mean[s] as f64;
         let (xs, dys) = (&x[xi..][..m], &dy[yi..][..m]);
         let xhat = |v: f32| (v as f64 - mu) * invstd;
-        let sum_dy = sum(dys);
-        let sum_dy_xhat: f64 = xs.iter().zip(dys).map(|(&v, &g)| g as f64 * xhat(v)).sum();
-        let scale = gamma[c] as f64 * invstd;
-        for ((d, &v), &g) in dx[xi..][..m].iter_mut().zip(xs).zip(dys) {
-            let grad = scale * (g as f64 - sum_dy / m as f64 - xhat(v) * sum_dy_xhat / m as f64);
+        let (g_c, b_c) = (gamma[c] as f64, beta[c] as f64);
+        let masked: Vec<f64> = xs
+            .iter()
+            .zip(dys)
+            .map(|(&v, &g)| match p.relu != 0 && xhat(v) * g_c + b_c <= 0.0 {
+                true => 0.0,
+                false => g as f64,
+            })
+            .collect();
+        let sum_dy: f64 = masked.iter().sum();
+        let sum_dy_xhat: f64 = xs.iter().zip(&masked).map(|(&v, &g)| g * xhat(v)).sum();
+        let scale = g_c * invstd;
+        for ((d, &v), &g) in dx[xi..][..m].iter_mut().zip(xs).zip(&masked) {
+            let grad = scale * (g - sum_dy / m as f64 - xhat(v) * sum_dy_xhat / m as f64);
             *d = (*d as f64 + grad) as f32;
         }
         dgamma[c] = (dgamma[c] as f64 + sum_dy_xhat) as f32;

@@ -33,7 +33,9 @@ pub struct BatchNormParams {
     pub stat_offset: u32,
     pub eps: f32,
     pub momentum: f32,
-    pub _pad: u32,
+    /// Non-zero: ReLU fused after the normalization (forward), and its mask applied to dy
+    /// (backward, recomputed from x, so the activation itself is never stored).
+    pub relu: u32,
 }
 
 const OP: &str = "batchnorm";
@@ -65,7 +67,7 @@ impl BatchNormParams {
             stat_offset: 0,
             eps: EPS,
             momentum: MOMENTUM,
-            _pad: 0,
+            relu: 0,
         })
     }
 
@@ -95,6 +97,12 @@ impl BatchNormParams {
 
     pub fn with_momentum(mut self, momentum: f32) -> Self {
         self.momentum = momentum;
+        self
+    }
+
+    /// Fuses a ReLU after the normalization (BN -> ReLU, as in every DenseNet layer).
+    pub fn with_relu(mut self, relu: bool) -> Self {
+        self.relu = relu as u32;
         self
     }
 
@@ -211,6 +219,7 @@ pub static SHADER: Shader = Shader {
             bindings: &[
                 (1, Read),
                 (2, Read),
+                (3, Read),
                 (7, Read),
                 (8, Read),
                 (11, Read),
@@ -356,11 +365,13 @@ pub fn batchnorm_backward(
     mean: View<'_>,
     var: View<'_>,
     gamma: View<'_>,
+    beta: View<'_>,
     dx: View<'_>,
     dgamma: View<'_>,
     dbeta: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     p.validate_train()?;
+    p.check("beta", &beta, p.c as u64)?;
     p.check("x", &x, p.x_len())?;
     p.check("dy", &dy, p.y_len())?;
     p.check("mean", &mean, p.stat_len())?;
@@ -376,6 +387,7 @@ pub fn batchnorm_backward(
         &[
             (1, x),
             (2, gamma),
+            (3, beta),
             (7, mean),
             (8, var),
             (11, dy),

@@ -1,5 +1,6 @@
 //! Softmax cross-entropy (mean over the batch) fused with its gradient and a count of
-//! correct predictions. Logits (N, classes) row-major, labels (N) u32; a label >= classes
+//! correct predictions. The loss is accumulated as a SUM over samples, so batches with
+//! different numbers of real samples add up right; divide by the samples counted. Logits (N, classes) row-major, labels (N) u32; a label >= classes
 //! (use [`IGNORE`]) marks a padding sample that counts for nothing.
 
 use bytemuck::{Pod, Zeroable};
@@ -58,21 +59,22 @@ pub static SHADER: Shader = Shader {
     }],
 };
 
-/// loss[0] += mean loss, dlogits += its gradient, correct[0] (u32) += correct predictions.
+/// loss_sum[0] += the batch's summed loss, dlogits += the gradient of its MEAN loss,
+/// correct[0] (u32) += correct predictions.
 pub fn softmax_cross_entropy(
     gpu: &Gpu,
     p: &CrossEntropyParams,
     logits: View<'_>,
     labels: View<'_>,
     dlogits: View<'_>,
-    loss: View<'_>,
+    loss_sum: View<'_>,
     correct: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     let lens = [
         ("logits", logits.len, p.logits_len()),
         ("labels", labels.len, p.n as u64),
         ("dlogits", dlogits.len, p.logits_len()),
-        ("loss", loss.len, 1),
+        ("loss_sum", loss_sum.len, 1),
         ("correct", correct.len, 1),
     ];
     for (what, have, need) in lens {
@@ -90,7 +92,7 @@ pub fn softmax_cross_entropy(
             (1, logits),
             (2, labels),
             (3, dlogits),
-            (4, loss),
+            (4, loss_sum),
             (5, correct),
         ],
         1,

@@ -16,24 +16,28 @@ struct Case {
     stat_chan: u32,
     eps: f32,
     momentum: f32,
+    /// The fused ReLU (BN -> ReLU as in every DenseNet layer).
+    relu: bool,
 }
 
 fn cases() -> Vec<Case> {
-    let c = |input, x_chan, y_chan, stat_chan, eps, momentum| Case {
+    let c = |input, x_chan, y_chan, stat_chan, eps, momentum, relu| Case {
         input,
         x_chan,
         y_chan,
         stat_chan,
         eps,
         momentum,
+        relu,
     };
     vec![
-        c([3, 13, 7, 7], 0, 0, 0, 1e-5, 0.1),
-        c([1, 13, 9, 5], 2, 3, 5, 1e-5, 0.1),
-        c([3, 5, 9, 5], 4, 0, 7, 1e-3, 0.3),
+        c([3, 13, 7, 7], 0, 0, 0, 1e-5, 0.1, false),
+        c([1, 13, 9, 5], 2, 3, 5, 1e-5, 0.1, true),
+        c([3, 5, 9, 5], 4, 0, 7, 1e-3, 0.3, false),
         // M = 494: more than one value per invocation of the 256-wide reductions.
-        c([2, 3, 19, 13], 1, 2, 1, 1e-5, 0.1),
-        c([1, 1, 7, 7], 0, 1, 12, 1e-2, 1.0),
+        c([2, 3, 19, 13], 1, 2, 1, 1e-5, 0.1, true),
+        c([1, 1, 7, 7], 0, 1, 12, 1e-2, 1.0, false),
+        c([3, 13, 7, 7], 0, 0, 0, 1e-5, 0.1, true),
     ]
 }
 
@@ -55,7 +59,8 @@ fn setup(c: &Case, rng: &mut Rand) -> Setup {
         .with_y_channel_offset(c.y_chan)
         .with_stat_offset(c.stat_chan)
         .with_eps(c.eps)
-        .with_momentum(c.momentum);
+        .with_momentum(c.momentum)
+        .with_relu(c.relu);
     Setup {
         x: rng.range(p.x_len() + 7, 2.0, 5.0),
         gamma: rng.range(p.c as u64, 0.5, 1.5),
@@ -369,6 +374,7 @@ fn batchnorm_backward_matches_reference() {
         let dg0 = rng.vec(s.p.c as u64);
         let db0 = rng.vec(s.p.c as u64);
         let (x, dyb, mb, vb, g) = (up(&s.x), up(&dy), up(&mean), up(&var), up(&s.gamma));
+        let b = up(&s.beta);
         let (dx, dg, db) = (up(&dx0), up(&dg0), up(&db0));
         let launch = batchnorm::batchnorm_backward(
             gpu(),
@@ -378,6 +384,7 @@ fn batchnorm_backward_matches_reference() {
             mb.view(),
             vb.view(),
             g.view(),
+            b.view(),
             dx.view(),
             dg.view(),
             db.view(),
@@ -393,6 +400,7 @@ fn batchnorm_backward_matches_reference() {
             &mean,
             &var,
             &s.gamma,
+            &s.beta,
             &s.p,
         );
         let what = format!("batchnorm_backward case {i}");
@@ -467,6 +475,7 @@ fn batchnorm_rejects_mismatched_buffers() {
             y.view(),
             stats.view(),
             stats.view(),
+            gamma.view(),
             gamma.view(),
             dx.view(),
             gamma.view(),

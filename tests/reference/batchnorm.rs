@@ -13,6 +13,35 @@ fn loss(x: &[f32], gamma: &[f32], beta: &[f32], g: &[f32], p: &BatchNormParams) 
     dot(&y, g)
 }
 
+/// With the fused ReLU, finite differences are wrong where a pre-activation sits within a
+/// perturbation of 0: moves each channel's beta into the middle of the widest gap between
+/// its pre-activations, so every one of them stays clear of the kink.
+fn keep_off_the_kink(
+    beta: &mut [f32],
+    x: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    gamma: &[f32],
+    p: &BatchNormParams,
+) {
+    let m = p.m as usize;
+    for c in 0..p.c as usize {
+        let s = p.stat_offset as usize + c;
+        let invstd = 1.0 / (var[s] + p.eps).sqrt();
+        let mut z: Vec<f32> = x[p.x_offset as usize + c * m..][..m]
+            .iter()
+            .map(|&v| (v - mean[s]) * invstd * gamma[c])
+            .collect();
+        z.sort_by(f32::total_cmp);
+        let (lo, hi) = z
+            .windows(2)
+            .map(|w| (w[0], w[1]))
+            .max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
+            .unwrap_or((z[0] - 1.0, z[0]));
+        beta[c] = -(lo + hi) / 2.0;
+    }
+}
+
 #[test]
 fn batchnorm_backward_by_finite_differences() {
     let seed = fd::seed();
@@ -20,17 +49,21 @@ fn batchnorm_backward_by_finite_differences() {
     // (input, x channel offset, y channel offset, stat offset): the last case puts x, y and
     // the statistics inside larger buffers, so the gradient outside the op's channels must
     // come out zero as well.
+    // The last two fuse the ReLU.
     let shapes = [
-        ([2, 3, 3, 3], 0, 0, 0),
-        ([1, 2, 5, 3], 0, 0, 0),
-        ([3, 2, 2, 2], 1, 2, 3),
+        ([2, 3, 3, 3], 0, 0, 0, false),
+        ([1, 2, 5, 3], 0, 0, 0, false),
+        ([3, 2, 2, 2], 1, 2, 3, false),
+        ([2, 3, 3, 3], 0, 0, 0, true),
+        ([3, 2, 2, 2], 1, 2, 3, true),
     ];
-    for (i, (input, x_chan, y_chan, stat)) in shapes.into_iter().enumerate() {
+    for (i, (input, x_chan, y_chan, stat, relu)) in shapes.into_iter().enumerate() {
         let p = BatchNormParams::new(input)
             .unwrap()
             .with_x_channel_offset(x_chan)
             .with_y_channel_offset(y_chan)
-            .with_stat_offset(stat);
+            .with_stat_offset(stat)
+            .with_relu(relu);
         let m = p.m as usize;
         // A non-zero mean and a non-unit scale, like real activations: x in [2, 5).
         let x: Vec<f32> = rand_vec(&mut rng, p.x_len() as usize + m)
@@ -41,15 +74,18 @@ fn batchnorm_backward_by_finite_differences() {
             .iter()
             .map(|v| 1.0 + 0.5 * v)
             .collect();
-        let beta = rand_vec(&mut rng, p.c as usize);
+        let mut beta = rand_vec(&mut rng, p.c as usize);
+        let stats = p.stat_len() as usize;
+        let (mut mean, mut var) = (vec![0.0; stats], vec![0.0; stats]);
+        cpu::batchnorm_stats(&mut mean, &mut var, &x, &p);
+        if relu {
+            keep_off_the_kink(&mut beta, &x, &mean, &var, &gamma, &p);
+        }
         // Zero outside the op's channels of y: the loss only sees what the op writes.
         let mut g = vec![0.0; p.y_len() as usize + m];
         g[p.y_offset as usize..][..p.len() as usize]
             .copy_from_slice(&rand_vec(&mut rng, p.len() as usize));
 
-        let stats = p.stat_len() as usize;
-        let (mut mean, mut var) = (vec![0.0; stats], vec![0.0; stats]);
-        cpu::batchnorm_stats(&mut mean, &mut var, &x, &p);
         let mut dx = vec![0.0; x.len()];
         let mut dgamma = vec![0.0; gamma.len()];
         let mut dbeta = vec![0.0; beta.len()];
@@ -62,6 +98,7 @@ fn batchnorm_backward_by_finite_differences() {
             &mean,
             &var,
             &gamma,
+            &beta,
             &p,
         );
         check(&format!("batchnorm dx {i}"), seed, &x, &dx, |x| {

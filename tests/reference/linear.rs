@@ -44,7 +44,8 @@ fn softmax_cross_entropy_gradient_by_finite_differences() {
         &dlogits,
         |l| {
             let mut scratch = vec![0.0; 20];
-            cpu::softmax_cross_entropy(&mut scratch, l, &labels, &p).0 as f64
+            // The loss is summed; the gradient is of the mean over the 4 real samples.
+            cpu::softmax_cross_entropy(&mut scratch, l, &labels, &p).0 as f64 / 4.0
         },
     );
     // The padding sample's row gets no gradient at all.
@@ -57,7 +58,10 @@ fn softmax_cross_entropy_known_values() {
     let p = CrossEntropyParams::new(2, 4).unwrap();
     let mut d = vec![0.0; 8];
     let (loss, correct) = cpu::softmax_cross_entropy(&mut d, &[1.0; 8], &[0, 1], &p);
-    assert!((loss - 4f32.ln()).abs() < 1e-6);
+    assert!(
+        (loss - 2.0 * 4f32.ln()).abs() < 1e-6,
+        "summed over both samples"
+    );
     assert_eq!(correct, 1);
     assert!((d[0] - (0.25 - 1.0) / 2.0).abs() < 1e-7 && (d[1] - 0.25 / 2.0).abs() < 1e-7);
 }

@@ -1,0 +1,125 @@
+//! Batches prepared on a background thread: shuffling, resizing, conversion to f32 in the
+//! channel-major (C, N, H, W) layout the kernels use. The channel holds at most two ready
+//! batches, so the GPU never waits for the host and the host never runs far ahead.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use image::imageops::{resize, FilterType};
+use image::{ImageBuffer, Luma};
+
+use super::Dataset;
+use crate::ops::cross_entropy::IGNORE;
+
+/// One batch, ready to upload: x (C, N, H, W) in [0, 1], labels padded with [`IGNORE`].
+pub struct Batch {
+    pub x: Vec<f32>,
+    pub labels: Vec<u32>,
+    /// Real examples in the batch; the rest is padding.
+    pub count: usize,
+}
+
+/// The order of an epoch.
+#[derive(Clone, Copy, Debug)]
+pub enum Order {
+    /// A fresh permutation from this seed; the last partial batch is dropped, since padding
+    /// would distort the batch statistics of training-mode batch norm.
+    Shuffled(u64),
+    /// Dataset order; the last batch is padded (evaluation uses running statistics).
+    Sequential,
+}
+
+/// Bilinear resize of one 8-bit plane, as torchvision's Resize on a PIL image (then the
+/// division by 255 of ToTensor).
+pub fn resize_plane(plane: &[u8], h: u32, w: u32, out_h: u32, out_w: u32) -> Vec<f32> {
+    if (h, w) == (out_h, out_w) {
+        return plane.iter().map(|&v| v as f32 / 255.0).collect();
+    }
+    let img: ImageBuffer<Luma<u8>, &[u8]> =
+        ImageBuffer::from_raw(w, h, plane).expect("plane matches its size");
+    let out = resize(&img, out_w, out_h, FilterType::Triangle);
+    out.into_raw().iter().map(|&v| v as f32 / 255.0).collect()
+}
+
+/// Fills `x` (C, n, H, W) with example `src` at batch position `slot`.
+fn put(ds: &Dataset, src: usize, slot: usize, n: usize, out: (u32, u32), x: &mut [f32]) {
+    let (oh, ow) = out;
+    let plane = (oh * ow) as usize;
+    let img = ds.image(src);
+    let in_plane = (ds.height * ds.width) as usize;
+    for c in 0..ds.channels as usize {
+        let v = resize_plane(
+            &img[c * in_plane..][..in_plane],
+            ds.height,
+            ds.width,
+            oh,
+            ow,
+        );
+        x[(c * n + slot) * plane..][..plane].copy_from_slice(&v);
+    }
+}
+
+/// Iterates the batches of one epoch, prepared ahead on a worker thread.
+pub struct Loader {
+    rx: Receiver<Batch>,
+    worker: Option<JoinHandle<()>>,
+    pub batches: usize,
+}
+
+impl Loader {
+    pub fn new(ds: Arc<Dataset>, batch: usize, order: Order, out: (u32, u32)) -> Loader {
+        let mut indices: Vec<usize> = (0..ds.len()).collect();
+        let batches = match order {
+            Order::Shuffled(seed) => {
+                fastrand::Rng::with_seed(seed).shuffle(&mut indices);
+                ds.len() / batch
+            }
+            Order::Sequential => ds.len().div_ceil(batch),
+        };
+        let (tx, rx) = sync_channel(2);
+        let worker = std::thread::spawn(move || {
+            let per_example = (ds.channels * out.0 * out.1) as usize;
+            for b in 0..batches {
+                let chunk = &indices[b * batch..((b + 1) * batch).min(indices.len())];
+                let mut x = vec![0f32; per_example * batch];
+                let mut labels = vec![IGNORE; batch];
+                for (slot, &src) in chunk.iter().enumerate() {
+                    put(&ds, src, slot, batch, out, &mut x);
+                    labels[slot] = ds.labels[src] as u32;
+                }
+                let ready = Batch {
+                    x,
+                    labels,
+                    count: chunk.len(),
+                };
+                if tx.send(ready).is_err() {
+                    return; // the consumer stopped early
+                }
+            }
+        });
+        Loader {
+            rx,
+            worker: Some(worker),
+            batches,
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Unblock the worker, then reap it.
+        let (_, dead) = sync_channel(0);
+        self.rx = dead;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Datasets held in host memory as 8-bit images, and the background loader that turns them
+//! into ready-to-upload batches.
+//!
+//! - [`synthetic`]: a procedurally generated 10-class set built into the binary.
+//! - [`idx`]: MNIST and Fashion-MNIST (the four standard IDX files, gzipped or not).
+//! - [`cifar`]: CIFAR-10 binary batches.
+
+pub mod cifar;
+pub mod idx;
+pub mod loader;
+pub mod synthetic;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// Images (count, channels, height, width) in PyTorch order, one byte per value, and labels.
+#[derive(Clone)]
+pub struct Dataset {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub channels: u32,
+    pub height: u32,
+    pub width: u32,
+    pub class_names: Vec<String>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn image_len(&self) -> usize {
+        (self.channels * self.height * self.width) as usize
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.images[i * n..(i + 1) * n]
+    }
+
+    /// Keeps the first `n` examples (`--limit-train`, `--limit-test`).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.labels.truncate(n);
+            self.images.truncate(n * self.image_len());
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        self.class_names.len()
+    }
+}
+
+pub struct Splits {
+    pub train: Dataset,
+    pub test: Dataset,
+}
+
+/// The datasets the CLI knows.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    Synthetic,
+    FashionMnist,
+    Mnist,
+    Cifar10,
+}
+
+impl DatasetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Synthetic => "synthetic",
+            DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::Cifar10 => "cifar10",
+        }
+    }
+
+    /// (channels, height, width) of the raw images.
+    pub fn image_shape(self) -> (u32, u32, u32) {
+        match self {
+            DatasetKind::Synthetic => (1, synthetic::SIZE, synthetic::SIZE),
+            DatasetKind::FashionMnist | DatasetKind::Mnist => (1, 28, 28),
+            DatasetKind::Cifar10 => (3, 32, 32),
+        }
+    }
+
+    pub fn class_names(self) -> Vec<String> {
+        let names: &[&str] = match self {
+            DatasetKind::Synthetic => &synthetic::CLASS_NAMES,
+            DatasetKind::FashionMnist => &[
+                "t-shirt",
+                "trouser",
+                "pullover",
+                "dress",
+                "coat",
+                "sandal",
+                "shirt",
+                "sneaker",
+                "bag",
+                "ankle boot",
+            ],
+            DatasetKind::Mnist => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            DatasetKind::Cifar10 => &[
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ],
+        };
+        names.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// Loads a dataset's train and test splits. File datasets need `data_dir`.
+pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Splits> {
+    let dir = || -> Result<PathBuf> {
+        match data_dir {
+            Some(d) => Ok(d.to_path_buf()),
+            None => bail!(
+                "--dataset {} needs --data-dir DIR (the folder with its files)",
+                kind.name()
+            ),
+        }
+    };
+    match kind {
+        DatasetKind::Synthetic => Ok(synthetic::generate(seed)),
+        DatasetKind::FashionMnist | DatasetKind::Mnist => idx::load(&dir()?, kind.class_names()),
+        DatasetKind::Cifar10 => cifar::load(&dir()?),
+    }
+}
