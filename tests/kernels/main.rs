@@ -4,3 +4,4 @@
 mod common;
 
 mod conv2d;
+mod pool;

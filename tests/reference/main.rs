@@ -5,3 +5,4 @@
 mod fd;
 
 mod conv2d;
+mod pool;
