@@ -6,11 +6,13 @@
 //! R x S kernel. Outputs first, then inputs, then params. Backward functions ADD into their
 //! gradient outputs, like the kernels.
 
+use crate::ops::avgpool::GlobalAvgPoolParams;
 use crate::ops::batchnorm::BatchNormParams;
 use crate::ops::concat::ConcatParams;
 use crate::ops::conv2d::Conv2dParams;
 use crate::ops::cross_entropy::CrossEntropyParams;
 use crate::ops::linear::LinearParams;
+use crate::ops::maxpool::Pool2dParams;
 use crate::ops::relu::ReluParams;
 use crate::ops::sgd::SgdParams;
 
@@ -388,6 +390,118 @@ pub fn batchnorm_backward(
         }
         dgamma[c] = (dgamma[c] as f64 + sum_dy_xhat) as f32;
         dbeta[c] = (dbeta[c] as f64 + sum_dy) as f32;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// pooling
+
+/// Calls `f(plane, y_index, hs..he, ws..we)` for every output element of a 2-D pool: the
+/// (c, n) plane index, y's index (without offset) and the window clipped to the input.
+fn pool2d_windows(
+    p: &Pool2dParams,
+    mut f: impl FnMut(usize, usize, std::ops::Range<usize>, std::ops::Range<usize>),
+) {
+    let (h, w) = (p.h as i64, p.w as i64);
+    let (oh, ow) = (p.out_h as usize, p.out_w as usize);
+    for plane in 0..(p.c * p.n) as usize {
+        for pi in 0..oh {
+            let h0 = (pi * p.stride_h as usize) as i64 - p.pad_h as i64;
+            let rows = h0.max(0) as usize..(h0 + p.kernel_h as i64).min(h) as usize;
+            for qi in 0..ow {
+                let w0 = (qi * p.stride_w as usize) as i64 - p.pad_w as i64;
+                let cols = w0.max(0) as usize..(w0 + p.kernel_w as i64).min(w) as usize;
+                f(plane, (plane * oh + pi) * ow + qi, rows.clone(), cols);
+            }
+        }
+    }
+}
+
+/// y (C, N, P, Q) at y_offset = the max of each window of x (C, N, H, W) at x_offset,
+/// padding excluded; argmax (C, N, P, Q, from element 0) = the in-plane index h * W + w of
+/// the first maximum in row-major window order, or of the last NaN if any (as PyTorch).
+pub fn maxpool_forward(y: &mut [f32], argmax: &mut [u32], x: &[f32], p: &Pool2dParams) {
+    let (xo, yo) = (p.x_offset as usize, p.y_offset as usize);
+    let (hw, w) = ((p.h * p.w) as usize, p.w as usize);
+    pool2d_windows(p, |plane, yi, rows, cols| {
+        let xp = &x[xo + plane * hw..][..hw];
+        let mut best_i = rows.start * w + cols.start;
+        let mut best = xp[best_i];
+        for r in rows {
+            for s in cols.clone() {
+                let v = xp[r * w + s];
+                if v > best || v.is_nan() {
+                    best = v;
+                    best_i = r * w + s;
+                }
+            }
+        }
+        y[yo + yi] = best;
+        argmax[yi] = best_i as u32;
+    });
+}
+
+/// dx (C, N, H, W) at x_offset += dy routed to each window's saved argmax.
+pub fn maxpool_backward(dx: &mut [f32], dy: &[f32], argmax: &[u32], p: &Pool2dParams) {
+    let (xo, yo) = (p.x_offset as usize, p.y_offset as usize);
+    let (hw, pq) = ((p.h * p.w) as usize, (p.out_h * p.out_w) as usize);
+    let mut acc = vec![0f64; p.x_len() as usize];
+    for (yi, &a) in argmax[..p.y_len() as usize].iter().enumerate() {
+        acc[yi / pq * hw + a as usize] += dy[yo + yi] as f64;
+    }
+    add_into(&mut dx[xo..], &acc);
+}
+
+/// y (C, N, P, Q) at y_offset = the sum of each window of x at x_offset / (KH*KW)
+/// (count_include_pad: padding counts as zeros).
+pub fn avgpool_forward(y: &mut [f32], x: &[f32], p: &Pool2dParams) {
+    let (xo, yo) = (p.x_offset as usize, p.y_offset as usize);
+    let (hw, w) = ((p.h * p.w) as usize, p.w as usize);
+    let area = (p.kernel_h * p.kernel_w) as f64;
+    pool2d_windows(p, |plane, yi, rows, cols| {
+        let xp = &x[xo + plane * hw..][..hw];
+        let s: f64 = rows.map(|r| sum(&xp[r * w..][cols.clone()])).sum();
+        y[yo + yi] = (s / area) as f32;
+    });
+}
+
+/// dx (C, N, H, W) at x_offset += dy / (KH*KW) spread over each window.
+pub fn avgpool_backward(dx: &mut [f32], dy: &[f32], p: &Pool2dParams) {
+    let (xo, yo) = (p.x_offset as usize, p.y_offset as usize);
+    let (hw, w) = ((p.h * p.w) as usize, p.w as usize);
+    let area = (p.kernel_h * p.kernel_w) as f64;
+    let mut acc = vec![0f64; p.x_len() as usize];
+    pool2d_windows(p, |plane, yi, rows, cols| {
+        let g = dy[yo + yi] as f64 / area;
+        for r in rows {
+            for s in cols.clone() {
+                acc[plane * hw + r * w + s] += g;
+            }
+        }
+    });
+    add_into(&mut dx[xo..], &acc);
+}
+
+/// y (C, N) at y_offset = the mean of each (c, n) plane of x (C, N, H, W) at x_offset.
+pub fn global_avgpool_forward(y: &mut [f32], x: &[f32], p: &GlobalAvgPoolParams) {
+    let (xo, yo) = (p.x_offset as usize, p.y_offset as usize);
+    let hw = (p.h * p.w) as usize;
+    let x = &x[xo..][..p.x_len() as usize];
+    for (i, plane) in x.chunks(hw).enumerate() {
+        y[yo + i] = (sum(plane) / hw as f64) as f32;
+    }
+}
+
+/// dx (C, N, H, W) at x_offset += dy (C, N) at y_offset / (H*W), broadcast over each plane.
+pub fn global_avgpool_backward(dx: &mut [f32], dy: &[f32], p: &GlobalAvgPoolParams) {
+    let (xo, yo) = (p.x_offset as usize, p.y_offset as usize);
+    let hw = (p.h * p.w) as usize;
+    let dx = &mut dx[xo..][..p.x_len() as usize];
+    for (i, plane) in dx.chunks_mut(hw).enumerate() {
+        let g = dy[yo + i] as f64 / hw as f64;
+        for v in plane {
+            *v = (*v as f64 + g) as f32;
+        }
     }
 }
 

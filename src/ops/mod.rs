@@ -1,10 +1,12 @@
 //! One module per op: its params struct (also its uniform), its launchers, its shader.
 
+pub mod avgpool;
 pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;
 pub mod cross_entropy;
 pub mod linear;
+pub mod maxpool;
 pub mod relu;
 pub mod sgd;
 
@@ -16,6 +18,8 @@ pub static SHADERS: &[&Shader] = &[
     &batchnorm::SHADER,
     &relu::SHADER,
     &concat::SHADER,
+    &maxpool::SHADER,
+    &avgpool::SHADER,
     &linear::SHADER,
     &cross_entropy::SHADER,
     &sgd::SHADER,

@@ -8,3 +8,4 @@ mod conv2d;
 mod cross_entropy;
 mod elementwise;
 mod linear;
+mod pool;

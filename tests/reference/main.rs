@@ -9,3 +9,4 @@ mod conv2d;
 mod elementwise;
 mod linear;
 mod optim;
+mod pool;

@@ -1,0 +1,160 @@
+// avgpool.wgsl: average pooling over channel-major (C, N, H, W) tensors.
+//
+// General pool, as PyTorch's avg_pool2d with ceil_mode=False and count_include_pad=True
+// (padding counts as zeros, so the divisor is always KH*KW):
+//   y[c, n, p, q] = sum over r < KH, s < KW of x[c, n, p*sh - ph + r, q*sw - pw + s] / (KH*KW)
+// Global pool, the network's head; its output is (C, N), feature-major for the linear layer:
+//   y[c, n] = sum over h, w of x[c, n, h, w] / (H*W)
+//
+// Entry points (params at binding 0: a Pool2dParams uniform `p` for the general pool, a
+// GlobalAvgPoolParams uniform `g` for the global one; each entry point uses one of them):
+//   avgpool_forward          x(1)  -> y(2)    writes y
+//   avgpool_backward         dy(3) -> dx(4)   dx += sum over windows containing it of dy / (KH*KW)
+//   global_avgpool_forward   x(1)  -> y(2)    writes y (C, N)
+//   global_avgpool_backward  dy(3) -> dx(4)   dx += dy[c, n] / (H*W)
+//
+// x / dx start at element x_offset and y / dy at y_offset (channel ranges of larger buffers).
+//
+// Geometry: one invocation per output element (forward) or per input element (backward),
+// 64 per workgroup, in a folded 1-D grid. The general backward is a gather over the output
+// windows that contain the element, so overlapping windows need no atomics.
+
+struct Pool2dParams {
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    out_h: u32,
+    out_w: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+    x_offset: u32,
+    y_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct GlobalAvgPoolParams {
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    x_offset: u32,
+    y_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// Two uniforms share binding 0; no entry point uses both (WGSL and naga check collisions
+// per entry point).
+@group(0) @binding(0) var<uniform> p: Pool2dParams;
+@group(0) @binding(0) var<uniform> g: GlobalAvgPoolParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+
+const WG: u32 = 64u;
+
+@compute @workgroup_size(64)
+fn avgpool_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let pq = p.out_h * p.out_w;
+    let i = flat_workgroup(wid, nwg) * WG + lid;
+    if i >= p.c * p.n * pq {
+        return;
+    }
+    let plane = i / pq; // c * N + n, the same in x and y
+    let oh = (i % pq) / p.out_w;
+    let ow = i % p.out_w;
+    // The window clipped to the input; the clipped-off padding adds zeros.
+    let h0 = i32(oh * p.stride_h) - i32(p.pad_h);
+    let w0 = i32(ow * p.stride_w) - i32(p.pad_w);
+    let hs = u32(max(h0, 0));
+    let he = u32(min(h0 + i32(p.kernel_h), i32(p.h)));
+    let ws = u32(max(w0, 0));
+    let we = u32(min(w0 + i32(p.kernel_w), i32(p.w)));
+    let base = p.x_offset + plane * p.h * p.w;
+    var sum = 0.0;
+    for (var ih = hs; ih < he; ih++) {
+        for (var iw = ws; iw < we; iw++) {
+            sum += x[base + ih * p.w + iw];
+        }
+    }
+    y[p.y_offset + i] = sum / f32(p.kernel_h * p.kernel_w);
+}
+
+@compute @workgroup_size(64)
+fn avgpool_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let hw = p.h * p.w;
+    let i = flat_workgroup(wid, nwg) * WG + lid;
+    if i >= p.c * p.n * hw {
+        return;
+    }
+    let plane = i / hw;
+    let h = (i % hw) / p.w;
+    let w = i % p.w;
+    // Windows oh with oh*sh - ph <= h <= oh*sh - ph + KH - 1, clipped to the output.
+    var oh_lo = 0u;
+    if h + p.pad_h >= p.kernel_h {
+        oh_lo = (h + p.pad_h - p.kernel_h) / p.stride_h + 1u;
+    }
+    let oh_hi = min((h + p.pad_h) / p.stride_h + 1u, p.out_h);
+    var ow_lo = 0u;
+    if w + p.pad_w >= p.kernel_w {
+        ow_lo = (w + p.pad_w - p.kernel_w) / p.stride_w + 1u;
+    }
+    let ow_hi = min((w + p.pad_w) / p.stride_w + 1u, p.out_w);
+    let out_plane = p.y_offset + plane * p.out_h * p.out_w;
+    var sum = 0.0;
+    for (var oh = oh_lo; oh < oh_hi; oh++) {
+        for (var ow = ow_lo; ow < ow_hi; ow++) {
+            sum += dy[out_plane + oh * p.out_w + ow];
+        }
+    }
+    dx[p.x_offset + i] += sum / f32(p.kernel_h * p.kernel_w);
+}
+
+@compute @workgroup_size(64)
+fn global_avgpool_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_workgroup(wid, nwg) * WG + lid; // c * N + n
+    if i >= g.c * g.n {
+        return;
+    }
+    let hw = g.h * g.w;
+    let base = g.x_offset + i * hw;
+    var sum = 0.0;
+    for (var k = 0u; k < hw; k++) {
+        sum += x[base + k];
+    }
+    y[g.y_offset + i] = sum / f32(hw);
+}
+
+@compute @workgroup_size(64)
+fn global_avgpool_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let hw = g.h * g.w;
+    let i = flat_workgroup(wid, nwg) * WG + lid;
+    if i >= g.c * g.n * hw {
+        return;
+    }
+    dx[g.x_offset + i] += dy[g.y_offset + i / hw] / f32(hw);
+}

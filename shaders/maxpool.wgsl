@@ -1,0 +1,133 @@
+// maxpool.wgsl: 2-D max pooling over channel-major (C, N, H, W) tensors, as PyTorch's
+// max_pool2d with ceil_mode=False.
+//
+//   y[c, n, p, q] = max over r < KH, s < KW of x[c, n, p*sh - ph + r, q*sw - pw + s]
+//
+// taken over the window's positions inside the input only (padding never wins). argmax
+// saves the winner's index h*W + w within its (c, n) plane: ties go to the first maximum in
+// row-major window order (strict >), a NaN always wins (so the last NaN's index is kept),
+// exactly as PyTorch.
+//
+// Entry points (params at binding 0, a Pool2dParams uniform):
+//   maxpool_forward   x(1)                -> y(2) argmax(3)   writes y and argmax
+//   maxpool_backward  dy(4) argmax_in(5)  -> dx(6)            dx += dy at each window's argmax
+//
+// x / dx start at element x_offset and y / dy at y_offset (channel ranges of larger
+// buffers); argmax is its own (C, N, P, Q) tensor starting at element 0.
+//
+// Geometry: one invocation per output element (forward) or per input element (backward),
+// 64 per workgroup, in a folded 1-D grid. The backward is a gather: each input element
+// visits the output windows that contain it and sums dy where the saved argmax is itself,
+// so overlapping windows (3x3 stride 2) need no atomics and every dx element is written by
+// exactly one invocation.
+
+struct Pool2dParams {
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    out_h: u32,
+    out_w: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+    x_offset: u32,
+    y_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Pool2dParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> argmax: array<u32>;
+@group(0) @binding(4) var<storage, read> dy: array<f32>;
+@group(0) @binding(5) var<storage, read> argmax_in: array<u32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+
+const WG: u32 = 64u;
+
+// By the bits: WGSL lets a compiler assume floats are never NaN, so `v != v` may fold away.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+@compute @workgroup_size(64)
+fn maxpool_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let pq = p.out_h * p.out_w;
+    let i = flat_workgroup(wid, nwg) * WG + lid;
+    if i >= p.c * p.n * pq {
+        return;
+    }
+    let plane = i / pq; // c * N + n, the same in x and y
+    let oh = (i % pq) / p.out_w;
+    let ow = i % p.out_w;
+    // The window clipped to the input; never empty since pad <= kernel / 2.
+    let h0 = i32(oh * p.stride_h) - i32(p.pad_h);
+    let w0 = i32(ow * p.stride_w) - i32(p.pad_w);
+    let hs = u32(max(h0, 0));
+    let he = u32(min(h0 + i32(p.kernel_h), i32(p.h)));
+    let ws = u32(max(w0, 0));
+    let we = u32(min(w0 + i32(p.kernel_w), i32(p.w)));
+    let base = p.x_offset + plane * p.h * p.w;
+    var best_i = hs * p.w + ws;
+    var best = x[base + best_i];
+    for (var ih = hs; ih < he; ih++) {
+        for (var iw = ws; iw < we; iw++) {
+            let k = ih * p.w + iw;
+            let v = x[base + k];
+            if v > best || is_nan(v) {
+                best = v;
+                best_i = k;
+            }
+        }
+    }
+    y[p.y_offset + i] = best;
+    argmax[i] = best_i;
+}
+
+@compute @workgroup_size(64)
+fn maxpool_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let hw = p.h * p.w;
+    let i = flat_workgroup(wid, nwg) * WG + lid;
+    if i >= p.c * p.n * hw {
+        return;
+    }
+    let plane = i / hw;
+    let k = i % hw; // this element's in-plane index, as argmax stores it
+    let h = k / p.w;
+    let w = k % p.w;
+    // Windows oh with oh*sh - ph <= h <= oh*sh - ph + KH - 1, clipped to the output.
+    var oh_lo = 0u;
+    if h + p.pad_h >= p.kernel_h {
+        oh_lo = (h + p.pad_h - p.kernel_h) / p.stride_h + 1u;
+    }
+    let oh_hi = min((h + p.pad_h) / p.stride_h + 1u, p.out_h);
+    var ow_lo = 0u;
+    if w + p.pad_w >= p.kernel_w {
+        ow_lo = (w + p.pad_w - p.kernel_w) / p.stride_w + 1u;
+    }
+    let ow_hi = min((w + p.pad_w) / p.stride_w + 1u, p.out_w);
+    let out_plane = plane * p.out_h * p.out_w;
+    var sum = 0.0;
+    for (var oh = oh_lo; oh < oh_hi; oh++) {
+        for (var ow = ow_lo; ow < ow_hi; ow++) {
+            let j = out_plane + oh * p.out_w + ow;
+            if argmax_in[j] == k {
+                sum += dy[p.y_offset + j];
+            }
+        }
+    }
+    dx[p.x_offset + i] += sum;
+}
