@@ -3,15 +3,10 @@
 // General pool, as PyTorch's avg_pool2d with ceil_mode=False and count_include_pad=True
 // (padding counts as zeros, so the divisor is always KH*KW):
 //   y[c, n, p, q] = sum over r < KH, s < KW of x[c, n, p*sh - ph + r, q*sw - pw + s] / (KH*KW)
-// Global pool, the network's head; its output is (C, N), feature-major for the linear layer:
-//   y[c, n] = sum over h, w of x[c, n, h, w] / (H*W)
 //
-// Entry points (params at binding 0: a Pool2dParams uniform `p` for the general pool, a
-// GlobalAvgPoolParams uniform `g` for the global one; each entry point uses one of them):
+// Entry points (params at binding 0, a Pool2dParams uniform):
 //   avgpool_forward          x(1)  -> y(2)    writes y
 //   avgpool_backward         dy(3) -> dx(4)   dx += sum over windows containing it of dy / (KH*KW)
-//   global_avgpool_forward   x(1)  -> y(2)    writes y (C, N)
-//   global_avgpool_backward  dy(3) -> dx(4)   dx += dy[c, n] / (H*W)
 //
 // x / dx start at element x_offset and y / dy at y_offset (channel ranges of larger buffers).
 //
@@ -38,21 +33,7 @@ struct Pool2dParams {
     _pad1: u32,
 }
 
-struct GlobalAvgPoolParams {
-    n: u32,
-    c: u32,
-    h: u32,
-    w: u32,
-    x_offset: u32,
-    y_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-// Two uniforms share binding 0; no entry point uses both (WGSL and naga check collisions
-// per entry point).
 @group(0) @binding(0) var<uniform> p: Pool2dParams;
-@group(0) @binding(0) var<uniform> g: GlobalAvgPoolParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
@@ -124,37 +105,4 @@ fn avgpool_backward(
         }
     }
     dx[p.x_offset + i] += sum / f32(p.kernel_h * p.kernel_w);
-}
-
-@compute @workgroup_size(64)
-fn global_avgpool_forward(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = flat_workgroup(wid, nwg) * WG + lid; // c * N + n
-    if i >= g.c * g.n {
-        return;
-    }
-    let hw = g.h * g.w;
-    let base = g.x_offset + i * hw;
-    var sum = 0.0;
-    for (var k = 0u; k < hw; k++) {
-        sum += x[base + k];
-    }
-    y[g.y_offset + i] = sum / f32(hw);
-}
-
-@compute @workgroup_size(64)
-fn global_avgpool_backward(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let hw = g.h * g.w;
-    let i = flat_workgroup(wid, nwg) * WG + lid;
-    if i >= g.c * g.n * hw {
-        return;
-    }
-    dx[g.x_offset + i] += dy[g.y_offset + i / hw] / f32(hw);
 }

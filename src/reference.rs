@@ -6,11 +6,11 @@
 //! R x S kernel. Outputs first, then inputs, then params. Backward functions ADD into their
 //! gradient outputs, like the kernels.
 
-use crate::ops::avgpool::GlobalAvgPoolParams;
 use crate::ops::batchnorm::BatchNormParams;
 use crate::ops::concat::ConcatParams;
 use crate::ops::conv2d::Conv2dParams;
 use crate::ops::cross_entropy::CrossEntropyParams;
+use crate::ops::global_avgpool::GlobalAvgPoolParams;
 use crate::ops::linear::LinearParams;
 use crate::ops::maxpool::Pool2dParams;
 use crate::ops::relu::ReluParams;

@@ -1,100 +1,18 @@
-//! Average pooling over channel-major (C, N, H, W) tensors: the general 2-D pool of
-//! PyTorch's `avg_pool2d` (ceil_mode=False, count_include_pad=True, so the divisor is
-//! always KH*KW; the 2x2 stride-2 DenseNet transition) and the global average pool of the
-//! network's head. Forward and gather backward for both.
+//! Average pooling over channel-major (C, N, H, W) tensors, as PyTorch's `avg_pool2d`
+//! (ceil_mode=False, count_include_pad=True, so the divisor is always KH*KW; the 2x2
+//! stride-2 DenseNet transition). Forward and gather backward.
 //!
-//! Shapes (channel-major): x (C, N, H, W); avg pool y (C, N, P, Q) with P, Q as in
-//! [`Pool2dParams`]; global average pool y (C, N), feature-major as the linear layer
-//! reads it.
+//! Shapes (channel-major): x (C, N, H, W), y (C, N, P, Q) with P, Q as in [`Pool2dParams`].
 
-use bytemuck::{Pod, Zeroable};
-
-use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{Gpu, View};
 use crate::kernels::{dispatch, Access::*, Dispatch, Entry, Shader};
 
-use super::maxpool::offset;
 pub use super::maxpool::Pool2dParams;
 
-/// Shapes of one global average pool, also its uniform (binding 0). Build with
-/// [`GlobalAvgPoolParams::new`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-pub struct GlobalAvgPoolParams {
-    pub n: u32,
-    pub c: u32,
-    pub h: u32,
-    pub w: u32,
-    /// First element of x (and dx): a channel offset times N*H*W.
-    pub x_offset: u32,
-    /// First element of y (and dy): a channel offset times N.
-    pub y_offset: u32,
-    pub _pad: [u32; 2],
-}
-
-const GLOBAL: &str = "global_avgpool";
 const AVGPOOL: &str = "avgpool";
 
-impl GlobalAvgPoolParams {
-    /// `input` is (N, C, H, W) in PyTorch order.
-    pub fn new(input: [u32; 4]) -> Result<Self> {
-        let [n, c, h, w] = input;
-        ensure_shape!(
-            n > 0 && c > 0 && h > 0 && w > 0,
-            GLOBAL,
-            "input {input:?} must be positive in every dimension"
-        );
-        let len = input.iter().map(|&d| d as u64).product::<u64>();
-        ensure_shape!(
-            len <= u32::MAX as u64,
-            GLOBAL,
-            "input {input:?} has {len} elements; at most {} fit the kernels' u32 indices",
-            u32::MAX
-        );
-        Ok(GlobalAvgPoolParams {
-            n,
-            c,
-            h,
-            w,
-            x_offset: 0,
-            y_offset: 0,
-            _pad: [0; 2],
-        })
-    }
-
-    /// Reads x (and accumulates dx) at channel `c` of a larger buffer.
-    pub fn with_x_channel_offset(mut self, c: u32) -> Self {
-        self.x_offset = offset(c, self.n * self.h * self.w);
-        self
-    }
-
-    /// Writes y (and reads dy) at feature `c` of a larger (C, N) buffer.
-    pub fn with_y_channel_offset(mut self, c: u32) -> Self {
-        self.y_offset = offset(c, self.n);
-        self
-    }
-
-    pub fn x_len(&self) -> u64 {
-        self.c as u64 * self.n as u64 * self.h as u64 * self.w as u64
-    }
-    pub fn y_len(&self) -> u64 {
-        self.c as u64 * self.n as u64
-    }
-
-    fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
-        ensure_shape!(
-            view.len >= need,
-            GLOBAL,
-            "{what} has {} elements but {self:?} needs {need}",
-            view.len
-        );
-        Ok(())
-    }
-}
-
 const POOL_PARAMS: usize = std::mem::size_of::<Pool2dParams>();
-const GLOBAL_PARAMS: usize = std::mem::size_of::<GlobalAvgPoolParams>();
 
 pub static SHADER: Shader = Shader {
     file: "avgpool.wgsl",
@@ -111,18 +29,6 @@ pub static SHADER: Shader = Shader {
             bindings: &[(3, Read), (4, ReadWrite)],
             workgroup_size: 64,
             params_size: POOL_PARAMS,
-        },
-        Entry {
-            name: "global_avgpool_forward",
-            bindings: &[(1, Read), (2, ReadWrite)],
-            workgroup_size: 64,
-            params_size: GLOBAL_PARAMS,
-        },
-        Entry {
-            name: "global_avgpool_backward",
-            bindings: &[(3, Read), (4, ReadWrite)],
-            workgroup_size: 64,
-            params_size: GLOBAL_PARAMS,
         },
     ],
 };
@@ -152,43 +58,5 @@ pub fn avgpool_backward(
     p.check(AVGPOOL, "dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check(AVGPOOL, "dx", &dx, p.x_offset as u64 + p.x_len())?;
     let d = dispatch(gpu, "avgpool_backward", p, &[(3, dy), (4, dx)], p.x_len())?;
-    Ok(vec![d])
-}
-
-/// y (C, N) = the mean of each (c, n) plane of x, written at `p.y_offset`.
-pub fn global_avgpool_forward(
-    gpu: &Gpu,
-    p: &GlobalAvgPoolParams,
-    x: View<'_>,
-    y: View<'_>,
-) -> Result<Vec<Dispatch>> {
-    p.check("x", &x, p.x_offset as u64 + p.x_len())?;
-    p.check("y", &y, p.y_offset as u64 + p.y_len())?;
-    let d = dispatch(
-        gpu,
-        "global_avgpool_forward",
-        p,
-        &[(1, x), (2, y)],
-        p.y_len(),
-    )?;
-    Ok(vec![d])
-}
-
-/// dx[c, n, h, w] += dy[c, n] / (H*W), accumulated at `p.x_offset`.
-pub fn global_avgpool_backward(
-    gpu: &Gpu,
-    p: &GlobalAvgPoolParams,
-    dy: View<'_>,
-    dx: View<'_>,
-) -> Result<Vec<Dispatch>> {
-    p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
-    p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
-    let d = dispatch(
-        gpu,
-        "global_avgpool_backward",
-        p,
-        &[(3, dy), (4, dx)],
-        p.x_len(),
-    )?;
     Ok(vec![d])
 }

@@ -5,6 +5,7 @@ pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;
 pub mod cross_entropy;
+pub mod global_avgpool;
 pub mod linear;
 pub mod maxpool;
 pub mod relu;
@@ -20,6 +21,7 @@ pub static SHADERS: &[&Shader] = &[
     &concat::SHADER,
     &maxpool::SHADER,
     &avgpool::SHADER,
+    &global_avgpool::SHADER,
     &linear::SHADER,
     &cross_entropy::SHADER,
     &sgd::SHADER,

@@ -4,7 +4,8 @@
 //! argmax, ties and NaN inputs, and accumulation onto non-zero gradients.
 
 use crate::common::*;
-use densenet_wgpu::ops::avgpool::{self, GlobalAvgPoolParams};
+use densenet_wgpu::ops::avgpool;
+use densenet_wgpu::ops::global_avgpool::{self, GlobalAvgPoolParams};
 use densenet_wgpu::ops::maxpool::{self, Pool2dParams};
 use densenet_wgpu::reference as cpu;
 
@@ -298,7 +299,7 @@ fn global_avgpool_forward_matches_reference() {
         let (p, x_total, y_total) = global_params(input, x_chan, y_chan);
         let x = rng.vec(x_total);
         let (xb, y) = (up(&x), poisoned(y_total));
-        run(avgpool::global_avgpool_forward(gpu(), &p, xb.view(), y.view()).unwrap());
+        run(global_avgpool::global_avgpool_forward(gpu(), &p, xb.view(), y.view()).unwrap());
         let mut want = vec![f32::NAN; y_total as usize];
         cpu::global_avgpool_forward(&mut want, &x, &p);
         check_written(
@@ -320,7 +321,7 @@ fn global_avgpool_backward_matches_reference() {
         let dy = rng.vec(y_total);
         let dx0 = rng.vec(x_total);
         let (dyb, dx) = (up(&dy), up(&dx0));
-        run(avgpool::global_avgpool_backward(gpu(), &p, dyb.view(), dx.view()).unwrap());
+        run(global_avgpool::global_avgpool_backward(gpu(), &p, dyb.view(), dx.view()).unwrap());
         let mut want = dx0.clone();
         cpu::global_avgpool_backward(&mut want, &dy, &p);
         check(
@@ -418,22 +419,22 @@ fn pool_rejects_mismatched_buffers_and_impossible_shapes() {
     refused(
         "global_avgpool_forward",
         "x",
-        avgpool::global_avgpool_forward(g, &gp, gx_short.view(), gy.view()),
+        global_avgpool::global_avgpool_forward(g, &gp, gx_short.view(), gy.view()),
     );
     refused(
         "global_avgpool_forward",
         "y",
-        avgpool::global_avgpool_forward(g, &gp, gx.view(), gy_short.view()),
+        global_avgpool::global_avgpool_forward(g, &gp, gx.view(), gy_short.view()),
     );
     refused(
         "global_avgpool_backward",
         "dy",
-        avgpool::global_avgpool_backward(g, &gp, gy_short.view(), gx.view()),
+        global_avgpool::global_avgpool_backward(g, &gp, gy_short.view(), gx.view()),
     );
     refused(
         "global_avgpool_backward",
         "dx",
-        avgpool::global_avgpool_backward(g, &gp, gy.view(), gx_short.view()),
+        global_avgpool::global_avgpool_backward(g, &gp, gy.view(), gx_short.view()),
     );
 
     // Shapes PyTorch refuses.

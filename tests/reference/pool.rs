@@ -1,7 +1,7 @@
 //! The reference pooling backward functions against finite differences of their forwards.
 
 use crate::fd::{self, check, dot, rand_vec};
-use densenet_wgpu::ops::avgpool::GlobalAvgPoolParams;
+use densenet_wgpu::ops::global_avgpool::GlobalAvgPoolParams;
 use densenet_wgpu::ops::maxpool::Pool2dParams;
 use densenet_wgpu::reference as cpu;
 
