@@ -14,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod ops;
 pub mod reference;
 
