@@ -9,3 +9,4 @@ mod cross_entropy;
 mod elementwise;
 mod linear;
 mod pool;
+mod shapes;
