@@ -10,13 +10,18 @@
 //! Activations are channel-major, (C, N, H, W), so a dense block's concatenation is a
 //! contiguous channel range of one buffer (see DESIGN.md).
 
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod ops;
+pub mod predict;
+pub mod recipe;
 pub mod reference;
+pub mod report;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuBuffer, GpuOptions, View};

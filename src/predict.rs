@@ -1,0 +1,87 @@
+//! Classifying image files with a trained checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use image::imageops::FilterType;
+
+use crate::checkpoint::Checkpoint;
+use crate::gpu::Gpu;
+use crate::model::{Plan, SgdConfig};
+use crate::ops::cross_entropy::IGNORE;
+
+pub struct Prediction {
+    pub path: PathBuf,
+    pub class: usize,
+    pub name: String,
+    pub probability: f32,
+}
+
+/// An image file as the network's input: `channels` planes of size x size in [0, 1], resized
+/// bilinearly as training resized its images.
+pub fn load_image(path: &Path, channels: u32, size: u32) -> Result<Vec<f32>> {
+    let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
+    let img = img.resize_exact(size, size, FilterType::Triangle);
+    let raw = match channels {
+        1 => img.to_luma8().into_raw(),
+        _ => img.to_rgb8().into_raw(),
+    };
+    let c = channels as usize;
+    let plane = (size * size) as usize;
+    // Interleaved pixels to channel planes.
+    let mut out = vec![0f32; c * plane];
+    for (i, px) in raw.chunks(raw.len() / plane).enumerate() {
+        for ch in 0..c {
+            out[ch * plane + i] = px[ch.min(px.len() - 1)] as f32 / 255.0;
+        }
+    }
+    Ok(out)
+}
+
+pub fn predict(gpu: &Gpu, checkpoint: &Path, images: &[PathBuf]) -> Result<Vec<Prediction>> {
+    let ck = Checkpoint::load(checkpoint)?;
+    let cfg = &ck.config;
+    let batch = (images.len() as u32).clamp(2, 64);
+    let opt = SgdConfig {
+        lr: 0.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    };
+    let plan = Plan::new(gpu, cfg, batch, opt)?;
+    crate::train::restore(gpu, &plan, &ck)?;
+    let names = ck.dataset.class_names();
+    let (c, size) = (cfg.in_channels, cfg.image_size);
+    let plane = (size * size) as usize;
+    let mut out = Vec::new();
+    for chunk in images.chunks(batch as usize) {
+        let mut x = vec![0f32; (c * batch) as usize * plane];
+        for (slot, path) in chunk.iter().enumerate() {
+            let img = load_image(path, c, size)?;
+            for ch in 0..c as usize {
+                let dst = (ch * batch as usize + slot) * plane;
+                x[dst..dst + plane].copy_from_slice(&img[ch * plane..][..plane]);
+            }
+        }
+        plan.upload(gpu, &x, &vec![IGNORE; batch as usize])?;
+        plan.submit_eval(gpu);
+        let logits: Vec<f32> = gpu.read_all(&plan.logits)?;
+        for (slot, path) in chunk.iter().enumerate() {
+            let row = &logits[slot * cfg.classes as usize..][..cfg.classes as usize];
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+            let total: f32 = exps.iter().sum();
+            let (class, best) = exps
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(a, b), (i, &v)| if v > b { (i, v) } else { (a, b) });
+            out.push(Prediction {
+                path: path.clone(),
+                class,
+                name: names.get(class).cloned().unwrap_or_else(|| class.to_string()),
+                probability: best / total,
+            });
+        }
+    }
+    Ok(out)
+}
