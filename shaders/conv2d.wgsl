@@ -3,20 +3,26 @@
 //   y[k, n, p, q] = bias[k] + sum_{c,r,s} weight[k, c, r, s] * x[c, n, p*sh - ph + r, q*sw - pw + s]
 //
 // Entry points (params at binding 0, a Conv2dParams uniform):
-//   conv2d_forward                 x(1) weight(2) bias(3) -> y(4)          writes y
-//   conv2d_backward_data           dy(5) weight(2)        -> dx(6)         dx += W^T * dy
-//   conv2d_backward_weight         x(1) dy(5)             -> partial(7)    split-K partial sums
-//   conv2d_backward_weight_reduce  partial_in(8)          -> dweight(9)    dweight += sum of splits
-//   conv2d_backward_bias           dy(5)                  -> dbias(10)     dbias += sum over N, P, Q
+//   conv2d_pack_weight_forward     weight(2)                -> packed_out(12)  W as [c,r,s][k]
+//   conv2d_forward                 x(1) packed(11) bias(3)  -> y(4)            writes y
+//   conv2d_pack_weight_data        weight(2)                -> packed_out(12)  W as [r,s][k][c]
+//   conv2d_backward_data           dy(5) packed(11)         -> dx(6)           dx += W^T * dy
+//   conv2d_pack_dy                 dy(5)                    -> packed_out(12)  dy as [n,p,q][k]
+//   conv2d_backward_weight         x(1) packed_dy(13)       -> partial(7)      split-K sums
+//   conv2d_backward_weight_reduce  partial_in(8)            -> dweight(9)      dweight += sums
+//   conv2d_backward_bias           dy(5)                    -> dbias(10)       dbias += sum N,P,Q
+// Each GEMM kernel reads its channel-indexed operand from a packed copy made by the pack
+// kernel before it (channels padded to 8 with zeros), so 8 channels load as 2 vec4.
 //
 // x / dx start at element x_offset and y / dy at y_offset, so the input may be a channel
 // prefix of a dense block's buffer and the output a channel range of one.
 //
-// Geometry: the GEMM kernels give each invocation a 4x4 register tile (4 channels by 4
-// pixels, or 4 output channels by 4 (c, r, s) taps) with no workgroup memory and no
-// barriers, which suits both GPUs and CPU implementations where barriers are costly.
-// One invocation per tile, 64 per workgroup, tiles in a folded 1-D grid; the bias kernel
-// uses one workgroup per output channel and a tree reduction.
+// Geometry: the GEMM kernels give each invocation a register tile of 8 channels (shared by
+// the workgroup) by 4 pixels or taps (its own), with no workgroup memory and no barriers,
+// which suits GPUs and CPU implementations (where barriers are costly) alike; 64
+// invocations per workgroup, workgroups in a folded 1-D grid. Pack kernels are one
+// invocation per packed element; the bias kernel is one workgroup per output channel with a
+// tree reduction.
 
 struct Conv2dParams {
     n: u32,
@@ -52,8 +58,17 @@ struct Conv2dParams {
 @group(0) @binding(8) var<storage, read> partial_in: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dbias: array<f32>;
+@group(0) @binding(11) var<storage, read> packed: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> packed_out: array<f32>;
+@group(0) @binding(13) var<storage, read> packed_dy: array<vec4<f32>>;
 
-const TILE: u32 = 4u;
+// Register tiles: each invocation owns TM = 8 channels (the same for the whole workgroup)
+// by TN = 4 pixels or taps (its own). Per step of the reduction it does 4 gathered loads of
+// its pixels and 2 vec4 loads of 8 channels' values from a packed copy in which those 8 are
+// contiguous, for 32 multiply-adds. (On CPU implementations such as llvmpipe every storage
+// load is a loop over the SIMD lanes whatever its width, so vec4 loads count most.)
+const TM: u32 = 8u;
+const TN: u32 = 4u;
 const WG: u32 = 64u;
 const LANES = vec4<u32>(0u, 1u, 2u, 3u);
 
@@ -65,8 +80,110 @@ fn gather_dy(i: vec4<u32>, ok: vec4<bool>) -> vec4<f32> {
     return select(vec4<f32>(0.0), vec4<f32>(dy[i.x], dy[i.y], dy[i.z], dy[i.w]), ok);
 }
 
-fn gather_weight(i: vec4<u32>) -> vec4<f32> {
-    return vec4<f32>(weight[i.x], weight[i.y], weight[i.z], weight[i.w]);
+// Channel counts padded to the tile.
+fn padded(c: u32) -> u32 {
+    return (c + TM - 1u) / TM * TM;
+}
+
+// TM accumulators of TN values: acc.m += w[m] * v for the two vec4 halves of w.
+struct Acc {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    a4: vec4<f32>,
+    a5: vec4<f32>,
+    a6: vec4<f32>,
+    a7: vec4<f32>,
+}
+
+fn fma8(acc: ptr<function, Acc>, lo: vec4<f32>, hi: vec4<f32>, v: vec4<f32>) {
+    (*acc).a0 += lo.x * v;
+    (*acc).a1 += lo.y * v;
+    (*acc).a2 += lo.z * v;
+    (*acc).a3 += lo.w * v;
+    (*acc).a4 += hi.x * v;
+    (*acc).a5 += hi.y * v;
+    (*acc).a6 += hi.z * v;
+    (*acc).a7 += hi.w * v;
+}
+
+fn acc_get(acc: Acc, m: u32) -> vec4<f32> {
+    switch m {
+        case 0u: { return acc.a0; }
+        case 1u: { return acc.a1; }
+        case 2u: { return acc.a2; }
+        case 3u: { return acc.a3; }
+        case 4u: { return acc.a4; }
+        case 5u: { return acc.a5; }
+        case 6u: { return acc.a6; }
+        default: { return acc.a7; }
+    }
+}
+
+// The channel tile of flat workgroup `w` (uniform), and the workgroup's index along the
+// other dimension.
+fn channel_tile(w: u32, channels: u32) -> vec2<u32> {
+    let tiles = (channels + TM - 1u) / TM;
+    return vec2<u32>((w % tiles) * TM, w / tiles);
+}
+
+// Packs the weights for the forward: packed_out[(c*R*S + r*S + s) * Kp + k] = W[k, c, r, s],
+// zero for k >= K (Kp = K padded to 8).
+@compute @workgroup_size(64)
+fn conv2d_pack_weight_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let kp = padded(p.c_out);
+    let taps = p.c_in * p.kernel_h * p.kernel_w;
+    let o = flat_workgroup(wid, nwg) * WG + lid;
+    if o >= taps * kp {
+        return;
+    }
+    let k = o % kp;
+    let tap = o / kp;
+    packed_out[o] = select(0.0, weight[min(k, p.c_out - 1u) * taps + tap], k < p.c_out);
+}
+
+// Packs the weights for the data gradient:
+// packed_out[((r*S + s) * K + k) * Cp + c] = W[k, c, r, s], zero for c >= C.
+@compute @workgroup_size(64)
+fn conv2d_pack_weight_data(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let cp = padded(p.c_in);
+    let rs = p.kernel_h * p.kernel_w;
+    let o = flat_workgroup(wid, nwg) * WG + lid;
+    if o >= rs * p.c_out * cp {
+        return;
+    }
+    let c = o % cp;
+    let k = (o / cp) % p.c_out;
+    let tap = o / cp / p.c_out;
+    packed_out[o] = select(0.0, weight[(k * p.c_in + min(c, p.c_in - 1u)) * rs + tap], c < p.c_in);
+}
+
+// Transposes the output gradient for the weight gradient:
+// packed_out[j * Kp + k] = dy[y_offset + k * N*P*Q + j], zero for k >= K.
+@compute @workgroup_size(64)
+fn conv2d_pack_dy(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let kp = padded(p.c_out);
+    let npq = p.n * p.out_h * p.out_w;
+    let o = flat_workgroup(wid, nwg) * WG + lid;
+    if o >= npq * kp {
+        return;
+    }
+    let k = o % kp;
+    let j = o / kp;
+    packed_out[o] = select(0.0, dy[p.y_offset + min(k, p.c_out - 1u) * npq + j], k < p.c_out);
 }
 
 @compute @workgroup_size(64)
@@ -77,30 +194,24 @@ fn conv2d_forward(
 ) {
     let pq = p.out_h * p.out_w;
     let npq = p.n * pq;
-    let j_tiles = (npq + TILE - 1u) / TILE;
-    let k_tiles = (p.c_out + TILE - 1u) / TILE;
-    let t = flat_workgroup(wid, nwg) * WG + lid;
-    if t >= j_tiles * k_tiles {
+    let tile = channel_tile(flat_workgroup(wid, nwg), p.c_out);
+    let k0 = tile.x;
+    let j0 = (tile.y * WG + lid) * TN;
+    if j0 >= npq {
         return;
     }
-    let j0 = (t % j_tiles) * TILE;
-    let k0 = (t / j_tiles) * TILE;
     let hw = p.h * p.w;
     let nhw = p.n * hw;
     let rs = p.kernel_h * p.kernel_w;
-    let crs = p.c_in * rs;
+    let kq = padded(p.c_out) / 4u;
 
-    // The tile's 4 output pixels (clamped in range; the store skips the extra ones).
+    // This invocation's output pixels (clamped in range; the store skips the extra ones).
     let j = min(vec4<u32>(j0) + LANES, vec4<u32>(npq - 1u));
     let img = p.x_offset + (j / pq) * hw;
     let ih0 = vec4<i32>(((j % pq) / p.out_w) * p.stride_h) - i32(p.pad_h);
     let iw0 = vec4<i32>((j % p.out_w) * p.stride_w) - i32(p.pad_w);
-    let wrow = min(vec4<u32>(k0) + LANES, vec4<u32>(p.c_out - 1u)) * crs;
 
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc = Acc();
     for (var r = 0u; r < p.kernel_h; r++) {
         let ih = ih0 + i32(r);
         let ok_h = (ih >= vec4<i32>(0)) & (ih < vec4<i32>(i32(p.h)));
@@ -108,37 +219,29 @@ fn conv2d_forward(
             let iw = iw0 + i32(s);
             let ok = ok_h & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(p.w)));
             var xi = img + vec4<u32>(ih) * p.w + vec4<u32>(iw);
-            var wi = wrow + r * p.kernel_w + s;
+            var wi = (r * p.kernel_w + s) * kq + k0 / 4u;
             for (var c = 0u; c < p.c_in; c++) {
-                let xv = gather_x(xi, ok);
-                let wv = gather_weight(wi);
-                acc0 += wv.x * xv;
-                acc1 += wv.y * xv;
-                acc2 += wv.z * xv;
-                acc3 += wv.w * xv;
+                fma8(&acc, packed[wi], packed[wi + 1u], gather_x(xi, ok));
                 xi += nhw;
-                wi += rs;
+                wi += rs * kq;
             }
         }
     }
-    store_y(k0, j0, npq, acc0);
-    store_y(k0 + 1u, j0, npq, acc1);
-    store_y(k0 + 2u, j0, npq, acc2);
-    store_y(k0 + 3u, j0, npq, acc3);
-}
-
-fn store_y(k: u32, j0: u32, npq: u32, acc: vec4<f32>) {
-    if k >= p.c_out {
-        return;
-    }
-    var b = 0.0;
-    if p.has_bias != 0u {
-        b = bias[k];
-    }
-    let base = p.y_offset + k * npq + j0;
-    for (var l = 0u; l < TILE; l++) {
-        if j0 + l < npq {
-            y[base + l] = acc[l] + b;
+    for (var m = 0u; m < TM; m++) {
+        let k = k0 + m;
+        if k >= p.c_out {
+            break;
+        }
+        var b = 0.0;
+        if p.has_bias != 0u {
+            b = bias[k];
+        }
+        let v = acc_get(acc, m);
+        let base = p.y_offset + k * npq + j0;
+        for (var l = 0u; l < TN; l++) {
+            if j0 + l < npq {
+                y[base + l] = v[l] + b;
+            }
         }
     }
 }
@@ -153,30 +256,23 @@ fn conv2d_backward_data(
     let nhw = p.n * hw;
     let pq = p.out_h * p.out_w;
     let npq = p.n * pq;
-    let i_tiles = (nhw + TILE - 1u) / TILE;
-    let c_tiles = (p.c_in + TILE - 1u) / TILE;
-    let t = flat_workgroup(wid, nwg) * WG + lid;
-    if t >= i_tiles * c_tiles {
+    let tile = channel_tile(flat_workgroup(wid, nwg), p.c_in);
+    let c0 = tile.x;
+    let i0 = (tile.y * WG + lid) * TN;
+    if i0 >= nhw {
         return;
     }
-    let i0 = (t % i_tiles) * TILE;
-    let c0 = (t / i_tiles) * TILE;
-    let rs = p.kernel_h * p.kernel_w;
-    let crs = p.c_in * rs;
+    let cq = padded(p.c_in) / 4u;
 
-    // The tile's 4 input pixels.
+    // This invocation's input pixels.
     let i = min(vec4<u32>(i0) + LANES, vec4<u32>(nhw - 1u));
     let img = p.y_offset + (i / hw) * pq;
     let h = vec4<i32>((i % hw) / p.w);
     let w = vec4<i32>(i % p.w);
     let sh = i32(p.stride_h);
     let sw = i32(p.stride_w);
-    let wcol = min(vec4<u32>(c0) + LANES, vec4<u32>(p.c_in - 1u)) * rs;
 
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc = Acc();
     for (var r = 0u; r < p.kernel_h; r++) {
         // Output row oh reads input row h when oh * sh - ph + r == h.
         let oh_s = h + i32(p.pad_h) - i32(r);
@@ -188,39 +284,32 @@ fn conv2d_backward_data(
             let ok = ok_h & (ow_s >= vec4<i32>(0)) & (ow * sw == ow_s)
                 & (ow < vec4<i32>(i32(p.out_w)));
             var di = img + vec4<u32>(oh) * p.out_w + vec4<u32>(ow);
-            var wi = wcol + r * p.kernel_w + s;
+            var wi = (r * p.kernel_w + s) * p.c_out * cq + c0 / 4u;
             for (var k = 0u; k < p.c_out; k++) {
-                let dv = gather_dy(di, ok);
-                let wv = gather_weight(wi);
-                acc0 += wv.x * dv;
-                acc1 += wv.y * dv;
-                acc2 += wv.z * dv;
-                acc3 += wv.w * dv;
+                fma8(&acc, packed[wi], packed[wi + 1u], gather_dy(di, ok));
                 di += npq;
-                wi += crs;
+                wi += cq;
             }
         }
     }
-    add_dx(c0, i0, nhw, acc0);
-    add_dx(c0 + 1u, i0, nhw, acc1);
-    add_dx(c0 + 2u, i0, nhw, acc2);
-    add_dx(c0 + 3u, i0, nhw, acc3);
-}
-
-fn add_dx(c: u32, i0: u32, nhw: u32, acc: vec4<f32>) {
-    if c >= p.c_in {
-        return;
-    }
-    let base = p.x_offset + c * nhw + i0;
-    for (var l = 0u; l < TILE; l++) {
-        if i0 + l < nhw {
-            dx[base + l] += acc[l];
+    for (var m = 0u; m < TM; m++) {
+        let c = c0 + m;
+        if c >= p.c_in {
+            break;
+        }
+        let v = acc_get(acc, m);
+        let base = p.x_offset + c * nhw + i0;
+        for (var l = 0u; l < TN; l++) {
+            if i0 + l < nhw {
+                dx[base + l] += v[l];
+            }
         }
     }
 }
 
-// Split-K weight gradient: invocation (tile, split) sums pixels [split * chunk, +chunk) for a
-// 4x4 tile of (output channel k, tap c*R*S + r*S + s) into partial[split, k, tap].
+// Split-K weight gradient: workgroup (k tile, tap group, split) sums the output pixels
+// [split * chunk, +chunk) for 8 output channels (uniform, read as 2 vec4 from the packed
+// dy) by 4 taps c*R*S + r*S + s per invocation into partial[split, k, tap].
 @compute @workgroup_size(64)
 fn conv2d_backward_weight(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -229,49 +318,42 @@ fn conv2d_backward_weight(
 ) {
     let rs = p.kernel_h * p.kernel_w;
     let crs = p.c_in * rs;
-    let a_tiles = (crs + TILE - 1u) / TILE;
-    let k_tiles = (p.c_out + TILE - 1u) / TILE;
-    let tiles = a_tiles * k_tiles;
-    let t = flat_workgroup(wid, nwg) * WG + lid;
-    if t >= tiles * p.splits {
+    let tap_groups = (crs + WG * TN - 1u) / (WG * TN);
+    let tile = channel_tile(flat_workgroup(wid, nwg), p.c_out);
+    let k0 = tile.x;
+    let split = tile.y / tap_groups;
+    let a0 = ((tile.y % tap_groups) * WG + lid) * TN;
+    if split >= p.splits || a0 >= crs {
         return;
     }
-    let split = t / tiles;
-    let a0 = (t % tiles % a_tiles) * TILE;
-    let k0 = (t % tiles / a_tiles) * TILE;
     let hw = p.h * p.w;
     let nhw = p.n * hw;
     let pq = p.out_h * p.out_w;
     let npq = p.n * pq;
+    let kq = padded(p.c_out) / 4u;
 
-    // The tile's 4 taps: input channel, and the offset of the tap from the window origin.
+    // This invocation's taps: input channel, and the offset from the window origin.
     let a = min(vec4<u32>(a0) + LANES, vec4<u32>(crs - 1u));
     let chan = p.x_offset + (a / rs) * nhw;
     let r_off = vec4<i32>((a % rs) / p.kernel_w) - i32(p.pad_h);
     let s_off = vec4<i32>(a % p.kernel_w) - i32(p.pad_w);
-    let drow = p.y_offset + min(vec4<u32>(k0) + LANES, vec4<u32>(p.c_out - 1u)) * npq;
 
     let j_begin = split * p.chunk;
     let j_end = min(j_begin + p.chunk, npq);
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc = Acc();
     // Walk output pixels (n, oh, ow) incrementally: no division inside the loop.
     var n = j_begin / pq;
     var oh = (j_begin % pq) / p.out_w;
     var ow = j_begin % p.out_w;
+    var di = j_begin * kq + k0 / 4u;
     for (var j = j_begin; j < j_end; j++) {
         let ih = r_off + i32(oh * p.stride_h);
         let iw = s_off + i32(ow * p.stride_w);
         let ok = (ih >= vec4<i32>(0)) & (ih < vec4<i32>(i32(p.h)))
             & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(p.w)));
         let xv = gather_x(chan + n * hw + vec4<u32>(ih) * p.w + vec4<u32>(iw), ok);
-        let dv = vec4<f32>(dy[drow.x + j], dy[drow.y + j], dy[drow.z + j], dy[drow.w + j]);
-        acc0 += dv.x * xv;
-        acc1 += dv.y * xv;
-        acc2 += dv.z * xv;
-        acc3 += dv.w * xv;
+        fma8(&acc, packed_dy[di], packed_dy[di + 1u], xv);
+        di += kq;
         ow += 1u;
         if ow == p.out_w {
             ow = 0u;
@@ -283,19 +365,16 @@ fn conv2d_backward_weight(
         }
     }
     let base = split * p.c_out * crs;
-    store_partial(base, k0, a0, crs, acc0);
-    store_partial(base, k0 + 1u, a0, crs, acc1);
-    store_partial(base, k0 + 2u, a0, crs, acc2);
-    store_partial(base, k0 + 3u, a0, crs, acc3);
-}
-
-fn store_partial(base: u32, k: u32, a0: u32, crs: u32, acc: vec4<f32>) {
-    if k >= p.c_out {
-        return;
-    }
-    for (var l = 0u; l < TILE; l++) {
-        if a0 + l < crs {
-            partial[base + k * crs + a0 + l] = acc[l];
+    for (var m = 0u; m < TM; m++) {
+        let k = k0 + m;
+        if k >= p.c_out {
+            break;
+        }
+        let v = acc_get(acc, m);
+        for (var l = 0u; l < TN; l++) {
+            if a0 + l < crs {
+                partial[base + k * crs + a0 + l] = v[l];
+            }
         }
     }
 }

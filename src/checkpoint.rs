@@ -30,7 +30,13 @@ pub struct Checkpoint {
     pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
-fn put(out: &mut HashMap<String, (Vec<usize>, Vec<f32>)>, arena: &Arena, values: &[f32], prefix: &str, suffix: &str) {
+fn put(
+    out: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    arena: &Arena,
+    values: &[f32],
+    prefix: &str,
+    suffix: &str,
+) {
     for s in &arena.slots {
         let v = values[s.offset as usize..][..s.len as usize].to_vec();
         let shape = s.shape.iter().map(|&d| d as usize).collect();
@@ -71,7 +77,13 @@ impl Checkpoint {
 
     /// Scatters named tensors into `arena`'s layout (`prefix`/`suffix` around slot names).
     /// Missing tensors are an error unless `optional`, then None.
-    pub fn arena(&self, arena: &Arena, prefix: &str, suffix: &str, optional: bool) -> Result<Option<Vec<f32>>> {
+    pub fn arena(
+        &self,
+        arena: &Arena,
+        prefix: &str,
+        suffix: &str,
+        optional: bool,
+    ) -> Result<Option<Vec<f32>>> {
         let mut out = vec![0f32; arena.len as usize];
         for s in &arena.slots {
             let name = format!("{prefix}{}{suffix}", s.name);
@@ -97,12 +109,21 @@ impl Checkpoint {
             .iter()
             .map(|n| {
                 let (shape, v) = &self.tensors[*n];
-                ((*n).clone(), bytemuck::cast_slice(v).to_vec(), shape.clone())
+                (
+                    (*n).clone(),
+                    bytemuck::cast_slice(v).to_vec(),
+                    shape.clone(),
+                )
             })
             .collect();
         let views = bytes
             .iter()
-            .map(|(n, b, shape)| Ok((n.as_str(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)?)))
+            .map(|(n, b, shape)| {
+                Ok((
+                    n.as_str(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)?,
+                ))
+            })
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
@@ -116,20 +137,31 @@ impl Checkpoint {
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let raw = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let raw = std::fs::read(path)
+            .with_context(|| format!("reading checkpoint {}", path.display()))?;
         let st = SafeTensors::deserialize(&raw)
             .map_err(|e| anyhow!("{}: not a safetensors file ({e})", path.display()))?;
         let (_, header) = SafeTensors::read_metadata(&raw)?;
-        let meta = header
-            .metadata()
-            .clone()
-            .ok_or_else(|| anyhow!("{}: no metadata; not a densenet-wgpu checkpoint", path.display()))?;
+        let meta = header.metadata().clone().ok_or_else(|| {
+            anyhow!(
+                "{}: no metadata; not a densenet-wgpu checkpoint",
+                path.display()
+            )
+        })?;
         let get = |k: &str| {
-            meta.get(k)
-                .ok_or_else(|| anyhow!("{}: metadata lacks {k:?}; not a densenet-wgpu checkpoint", path.display()))
+            meta.get(k).ok_or_else(|| {
+                anyhow!(
+                    "{}: metadata lacks {k:?}; not a densenet-wgpu checkpoint",
+                    path.display()
+                )
+            })
         };
         if get("format")? != FORMAT {
-            bail!("{}: format {:?}, this build reads {FORMAT:?}", path.display(), get("format")?);
+            bail!(
+                "{}: format {:?}, this build reads {FORMAT:?}",
+                path.display(),
+                get("format")?
+            );
         }
         let dataset = match get("dataset")?.as_str() {
             "synthetic" => DatasetKind::Synthetic,
@@ -141,7 +173,11 @@ impl Checkpoint {
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != Dtype::F32 {
-                bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
+                bail!(
+                    "{}: tensor {name} is {:?}, expected F32",
+                    path.display(),
+                    view.dtype()
+                );
             }
             let values: Vec<f32> = view
                 .data()
@@ -164,11 +200,17 @@ impl Checkpoint {
 /// Writes `data` to `path` through a temporary file in the same folder and a rename, so a
 /// crash never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }

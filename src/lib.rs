@@ -10,6 +10,7 @@
 //! Activations are channel-major, (C, N, H, W), so a dense block's concatenation is a
 //! contiguous channel range of one buffer (see DESIGN.md).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

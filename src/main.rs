@@ -16,7 +16,11 @@ use densenet_wgpu::train::{self, TrainArgs};
 use densenet_wgpu::{Gpu, GpuOptions};
 
 #[derive(Parser)]
-#[command(name = "densenet-wgpu", version, about = "Train DenseNets on any GPU with WGSL kernels")]
+#[command(
+    name = "densenet-wgpu",
+    version,
+    about = "Train DenseNets on any GPU with WGSL kernels"
+)]
 struct Cli {
     /// Use the adapter whose name contains this text (see `info`).
     #[arg(long, global = true)]
@@ -91,6 +95,22 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Time training steps of a preset on random data; --profile adds per-kernel GPU times.
+    Bench {
+        #[arg(long, value_enum, default_value = "tiny")]
+        preset: Preset,
+        /// Whose image shape and classes to use (no files are read).
+        #[arg(long, value_enum, default_value = "synthetic")]
+        dataset: DatasetKind,
+        #[arg(long)]
+        batch_size: Option<u32>,
+        /// Timed steps (after two warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: u32,
+        /// Also time every kernel of one step with timestamp queries.
+        #[arg(long)]
+        profile: bool,
+    },
     /// Classify PNG images with a checkpoint.
     Predict {
         #[arg(long, value_name = "FILE")]
@@ -109,6 +129,58 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn bench(
+    opts: &GpuOptions,
+    preset: Preset,
+    dataset: DatasetKind,
+    batch_size: Option<u32>,
+    steps: u32,
+    profile: bool,
+) -> anyhow::Result<()> {
+    let gpu = Gpu::new(opts)?;
+    let cfg = preset.config(dataset, dataset.class_names().len() as u32);
+    let recipe = preset.recipe();
+    let batch = batch_size.unwrap_or(recipe.batch_size);
+    let opt = SgdConfig {
+        lr: recipe.lr,
+        momentum: recipe.momentum,
+        weight_decay: recipe.weight_decay,
+        nesterov: recipe.nesterov,
+    };
+    let plan = Plan::new(&gpu, &cfg, batch, opt)?;
+    plan.write_params(&gpu, &plan.layout.init_params(cfg.init, 0))?;
+    let mut rng = fastrand::Rng::with_seed(0);
+    let x: Vec<f32> = (0..plan.input.len).map(|_| rng.f32()).collect();
+    let labels: Vec<u32> = (0..batch).map(|_| rng.u32(..cfg.classes)).collect();
+    plan.upload(&gpu, &x, &labels)?;
+    let secs = densenet_wgpu::bench::time_train_steps(&gpu, &plan, 2, steps)?;
+    println!(
+        "{} on {} ({:?}), batch {batch}: {:.2} ms per training step, {:.0} images/s; memory: {}",
+        preset.name(),
+        gpu.info.name,
+        gpu.info.backend,
+        secs * 1e3,
+        batch as f64 / secs,
+        plan.memory
+    );
+    if profile {
+        let times = densenet_wgpu::bench::profile(&gpu, plan.train_commands())?;
+        let total: f64 = times.iter().map(|t| t.seconds).sum();
+        println!("{:<34} {:>6} {:>10} {:>6}", "kernel", "calls", "ms", "%");
+        for t in &times {
+            println!(
+                "{:<34} {:>6} {:>10.3} {:>5.1}%",
+                t.name,
+                t.calls,
+                t.seconds * 1e3,
+                100.0 * t.seconds / total
+            );
+        }
+        println!("{:<34} {:>6} {:>10.3}", "sum of kernels", "", total * 1e3);
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -134,7 +206,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             resume,
         } => {
             let dataset = data.dataset.unwrap_or(DatasetKind::Synthetic);
-            let out = out.unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", preset.name(), dataset.name())));
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from(format!("runs/{}-{}", preset.name(), dataset.name()))
+            });
             let args = TrainArgs {
                 dataset,
                 data_dir: data.data_dir,
@@ -172,8 +246,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let ck = Checkpoint::load(&checkpoint)?;
             let dataset = data.dataset.unwrap_or(ck.dataset);
             let seed = seed.unwrap_or(0);
-            let mut splits = data::load(dataset, data.data_dir.as_deref(), seed)
-                .with_context(|| format!("loading {} for {}", dataset.name(), checkpoint.display()))?;
+            let mut splits =
+                data::load(dataset, data.data_dir.as_deref(), seed).with_context(|| {
+                    format!("loading {} for {}", dataset.name(), checkpoint.display())
+                })?;
             if let Some(n) = limit_test {
                 splits.test.truncate(n);
             }
@@ -206,10 +282,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 100.0 * acc
             );
         }
+        Command::Bench {
+            preset,
+            dataset,
+            batch_size,
+            steps,
+            profile,
+        } => bench(&opts, preset, dataset, batch_size, steps, profile)?,
         Command::Predict { checkpoint, images } => {
             let gpu = Gpu::new(&opts)?;
             for p in densenet_wgpu::predict::predict(&gpu, &checkpoint, &images)? {
-                println!("{}: {} ({:.1}%)", p.path.display(), p.name, 100.0 * p.probability);
+                println!(
+                    "{}: {} ({:.1}%)",
+                    p.path.display(),
+                    p.name,
+                    100.0 * p.probability
+                );
             }
         }
     }

@@ -71,14 +71,20 @@ pub fn predict(gpu: &Gpu, checkpoint: &Path, images: &[PathBuf]) -> Result<Vec<P
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let exps: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
             let total: f32 = exps.iter().sum();
-            let (class, best) = exps
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(a, b), (i, &v)| if v > b { (i, v) } else { (a, b) });
+            let (class, best) =
+                exps.iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |(a, b), (i, &v)| if v > b { (i, v) } else { (a, b) },
+                    );
             out.push(Prediction {
                 path: path.clone(),
                 class,
-                name: names.get(class).cloned().unwrap_or_else(|| class.to_string()),
+                name: names
+                    .get(class)
+                    .cloned()
+                    .unwrap_or_else(|| class.to_string()),
                 probability: best / total,
             });
         }

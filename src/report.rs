@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomic;
 
+/// A named curve: its label and how to read it off an epoch's metrics.
+type Curve = (&'static str, fn(&EpochMetrics) -> f64);
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: u32,
@@ -30,11 +33,14 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -96,13 +102,24 @@ pub fn plot(path: &Path, rows: &[EpochMetrics], title: &str) -> Result<()> {
             .fold(0.0f64, f64::max)
             .max(1e-3)
             * 1.1;
-        let series: [(&str, f64, [(&str, fn(&EpochMetrics) -> f64); 2]); 2] = [
-            ("loss", max_loss, [("train", |r| r.train_loss), ("test", |r| r.test_loss)]),
-            ("accuracy", 1.0, [("train", |r| r.train_acc), ("test", |r| r.test_acc)]),
+        let series: [(&str, f64, [Curve; 2]); 2] = [
+            (
+                "loss",
+                max_loss,
+                [("train", |r| r.train_loss), ("test", |r| r.test_loss)],
+            ),
+            (
+                "accuracy",
+                1.0,
+                [("train", |r| r.train_acc), ("test", |r| r.test_acc)],
+            ),
         ];
         for (panel, (name, top, lines)) in panels.iter().zip(series) {
             let mut builder = ChartBuilder::on(panel);
-            builder.margin(12).x_label_area_size(30).y_label_area_size(45);
+            builder
+                .margin(12)
+                .x_label_area_size(30)
+                .y_label_area_size(45);
             if text {
                 builder.caption(name, ("sans-serif", 16));
             }

@@ -110,11 +110,13 @@ impl Probe {
         enc.copy_buffer_to_buffer(&plan.correct.buffer, 0, &self.staging, 4, 4);
         gpu.queue.submit([enc.finish()]);
         let ready = self.ready.clone();
-        self.staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            if r.is_ok() {
-                ready.store(true, std::sync::atomic::Ordering::Release);
-            }
-        });
+        self.staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                if r.is_ok() {
+                    ready.store(true, std::sync::atomic::Ordering::Release);
+                }
+            });
         self.pending = true;
     }
 
@@ -176,14 +178,19 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
             if ck.dataset != args.dataset {
                 bail!(
                     "--resume {}: trained on {}, but --dataset is {}",
-                    args.resume.as_ref().map_or(String::new(), |p| p.display().to_string()),
+                    args.resume
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string()),
                     ck.dataset.name(),
                     args.dataset.name()
                 );
             }
             (ck.config.clone(), ck.recipe.clone())
         }
-        None => (args.preset.config(args.dataset, classes), args.preset.recipe()),
+        None => (
+            args.preset.config(args.dataset, classes),
+            args.preset.recipe(),
+        ),
     };
     if let Some(v) = args.epochs {
         recipe.epochs = v;
@@ -237,8 +244,12 @@ pub fn restore(gpu: &Gpu, plan: &Plan, ck: &Checkpoint) -> Result<()> {
     let layout = &plan.layout;
     let params = ck.arena(&layout.params, "", "", false)?.expect("required");
     plan.write_params(gpu, &params)?;
-    let rm = ck.arena(&layout.stats, "", ".running_mean", false)?.expect("required");
-    let rv = ck.arena(&layout.stats, "", ".running_var", false)?.expect("required");
+    let rm = ck
+        .arena(&layout.stats, "", ".running_mean", false)?
+        .expect("required");
+    let rv = ck
+        .arena(&layout.stats, "", ".running_var", false)?
+        .expect("required");
     gpu.write(&plan.running_mean, &rm);
     gpu.write(&plan.running_var, &rv);
     if plan.velocity.len == layout.params.len {
@@ -250,7 +261,14 @@ pub fn restore(gpu: &Gpu, plan: &Plan, ck: &Checkpoint) -> Result<()> {
 }
 
 /// Reads the plan's state back into a checkpoint.
-pub fn snapshot(gpu: &Gpu, plan: &Plan, setup: &Setup, dataset: DatasetKind, epoch: u32, step: u64) -> Result<Checkpoint> {
+pub fn snapshot(
+    gpu: &Gpu,
+    plan: &Plan,
+    setup: &Setup,
+    dataset: DatasetKind,
+    epoch: u32,
+    step: u64,
+) -> Result<Checkpoint> {
     let params: Vec<f32> = gpu.read_all(&plan.params)?;
     let rm: Vec<f32> = gpu.read_all(&plan.running_mean)?;
     let rv: Vec<f32> = gpu.read_all(&plan.running_var)?;
@@ -291,7 +309,8 @@ pub fn train(gpu: &Gpu, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
             (0, 0)
         }
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");
     let mut history = match &setup.resume {
         Some(_) => report::read_metrics(&metrics_path)?
@@ -322,7 +341,11 @@ pub fn train(gpu: &Gpu, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
         let order = Order::Shuffled(args.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let loader = Loader::new(setup.train.clone(), recipe.batch_size as usize, order, size);
         let batches = loader.batches as u64;
-        let pb = bar(args.progress, batches, format!("epoch {epoch}/{}", recipe.epochs));
+        let pb = bar(
+            args.progress,
+            batches,
+            format!("epoch {epoch}/{}", recipe.epochs),
+        );
         plan.reset_metrics(gpu);
         let mut inflight = InFlight {
             queue: VecDeque::new(),
@@ -381,7 +404,8 @@ pub fn train(gpu: &Gpu, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
         report::write_metrics(&metrics_path, &history)?;
         let title = format!("{} on {}", args.preset.name(), args.dataset.name());
         report::plot(&args.out.join("curves.png"), &history, &title)?;
-        snapshot(gpu, &plan, &setup, args.dataset, epoch, step)?.save(&checkpoint_path(&args.out))?;
+        snapshot(gpu, &plan, &setup, args.dataset, epoch, step)?
+            .save(&checkpoint_path(&args.out))?;
     }
     Ok(history)
 }

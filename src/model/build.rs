@@ -35,11 +35,13 @@ struct Scratch {
     d: u64,
     e: u64,
     workspace: u64,
+    partials: u64,
 }
 
 impl Scratch {
     fn conv(&mut self, p: &Conv2dParams) {
-        self.workspace = self.workspace.max(p.weight_workspace_len());
+        self.workspace = self.workspace.max(p.workspace_len());
+        self.partials = self.partials.max(p.partials_len());
     }
 }
 
@@ -313,6 +315,7 @@ struct Bufs<'a> {
     d: &'a GpuBuffer,
     e: &'a GpuBuffer,
     workspace: &'a GpuBuffer,
+    partials: &'a GpuBuffer,
 }
 
 /// Gamma, beta and their gradients for channels [c0, c0 + c) of a batch norm.
@@ -434,7 +437,16 @@ impl<'a> Bufs<'a> {
         let b = s
             .bias
             .map(|b| self.sub(self.params, b, k0 as u64, p.c_out as u64));
-        Ok(cmds(conv2d::conv2d_forward(self.gpu, p, x, w, b, y)?).collect())
+        Ok(cmds(conv2d::conv2d_forward(
+            self.gpu,
+            p,
+            x,
+            w,
+            b,
+            y,
+            self.workspace.view(),
+        )?)
+        .collect())
     }
 
     /// Weight (and bias) gradients of rows [k0, k0 + p.c_out) from input x and output grad dy.
@@ -453,9 +465,9 @@ impl<'a> Bufs<'a> {
             k0 as u64 * rows / p.c_out as u64,
             rows,
         );
-        let ws = self.workspace.view();
-        let mut out: Vec<Cmd> =
-            cmds(conv2d::conv2d_backward_weight(self.gpu, p, x, dy, ws, dw)?).collect();
+        let (ws, partials) = (self.workspace.view(), self.partials.view());
+        let d = conv2d::conv2d_backward_weight(self.gpu, p, x, dy, ws, partials, dw)?;
+        let mut out: Vec<Cmd> = cmds(d).collect();
         if let Some(b) = s.bias {
             let db = self.sub(self.grads, b, k0 as u64, p.c_out as u64);
             out.extend(cmds(conv2d::conv2d_backward_bias(self.gpu, p, dy, db)?));
@@ -479,6 +491,7 @@ impl<'a> Bufs<'a> {
             dy,
             w,
             dx.view(),
+            self.workspace.view(),
         )?));
         Ok(out)
     }
@@ -855,7 +868,8 @@ impl Plan {
         let t = alloc("scratch", "scratch t", scratch.t)?;
         let d = alloc("scratch", "scratch d", scratch.d)?;
         let e = alloc("scratch", "scratch e", scratch.e)?;
-        let workspace = alloc("scratch", "weight-gradient workspace", scratch.workspace)?;
+        let workspace = alloc("scratch", "conv workspace", scratch.workspace)?;
+        let partials = alloc("scratch", "weight-gradient partial sums", scratch.partials)?;
 
         let bufs = Bufs {
             gpu,
@@ -875,6 +889,7 @@ impl Plan {
             d: &d,
             e: &e,
             workspace: &workspace,
+            partials: &partials,
         };
         let mut parts = vec![bufs.stem(&nodes.stem, &nodes.first_stats)?];
         let mut transitions = nodes.transitions.iter();
@@ -956,7 +971,7 @@ impl Plan {
             memory,
             internal: Vec::new(),
         };
-        plan.internal = vec![feat, dfeat, t, d, e, workspace];
+        plan.internal = vec![feat, dfeat, t, d, e, workspace, partials];
         plan.internal
             .extend(stem.into_iter().flat_map(|(a, b)| [a, b]));
         plan.internal

@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, dispatch_workgroups, Access::*, Dispatch, Entry, Shader};
+use crate::kernels::{dispatch, dispatch_workgroups, Access, Access::*, Dispatch, Entry, Shader};
 
 /// Shapes of one convolution, also its uniform (binding 0). Build with [`Conv2dParams::new`].
 #[repr(C)]
@@ -119,21 +119,52 @@ impl Conv2dParams {
         self.y_len() * self.c_in as u64 * self.kernel_h as u64 * self.kernel_w as u64
     }
 
-    /// The split-K factor of the weight gradient: enough invocations to fill a large GPU,
-    /// at least 256 output pixels per split.
+    /// The split-K factor of the weight gradient: enough workgroups to fill a large GPU
+    /// (512), at least 256 output pixels per split.
     pub fn with_weight_splits(mut self) -> Self {
         let npq = self.n * self.out_h * self.out_w;
         let taps = self.c_in * self.kernel_h * self.kernel_w;
-        let tiles = taps.div_ceil(4) * self.c_out.div_ceil(4);
-        let splits = 32768u32.div_ceil(tiles).clamp(1, npq.div_ceil(256).max(1));
+        let workgroups = groups(self.c_out, taps) as u32;
+        let splits = 512u32
+            .div_ceil(workgroups)
+            .clamp(1, npq.div_ceil(256).max(1));
         self.chunk = npq.div_ceil(splits);
         self.splits = npq.div_ceil(self.chunk);
         self
     }
 
-    /// Elements of the workspace [`conv2d_backward_weight`] needs.
+    /// Elements of the packed weights [`conv2d_forward`] keeps in its workspace.
+    pub fn forward_workspace_len(&self) -> u64 {
+        padded(self.c_out) * self.taps()
+    }
+
+    /// Elements of the packed weights [`conv2d_backward_data`] keeps in its workspace.
+    pub fn data_workspace_len(&self) -> u64 {
+        padded(self.c_in) * self.c_out as u64 * self.kernel_h as u64 * self.kernel_w as u64
+    }
+
+    /// Elements of the packed output gradient [`conv2d_backward_weight`] keeps in its
+    /// workspace.
     pub fn weight_workspace_len(&self) -> u64 {
+        let npq = self.n as u64 * self.out_h as u64 * self.out_w as u64;
+        npq * padded(self.c_out)
+    }
+
+    /// Elements of the split-K partial sums of [`conv2d_backward_weight`] (a buffer of
+    /// their own: a dispatch may not read and write one buffer).
+    pub fn partials_len(&self) -> u64 {
         self.with_weight_splits().splits as u64 * self.weight_len()
+    }
+
+    /// A workspace large enough for every launcher of this convolution.
+    pub fn workspace_len(&self) -> u64 {
+        self.forward_workspace_len()
+            .max(self.data_workspace_len())
+            .max(self.weight_workspace_len())
+    }
+
+    fn taps(&self) -> u64 {
+        self.c_in as u64 * self.kernel_h as u64 * self.kernel_w as u64
     }
 
     fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
@@ -153,44 +184,78 @@ pub static SHADER: Shader = Shader {
     file: "conv2d.wgsl",
     source: include_str!("../../shaders/conv2d.wgsl"),
     entries: &[
-        Entry {
-            name: "conv2d_forward",
-            bindings: &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "conv2d_backward_data",
-            bindings: &[(2, Read), (5, Read), (6, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "conv2d_backward_weight",
-            bindings: &[(1, Read), (5, Read), (7, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "conv2d_backward_weight_reduce",
-            bindings: &[(8, Read), (9, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "conv2d_backward_bias",
-            bindings: &[(5, Read), (10, ReadWrite)],
-            workgroup_size: 256,
-            params_size: PARAMS,
-        },
+        entry(
+            "conv2d_pack_weight_forward",
+            &[(2, Read), (12, ReadWrite)],
+            64,
+        ),
+        entry(
+            "conv2d_forward",
+            &[(1, Read), (3, Read), (4, ReadWrite), (11, Read)],
+            64,
+        ),
+        entry("conv2d_pack_weight_data", &[(2, Read), (12, ReadWrite)], 64),
+        entry(
+            "conv2d_backward_data",
+            &[(5, Read), (6, ReadWrite), (11, Read)],
+            64,
+        ),
+        entry("conv2d_pack_dy", &[(5, Read), (12, ReadWrite)], 64),
+        entry(
+            "conv2d_backward_weight",
+            &[(1, Read), (7, ReadWrite), (13, Read)],
+            64,
+        ),
+        entry(
+            "conv2d_backward_weight_reduce",
+            &[(8, Read), (9, ReadWrite)],
+            64,
+        ),
+        entry("conv2d_backward_bias", &[(5, Read), (10, ReadWrite)], 256),
     ],
 };
 
-fn tiles(a: u32, b: u32) -> u64 {
-    a.div_ceil(4) as u64 * b.div_ceil(4) as u64
+const fn entry(
+    name: &'static str,
+    bindings: &'static [(u32, Access)],
+    workgroup_size: u32,
+) -> Entry {
+    Entry {
+        name,
+        bindings,
+        workgroup_size,
+        params_size: PARAMS,
+    }
 }
 
-/// y = conv(x, weight) + bias, written at `p.y_offset`.
+/// The kernels' register tile (conv2d.wgsl): TM channels (shared by a workgroup) by TN
+/// pixels or taps per invocation, WG invocations per workgroup.
+const TM: u32 = 8;
+const TN: u32 = 4;
+const WG: u32 = 64;
+
+/// A channel count padded to the tile, as the packed operands store it.
+fn padded(c: u32) -> u64 {
+    c.next_multiple_of(TM) as u64
+}
+
+/// Workgroups covering `channels` in tiles of TM and `other` in groups of WG * TN.
+fn groups(channels: u32, other: u32) -> u64 {
+    channels.div_ceil(TM) as u64 * other.div_ceil(WG * TN) as u64
+}
+
+/// Elements [start, start + len) of a workspace view, checked.
+fn region<'a>(p: &Conv2dParams, ws: View<'a>, start: u64, len: u64) -> Result<View<'a>> {
+    p.check("workspace", &ws, start + len)?;
+    Ok(View {
+        buffer: ws.buffer,
+        offset: ws.offset + start,
+        len,
+    })
+}
+
+/// y = conv(x, weight) + bias, written at `p.y_offset`. `workspace` holds the packed weights
+/// ([`Conv2dParams::forward_workspace_len`] elements).
 pub fn conv2d_forward(
     gpu: &Gpu,
     p: &Conv2dParams,
@@ -198,6 +263,7 @@ pub fn conv2d_forward(
     weight: View<'_>,
     bias: Option<View<'_>>,
     y: View<'_>,
+    workspace: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("weight", &weight, p.weight_len())?;
@@ -217,70 +283,102 @@ pub fn conv2d_forward(
         offset: 0,
         len: 1,
     });
+    let packed = region(p, workspace, 0, p.forward_workspace_len())?;
     let npq = p.n * p.out_h * p.out_w;
-    let d = dispatch(
-        gpu,
-        "conv2d_forward",
-        p,
-        &[(1, x), (2, weight), (3, bias), (4, y)],
-        tiles(npq, p.c_out),
-    )?;
-    Ok(vec![d])
+    Ok(vec![
+        dispatch(
+            gpu,
+            "conv2d_pack_weight_forward",
+            p,
+            &[(2, weight), (12, packed)],
+            packed.len,
+        )?,
+        dispatch_workgroups(
+            gpu,
+            "conv2d_forward",
+            p,
+            &[(1, x), (3, bias), (4, y), (11, packed)],
+            groups(p.c_out, npq),
+        )?,
+    ])
 }
 
-/// dx += W^T * dy (the gradient of the input), accumulated at `p.x_offset`.
+/// dx += W^T * dy (the gradient of the input), accumulated at `p.x_offset`. `workspace`
+/// holds the packed weights ([`Conv2dParams::data_workspace_len`] elements).
 pub fn conv2d_backward_data(
     gpu: &Gpu,
     p: &Conv2dParams,
     dy: View<'_>,
     weight: View<'_>,
     dx: View<'_>,
+    workspace: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
+    let packed = region(p, workspace, 0, p.data_workspace_len())?;
     let nhw = p.n * p.h * p.w;
-    let d = dispatch(
-        gpu,
-        "conv2d_backward_data",
-        p,
-        &[(2, weight), (5, dy), (6, dx)],
-        tiles(nhw, p.c_in),
-    )?;
-    Ok(vec![d])
+    Ok(vec![
+        dispatch(
+            gpu,
+            "conv2d_pack_weight_data",
+            p,
+            &[(2, weight), (12, packed)],
+            packed.len,
+        )?,
+        dispatch_workgroups(
+            gpu,
+            "conv2d_backward_data",
+            p,
+            &[(5, dy), (6, dx), (11, packed)],
+            groups(p.c_in, nhw),
+        )?,
+    ])
 }
 
-/// dweight += dy * im2col(x)^T, in two passes: split-K partial sums into `workspace`
-/// (at least [`Conv2dParams::weight_workspace_len`] elements), then their sum.
+/// dweight += dy * im2col(x)^T, in three passes: dy packed channel-last into `workspace`
+/// ([`Conv2dParams::weight_workspace_len`] elements), split-K partial sums into `partials`
+/// ([`Conv2dParams::partials_len`]), then their sum.
 pub fn conv2d_backward_weight(
     gpu: &Gpu,
     p: &Conv2dParams,
     x: View<'_>,
     dy: View<'_>,
     workspace: View<'_>,
+    partials: View<'_>,
     dweight: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     let p = p.with_weight_splits();
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
-    p.check("workspace", &workspace, p.weight_workspace_len())?;
     p.check("dweight", &dweight, p.weight_len())?;
+    p.check("partials", &partials, p.partials_len())?;
+    let packed_len = p.weight_workspace_len();
+    let packed = region(&p, workspace, 0, packed_len)?;
     let taps = p.c_in * p.kernel_h * p.kernel_w;
-    let partials = dispatch(
-        gpu,
-        "conv2d_backward_weight",
-        &p,
-        &[(1, x), (5, dy), (7, workspace)],
-        tiles(taps, p.c_out) * p.splits as u64,
-    )?;
-    let reduce = dispatch(
-        gpu,
-        "conv2d_backward_weight_reduce",
-        &p,
-        &[(8, workspace), (9, dweight)],
-        p.weight_len(),
-    )?;
-    Ok(vec![partials, reduce])
+    Ok(vec![
+        dispatch(
+            gpu,
+            "conv2d_pack_dy",
+            &p,
+            &[(5, dy), (12, packed)],
+            packed_len,
+        )?,
+        dispatch_workgroups(
+            gpu,
+            "conv2d_backward_weight",
+            &p,
+            &[(1, x), (7, partials), (13, packed)],
+            groups(p.c_out, taps) * p.splits as u64,
+        )?,
+        dispatch(
+            gpu,
+            "conv2d_backward_weight_reduce",
+            &p,
+            &[(8, partials), (9, dweight)],
+            p.weight_len(),
+        )?,
+    ])
 }
 
 /// dbias += dy summed over N, P, Q.

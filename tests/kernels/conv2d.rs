@@ -72,7 +72,11 @@ fn conv2d_forward_matches_reference() {
         let s = setup(c, &mut rng);
         let (x, w, b, y) = (up(&s.x), up(&s.w), up(&s.b), poisoned(s.y_total));
         let bias = c.bias.then(|| b.view());
-        run(conv2d::conv2d_forward(gpu(), &s.p, x.view(), w.view(), bias, y.view()).unwrap());
+        let ws = poisoned(s.p.forward_workspace_len());
+        run(
+            conv2d::conv2d_forward(gpu(), &s.p, x.view(), w.view(), bias, y.view(), ws.view())
+                .unwrap(),
+        );
         let mut want = vec![f32::NAN; s.y_total as usize];
         cpu::conv2d_forward(&mut want, &s.x, &s.w, c.bias.then_some(&s.b[..]), &s.p);
         let got = read(&y);
@@ -103,7 +107,11 @@ fn conv2d_backward_data_matches_reference() {
         let dy = rng.vec(s.y_total);
         let dx0 = rng.vec(s.x.len() as u64);
         let (dyb, w, dx) = (up(&dy), up(&s.w), up(&dx0));
-        run(conv2d::conv2d_backward_data(gpu(), &s.p, dyb.view(), w.view(), dx.view()).unwrap());
+        let ws = poisoned(s.p.data_workspace_len());
+        run(
+            conv2d::conv2d_backward_data(gpu(), &s.p, dyb.view(), w.view(), dx.view(), ws.view())
+                .unwrap(),
+        );
         let mut want = dx0.clone();
         cpu::conv2d_backward_data(&mut want, &dy, &s.w, &s.p);
         check(
@@ -125,8 +133,16 @@ fn conv2d_backward_weight_matches_reference() {
         let dw0 = rng.vec(s.p.weight_len());
         let (x, dyb, dw) = (up(&s.x), up(&dy), up(&dw0));
         let ws = poisoned(s.p.weight_workspace_len());
-        let launch =
-            conv2d::conv2d_backward_weight(gpu(), &s.p, x.view(), dyb.view(), ws.view(), dw.view());
+        let partials = poisoned(s.p.partials_len());
+        let launch = conv2d::conv2d_backward_weight(
+            gpu(),
+            &s.p,
+            x.view(),
+            dyb.view(),
+            ws.view(),
+            partials.view(),
+            dw.view(),
+        );
         run(launch.unwrap());
         let mut want = dw0.clone();
         cpu::conv2d_backward_weight(&mut want, &s.x, &dy, &s.p);
@@ -169,7 +185,8 @@ fn conv2d_rejects_mismatched_buffers() {
         poisoned(p.weight_len() - 1),
         poisoned(p.y_len()),
     );
-    let err = conv2d::conv2d_forward(gpu(), &p, x.view(), w.view(), None, y.view())
+    let ws = poisoned(p.workspace_len());
+    let err = conv2d::conv2d_forward(gpu(), &p, x.view(), w.view(), None, y.view(), ws.view())
         .err()
         .expect("a short weight buffer must be refused");
     assert!(err.to_string().contains("weight"), "{err}");

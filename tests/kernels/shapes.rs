@@ -45,6 +45,7 @@ fn dense_block_and_transition_shapes() {
     let block = poisoned(23 * plane);
     let (mean, var) = (poisoned(23), poisoned(23));
     let t = poisoned(23 * plane);
+    let ws = poisoned(1 << 16);
     let mut launches = concat::concat_forward(
         gpu(),
         &ConcatParams::new([N, 3, 8, 8], 23, 0).unwrap(),
@@ -95,6 +96,7 @@ fn dense_block_and_transition_shapes() {
                 bufs[0].view(),
                 Some(bufs[1].view()),
                 block.view(),
+                ws.view(),
             )
             .unwrap(),
         );
@@ -140,6 +142,7 @@ fn dense_block_and_transition_shapes() {
             bufs[0].view(),
             Some(bufs[1].view()),
             u.view(),
+            ws.view(),
         )
         .unwrap(),
     );
