@@ -41,68 +41,84 @@ struct Pool2dParams {
 
 const WG: u32 = 64u;
 
+// The output windows that contain input column w are [lo, hi): their starts ow*sw - pw lie
+// in [w - kw + 1, w]. Both ends only grow with w, so a row walk updates them in O(1).
+fn advance_windows(w: u32, range: vec2<u32>) -> vec2<u32> {
+    var lo = range.x;
+    var hi = range.y;
+    while lo < p.out_w && lo * p.stride_w + p.kernel_w <= w + p.pad_w {
+        lo++;
+    }
+    while hi < p.out_w && hi * p.stride_w <= w + p.pad_w {
+        hi++;
+    }
+    return vec2<u32>(lo, hi);
+}
+
+// One invocation per output row: the divisions happen once per row, not per element.
 @compute @workgroup_size(64)
 fn avgpool_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let pq = p.out_h * p.out_w;
-    let i = flat_workgroup(wid, nwg) * WG + lid;
-    if i >= p.c * p.n * pq {
+    let row = flat_workgroup(wid, nwg) * WG + lid;
+    if row >= p.c * p.n * p.out_h {
         return;
     }
-    let plane = i / pq; // c * N + n, the same in x and y
-    let oh = (i % pq) / p.out_w;
-    let ow = i % p.out_w;
-    // The window clipped to the input; the clipped-off padding adds zeros.
+    let plane = row / p.out_h; // c * N + n, the same in x and y
+    let oh = row % p.out_h;
+    // The window rows clipped to the input; the clipped-off padding adds zeros.
     let h0 = i32(oh * p.stride_h) - i32(p.pad_h);
-    let w0 = i32(ow * p.stride_w) - i32(p.pad_w);
     let hs = u32(max(h0, 0));
     let he = u32(min(h0 + i32(p.kernel_h), i32(p.h)));
-    let ws = u32(max(w0, 0));
-    let we = u32(min(w0 + i32(p.kernel_w), i32(p.w)));
     let base = p.x_offset + plane * p.h * p.w;
-    var sum = 0.0;
-    for (var ih = hs; ih < he; ih++) {
-        for (var iw = ws; iw < we; iw++) {
-            sum += x[base + ih * p.w + iw];
+    let scale = 1.0 / f32(p.kernel_h * p.kernel_w);
+    var w0 = -i32(p.pad_w);
+    for (var ow = 0u; ow < p.out_w; ow++) {
+        let ws = u32(max(w0, 0));
+        let we = u32(min(w0 + i32(p.kernel_w), i32(p.w)));
+        var sum = 0.0;
+        for (var ih = hs; ih < he; ih++) {
+            for (var iw = ws; iw < we; iw++) {
+                sum += x[base + ih * p.w + iw];
+            }
         }
+        y[p.y_offset + row * p.out_w + ow] = sum * scale;
+        w0 += i32(p.stride_w);
     }
-    y[p.y_offset + i] = sum / f32(p.kernel_h * p.kernel_w);
 }
 
+// One invocation per input row, gathering from the windows that contain each element.
 @compute @workgroup_size(64)
 fn avgpool_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let hw = p.h * p.w;
-    let i = flat_workgroup(wid, nwg) * WG + lid;
-    if i >= p.c * p.n * hw {
+    let row = flat_workgroup(wid, nwg) * WG + lid;
+    if row >= p.c * p.n * p.h {
         return;
     }
-    let plane = i / hw;
-    let h = (i % hw) / p.w;
-    let w = i % p.w;
+    let plane = row / p.h;
+    let h = row % p.h;
     // Windows oh with oh*sh - ph <= h <= oh*sh - ph + KH - 1, clipped to the output.
     var oh_lo = 0u;
     if h + p.pad_h >= p.kernel_h {
         oh_lo = (h + p.pad_h - p.kernel_h) / p.stride_h + 1u;
     }
     let oh_hi = min((h + p.pad_h) / p.stride_h + 1u, p.out_h);
-    var ow_lo = 0u;
-    if w + p.pad_w >= p.kernel_w {
-        ow_lo = (w + p.pad_w - p.kernel_w) / p.stride_w + 1u;
-    }
-    let ow_hi = min((w + p.pad_w) / p.stride_w + 1u, p.out_w);
     let out_plane = p.y_offset + plane * p.out_h * p.out_w;
-    var sum = 0.0;
-    for (var oh = oh_lo; oh < oh_hi; oh++) {
-        for (var ow = ow_lo; ow < ow_hi; ow++) {
-            sum += dy[out_plane + oh * p.out_w + ow];
+    let scale = 1.0 / f32(p.kernel_h * p.kernel_w);
+    var range = vec2<u32>(0u);
+    for (var w = 0u; w < p.w; w++) {
+        range = advance_windows(w, range);
+        var sum = 0.0;
+        for (var oh = oh_lo; oh < oh_hi; oh++) {
+            for (var ow = range.x; ow < range.y; ow++) {
+                sum += dy[out_plane + oh * p.out_w + ow];
+            }
         }
+        dx[p.x_offset + row * p.w + w] += sum * scale;
     }
-    dx[p.x_offset + i] += sum / f32(p.kernel_h * p.kernel_w);
 }

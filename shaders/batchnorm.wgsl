@@ -17,6 +17,11 @@
 //   batchnorm_update_running  mean(7) variance(8)          -> running_mean(9) running_var(10)
 //                                                             blends the batch stats in
 //   batchnorm_forward         x(1) mean(7) variance(8) gamma(2) beta(3) -> y(4)   writes y
+//   batchnorm_affine          mean(7) variance(8) gamma(2) beta(3) -> affine_out(15)
+//                                                             per channel (scale, shift) with
+//                                                             y = x * scale + shift, for a
+//                                                             conv that applies BN -> ReLU
+//                                                             to its input as it loads it
 //   batchnorm_backward        x(1) dy(11) mean(7) variance(8) gamma(2) beta(3)
 //                                                          -> dx(12) dgamma(13) dbeta(14)
 //                                                             adds into all three
@@ -60,6 +65,7 @@ struct BatchNormParams {
 @group(0) @binding(12) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(13) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dbeta: array<f32>;
+@group(0) @binding(15) var<storage, read_write> affine_out: array<f32>;
 
 const WG: u32 = 64u;
 const RED: u32 = 256u;
@@ -128,6 +134,23 @@ fn batchnorm_update_running(
     let keep = 1.0 - p.momentum;
     running_mean[s] = keep * running_mean[s] + p.momentum * mean[s];
     running_var[s] = keep * running_var[s] + p.momentum * (variance[s] * m / (m - 1.0));
+}
+
+// One invocation per channel: scale = gamma * invstd, shift = beta - mean * scale.
+@compute @workgroup_size(64)
+fn batchnorm_affine(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let c = flat_workgroup(wid, nwg) * WG + lid;
+    if c >= p.c {
+        return;
+    }
+    let s = p.stat_offset + c;
+    let scale = gamma[c] * inverseSqrt(variance[s] + p.eps);
+    affine_out[2u * c] = scale;
+    affine_out[2u * c + 1u] = beta[c] - mean[s] * scale;
 }
 
 // One invocation per element of the c * m outputs.

@@ -4,18 +4,22 @@
 //
 // Entry points (params at binding 0, a Conv2dParams uniform):
 //   conv2d_pack_weight_forward     weight(2)                -> packed_out(12)  W as [c,r,s][k]
-//   conv2d_forward                 x(1) packed(11) bias(3)  -> y(4)            writes y
+//   conv2d_forward                 x(1) packed(11) bias(3) affine(14) -> y(4)  writes y
 //   conv2d_pack_weight_data        weight(2)                -> packed_out(12)  W as [r,s][k][c]
 //   conv2d_backward_data           dy(5) packed(11)         -> dx(6)           dx += W^T * dy
 //   conv2d_pack_dy                 dy(5)                    -> packed_out(12)  dy as [n,p,q][k]
-//   conv2d_backward_weight         x(1) packed_dy(13)       -> partial(7)      split-K sums
+//   conv2d_backward_weight         x(1) packed_dy(13) affine(14) -> partial(7) split-K sums
 //   conv2d_backward_weight_reduce  partial_in(8)            -> dweight(9)      dweight += sums
 //   conv2d_backward_bias           dy(5)                    -> dbias(10)       dbias += sum N,P,Q
 // Each GEMM kernel reads its channel-indexed operand from a packed copy made by the pack
 // kernel before it (channels padded to 8 with zeros), so 8 channels load as 2 vec4.
 //
 // x / dx start at element x_offset and y / dy at y_offset, so the input may be a channel
-// prefix of a dense block's buffer and the output a channel range of one.
+// prefix of a dense block's buffer and the output a channel range of one (even of the same
+// buffer). With input_bn_relu set, conv2d_forward and conv2d_backward_weight read their input
+// as max(x * scale[c] + shift[c], 0) with (scale, shift) = affine[c] (binding 14, from
+// batchnorm_affine): the BN -> ReLU before every DenseNet conv is applied while loading, and
+// its output is never stored. Padding stays zero.
 //
 // Geometry: the GEMM kernels give each invocation a register tile of 8 channels (shared by
 // the workgroup) by 4 pixels or taps (its own), with no workgroup memory and no barriers,
@@ -43,12 +47,14 @@ struct Conv2dParams {
     has_bias: u32,
     splits: u32,
     chunk: u32,
-    _pad0: u32,
-    _pad1: u32,
+    input_bn_relu: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Conv2dParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+// read_write only so that it may alias y: a dense layer reads its block's first channels
+// and writes its new ones into the same buffer, in one dispatch.
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
@@ -61,6 +67,7 @@ struct Conv2dParams {
 @group(0) @binding(11) var<storage, read> packed: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read_write> packed_out: array<f32>;
 @group(0) @binding(13) var<storage, read> packed_dy: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read> affine: array<vec2<f32>>;
 
 // Register tiles: each invocation owns TM = 8 channels (the same for the whole workgroup)
 // by TN = 4 pixels or taps (its own). Per step of the reduction it does 4 gathered loads of
@@ -78,6 +85,15 @@ fn gather_x(i: vec4<u32>, ok: vec4<bool>) -> vec4<f32> {
 
 fn gather_dy(i: vec4<u32>, ok: vec4<bool>) -> vec4<f32> {
     return select(vec4<f32>(0.0), vec4<f32>(dy[i.x], dy[i.y], dy[i.z], dy[i.w]), ok);
+}
+
+// The conv's input as loaded: x itself, or BN -> ReLU of it (ab = (scale, shift) per lane);
+// positions outside the image (ok false) stay zero either way.
+fn transform(v: vec4<f32>, ok: vec4<bool>, scale: vec4<f32>, shift: vec4<f32>) -> vec4<f32> {
+    if p.input_bn_relu == 0u {
+        return v;
+    }
+    return select(vec4<f32>(0.0), max(v * scale + shift, vec4<f32>(0.0)), ok);
 }
 
 // Channel counts padded to the tile.
@@ -211,21 +227,31 @@ fn conv2d_forward(
     let ih0 = vec4<i32>(((j % pq) / p.out_w) * p.stride_h) - i32(p.pad_h);
     let iw0 = vec4<i32>((j % p.out_w) * p.stride_w) - i32(p.pad_w);
 
+    // Input channel outermost, so its BN -> ReLU coefficients load once for all taps.
     var acc = Acc();
-    for (var r = 0u; r < p.kernel_h; r++) {
-        let ih = ih0 + i32(r);
-        let ok_h = (ih >= vec4<i32>(0)) & (ih < vec4<i32>(i32(p.h)));
-        for (var s = 0u; s < p.kernel_w; s++) {
-            let iw = iw0 + i32(s);
-            let ok = ok_h & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(p.w)));
-            var xi = img + vec4<u32>(ih) * p.w + vec4<u32>(iw);
-            var wi = (r * p.kernel_w + s) * kq + k0 / 4u;
-            for (var c = 0u; c < p.c_in; c++) {
-                fma8(&acc, packed[wi], packed[wi + 1u], gather_x(xi, ok));
-                xi += nhw;
-                wi += rs * kq;
+    var xc = img;
+    var wc = k0 / 4u;
+    for (var c = 0u; c < p.c_in; c++) {
+        var ab = vec2<f32>(1.0, 0.0);
+        if p.input_bn_relu != 0u {
+            ab = affine[c];
+        }
+        let scale = vec4<f32>(ab.x);
+        let shift = vec4<f32>(ab.y);
+        var wi = wc;
+        for (var r = 0u; r < p.kernel_h; r++) {
+            let ih = ih0 + i32(r);
+            let ok_h = (ih >= vec4<i32>(0)) & (ih < vec4<i32>(i32(p.h)));
+            for (var s = 0u; s < p.kernel_w; s++) {
+                let iw = iw0 + i32(s);
+                let ok = ok_h & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(p.w)));
+                let xi = xc + vec4<u32>(ih) * p.w + vec4<u32>(iw);
+                fma8(&acc, packed[wi], packed[wi + 1u], transform(gather_x(xi, ok), ok, scale, shift));
+                wi += kq;
             }
         }
+        xc += nhw;
+        wc += rs * kq;
     }
     for (var m = 0u; m < TM; m++) {
         let k = k0 + m;
@@ -337,6 +363,17 @@ fn conv2d_backward_weight(
     let chan = p.x_offset + (a / rs) * nhw;
     let r_off = vec4<i32>((a % rs) / p.kernel_w) - i32(p.pad_h);
     let s_off = vec4<i32>(a % p.kernel_w) - i32(p.pad_w);
+    var scale = vec4<f32>(1.0);
+    var shift = vec4<f32>(0.0);
+    if p.input_bn_relu != 0u {
+        let c = a / rs;
+        let a0c = affine[c.x];
+        let a1c = affine[c.y];
+        let a2c = affine[c.z];
+        let a3c = affine[c.w];
+        scale = vec4<f32>(a0c.x, a1c.x, a2c.x, a3c.x);
+        shift = vec4<f32>(a0c.y, a1c.y, a2c.y, a3c.y);
+    }
 
     let j_begin = split * p.chunk;
     let j_end = min(j_begin + p.chunk, npq);
@@ -352,7 +389,7 @@ fn conv2d_backward_weight(
         let ok = (ih >= vec4<i32>(0)) & (ih < vec4<i32>(i32(p.h)))
             & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(p.w)));
         let xv = gather_x(chan + n * hw + vec4<u32>(ih) * p.w + vec4<u32>(iw), ok);
-        fma8(&acc, packed_dy[di], packed_dy[di + 1u], xv);
+        fma8(&acc, packed_dy[di], packed_dy[di + 1u], transform(xv, ok, scale, shift));
         di += kq;
         ow += 1u;
         if ow == p.out_w {

@@ -49,16 +49,21 @@ fn global_avgpool_forward(
     y[g.y_offset + i] = sum / f32(hw);
 }
 
+// One invocation per (c, n) plane.
 @compute @workgroup_size(64)
 fn global_avgpool_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let hw = g.h * g.w;
-    let i = flat_workgroup(wid, nwg) * WG + lid;
-    if i >= g.c * g.n * hw {
+    let plane = flat_workgroup(wid, nwg) * WG + lid;
+    if plane >= g.c * g.n {
         return;
     }
-    dx[g.x_offset + i] += dy[g.y_offset + i / hw] / f32(hw);
+    let hw = g.h * g.w;
+    let v = dy[g.y_offset + plane] / f32(hw);
+    let base = g.x_offset + plane * hw;
+    for (var k = 0u; k < hw; k++) {
+        dx[base + k] += v;
+    }
 }

@@ -326,6 +326,23 @@ pub fn batchnorm_update_running(
     }
 }
 
+/// affine[2c] = gamma[c] / sqrt(var + eps), affine[2c + 1] = beta[c] - mean * affine[2c].
+pub fn batchnorm_affine(
+    affine: &mut [f32],
+    mean: &[f32],
+    var: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    p: &BatchNormParams,
+) {
+    for c in 0..p.c as usize {
+        let s = p.stat_offset as usize + c;
+        let scale = gamma[c] as f64 / (var[s] as f64 + p.eps as f64).sqrt();
+        affine[2 * c] = scale as f32;
+        affine[2 * c + 1] = (beta[c] as f64 - mean[s] as f64 * scale) as f32;
+    }
+}
+
 /// y at y_offset = (x - mean) / sqrt(var + eps) * gamma + beta (then max(., 0) when relu is
 /// set), with mean and var at stat_offset (batch statistics in training, running ones in
 /// evaluation).

@@ -72,12 +72,24 @@ struct StemNode {
     channels: u32,
 }
 
+/// DenseNet-BC's 1x1 conv (into the block's bottleneck buffer) and the BN after it.
+struct BottleneckNode {
+    conv: Conv2dParams,
+    conv_slots: ConvSlots,
+    bn: BatchNormParams,
+    bn_slots: BnSlots,
+    /// Where bn's (scale, shift) pairs live in the affine buffer.
+    affine: u64,
+}
+
 struct LayerNode {
     block: usize,
     bn: BatchNormParams,
     bn_slots: BnSlots,
-    /// DenseNet-BC: conv1 (into the block's bottleneck buffer), bn2, their slots.
-    bottleneck: Option<(Conv2dParams, ConvSlots, BatchNormParams, BnSlots, SlotId)>,
+    /// Where bn's (scale, shift) pairs live in the affine buffer.
+    affine: u64,
+    bottleneck: Option<BottleneckNode>,
+    /// Reads its input through the BN -> ReLU before it (fused).
     conv: Conv2dParams,
     conv_slots: ConvSlots,
     /// Statistics of the k new channels.
@@ -106,6 +118,8 @@ struct HeadNode {
 
 struct Nodes {
     stem: StemNode,
+    /// Elements of the buffer of fused BN (scale, shift) pairs.
+    affine_len: u64,
     first_stats: BatchNormParams,
     layers: Vec<LayerNode>,
     transitions: Vec<TransitionNode>,
@@ -187,6 +201,14 @@ fn nodes(gpu: &Gpu, cfg: &DenseNetConfig, layout: &Layout, n: u32) -> Result<Nod
     let b0 = &layout.blocks[0];
     let first_stats = stats_params(n, b0.shape.size, 0, b0.shape.c_in, stat(b0.stats))?;
     let k = cfg.growth_rate;
+    // Each fused BN's (scale, shift) pairs get an aligned slot, so they bind as a view.
+    let align = (gpu.limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
+    let mut affine_len = 0u64;
+    let affine_slot = |len: &mut u64, c: u32| -> u64 {
+        let at = len.next_multiple_of(align);
+        *len = at + 2 * c as u64;
+        at
+    };
     let mut layers = Vec::new();
     let mut transitions = Vec::new();
     for (bi, block) in layout.blocks.iter().enumerate() {
@@ -194,26 +216,43 @@ fn nodes(gpu: &Gpu, cfg: &DenseNetConfig, layout: &Layout, n: u32) -> Result<Nod
         let st = stat(block.stats);
         for (li, l) in block.layers.iter().enumerate() {
             let bn = bn_relu_params(n, s, l.c_in, st)?;
+            let affine = affine_slot(&mut affine_len, l.c_in);
             let bottleneck = match l.bottleneck {
                 Some(bt) => {
                     let w = bt.width;
-                    let c1 = Conv2dParams::new([n, l.c_in, s, s], w, (1, 1), (1, 1), (0, 0), bias)?
-                        .with_y_channel_offset(li as u32 * w);
-                    let bn2 = BatchNormParams::new([n, w, s, s])?
+                    let conv =
+                        Conv2dParams::new([n, l.c_in, s, s], w, (1, 1), (1, 1), (0, 0), bias)?
+                            .with_y_channel_offset(li as u32 * w)
+                            .with_input_bn_relu();
+                    let bn = BatchNormParams::new([n, w, s, s])?
                         .with_x_channel_offset(li as u32 * w)
                         .with_stat_offset(stat(bt.stats))
                         .with_relu(true);
-                    Some((c1, bt.conv, bn2, bt.bn, bt.stats))
+                    Some(BottleneckNode {
+                        conv,
+                        conv_slots: bt.conv,
+                        bn,
+                        bn_slots: bt.bn,
+                        affine: affine_slot(&mut affine_len, w),
+                    })
                 }
                 None => None,
             };
-            let conv_in = l.bottleneck.map_or(l.c_in, |bt| bt.width);
-            let conv = Conv2dParams::new([n, conv_in, s, s], k, (3, 3), (1, 1), (1, 1), bias)?
-                .with_y_channel_offset(l.c_in);
+            // The 3x3 conv reads the block's prefix, or the layer's bottleneck channels.
+            let conv = match l.bottleneck {
+                Some(bt) => {
+                    Conv2dParams::new([n, bt.width, s, s], k, (3, 3), (1, 1), (1, 1), bias)?
+                        .with_x_channel_offset(li as u32 * bt.width)
+                }
+                None => Conv2dParams::new([n, l.c_in, s, s], k, (3, 3), (1, 1), (1, 1), bias)?,
+            }
+            .with_y_channel_offset(l.c_in)
+            .with_input_bn_relu();
             layers.push(LayerNode {
                 block: bi,
                 bn,
                 bn_slots: l.bn,
+                affine,
                 bottleneck,
                 conv,
                 conv_slots: l.conv,
@@ -256,6 +295,7 @@ fn nodes(gpu: &Gpu, cfg: &DenseNetConfig, layout: &Layout, n: u32) -> Result<Nod
     };
     Ok(Nodes {
         stem,
+        affine_len,
         first_stats,
         layers,
         transitions,
@@ -273,13 +313,11 @@ impl Nodes {
             s.e = s.e.max(st.p.y_len());
         }
         for l in &self.layers {
-            s.t = s.t.max(l.bn.len());
             s.d = s.d.max(l.bn.len());
             s.conv(&l.conv);
-            if let Some((c1, _, bn2, _, _)) = &l.bottleneck {
-                s.t = s.t.max(bn2.len());
-                s.d = s.d.max(bn2.len());
-                s.conv(c1);
+            if let Some(bt) = &l.bottleneck {
+                s.d = s.d.max(bt.bn.len());
+                s.conv(&bt.conv);
             }
         }
         for tr in &self.transitions {
@@ -316,6 +354,7 @@ struct Bufs<'a> {
     e: &'a GpuBuffer,
     workspace: &'a GpuBuffer,
     partials: &'a GpuBuffer,
+    affine: &'a GpuBuffer,
 }
 
 /// Gamma, beta and their gradients for channels [c0, c0 + c) of a batch norm.
@@ -418,7 +457,8 @@ impl<'a> Bufs<'a> {
         Ok(cmds(d).collect())
     }
 
-    /// conv forward into `y`, with weight (and bias) rows [k0, k0 + p.c_out).
+    /// conv forward into `y`, with weight (and bias) rows [k0, k0 + p.c_out); `affine` when
+    /// the conv applies its input's BN -> ReLU itself.
     fn conv(
         &self,
         p: &Conv2dParams,
@@ -426,6 +466,7 @@ impl<'a> Bufs<'a> {
         k0: u32,
         x: View<'a>,
         y: View<'a>,
+        affine: Option<View<'a>>,
     ) -> Result<Vec<Cmd>> {
         let rows = p.weight_len();
         let w = self.sub(
@@ -445,11 +486,13 @@ impl<'a> Bufs<'a> {
             b,
             y,
             self.workspace.view(),
+            affine,
         )?)
         .collect())
     }
 
-    /// Weight (and bias) gradients of rows [k0, k0 + p.c_out) from input x and output grad dy.
+    /// Weight (and bias) gradients of rows [k0, k0 + p.c_out) from input x and output grad
+    /// dy; `affine` as for [`Bufs::conv`].
     fn conv_grads(
         &self,
         p: &Conv2dParams,
@@ -457,6 +500,7 @@ impl<'a> Bufs<'a> {
         k0: u32,
         x: View<'a>,
         dy: View<'a>,
+        affine: Option<View<'a>>,
     ) -> Result<Vec<Cmd>> {
         let rows = p.weight_len();
         let dw = self.sub(
@@ -466,7 +510,7 @@ impl<'a> Bufs<'a> {
             rows,
         );
         let (ws, partials) = (self.workspace.view(), self.partials.view());
-        let d = conv2d::conv2d_backward_weight(self.gpu, p, x, dy, ws, partials, dw)?;
+        let d = conv2d::conv2d_backward_weight(self.gpu, p, x, dy, ws, partials, dw, affine)?;
         let mut out: Vec<Cmd> = cmds(d).collect();
         if let Some(b) = s.bias {
             let db = self.sub(self.grads, b, k0 as u64, p.c_out as u64);
@@ -475,7 +519,7 @@ impl<'a> Bufs<'a> {
         Ok(out)
     }
 
-    /// dx (zeroed first) = the conv's input gradient.
+    /// dx (zeroed first, from element 0 whatever x's offset) = the conv's input gradient.
     fn conv_data(
         &self,
         p: &Conv2dParams,
@@ -483,6 +527,7 @@ impl<'a> Bufs<'a> {
         dy: View<'a>,
         dx: &'a GpuBuffer,
     ) -> Result<Vec<Cmd>> {
+        let p = &Conv2dParams { x_offset: 0, ..*p };
         let mut out = vec![zero(dx, p.x_len())];
         let w = self.whole(self.params, s.weight);
         out.extend(cmds(conv2d::conv2d_backward_data(
@@ -504,11 +549,13 @@ impl<'a> Bufs<'a> {
             self.block_grads[0].view(),
         );
         let Some((bn, stat, per)) = node.imagenet else {
-            l.train.extend(self.conv(&node.p, &node.conv, 0, x, a1)?);
-            l.eval.extend(self.conv(&node.p, &node.conv, 0, x, a1)?);
+            l.train
+                .extend(self.conv(&node.p, &node.conv, 0, x, a1, None)?);
+            l.eval
+                .extend(self.conv(&node.p, &node.conv, 0, x, a1, None)?);
             l.train.extend(self.stats(first_stats, a1)?);
             l.backward
-                .extend(self.conv_grads(&node.p, &node.conv, 0, x, g1)?);
+                .extend(self.conv_grads(&node.p, &node.conv, 0, x, g1, None)?);
             return Ok(l);
         };
         let (s_buf, argmax) = self.stem.expect("ImageNet stem buffers");
@@ -528,7 +575,7 @@ impl<'a> Bufs<'a> {
             let am = argmax.slice(g0 as u64 * pool.y_len() / gc as u64, pool.y_len());
             let bnv = self.bn(bn, g0, gc);
             for eval in [false, true] {
-                let mut f = self.conv(&p, &node.conv, g0, x, s)?;
+                let mut f = self.conv(&p, &node.conv, g0, x, s, None)?;
                 if !eval {
                     f.extend(self.stats(&stats, s)?);
                 }
@@ -563,13 +610,40 @@ impl<'a> Bufs<'a> {
                 &bnv,
             )?);
             l.backward
-                .extend(self.conv_grads(&p, &node.conv, g0, x, self.e.view())?);
+                .extend(self.conv_grads(&p, &node.conv, g0, x, self.e.view(), None)?);
             g0 += gc;
         }
         l.train.extend(self.stats(first_stats, a1)?);
         Ok(l)
     }
 
+    /// BN of `p`'s channels as (scale, shift) pairs into `affine`, from the batch statistics
+    /// (training) or the running ones (evaluation).
+    fn affine(
+        &self,
+        p: &BatchNormParams,
+        bn: &BnViews<'a>,
+        affine: View<'a>,
+        eval: bool,
+    ) -> Result<Vec<Cmd>> {
+        let (mean, var) = match eval {
+            true => (self.running_mean.view(), self.running_var.view()),
+            false => (self.mean.view(), self.var.view()),
+        };
+        Ok(cmds(batchnorm::batchnorm_affine(
+            self.gpu, p, mean, var, bn.gamma, bn.beta, affine,
+        )?)
+        .collect())
+    }
+
+    /// Elements [offset, offset + len) of the affine buffer.
+    fn affine_slot(&self, offset: u64, len: u32) -> View<'a> {
+        self.affine.slice(offset, 2 * len as u64)
+    }
+
+    /// A dense layer: BN -> ReLU -> conv 3x3 (DenseNet-BC: BN -> ReLU -> conv 1x1 -> BN ->
+    /// ReLU -> conv 3x3), each BN -> ReLU applied by the conv after it as it loads its
+    /// input; the new channels land in place in the block's buffer.
     fn layer(&self, node: &LayerNode) -> Result<Lists> {
         let mut l = Lists::default();
         let (a, g) = (
@@ -577,12 +651,13 @@ impl<'a> Bufs<'a> {
             self.block_grads[node.block].view(),
         );
         let bn = self.bn_all(node.bn_slots);
-        let t = self.t.view();
+        let aff = self.affine_slot(node.affine, node.bn.c);
+        let d = self.d.view();
         match &node.bottleneck {
             None => {
                 for eval in [false, true] {
-                    let mut f = self.bn_relu(&node.bn, a, &bn, eval)?;
-                    f.extend(self.conv(&node.conv, &node.conv_slots, 0, t, a)?);
+                    let mut f = self.affine(&node.bn, &bn, aff, eval)?;
+                    f.extend(self.conv(&node.conv, &node.conv_slots, 0, a, a, Some(aff))?);
                     if eval {
                         l.eval.extend(f)
                     } else {
@@ -590,28 +665,34 @@ impl<'a> Bufs<'a> {
                     }
                 }
                 l.train.extend(self.stats(&node.new_stats, a)?);
-                l.backward.extend(self.bn_relu(&node.bn, a, &bn, false)?);
-                l.backward
-                    .extend(self.conv_grads(&node.conv, &node.conv_slots, 0, t, g)?);
+                l.backward.extend(self.conv_grads(
+                    &node.conv,
+                    &node.conv_slots,
+                    0,
+                    a,
+                    g,
+                    Some(aff),
+                )?);
                 l.backward
                     .extend(self.conv_data(&node.conv, &node.conv_slots, g, self.d)?);
                 l.backward
-                    .extend(self.bn_relu_backward(&node.bn, a, self.d.view(), g, &bn)?);
+                    .extend(self.bn_relu_backward(&node.bn, a, d, g, &bn)?);
             }
-            Some((c1, c1_slots, bn2, bn2_slots, _)) => {
+            Some(bt) => {
                 let (b, gb) = self.bottlenecks[node.block]
                     .as_ref()
                     .expect("bottleneck buffers");
                 let (b, gb) = (b.view(), gb.view());
-                let bn2v = self.bn_all(*bn2_slots);
+                let bn2 = self.bn_all(bt.bn_slots);
+                let aff2 = self.affine_slot(bt.affine, bt.bn.c);
                 for eval in [false, true] {
-                    let mut f = self.bn_relu(&node.bn, a, &bn, eval)?;
-                    f.extend(self.conv(c1, c1_slots, 0, t, b)?);
+                    let mut f = self.affine(&node.bn, &bn, aff, eval)?;
+                    f.extend(self.conv(&bt.conv, &bt.conv_slots, 0, a, b, Some(aff))?);
                     if !eval {
-                        f.extend(self.stats(bn2, b)?);
+                        f.extend(self.stats(&bt.bn, b)?);
                     }
-                    f.extend(self.bn_relu(bn2, b, &bn2v, eval)?);
-                    f.extend(self.conv(&node.conv, &node.conv_slots, 0, t, a)?);
+                    f.extend(self.affine(&bt.bn, &bn2, aff2, eval)?);
+                    f.extend(self.conv(&node.conv, &node.conv_slots, 0, b, a, Some(aff2))?);
                     if eval {
                         l.eval.extend(f)
                     } else {
@@ -619,19 +700,31 @@ impl<'a> Bufs<'a> {
                     }
                 }
                 l.train.extend(self.stats(&node.new_stats, a)?);
-                // 3x3 conv and bn2 first, then conv1 and bn1: the forward in reverse.
-                l.backward.extend(self.bn_relu(bn2, b, &bn2v, false)?);
-                l.backward
-                    .extend(self.conv_grads(&node.conv, &node.conv_slots, 0, t, g)?);
+                // The 3x3 conv and bn2 first, then the 1x1 conv and bn1: the forward reversed.
+                l.backward.extend(self.conv_grads(
+                    &node.conv,
+                    &node.conv_slots,
+                    0,
+                    b,
+                    g,
+                    Some(aff2),
+                )?);
                 l.backward
                     .extend(self.conv_data(&node.conv, &node.conv_slots, g, self.d)?);
                 l.backward
-                    .extend(self.bn_relu_backward(bn2, b, self.d.view(), gb, &bn2v)?);
-                l.backward.extend(self.bn_relu(&node.bn, a, &bn, false)?);
-                l.backward.extend(self.conv_grads(c1, c1_slots, 0, t, gb)?);
-                l.backward.extend(self.conv_data(c1, c1_slots, gb, self.d)?);
+                    .extend(self.bn_relu_backward(&bt.bn, b, d, gb, &bn2)?);
+                l.backward.extend(self.conv_grads(
+                    &bt.conv,
+                    &bt.conv_slots,
+                    0,
+                    a,
+                    gb,
+                    Some(aff),
+                )?);
                 l.backward
-                    .extend(self.bn_relu_backward(&node.bn, a, self.d.view(), g, &bn)?);
+                    .extend(self.conv_data(&bt.conv, &bt.conv_slots, gb, self.d)?);
+                l.backward
+                    .extend(self.bn_relu_backward(&node.bn, a, d, g, &bn)?);
             }
         }
         Ok(l)
@@ -655,7 +748,7 @@ impl<'a> Bufs<'a> {
         for eval in [false, true] {
             let mut f = self.bn_relu(&node.bn, a, &bn, eval)?;
             f.extend(pool(self)?);
-            f.extend(self.conv(&node.conv, &node.conv_slots, 0, e, a2)?);
+            f.extend(self.conv(&node.conv, &node.conv_slots, 0, e, a2, None)?);
             if eval {
                 l.eval.extend(f)
             } else {
@@ -666,7 +759,7 @@ impl<'a> Bufs<'a> {
         l.backward.extend(self.bn_relu(&node.bn, a, &bn, false)?);
         l.backward.extend(pool(self)?);
         l.backward
-            .extend(self.conv_grads(&node.conv, &node.conv_slots, 0, e, g2)?);
+            .extend(self.conv_grads(&node.conv, &node.conv_slots, 0, e, g2, None)?);
         l.backward
             .extend(self.conv_data(&node.conv, &node.conv_slots, g2, self.d)?);
         l.backward.push(zero(self.t, node.bn.len()));
@@ -870,6 +963,11 @@ impl Plan {
         let e = alloc("scratch", "scratch e", scratch.e)?;
         let workspace = alloc("scratch", "conv workspace", scratch.workspace)?;
         let partials = alloc("scratch", "weight-gradient partial sums", scratch.partials)?;
+        let affine = alloc(
+            "batch-norm statistics",
+            "fused BN scale and shift",
+            nodes.affine_len,
+        )?;
 
         let bufs = Bufs {
             gpu,
@@ -890,6 +988,7 @@ impl Plan {
             e: &e,
             workspace: &workspace,
             partials: &partials,
+            affine: &affine,
         };
         let mut parts = vec![bufs.stem(&nodes.stem, &nodes.first_stats)?];
         let mut transitions = nodes.transitions.iter();
@@ -971,7 +1070,7 @@ impl Plan {
             memory,
             internal: Vec::new(),
         };
-        plan.internal = vec![feat, dfeat, t, d, e, workspace, partials];
+        plan.internal = vec![feat, dfeat, t, d, e, workspace, partials, affine];
         plan.internal
             .extend(stem.into_iter().flat_map(|(a, b)| [a, b]));
         plan.internal

@@ -43,7 +43,8 @@ pub fn avgpool_forward(
 ) -> Result<Vec<Dispatch>> {
     p.check(AVGPOOL, "x", &x, p.x_offset as u64 + p.x_len())?;
     p.check(AVGPOOL, "y", &y, p.y_offset as u64 + p.y_len())?;
-    let d = dispatch(gpu, "avgpool_forward", p, &[(1, x), (2, y)], p.y_len())?;
+    let rows = (p.n * p.c * p.out_h) as u64;
+    let d = dispatch(gpu, "avgpool_forward", p, &[(1, x), (2, y)], rows)?;
     Ok(vec![d])
 }
 
@@ -57,6 +58,7 @@ pub fn avgpool_backward(
 ) -> Result<Vec<Dispatch>> {
     p.check(AVGPOOL, "dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check(AVGPOOL, "dx", &dx, p.x_offset as u64 + p.x_len())?;
-    let d = dispatch(gpu, "avgpool_backward", p, &[(3, dy), (4, dx)], p.x_len())?;
+    let rows = (p.n * p.c * p.h) as u64;
+    let d = dispatch(gpu, "avgpool_backward", p, &[(3, dy), (4, dx)], rows)?;
     Ok(vec![d])
 }

@@ -196,6 +196,12 @@ pub static SHADER: Shader = Shader {
             params_size: PARAMS,
         },
         Entry {
+            name: "batchnorm_affine",
+            bindings: &[(2, Read), (3, Read), (7, Read), (8, Read), (15, ReadWrite)],
+            workgroup_size: 64,
+            params_size: PARAMS,
+        },
+        Entry {
             name: "batchnorm_update_running",
             bindings: &[(7, Read), (8, Read), (9, ReadWrite), (10, ReadWrite)],
             workgroup_size: 64,
@@ -275,6 +281,34 @@ pub fn batchnorm_update_running(
         "batchnorm_update_running",
         p,
         &[(7, mean), (8, var), (9, running_mean), (10, running_var)],
+        p.c as u64,
+    )?;
+    Ok(vec![d])
+}
+
+/// Per channel c of this op, affine[2c] = gamma / sqrt(var + eps) and affine[2c + 1] =
+/// beta - mean * affine[2c]: the normalization as one multiply-add, for a conv that applies
+/// BN -> ReLU to its input while loading it (see `Conv2dParams::with_input_bn_relu`).
+pub fn batchnorm_affine(
+    gpu: &Gpu,
+    p: &BatchNormParams,
+    mean: View<'_>,
+    var: View<'_>,
+    gamma: View<'_>,
+    beta: View<'_>,
+    affine: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.validate()?;
+    p.check("mean", &mean, p.stat_len())?;
+    p.check("var", &var, p.stat_len())?;
+    p.check("gamma", &gamma, p.c as u64)?;
+    p.check("beta", &beta, p.c as u64)?;
+    p.check("affine", &affine, 2 * p.c as u64)?;
+    let d = dispatch(
+        gpu,
+        "batchnorm_affine",
+        p,
+        &[(2, gamma), (3, beta), (7, mean), (8, var), (15, affine)],
         p.c as u64,
     )?;
     Ok(vec![d])

@@ -37,7 +37,9 @@ pub struct Conv2dParams {
     pub splits: u32,
     /// Output pixels per split; set by the launcher.
     pub chunk: u32,
-    pub _pad: [u32; 2],
+    /// Non-zero: the input is read as BN -> ReLU of x (see [`Conv2dParams::with_input_bn_relu`]).
+    pub input_bn_relu: u32,
+    pub _pad: u32,
 }
 
 const OP: &str = "conv2d";
@@ -89,13 +91,22 @@ impl Conv2dParams {
             has_bias: bias as u32,
             splits: 1,
             chunk: 1,
-            _pad: [0; 2],
+            input_bn_relu: 0,
+            _pad: 0,
         })
     }
 
     /// Reads x at input channel `c` of a larger buffer (x's own channels start there).
     pub fn with_x_channel_offset(mut self, c: u32) -> Self {
         self.x_offset = c * self.n * self.h * self.w;
+        self
+    }
+
+    /// Reads the input as max(x * scale[c] + shift[c], 0), with per-channel (scale, shift)
+    /// from [`crate::ops::batchnorm::batchnorm_affine`]: the layer's BN -> ReLU, applied while
+    /// loading (forward and weight gradient), so its output is never stored.
+    pub fn with_input_bn_relu(mut self) -> Self {
+        self.input_bn_relu = 1;
         self
     }
 
@@ -191,7 +202,13 @@ pub static SHADER: Shader = Shader {
         ),
         entry(
             "conv2d_forward",
-            &[(1, Read), (3, Read), (4, ReadWrite), (11, Read)],
+            &[
+                (1, ReadWrite),
+                (3, Read),
+                (4, ReadWrite),
+                (11, Read),
+                (14, Read),
+            ],
             64,
         ),
         entry("conv2d_pack_weight_data", &[(2, Read), (12, ReadWrite)], 64),
@@ -203,7 +220,7 @@ pub static SHADER: Shader = Shader {
         entry("conv2d_pack_dy", &[(5, Read), (12, ReadWrite)], 64),
         entry(
             "conv2d_backward_weight",
-            &[(1, Read), (7, ReadWrite), (13, Read)],
+            &[(1, ReadWrite), (7, ReadWrite), (13, Read), (14, Read)],
             64,
         ),
         entry(
@@ -254,8 +271,33 @@ fn region<'a>(p: &Conv2dParams, ws: View<'a>, start: u64, len: u64) -> Result<Vi
     })
 }
 
-/// y = conv(x, weight) + bias, written at `p.y_offset`. `workspace` holds the packed weights
-/// ([`Conv2dParams::forward_workspace_len`] elements).
+/// The (scale, shift) pairs of a fused input BN -> ReLU: required exactly when the params
+/// ask for it, 2 * C_in values.
+fn affine_view<'a>(gpu: &'a Gpu, p: &Conv2dParams, affine: Option<View<'a>>) -> Result<View<'a>> {
+    ensure_shape!(
+        affine.is_some() == (p.input_bn_relu != 0),
+        OP,
+        "affine given: {}, but params say input_bn_relu = {}",
+        affine.is_some(),
+        p.input_bn_relu
+    );
+    match affine {
+        Some(a) => {
+            p.check("affine", &a, 2 * p.c_in as u64)?;
+            Ok(a)
+        }
+        None => Ok(View {
+            buffer: &gpu.dummy,
+            offset: 0,
+            len: 4,
+        }),
+    }
+}
+
+/// y = conv(x, weight) + bias, written at `p.y_offset` (x and y may be one buffer).
+/// `workspace` holds the packed weights ([`Conv2dParams::forward_workspace_len`]
+/// elements); `affine` is the fused input BN -> ReLU, if the params ask for one.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
     gpu: &Gpu,
     p: &Conv2dParams,
@@ -264,7 +306,9 @@ pub fn conv2d_forward(
     bias: Option<View<'_>>,
     y: View<'_>,
     workspace: View<'_>,
+    affine: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    let affine = affine_view(gpu, p, affine)?;
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("y", &y, p.y_offset as u64 + p.y_len())?;
@@ -297,7 +341,7 @@ pub fn conv2d_forward(
             gpu,
             "conv2d_forward",
             p,
-            &[(1, x), (3, bias), (4, y), (11, packed)],
+            &[(1, x), (3, bias), (4, y), (11, packed), (14, affine)],
             groups(p.c_out, npq),
         )?,
     ])
@@ -338,7 +382,8 @@ pub fn conv2d_backward_data(
 
 /// dweight += dy * im2col(x)^T, in three passes: dy packed channel-last into `workspace`
 /// ([`Conv2dParams::weight_workspace_len`] elements), split-K partial sums into `partials`
-/// ([`Conv2dParams::partials_len`]), then their sum.
+/// ([`Conv2dParams::partials_len`]), then their sum. `affine` as for [`conv2d_forward`].
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_weight(
     gpu: &Gpu,
     p: &Conv2dParams,
@@ -347,7 +392,9 @@ pub fn conv2d_backward_weight(
     workspace: View<'_>,
     partials: View<'_>,
     dweight: View<'_>,
+    affine: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    let affine = affine_view(gpu, p, affine)?;
     let p = p.with_weight_splits();
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
@@ -368,7 +415,7 @@ pub fn conv2d_backward_weight(
             gpu,
             "conv2d_backward_weight",
             &p,
-            &[(1, x), (7, partials), (13, packed)],
+            &[(1, x), (7, partials), (13, packed), (14, affine)],
             groups(p.c_out, taps) * p.splits as u64,
         )?,
         dispatch(

@@ -139,7 +139,7 @@ pub fn global_avgpool_backward(
         "global_avgpool_backward",
         p,
         &[(3, dy), (4, dx)],
-        p.x_len(),
+        p.y_len(),
     )?;
     Ok(vec![d])
 }

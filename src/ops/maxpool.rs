@@ -192,7 +192,7 @@ pub fn maxpool_forward(
         "maxpool_forward",
         p,
         &[(1, x), (2, y), (3, argmax)],
-        p.y_len(),
+        (p.n * p.c * p.out_h) as u64,
     )?;
     Ok(vec![d])
 }
@@ -215,7 +215,7 @@ pub fn maxpool_backward(
         "maxpool_backward",
         p,
         &[(4, dy), (5, argmax), (6, dx)],
-        p.x_len(),
+        (p.n * p.c * p.h) as u64,
     )?;
     Ok(vec![d])
 }

@@ -532,3 +532,39 @@ fn batchnorm_rejects_mismatched_buffers() {
     .expect("eps 0 must be refused");
     assert!(err.to_string().contains("eps"), "{err}");
 }
+
+#[test]
+fn batchnorm_affine_matches_reference() {
+    let mut rng = Rand::new();
+    for (i, c) in cases().iter().enumerate() {
+        let s = setup(c, &mut rng);
+        let (mean, var) = s.stats();
+        let (mb, vb, g, b) = (up(&mean), up(&var), up(&s.gamma), up(&s.beta));
+        let out = poisoned(2 * s.p.c as u64 + 3);
+        let launch = batchnorm::batchnorm_affine(
+            gpu(),
+            &s.p,
+            mb.view(),
+            vb.view(),
+            g.view(),
+            b.view(),
+            out.view(),
+        );
+        run(launch.unwrap());
+        let mut want = vec![f32::NAN; out.len as usize];
+        cpu::batchnorm_affine(&mut want, &mean, &var, &s.gamma, &s.beta, &s.p);
+        let n = 2 * s.p.c as usize;
+        let got = read(&out);
+        check(
+            &format!("batchnorm_affine case {i}"),
+            rng.seed,
+            &got[..n],
+            &want[..n],
+            FWD,
+        );
+        assert!(
+            got[n..].iter().all(|v| v.is_nan()),
+            "wrote past its channels"
+        );
+    }
+}

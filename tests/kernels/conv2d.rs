@@ -47,21 +47,55 @@ struct Setup {
     w: Vec<f32>,
     b: Vec<f32>,
     y_total: u64,
+    /// The fused input BN -> ReLU's (scale, shift) per input channel, on odd cases.
+    affine: Option<Vec<f32>>,
 }
 
-fn setup(c: &Case, rng: &mut Rand) -> Setup {
-    let p = Conv2dParams::new(c.input, c.c_out, c.kernel, c.stride, c.pad, c.bias)
+fn setup(i: usize, c: &Case, rng: &mut Rand) -> Setup {
+    let mut p = Conv2dParams::new(c.input, c.c_out, c.kernel, c.stride, c.pad, c.bias)
         .unwrap()
         .with_x_channel_offset(c.x_chan)
         .with_y_channel_offset(c.y_chan);
+    let fused = i % 2 == 1;
+    if fused {
+        p = p.with_input_bn_relu();
+    }
     let x_total = p.x_offset as u64 + p.x_len() + 7;
     let y_total = p.y_offset as u64 + p.y_len() + 5;
+    let affine = fused.then(|| {
+        (0..p.c_in)
+            .flat_map(|_| [rng.range(1, 0.5, 1.5)[0], rng.range(1, -0.5, 0.5)[0]])
+            .collect()
+    });
     Setup {
         x: rng.vec(x_total),
         w: rng.vec(p.weight_len()),
         b: rng.vec(p.c_out as u64),
         y_total,
         p,
+        affine,
+    }
+}
+
+impl Setup {
+    /// The conv's input as the reference sees it: x, or max(x * scale + shift, 0) per
+    /// channel inside the tensor when the BN -> ReLU is fused.
+    fn input(&self) -> Vec<f32> {
+        let mut x = self.x.clone();
+        if let Some(a) = &self.affine {
+            let plane = (self.p.n * self.p.h * self.p.w) as usize;
+            let start = self.p.x_offset as usize;
+            for c in 0..self.p.c_in as usize {
+                for v in &mut x[start + c * plane..][..plane] {
+                    *v = (*v * a[2 * c] + a[2 * c + 1]).max(0.0);
+                }
+            }
+        }
+        x
+    }
+
+    fn affine_buffer(&self) -> Option<densenet_wgpu::GpuBuffer> {
+        self.affine.as_ref().map(|a| up(a))
     }
 }
 
@@ -69,16 +103,30 @@ fn setup(c: &Case, rng: &mut Rand) -> Setup {
 fn conv2d_forward_matches_reference() {
     let mut rng = Rand::new();
     for (i, c) in cases().iter().enumerate() {
-        let s = setup(c, &mut rng);
+        let s = setup(i, c, &mut rng);
         let (x, w, b, y) = (up(&s.x), up(&s.w), up(&s.b), poisoned(s.y_total));
         let bias = c.bias.then(|| b.view());
+        let aff = s.affine_buffer();
         let ws = poisoned(s.p.forward_workspace_len());
-        run(
-            conv2d::conv2d_forward(gpu(), &s.p, x.view(), w.view(), bias, y.view(), ws.view())
-                .unwrap(),
-        );
+        run(conv2d::conv2d_forward(
+            gpu(),
+            &s.p,
+            x.view(),
+            w.view(),
+            bias,
+            y.view(),
+            ws.view(),
+            aff.as_ref().map(|a| a.view()),
+        )
+        .unwrap());
         let mut want = vec![f32::NAN; s.y_total as usize];
-        cpu::conv2d_forward(&mut want, &s.x, &s.w, c.bias.then_some(&s.b[..]), &s.p);
+        cpu::conv2d_forward(
+            &mut want,
+            &s.input(),
+            &s.w,
+            c.bias.then_some(&s.b[..]),
+            &s.p,
+        );
         let got = read(&y);
         let (lo, hi) = (
             s.p.y_offset as usize,
@@ -103,7 +151,7 @@ fn conv2d_forward_matches_reference() {
 fn conv2d_backward_data_matches_reference() {
     let mut rng = Rand::new();
     for (i, c) in cases().iter().enumerate() {
-        let s = setup(c, &mut rng);
+        let s = setup(i, c, &mut rng);
         let dy = rng.vec(s.y_total);
         let dx0 = rng.vec(s.x.len() as u64);
         let (dyb, w, dx) = (up(&dy), up(&s.w), up(&dx0));
@@ -128,12 +176,13 @@ fn conv2d_backward_data_matches_reference() {
 fn conv2d_backward_weight_matches_reference() {
     let mut rng = Rand::new();
     for (i, c) in cases().iter().enumerate() {
-        let s = setup(c, &mut rng);
+        let s = setup(i, c, &mut rng);
         let dy = rng.vec(s.y_total);
         let dw0 = rng.vec(s.p.weight_len());
         let (x, dyb, dw) = (up(&s.x), up(&dy), up(&dw0));
         let ws = poisoned(s.p.weight_workspace_len());
         let partials = poisoned(s.p.partials_len());
+        let aff = s.affine_buffer();
         let launch = conv2d::conv2d_backward_weight(
             gpu(),
             &s.p,
@@ -142,10 +191,11 @@ fn conv2d_backward_weight_matches_reference() {
             ws.view(),
             partials.view(),
             dw.view(),
+            aff.as_ref().map(|a| a.view()),
         );
         run(launch.unwrap());
         let mut want = dw0.clone();
-        cpu::conv2d_backward_weight(&mut want, &s.x, &dy, &s.p);
+        cpu::conv2d_backward_weight(&mut want, &s.input(), &dy, &s.p);
         check(
             &format!("conv2d_backward_weight case {i}"),
             rng.seed,
@@ -160,7 +210,7 @@ fn conv2d_backward_weight_matches_reference() {
 fn conv2d_backward_bias_matches_reference() {
     let mut rng = Rand::new();
     for (i, c) in cases().iter().enumerate() {
-        let s = setup(c, &mut rng);
+        let s = setup(i, c, &mut rng);
         let dy = rng.vec(s.y_total);
         let db0 = rng.vec(s.p.c_out as u64);
         let (dyb, db) = (up(&dy), up(&db0));
@@ -186,9 +236,18 @@ fn conv2d_rejects_mismatched_buffers() {
         poisoned(p.y_len()),
     );
     let ws = poisoned(p.workspace_len());
-    let err = conv2d::conv2d_forward(gpu(), &p, x.view(), w.view(), None, y.view(), ws.view())
-        .err()
-        .expect("a short weight buffer must be refused");
+    let err = conv2d::conv2d_forward(
+        gpu(),
+        &p,
+        x.view(),
+        w.view(),
+        None,
+        y.view(),
+        ws.view(),
+        None,
+    )
+    .err()
+    .expect("a short weight buffer must be refused");
     assert!(err.to_string().contains("weight"), "{err}");
     assert!(Conv2dParams::new([1, 1, 2, 2], 1, (5, 5), (1, 1), (0, 0), false).is_err());
 }

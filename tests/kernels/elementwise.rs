@@ -130,3 +130,20 @@ fn concat_rejects_out_of_range_channels() {
         .unwrap();
     assert!(err.to_string().contains("x has 100"), "{err}");
 }
+
+/// More than 65,535 workgroups: the grid is folded into 2-D and every invocation must
+/// still find its element.
+#[test]
+fn relu_covers_a_folded_grid() {
+    let mut rng = Rand::new();
+    let count = 65_535 * 256 + 1000;
+    let p = ReluParams::new(count);
+    let x = rng.vec(count as u64);
+    let (xb, yb) = (up(&x), poisoned(count as u64));
+    let launch = relu::relu_forward(gpu(), &p, xb.view(), yb.view()).unwrap();
+    assert!(launch[0].workgroups[1] > 1, "{:?}", launch[0].workgroups);
+    run(launch);
+    let mut want = vec![0.0; count as usize];
+    cpu::relu_forward(&mut want, &x, &p);
+    check("relu_forward folded", rng.seed, &read(&yb), &want, FWD);
+}

@@ -228,10 +228,10 @@ fn avgpool_backward_matches_reference() {
     }
 }
 
-/// More than 65,535 workgroups of 64: the grid is folded into 2-D and every invocation
-/// must still find its element (the backward kernels, one invocation per input element).
+/// A large input (4.3M elements, 520 workgroups of rows): every row of every plane must be
+/// found by its invocation.
 #[test]
-fn pool_backward_covers_a_folded_grid() {
+fn pool_backward_covers_a_large_input() {
     let mut rng = Rand::new();
     let p = Pool2dParams::new([4, 64, 130, 130], (3, 3), (2, 2), (1, 1)).unwrap();
     assert!(p.x_len() > 65_535 * 64);
@@ -244,17 +244,12 @@ fn pool_backward_covers_a_folded_grid() {
     let (dyb, arg, dx_max, dx_avg) = (up(&dy), up_u32(&argmax), up(&dx0), up(&dx0));
     let mut launches =
         maxpool::maxpool_backward(gpu(), &p, dyb.view(), arg.view(), dx_max.view()).unwrap();
-    assert!(
-        launches[0].workgroups[1] > 1,
-        "{:?}",
-        launches[0].workgroups
-    );
     launches.extend(avgpool::avgpool_backward(gpu(), &p, dyb.view(), dx_avg.view()).unwrap());
     run(launches);
     let mut want = dx0.clone();
     cpu::maxpool_backward(&mut want, &dy, &argmax, &p);
     check(
-        "maxpool_backward folded",
+        "maxpool_backward large",
         rng.seed,
         &read(&dx_max),
         &want,
@@ -263,7 +258,7 @@ fn pool_backward_covers_a_folded_grid() {
     let mut want = dx0;
     cpu::avgpool_backward(&mut want, &dy, &p);
     check(
-        "avgpool_backward folded",
+        "avgpool_backward large",
         rng.seed,
         &read(&dx_avg),
         &want,

@@ -97,6 +97,7 @@ fn dense_block_and_transition_shapes() {
                 Some(bufs[1].view()),
                 block.view(),
                 ws.view(),
+                None,
             )
             .unwrap(),
         );
@@ -143,6 +144,7 @@ fn dense_block_and_transition_shapes() {
             Some(bufs[1].view()),
             u.view(),
             ws.view(),
+            None,
         )
         .unwrap(),
     );
