@@ -97,7 +97,7 @@ impl Preset {
                 schedule: Schedule::Cosine,
             },
             Preset::Tiny => Recipe {
-                epochs: 4,
+                epochs: 3,
                 batch_size: 64,
                 lr: 0.1,
                 momentum: 0.9,

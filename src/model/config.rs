@@ -95,7 +95,7 @@ impl DenseNetConfig {
             image_size: 28,
             classes: 10,
             stem: Stem::Cifar { channels: 16 },
-            blocks: vec![4, 4],
+            blocks: vec![2, 3, 3],
             growth_rate: 12,
             bottleneck: None,
             compression: 0.5,
