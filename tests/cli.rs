@@ -157,8 +157,7 @@ fn user_errors_are_one_line_and_fail() {
         // Drivers may print their own "error:" lines first; ours is the last.
         let err_line = err
             .lines()
-            .filter(|l| l.starts_with("error:"))
-            .last()
+            .rfind(|l| l.starts_with("error:"))
             .unwrap_or_default();
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err_line.contains(needle), "{args:?}: {err}");
