@@ -134,9 +134,9 @@ fn synthetic_set_is_deterministic_by_seed() {
     }
 }
 
-fn write_idx_set(dir: &PathBuf, gz: bool, n_train: u32, n_test: u32) -> (Vec<u8>, Vec<u8>) {
+fn write_idx_set(dir: &std::path::Path, gz: bool, n_train: u32, n_test: u32) -> (Vec<u8>, Vec<u8>) {
     let mut rng = fastrand::Rng::with_seed(1);
-    let mut write = |stem: &str, shape: &[u32], data: &[u8]| {
+    let write = |stem: &str, shape: &[u32], data: &[u8]| {
         let bytes = idx::encode(shape, data);
         let (name, bytes) = match gz {
             true => (format!("{stem}.gz"), gzip(&bytes)),
