@@ -53,9 +53,13 @@ const PLAIN_SGD: SgdConfig = SgdConfig {
 };
 
 fn matches_reference(cfg: &DenseNetConfig, batch: u32) {
+    matches_reference_with(cfg, batch, u64::MAX);
+}
+
+fn matches_reference_with(cfg: &DenseNetConfig, batch: u32, max_binding: u64) {
     let seed = seed();
     let gpu = gpu();
-    let plan = Plan::new(gpu, cfg, batch, PLAIN_SGD).unwrap();
+    let plan = Plan::with_binding_limit(gpu, cfg, batch, PLAIN_SGD, max_binding).unwrap();
     let mut params = plan.layout.init_params(cfg.init, seed);
     let mut rng = fastrand::Rng::with_seed(seed);
     // Batch-norm scales and shifts away from 1 and 0: with a zero shift, BN -> ReLU ->
@@ -123,6 +127,27 @@ fn matches_reference(cfg: &DenseNetConfig, batch: u32) {
 #[test]
 fn imagenet_stem_network_matches_reference() {
     matches_reference(&small(Stem::ImageNet { channels: 4 }, 16, None), 3);
+}
+
+/// The stem's conv output planned as if bindings held only half of it: the stem runs in
+/// two channel groups, each bound as its own range, as the d2l network does at batch 256 on
+/// adapters with 128 MiB bindings.
+#[test]
+fn stem_in_channel_groups_matches_reference() {
+    // Groups start on aligned elements (channel slices of gamma, beta, bias, and planes).
+    let align = (gpu().limits.min_storage_buffer_offset_alignment / 4).max(4) as u32;
+    let channels = 2 * align;
+    let cfg = small(Stem::ImageNet { channels }, 16, None);
+    let batch = align;
+    let conv_out = channels as u64 * batch as u64 * 8 * 8 * 4;
+    let plan = Plan::with_binding_limit(gpu(), &cfg, batch, PLAIN_SGD, conv_out / 2).unwrap();
+    let pools = plan
+        .train_commands()
+        .iter()
+        .filter(|c| c.name() == "maxpool_forward")
+        .count();
+    assert_eq!(pools, 2, "the stem runs in two channel groups");
+    matches_reference_with(&cfg, batch, conv_out / 2);
 }
 
 #[test]

@@ -59,11 +59,10 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 
 impl Gpu {
     /// Checks a buffer size against the adapter's limits before wgpu would panic on it.
+    /// (A buffer may exceed the binding limit: kernels then bind ranges of it, which the
+    /// dispatch builder checks.)
     pub fn check_buffer_size(&self, label: &str, bytes: u64) -> Result<()> {
-        let max = self
-            .limits
-            .max_buffer_size
-            .min(self.limits.max_storage_buffer_binding_size);
+        let max = self.limits.max_buffer_size;
         if bytes > max {
             return Err(Error::Limit {
                 what: format!("buffer {label}"),

@@ -129,8 +129,8 @@ struct Nodes {
 /// Channels per group of the ImageNet stem: all of them, unless its conv output exceeds the
 /// adapter's binding limit (d2l at batch 256 on a 128 MiB-binding adapter); then groups of
 /// channels small enough, each bound as its own aligned range of the buffer.
-fn stem_group_channels(gpu: &Gpu, full: &Conv2dParams) -> Result<u32> {
-    let limit = gpu.limits.max_storage_buffer_binding_size.max(1);
+fn stem_group_channels(gpu: &Gpu, full: &Conv2dParams, limit: u64) -> Result<u32> {
+    let limit = limit.max(1);
     let c = full.c_out;
     let groups = (full.y_len() * 4).div_ceil(limit);
     if groups <= 1 {
@@ -153,7 +153,13 @@ fn stem_group_channels(gpu: &Gpu, full: &Conv2dParams) -> Result<u32> {
     Ok(per as u32)
 }
 
-fn nodes(gpu: &Gpu, cfg: &DenseNetConfig, layout: &Layout, n: u32) -> Result<Nodes> {
+fn nodes(
+    gpu: &Gpu,
+    cfg: &DenseNetConfig,
+    layout: &Layout,
+    n: u32,
+    max_binding: u64,
+) -> Result<Nodes> {
     let bias = cfg.conv_bias;
     let size = cfg.image_size;
     let c0 = cfg.stem.channels();
@@ -168,7 +174,7 @@ fn nodes(gpu: &Gpu, cfg: &DenseNetConfig, layout: &Layout, n: u32) -> Result<Nod
                 (3, 3),
                 bias,
             )?;
-            let per = stem_group_channels(gpu, &full)?;
+            let per = stem_group_channels(gpu, &full, max_binding)?;
             let (bn, stats) = layout.stem.bn.expect("ImageNet stem has a BN");
             StemNode {
                 conv: layout.stem.conv,
@@ -874,6 +880,21 @@ impl Plan {
     /// the training step and of the evaluation pass. Parameters start at zero: write them
     /// with [`Plan::write_params`] (e.g. from [`Layout::init_params`]).
     pub fn new(gpu: &Gpu, cfg: &DenseNetConfig, batch: u32, opt: SgdConfig) -> Result<Plan> {
+        let limit = gpu.limits.max_storage_buffer_binding_size;
+        Self::with_binding_limit(gpu, cfg, batch, opt, limit)
+    }
+
+    /// As [`Plan::new`], planning as if no binding could exceed `max_binding` bytes (at most
+    /// the adapter's own limit): large tensors are then processed in channel groups. Tests
+    /// use it to exercise on any device what small-binding adapters need.
+    pub fn with_binding_limit(
+        gpu: &Gpu,
+        cfg: &DenseNetConfig,
+        batch: u32,
+        opt: SgdConfig,
+        max_binding: u64,
+    ) -> Result<Plan> {
+        let max_binding = max_binding.min(gpu.limits.max_storage_buffer_binding_size);
         cfg.validate()?;
         if batch < 2 {
             return Err(Error::shape(
@@ -883,7 +904,7 @@ impl Plan {
         }
         let align = (gpu.limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
         let layout = Layout::new(cfg, align);
-        let nodes = nodes(gpu, cfg, &layout, batch)?;
+        let nodes = nodes(gpu, cfg, &layout, batch, max_binding)?;
         let scratch = nodes.scratch();
         let mut memory = MemoryReport::default();
         let mut alloc = |category: &'static str, label: &str, len: u64| -> Result<GpuBuffer> {
