@@ -135,7 +135,7 @@ fn imagenet_stem_network_matches_reference() {
 #[test]
 fn stem_in_channel_groups_matches_reference() {
     // Groups start on aligned elements (channel slices of gamma, beta, bias, and planes).
-    let align = (gpu().limits.min_storage_buffer_offset_alignment / 4).max(4) as u32;
+    let align = (gpu().limits.min_storage_buffer_offset_alignment / 4).max(4);
     let channels = 2 * align;
     let cfg = small(Stem::ImageNet { channels }, 16, None);
     let batch = align;
