@@ -245,7 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let ck = Checkpoint::load(&checkpoint)?;
             let dataset = data.dataset.unwrap_or(ck.dataset);
-            let seed = seed.unwrap_or(0);
+            let seed = seed.unwrap_or(ck.recipe.seed);
             let mut splits =
                 data::load(dataset, data.data_dir.as_deref(), seed).with_context(|| {
                     format!("loading {} for {}", dataset.name(), checkpoint.display())

@@ -48,6 +48,9 @@ pub struct Recipe {
     pub weight_decay: f32,
     pub nesterov: bool,
     pub schedule: Schedule,
+    /// Seeds the synthetic data, the initial weights and the shuffling (`--seed`).
+    #[serde(default)]
+    pub seed: u64,
 }
 
 impl Preset {
@@ -86,6 +89,7 @@ impl Preset {
                 weight_decay: 0.0,
                 nesterov: false,
                 schedule: Schedule::Constant,
+                seed: 0,
             },
             Preset::Small => Recipe {
                 epochs: 5,
@@ -95,6 +99,7 @@ impl Preset {
                 weight_decay: 5e-4,
                 nesterov: true,
                 schedule: Schedule::Cosine,
+                seed: 0,
             },
             Preset::Tiny => Recipe {
                 epochs: 3,
@@ -104,6 +109,7 @@ impl Preset {
                 weight_decay: 1e-4,
                 nesterov: true,
                 schedule: Schedule::Cosine,
+                seed: 0,
             },
         }
     }

@@ -161,7 +161,13 @@ pub struct Setup {
 }
 
 pub fn setup(args: &TrainArgs) -> Result<Setup> {
-    let mut splits = data::load(args.dataset, args.data_dir.as_deref(), args.seed)?;
+    let resume = match &args.resume {
+        Some(p) => Some(Checkpoint::load(p)?),
+        None => None,
+    };
+    // A resumed run keeps its seed: the same synthetic data, the same shuffling sequence.
+    let seed = resume.as_ref().map_or(args.seed, |ck| ck.recipe.seed);
+    let mut splits = data::load(args.dataset, args.data_dir.as_deref(), seed)?;
     if let Some(n) = args.limit_train {
         splits.train.truncate(n);
     }
@@ -169,10 +175,6 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
         splits.test.truncate(n);
     }
     let classes = splits.train.classes() as u32;
-    let resume = match &args.resume {
-        Some(p) => Some(Checkpoint::load(p)?),
-        None => None,
-    };
     let (config, mut recipe) = match &resume {
         Some(ck) => {
             if ck.dataset != args.dataset {
@@ -305,7 +307,7 @@ pub fn train(gpu: &Gpu, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
             (ck.epoch, ck.step)
         }
         None => {
-            plan.write_params(gpu, &plan.layout.init_params(cfg.init, args.seed))?;
+            plan.write_params(gpu, &plan.layout.init_params(cfg.init, recipe.seed))?;
             (0, 0)
         }
     };
@@ -338,7 +340,8 @@ pub fn train(gpu: &Gpu, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
     let size = (cfg.image_size, cfg.image_size);
     for epoch in first_epoch + 1..=recipe.epochs {
         let start = Instant::now();
-        let order = Order::Shuffled(args.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let order =
+            Order::Shuffled(recipe.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let loader = Loader::new(setup.train.clone(), recipe.batch_size as usize, order, size);
         let batches = loader.batches as u64;
         let pb = bar(
