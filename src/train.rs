@@ -189,10 +189,11 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
             }
             (ck.config.clone(), ck.recipe.clone())
         }
-        None => (
-            args.preset.config(args.dataset, classes),
-            args.preset.recipe(),
-        ),
+        None => {
+            let mut recipe = args.preset.recipe();
+            recipe.seed = args.seed;
+            (args.preset.config(args.dataset, classes), recipe)
+        }
     };
     if let Some(v) = args.epochs {
         recipe.epochs = v;
