@@ -247,7 +247,7 @@ const fn entry(
 
 /// The kernels' register tile (conv2d.wgsl): TM channels (shared by a workgroup) by TN
 /// pixels or taps per invocation, WG invocations per workgroup.
-const TM: u32 = 8;
+const TM: u32 = 16;
 const TN: u32 = 4;
 const WG: u32 = 64;
 
