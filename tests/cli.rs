@@ -131,7 +131,8 @@ fn train_eval_resume_and_predict() {
 
 #[test]
 fn user_errors_are_one_line_and_fail() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
+        (&["info", "--adapter", "no-such-gpu"], "no-such-gpu"),
         (&["train", "--dataset", "mnist"], "--data-dir"),
         (
             &[
