@@ -41,20 +41,6 @@ struct Pool2dParams {
 
 const WG: u32 = 64u;
 
-// The output windows that contain input column w are [lo, hi): their starts ow*sw - pw lie
-// in [w - kw + 1, w]. Both ends only grow with w, so a row walk updates them in O(1).
-fn advance_windows(w: u32, range: vec2<u32>) -> vec2<u32> {
-    var lo = range.x;
-    var hi = range.y;
-    while lo < p.out_w && lo * p.stride_w + p.kernel_w <= w + p.pad_w {
-        lo++;
-    }
-    while hi < p.out_w && hi * p.stride_w <= w + p.pad_w {
-        hi++;
-    }
-    return vec2<u32>(lo, hi);
-}
-
 // One invocation per output row: the divisions happen once per row, not per element.
 @compute @workgroup_size(64)
 fn avgpool_forward(
@@ -112,7 +98,7 @@ fn avgpool_backward(
     let scale = 1.0 / f32(p.kernel_h * p.kernel_w);
     var range = vec2<u32>(0u);
     for (var w = 0u; w < p.w; w++) {
-        range = advance_windows(w, range);
+        range = advance_windows(w, range, p.out_w, p.stride_w, p.kernel_w, p.pad_w);
         var sum = 0.0;
         for (var oh = oh_lo; oh < oh_hi; oh++) {
             for (var ow = range.x; ow < range.y; ow++) {

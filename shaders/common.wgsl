@@ -6,3 +6,18 @@
 fn flat_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
+
+// Pooling gathers: the windows o (starting at o * stride - pad, `kernel` long, o < out) that
+// contain input column w are [range.x, range.y). Both ends only grow with w, so a walk along
+// a row updates them in O(1) instead of dividing per element.
+fn advance_windows(w: u32, range: vec2<u32>, out: u32, stride: u32, kernel: u32, pad: u32) -> vec2<u32> {
+    var lo = range.x;
+    var hi = range.y;
+    while lo < out && lo * stride + kernel <= w + pad {
+        lo++;
+    }
+    while hi < out && hi * stride <= w + pad {
+        hi++;
+    }
+    return vec2<u32>(lo, hi);
+}

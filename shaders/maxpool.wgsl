@@ -55,20 +55,6 @@ fn is_nan(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
 }
 
-// The output windows that contain input column w are [lo, hi): their starts ow*sw - pw lie
-// in [w - kw + 1, w]. Both ends only grow with w, so a row walk updates them in O(1).
-fn advance_windows(w: u32, range: vec2<u32>) -> vec2<u32> {
-    var lo = range.x;
-    var hi = range.y;
-    while lo < p.out_w && lo * p.stride_w + p.kernel_w <= w + p.pad_w {
-        lo++;
-    }
-    while hi < p.out_w && hi * p.stride_w <= w + p.pad_w {
-        hi++;
-    }
-    return vec2<u32>(lo, hi);
-}
-
 // One invocation per output row: the divisions happen once per row, not per element.
 @compute @workgroup_size(64)
 fn maxpool_forward(
@@ -132,7 +118,7 @@ fn maxpool_backward(
     let out_plane = plane * p.out_h * p.out_w;
     var range = vec2<u32>(0u);
     for (var w = 0u; w < p.w; w++) {
-        range = advance_windows(w, range);
+        range = advance_windows(w, range, p.out_w, p.stride_w, p.kernel_w, p.pad_w);
         let k = h * p.w + w; // this element's in-plane index, as argmax stores it
         var sum = 0.0;
         for (var oh = oh_lo; oh < oh_hi; oh++) {

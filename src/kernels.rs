@@ -34,6 +34,22 @@ pub struct Entry {
     pub params_size: usize,
 }
 
+impl Entry {
+    /// An entry point whose params uniform is a `P`.
+    pub const fn new<P>(
+        name: &'static str,
+        bindings: &'static [(u32, Access)],
+        workgroup_size: u32,
+    ) -> Entry {
+        Entry {
+            name,
+            bindings,
+            workgroup_size,
+            params_size: std::mem::size_of::<P>(),
+        }
+    }
+}
+
 /// One WGSL file.
 #[derive(Debug)]
 pub struct Shader {

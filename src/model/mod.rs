@@ -3,7 +3,9 @@
 
 mod build;
 pub mod config;
+mod dispatches;
 pub mod layout;
+mod nodes;
 pub mod plan;
 pub mod reference_net;
 

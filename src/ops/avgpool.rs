@@ -12,24 +12,12 @@ pub use super::maxpool::Pool2dParams;
 
 const AVGPOOL: &str = "avgpool";
 
-const POOL_PARAMS: usize = std::mem::size_of::<Pool2dParams>();
-
 pub static SHADER: Shader = Shader {
     file: "avgpool.wgsl",
     source: include_str!("../../shaders/avgpool.wgsl"),
     entries: &[
-        Entry {
-            name: "avgpool_forward",
-            bindings: &[(1, Read), (2, ReadWrite)],
-            workgroup_size: 64,
-            params_size: POOL_PARAMS,
-        },
-        Entry {
-            name: "avgpool_backward",
-            bindings: &[(3, Read), (4, ReadWrite)],
-            workgroup_size: 64,
-            params_size: POOL_PARAMS,
-        },
+        Entry::new::<Pool2dParams>("avgpool_forward", &[(1, Read), (2, ReadWrite)], 64),
+        Entry::new::<Pool2dParams>("avgpool_backward", &[(3, Read), (4, ReadWrite)], 64),
     ],
 };
 

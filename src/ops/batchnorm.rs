@@ -173,43 +173,32 @@ impl BatchNormParams {
     }
 
     fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
-        ensure_shape!(
-            view.len >= need,
-            OP,
-            "{what} has {} elements but {self:?} needs {need}",
-            view.len
-        );
-        Ok(())
+        super::check_len(OP, what, view, need, self)
     }
 }
-
-const PARAMS: usize = std::mem::size_of::<BatchNormParams>();
 
 pub static SHADER: Shader = Shader {
     file: "batchnorm.wgsl",
     source: include_str!("../../shaders/batchnorm.wgsl"),
     entries: &[
-        Entry {
-            name: "batchnorm_stats",
-            bindings: &[(1, Read), (5, ReadWrite), (6, ReadWrite)],
-            workgroup_size: 256,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "batchnorm_affine",
-            bindings: &[(2, Read), (3, Read), (7, Read), (8, Read), (15, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "batchnorm_update_running",
-            bindings: &[(7, Read), (8, Read), (9, ReadWrite), (10, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "batchnorm_forward",
-            bindings: &[
+        Entry::new::<BatchNormParams>(
+            "batchnorm_stats",
+            &[(1, Read), (5, ReadWrite), (6, ReadWrite)],
+            256,
+        ),
+        Entry::new::<BatchNormParams>(
+            "batchnorm_affine",
+            &[(2, Read), (3, Read), (7, Read), (8, Read), (15, ReadWrite)],
+            64,
+        ),
+        Entry::new::<BatchNormParams>(
+            "batchnorm_update_running",
+            &[(7, Read), (8, Read), (9, ReadWrite), (10, ReadWrite)],
+            64,
+        ),
+        Entry::new::<BatchNormParams>(
+            "batchnorm_forward",
+            &[
                 (1, Read),
                 (2, Read),
                 (3, Read),
@@ -217,12 +206,11 @@ pub static SHADER: Shader = Shader {
                 (7, Read),
                 (8, Read),
             ],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "batchnorm_backward",
-            bindings: &[
+            64,
+        ),
+        Entry::new::<BatchNormParams>(
+            "batchnorm_backward",
+            &[
                 (1, Read),
                 (2, Read),
                 (3, Read),
@@ -233,9 +221,8 @@ pub static SHADER: Shader = Shader {
                 (13, ReadWrite),
                 (14, ReadWrite),
             ],
-            workgroup_size: 256,
-            params_size: PARAMS,
-        },
+            256,
+        ),
     ],
 };
 

@@ -44,34 +44,16 @@ impl ConcatParams {
     }
 
     fn check(&self, what: &str, view: &View<'_>, need: u32) -> Result<()> {
-        ensure_shape!(
-            view.len >= need as u64,
-            OP,
-            "{what} has {} elements but {self:?} needs {need}",
-            view.len
-        );
-        Ok(())
+        super::check_len(OP, what, view, need as u64, self)
     }
 }
-
-const PARAMS: usize = std::mem::size_of::<ConcatParams>();
 
 pub static SHADER: Shader = Shader {
     file: "concat.wgsl",
     source: include_str!("../../shaders/concat.wgsl"),
     entries: &[
-        Entry {
-            name: "concat_forward",
-            bindings: &[(1, Read), (2, ReadWrite)],
-            workgroup_size: 256,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "concat_backward",
-            bindings: &[(3, Read), (4, ReadWrite)],
-            workgroup_size: 256,
-            params_size: PARAMS,
-        },
+        Entry::new::<ConcatParams>("concat_forward", &[(1, Read), (2, ReadWrite)], 256),
+        Entry::new::<ConcatParams>("concat_backward", &[(3, Read), (4, ReadWrite)], 256),
     ],
 };
 

@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, dispatch_workgroups, Access, Access::*, Dispatch, Entry, Shader};
+use crate::kernels::{dispatch, dispatch_workgroups, Access::*, Dispatch, Entry, Shader};
 
 /// Shapes of one convolution, also its uniform (binding 0). Build with [`Conv2dParams::new`].
 #[repr(C)]
@@ -179,28 +179,20 @@ impl Conv2dParams {
     }
 
     fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
-        ensure_shape!(
-            view.len >= need,
-            OP,
-            "{what} has {} elements but {self:?} needs {need}",
-            view.len
-        );
-        Ok(())
+        super::check_len(OP, what, view, need, self)
     }
 }
-
-const PARAMS: usize = std::mem::size_of::<Conv2dParams>();
 
 pub static SHADER: Shader = Shader {
     file: "conv2d.wgsl",
     source: include_str!("../../shaders/conv2d.wgsl"),
     entries: &[
-        entry(
+        Entry::new::<Conv2dParams>(
             "conv2d_pack_weight_forward",
             &[(2, Read), (12, ReadWrite)],
             64,
         ),
-        entry(
+        Entry::new::<Conv2dParams>(
             "conv2d_forward",
             &[
                 (1, ReadWrite),
@@ -211,39 +203,26 @@ pub static SHADER: Shader = Shader {
             ],
             64,
         ),
-        entry("conv2d_pack_weight_data", &[(2, Read), (12, ReadWrite)], 64),
-        entry(
+        Entry::new::<Conv2dParams>("conv2d_pack_weight_data", &[(2, Read), (12, ReadWrite)], 64),
+        Entry::new::<Conv2dParams>(
             "conv2d_backward_data",
             &[(5, Read), (6, ReadWrite), (11, Read)],
             64,
         ),
-        entry("conv2d_pack_dy", &[(5, Read), (12, ReadWrite)], 64),
-        entry(
+        Entry::new::<Conv2dParams>("conv2d_pack_dy", &[(5, Read), (12, ReadWrite)], 64),
+        Entry::new::<Conv2dParams>(
             "conv2d_backward_weight",
             &[(1, ReadWrite), (7, ReadWrite), (13, Read), (14, Read)],
             64,
         ),
-        entry(
+        Entry::new::<Conv2dParams>(
             "conv2d_backward_weight_reduce",
             &[(8, Read), (9, ReadWrite)],
             64,
         ),
-        entry("conv2d_backward_bias", &[(5, Read), (10, ReadWrite)], 256),
+        Entry::new::<Conv2dParams>("conv2d_backward_bias", &[(5, Read), (10, ReadWrite)], 256),
     ],
 };
-
-const fn entry(
-    name: &'static str,
-    bindings: &'static [(u32, Access)],
-    workgroup_size: u32,
-) -> Entry {
-    Entry {
-        name,
-        bindings,
-        workgroup_size,
-        params_size: PARAMS,
-    }
-}
 
 /// The kernels' register tile (conv2d.wgsl): TM channels (shared by a workgroup) by TN
 /// pixels or taps per invocation, WG invocations per workgroup.

@@ -45,18 +45,17 @@ impl CrossEntropyParams {
 pub static SHADER: Shader = Shader {
     file: "cross_entropy.wgsl",
     source: include_str!("../../shaders/cross_entropy.wgsl"),
-    entries: &[Entry {
-        name: "softmax_cross_entropy",
-        bindings: &[
+    entries: &[Entry::new::<CrossEntropyParams>(
+        "softmax_cross_entropy",
+        &[
             (1, Read),
             (2, Read),
             (3, ReadWrite),
             (4, ReadWrite),
             (5, ReadWrite),
         ],
-        workgroup_size: 256,
-        params_size: std::mem::size_of::<CrossEntropyParams>(),
-    }],
+        256,
+    )],
 };
 
 /// loss_sum[0] += the batch's summed loss, dlogits += the gradient of its MEAN loss,

@@ -75,34 +75,24 @@ impl GlobalAvgPoolParams {
     }
 
     fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
-        ensure_shape!(
-            view.len >= need,
-            GLOBAL,
-            "{what} has {} elements but {self:?} needs {need}",
-            view.len
-        );
-        Ok(())
+        super::check_len(GLOBAL, what, view, need, self)
     }
 }
-
-const PARAMS: usize = std::mem::size_of::<GlobalAvgPoolParams>();
 
 pub static SHADER: Shader = Shader {
     file: "global_avgpool.wgsl",
     source: include_str!("../../shaders/global_avgpool.wgsl"),
     entries: &[
-        Entry {
-            name: "global_avgpool_forward",
-            bindings: &[(1, Read), (2, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "global_avgpool_backward",
-            bindings: &[(3, Read), (4, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
+        Entry::new::<GlobalAvgPoolParams>(
+            "global_avgpool_forward",
+            &[(1, Read), (2, ReadWrite)],
+            64,
+        ),
+        Entry::new::<GlobalAvgPoolParams>(
+            "global_avgpool_backward",
+            &[(3, Read), (4, ReadWrite)],
+            64,
+        ),
     ],
 };
 

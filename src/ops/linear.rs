@@ -47,46 +47,30 @@ impl LinearParams {
     }
 
     fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
-        ensure_shape!(
-            view.len >= need,
-            OP,
-            "{what} has {} elements but {self:?} needs {need}",
-            view.len
-        );
-        Ok(())
+        super::check_len(OP, what, view, need, self)
     }
 }
-
-const PARAMS: usize = std::mem::size_of::<LinearParams>();
 
 pub static SHADER: Shader = Shader {
     file: "linear.wgsl",
     source: include_str!("../../shaders/linear.wgsl"),
     entries: &[
-        Entry {
-            name: "linear_forward",
-            bindings: &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "linear_backward_data",
-            bindings: &[(2, Read), (5, Read), (6, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "linear_backward_weight",
-            bindings: &[(1, Read), (5, Read), (7, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "linear_backward_bias",
-            bindings: &[(5, Read), (8, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
+        Entry::new::<LinearParams>(
+            "linear_forward",
+            &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
+            64,
+        ),
+        Entry::new::<LinearParams>(
+            "linear_backward_data",
+            &[(2, Read), (5, Read), (6, ReadWrite)],
+            64,
+        ),
+        Entry::new::<LinearParams>(
+            "linear_backward_weight",
+            &[(1, Read), (5, Read), (7, ReadWrite)],
+            64,
+        ),
+        Entry::new::<LinearParams>("linear_backward_bias", &[(5, Read), (8, ReadWrite)], 64),
     ],
 };
 

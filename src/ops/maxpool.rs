@@ -135,13 +135,7 @@ impl Pool2dParams {
         view: &View<'_>,
         need: u64,
     ) -> Result<()> {
-        ensure_shape!(
-            view.len >= need,
-            op,
-            "{what} has {} elements but {self:?} needs {need}",
-            view.len
-        );
-        Ok(())
+        super::check_len(op, what, view, need, self)
     }
 }
 
@@ -153,25 +147,22 @@ pub(crate) fn offset(channel: u32, plane: u32) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-const PARAMS: usize = std::mem::size_of::<Pool2dParams>();
 const MAXPOOL: &str = "maxpool";
 
 pub static SHADER: Shader = Shader {
     file: "maxpool.wgsl",
     source: include_str!("../../shaders/maxpool.wgsl"),
     entries: &[
-        Entry {
-            name: "maxpool_forward",
-            bindings: &[(1, Read), (2, ReadWrite), (3, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "maxpool_backward",
-            bindings: &[(4, Read), (5, Read), (6, ReadWrite)],
-            workgroup_size: 64,
-            params_size: PARAMS,
-        },
+        Entry::new::<Pool2dParams>(
+            "maxpool_forward",
+            &[(1, Read), (2, ReadWrite), (3, ReadWrite)],
+            64,
+        ),
+        Entry::new::<Pool2dParams>(
+            "maxpool_backward",
+            &[(4, Read), (5, Read), (6, ReadWrite)],
+            64,
+        ),
     ],
 };
 

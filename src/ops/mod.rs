@@ -11,7 +11,30 @@ pub mod maxpool;
 pub mod relu;
 pub mod sgd;
 
+use crate::error::{Error, Result};
+use crate::gpu::View;
 use crate::kernels::Shader;
+
+/// Ok when `view` holds at least `need` elements; otherwise a one-line error naming the op,
+/// the argument, and the params it was launched with.
+pub(crate) fn check_len(
+    op: &'static str,
+    what: &str,
+    view: &View<'_>,
+    need: u64,
+    params: &impl std::fmt::Debug,
+) -> Result<()> {
+    if view.len >= need {
+        return Ok(());
+    }
+    Err(Error::shape(
+        op,
+        format!(
+            "{what} has {} elements but {params:?} needs {need}",
+            view.len
+        ),
+    ))
+}
 
 /// Every WGSL file of the crate, for the pipeline cache and the naga tests.
 pub static SHADERS: &[&Shader] = &[

@@ -2,7 +2,6 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{Gpu, View};
 use crate::kernels::{dispatch, Access::*, Dispatch, Entry, Shader};
@@ -37,35 +36,20 @@ impl ReluParams {
     }
 
     fn check(&self, what: &str, view: &View<'_>, offset: u32) -> Result<()> {
-        let need = offset as u64 + self.count as u64;
-        ensure_shape!(
-            view.len >= need,
-            OP,
-            "{what} has {} elements but {self:?} needs {need}",
-            view.len
-        );
-        Ok(())
+        super::check_len(OP, what, view, offset as u64 + self.count as u64, self)
     }
 }
-
-const PARAMS: usize = std::mem::size_of::<ReluParams>();
 
 pub static SHADER: Shader = Shader {
     file: "relu.wgsl",
     source: include_str!("../../shaders/relu.wgsl"),
     entries: &[
-        Entry {
-            name: "relu_forward",
-            bindings: &[(1, Read), (2, ReadWrite)],
-            workgroup_size: 256,
-            params_size: PARAMS,
-        },
-        Entry {
-            name: "relu_backward",
-            bindings: &[(3, Read), (4, Read), (5, ReadWrite)],
-            workgroup_size: 256,
-            params_size: PARAMS,
-        },
+        Entry::new::<ReluParams>("relu_forward", &[(1, Read), (2, ReadWrite)], 256),
+        Entry::new::<ReluParams>(
+            "relu_backward",
+            &[(3, Read), (4, Read), (5, ReadWrite)],
+            256,
+        ),
     ],
 };
 

@@ -62,12 +62,11 @@ impl SgdParams {
 pub static SHADER: Shader = Shader {
     file: "sgd.wgsl",
     source: include_str!("../../shaders/sgd.wgsl"),
-    entries: &[Entry {
-        name: "sgd_update",
-        bindings: &[(1, ReadWrite), (2, Read), (3, ReadWrite)],
-        workgroup_size: 256,
-        params_size: std::mem::size_of::<SgdParams>(),
-    }],
+    entries: &[Entry::new::<SgdParams>(
+        "sgd_update",
+        &[(1, ReadWrite), (2, Read), (3, ReadWrite)],
+        256,
+    )],
 };
 
 /// param -= lr * step; `velocity` is needed (and updated) only when momentum > 0.
