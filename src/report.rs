@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
+use image::ImageEncoder;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -154,5 +155,3 @@ pub fn plot(path: &Path, rows: &[EpochMetrics], title: &str) -> Result<()> {
         .context("encoding the plot")?;
     write_atomic(path, &png)
 }
-
-use image::ImageEncoder;
