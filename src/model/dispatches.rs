@@ -54,6 +54,16 @@ pub(super) struct Lists {
     pub(super) backward: Vec<Cmd>,
 }
 
+impl Lists {
+    /// Appends a forward built for evaluation (`eval`) or for training.
+    fn forward(&mut self, eval: bool, f: Vec<Cmd>) {
+        match eval {
+            true => self.eval.extend(f),
+            false => self.train.extend(f),
+        }
+    }
+}
+
 pub(super) fn cmds(d: Vec<Dispatch>) -> impl Iterator<Item = Cmd> {
     d.into_iter().map(Cmd::Run)
 }
@@ -268,11 +278,7 @@ impl<'a> Bufs<'a> {
                     a1,
                     am,
                 )?));
-                if eval {
-                    l.eval.extend(f)
-                } else {
-                    l.train.extend(f)
-                }
+                l.forward(eval, f);
             }
             l.backward.push(zero(self.t, pool.x_len()));
             l.backward.extend(cmds(maxpool::maxpool_backward(
@@ -339,11 +345,7 @@ impl<'a> Bufs<'a> {
                 for eval in [false, true] {
                     let mut f = self.affine(&node.bn, &bn, aff, eval)?;
                     f.extend(self.conv(&node.conv, &node.conv_slots, 0, a, a, Some(aff))?);
-                    if eval {
-                        l.eval.extend(f)
-                    } else {
-                        l.train.extend(f)
-                    }
+                    l.forward(eval, f);
                 }
                 l.train.extend(self.stats(&node.new_stats, a)?);
                 l.backward.extend(self.conv_grads(
@@ -374,11 +376,7 @@ impl<'a> Bufs<'a> {
                     }
                     f.extend(self.affine(&bt.bn, &bn2, aff2, eval)?);
                     f.extend(self.conv(&node.conv, &node.conv_slots, 0, b, a, Some(aff2))?);
-                    if eval {
-                        l.eval.extend(f)
-                    } else {
-                        l.train.extend(f)
-                    }
+                    l.forward(eval, f);
                 }
                 l.train.extend(self.stats(&node.new_stats, a)?);
                 // The 3x3 conv and bn2 first, then the 1x1 conv and bn1: the forward reversed.
@@ -430,11 +428,7 @@ impl<'a> Bufs<'a> {
             let mut f = self.bn_relu(&node.bn, a, &bn, eval)?;
             f.extend(pool(self)?);
             f.extend(self.conv(&node.conv, &node.conv_slots, 0, e, a2, None)?);
-            if eval {
-                l.eval.extend(f)
-            } else {
-                l.train.extend(f)
-            }
+            l.forward(eval, f);
         }
         l.train.extend(self.stats(&node.next_stats, a2)?);
         l.backward.extend(self.bn_relu(&node.bn, a, &bn, false)?);
@@ -501,11 +495,7 @@ impl<'a> Bufs<'a> {
                 loss.view(),
                 correct.view(),
             )?));
-            if eval {
-                l.eval.extend(f)
-            } else {
-                l.train.extend(f)
-            }
+            l.forward(eval, f);
         }
         let (dw, db) = (
             self.whole(self.grads, node.weight),
