@@ -2,17 +2,20 @@
 //
 // General pool, as PyTorch's avg_pool2d with ceil_mode=False and count_include_pad=True
 // (padding counts as zeros, so the divisor is always KH*KW):
-//   y[c, n, p, q] = sum over r < KH, s < KW of x[c, n, p*sh - ph + r, q*sw - pw + s] / (KH*KW)
+//   y[c, n, p, q] = sum over r < KH, s < KW of in(x[c, n, p*sh - ph + r, q*sw - pw + s]) / (KH*KW)
+// where in() is the identity, or with input_bn_relu set the BN -> ReLU before the pool (a
+// DenseNet transition's), applied while loading: max(normalize(x, mean, invstd, gamma,
+// beta), 0) with the statistics at stat_offset + c, so the normalized tensor is never stored.
 //
 // Entry points (params at binding 0, a Pool2dParams uniform):
-//   avgpool_forward          x(1)  -> y(2)    writes y
-//   avgpool_backward         dy(3) -> dx(4)   dx += sum over windows containing it of dy / (KH*KW)
+//   avgpool_forward   x(1) [mean(5) variance(6) gamma(7) beta(8)] -> y(2)   writes y
+//   avgpool_backward  dy(3) -> dx(4)   dx += sum over windows containing it of dy / (KH*KW)
 //
 // x / dx start at element x_offset and y / dy at y_offset (channel ranges of larger buffers).
 //
-// Geometry: one invocation per output element (forward) or per input element (backward),
-// 64 per workgroup, in a folded 1-D grid. The general backward is a gather over the output
-// windows that contain the element, so overlapping windows need no atomics.
+// Geometry: one invocation per output row (forward) or per input row (backward), 64 per
+// workgroup, in a folded 1-D grid. The backward is a gather over the output windows that
+// contain the element, so overlapping windows need no atomics.
 
 struct Pool2dParams {
     n: u32,
@@ -29,6 +32,10 @@ struct Pool2dParams {
     pad_w: u32,
     x_offset: u32,
     y_offset: u32,
+    input_bn_relu: u32,
+    stat_offset: u32,
+    eps: f32,
+    save_argmax: u32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -38,6 +45,10 @@ struct Pool2dParams {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(5) var<storage, read> mean: array<f32>;
+@group(0) @binding(6) var<storage, read> variance: array<f32>;
+@group(0) @binding(7) var<storage, read> gamma: array<f32>;
+@group(0) @binding(8) var<storage, read> beta: array<f32>;
 
 const WG: u32 = 64u;
 
@@ -54,25 +65,34 @@ fn avgpool_forward(
     }
     let plane = row / p.out_h; // c * N + n, the same in x and y
     let oh = row % p.out_h;
+    var bn = vec4<f32>(0.0, 1.0, 1.0, 0.0);
+    if p.input_bn_relu != 0u {
+        let c = plane / p.n;
+        let s = p.stat_offset + c;
+        bn = vec4<f32>(mean[s], inverseSqrt(variance[s] + p.eps), gamma[c], beta[c]);
+    }
     // The window rows clipped to the input; the clipped-off padding adds zeros.
-    let h0 = i32(oh * p.stride_h) - i32(p.pad_h);
-    let hs = u32(max(h0, 0));
-    let he = u32(min(h0 + i32(p.kernel_h), i32(p.h)));
+    let rows = pool_window(oh, p.stride_h, p.pad_h, p.kernel_h, p.h);
     let base = p.x_offset + plane * p.h * p.w;
     let scale = 1.0 / f32(p.kernel_h * p.kernel_w);
-    var w0 = -i32(p.pad_w);
     for (var ow = 0u; ow < p.out_w; ow++) {
-        let ws = u32(max(w0, 0));
-        let we = u32(min(w0 + i32(p.kernel_w), i32(p.w)));
+        let cols = pool_window(ow, p.stride_w, p.pad_w, p.kernel_w, p.w);
         var sum = 0.0;
-        for (var ih = hs; ih < he; ih++) {
-            for (var iw = ws; iw < we; iw++) {
-                sum += x[base + ih * p.w + iw];
+        for (var ih = rows.x; ih < rows.y; ih++) {
+            for (var iw = cols.x; iw < cols.y; iw++) {
+                sum += load(base + ih * p.w + iw, bn);
             }
         }
         y[p.y_offset + row * p.out_w + ow] = sum * scale;
-        w0 += i32(p.stride_w);
     }
+}
+
+// x[i], or BN -> ReLU of it with bn = (mean, invstd, gamma, beta).
+fn load(i: u32, bn: vec4<f32>) -> f32 {
+    if p.input_bn_relu == 0u {
+        return x[i];
+    }
+    return max(normalize(x[i], bn.x, bn.y, bn.z, bn.w), 0.0);
 }
 
 // One invocation per input row, gathering from the windows that contain each element.
@@ -88,19 +108,14 @@ fn avgpool_backward(
     }
     let plane = row / p.h;
     let h = row % p.h;
-    // Windows oh with oh*sh - ph <= h <= oh*sh - ph + KH - 1, clipped to the output.
-    var oh_lo = 0u;
-    if h + p.pad_h >= p.kernel_h {
-        oh_lo = (h + p.pad_h - p.kernel_h) / p.stride_h + 1u;
-    }
-    let oh_hi = min((h + p.pad_h) / p.stride_h + 1u, p.out_h);
+    let out_rows = windows_containing(h, p.stride_h, p.pad_h, p.kernel_h, p.out_h);
     let out_plane = p.y_offset + plane * p.out_h * p.out_w;
     let scale = 1.0 / f32(p.kernel_h * p.kernel_w);
     var range = vec2<u32>(0u);
     for (var w = 0u; w < p.w; w++) {
         range = advance_windows(w, range, p.out_w, p.stride_w, p.kernel_w, p.pad_w);
         var sum = 0.0;
-        for (var oh = oh_lo; oh < oh_hi; oh++) {
+        for (var oh = out_rows.x; oh < out_rows.y; oh++) {
             for (var ow = range.x; ow < range.y; ow++) {
                 sum += dy[out_plane + oh * p.out_w + ow];
             }

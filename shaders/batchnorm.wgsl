@@ -167,7 +167,7 @@ fn batchnorm_forward(
     let c = i / p.m;
     let s = p.stat_offset + c;
     let invstd = inverseSqrt(variance[s] + p.eps);
-    let v = (x[p.x_offset + i] - mean[s]) * invstd * gamma[c] + beta[c];
+    let v = normalize(x[p.x_offset + i], mean[s], invstd, gamma[c], beta[c]);
     y[p.y_offset + i] = select(v, max(v, 0.0), p.relu != 0u);
 }
 

@@ -12,7 +12,8 @@
 //   conv2d_backward_weight_reduce  partial_in(8)            -> dweight(9)      dweight += sums
 //   conv2d_backward_bias           dy(5)                    -> dbias(10)       dbias += sum N,P,Q
 // Each GEMM kernel reads its channel-indexed operand from a packed copy made by the pack
-// kernel before it (channels padded to 16 with zeros), so 16 channels load as 4 vec4.
+// kernel before it (channels padded to the tile TM with zeros), so TM channels load as
+// TM / 4 vec4.
 //
 // x / dx start at element x_offset and y / dy at y_offset, so the input may be a channel
 // prefix of a dense block's buffer and the output a channel range of one (even of the same
@@ -21,8 +22,9 @@
 // batchnorm_affine): the BN -> ReLU before every DenseNet conv is applied while loading, and
 // its output is never stored. Padding stays zero.
 //
-// Geometry: the GEMM kernels give each invocation a register tile of 16 channels (shared by
-// the workgroup) by 4 pixels or taps (its own), with no workgroup memory and no barriers,
+// Geometry: the GEMM kernels give each invocation a register tile of TM channels (the
+// variant's: 16 or 8; shared by the workgroup) by 4 pixels or taps (its own), with no
+// workgroup memory and no barriers,
 // which suits GPUs and CPU implementations (where barriers are costly) alike; 64
 // invocations per workgroup, workgroups in a folded 1-D grid. Pack kernels are one
 // invocation per packed element; the bias kernel is one workgroup per output channel with a
@@ -69,15 +71,21 @@ struct Conv2dParams {
 @group(0) @binding(13) var<storage, read> packed_dy: array<vec4<f32>>;
 @group(0) @binding(14) var<storage, read> affine: array<vec2<f32>>;
 
-// Register tiles: each invocation owns TM = 16 channels (the same for the whole workgroup)
-// by TN = 4 pixels or taps (its own). Per step of the reduction it does 4 gathered loads of
-// its pixels and 4 vec4 loads of 16 channels' values from a packed copy in which those 16
-// are contiguous, for 64 multiply-adds. (On CPU implementations such as llvmpipe every storage
-// load is a loop over the SIMD lanes whatever its width, so vec4 loads count most.)
-const TM: u32 = 16u;
+// Register tiles: each invocation owns TM channels (the same for the whole workgroup) by
+// TN = 4 pixels or taps (its own). Per step of the reduction it does 4 gathered loads of its
+// pixels and TM / 4 vec4 loads of TM channels' values from a packed copy in which those TM
+// are contiguous, for 4 * TM multiply-adds. (On CPU implementations such as llvmpipe every
+// storage load is a loop over the SIMD lanes whatever its width, so vec4 loads count most.)
+// TM is the variant's: this file is a template, and the Rust side generates, for each tile
+// size, the TM constant, the accumulators (one vec4 per channel: a0, a1, ...), fma_w and
+// fma_dy (acc.m += w[m] * v for the TM channels read at index i of packed or packed_dy) and
+// acc_get (channel m's vec4), at the marker below. The accumulation order over the reduction
+// does not depend on TM, so every variant gives the same bits.
 const TN: u32 = 4u;
 const WG: u32 = 64u;
 const LANES = vec4<u32>(0u, 1u, 2u, 3u);
+
+// @generated-tile-code
 
 fn gather_x(i: vec4<u32>, ok: vec4<bool>) -> vec4<f32> {
     return select(vec4<f32>(0.0), vec4<f32>(x[i.x], x[i.y], x[i.z], x[i.w]), ok);
@@ -101,66 +109,6 @@ fn padded(c: u32) -> u32 {
     return (c + TM - 1u) / TM * TM;
 }
 
-// TM accumulators of TN values: acc.m += w[m] * v for the four vec4 quarters of w.
-struct Acc {
-    a0: vec4<f32>,
-    a1: vec4<f32>,
-    a2: vec4<f32>,
-    a3: vec4<f32>,
-    a4: vec4<f32>,
-    a5: vec4<f32>,
-    a6: vec4<f32>,
-    a7: vec4<f32>,
-    a8: vec4<f32>,
-    a9: vec4<f32>,
-    a10: vec4<f32>,
-    a11: vec4<f32>,
-    a12: vec4<f32>,
-    a13: vec4<f32>,
-    a14: vec4<f32>,
-    a15: vec4<f32>,
-}
-
-fn fma16(acc: ptr<function, Acc>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>, v: vec4<f32>) {
-    (*acc).a0 += w0.x * v;
-    (*acc).a1 += w0.y * v;
-    (*acc).a2 += w0.z * v;
-    (*acc).a3 += w0.w * v;
-    (*acc).a4 += w1.x * v;
-    (*acc).a5 += w1.y * v;
-    (*acc).a6 += w1.z * v;
-    (*acc).a7 += w1.w * v;
-    (*acc).a8 += w2.x * v;
-    (*acc).a9 += w2.y * v;
-    (*acc).a10 += w2.z * v;
-    (*acc).a11 += w2.w * v;
-    (*acc).a12 += w3.x * v;
-    (*acc).a13 += w3.y * v;
-    (*acc).a14 += w3.z * v;
-    (*acc).a15 += w3.w * v;
-}
-
-fn acc_get(acc: Acc, m: u32) -> vec4<f32> {
-    switch m {
-        case 0u: { return acc.a0; }
-        case 1u: { return acc.a1; }
-        case 2u: { return acc.a2; }
-        case 3u: { return acc.a3; }
-        case 4u: { return acc.a4; }
-        case 5u: { return acc.a5; }
-        case 6u: { return acc.a6; }
-        case 7u: { return acc.a7; }
-        case 8u: { return acc.a8; }
-        case 9u: { return acc.a9; }
-        case 10u: { return acc.a10; }
-        case 11u: { return acc.a11; }
-        case 12u: { return acc.a12; }
-        case 13u: { return acc.a13; }
-        case 14u: { return acc.a14; }
-        default: { return acc.a15; }
-    }
-}
-
 // The channel tile of flat workgroup `w` (uniform), and the workgroup's index along the
 // other dimension.
 fn channel_tile(w: u32, channels: u32) -> vec2<u32> {
@@ -169,7 +117,7 @@ fn channel_tile(w: u32, channels: u32) -> vec2<u32> {
 }
 
 // Packs the weights for the forward: packed_out[(c*R*S + r*S + s) * Kp + k] = W[k, c, r, s],
-// zero for k >= K (Kp = K padded to 16).
+// zero for k >= K (Kp = K padded to TM).
 @compute @workgroup_size(64)
 fn conv2d_pack_weight_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -270,7 +218,7 @@ fn conv2d_forward(
                 let iw = iw0 + i32(s);
                 let ok = ok_h & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(p.w)));
                 let xi = xc + vec4<u32>(ih) * p.w + vec4<u32>(iw);
-                fma16(&acc, packed[wi], packed[wi + 1u], packed[wi + 2u], packed[wi + 3u], transform(gather_x(xi, ok), ok, scale, shift));
+                fma_w(&acc, wi, transform(gather_x(xi, ok), ok, scale, shift));
                 wi += kq;
             }
         }
@@ -336,7 +284,7 @@ fn conv2d_backward_data(
             var di = img + vec4<u32>(oh) * p.out_w + vec4<u32>(ow);
             var wi = (r * p.kernel_w + s) * p.c_out * cq + c0 / 4u;
             for (var k = 0u; k < p.c_out; k++) {
-                fma16(&acc, packed[wi], packed[wi + 1u], packed[wi + 2u], packed[wi + 3u], gather_dy(di, ok));
+                fma_w(&acc, wi, gather_dy(di, ok));
                 di += npq;
                 wi += cq;
             }
@@ -358,8 +306,8 @@ fn conv2d_backward_data(
 }
 
 // Split-K weight gradient: workgroup (k tile, tap group, split) sums the output pixels
-// [split * chunk, +chunk) for 16 output channels (uniform, read as 4 vec4 from the packed
-// dy) by 4 taps c*R*S + r*S + s per invocation into partial[split, k, tap].
+// [split * chunk, +chunk) for TM output channels (uniform, read as TM / 4 vec4 from the
+// packed dy) by 4 taps c*R*S + r*S + s per invocation into partial[split, k, tap].
 @compute @workgroup_size(64)
 fn conv2d_backward_weight(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -413,7 +361,7 @@ fn conv2d_backward_weight(
         let ok = (ih >= vec4<i32>(0)) & (ih < vec4<i32>(i32(p.h)))
             & (iw >= vec4<i32>(0)) & (iw < vec4<i32>(i32(p.w)));
         let xv = gather_x(chan + n * hw + vec4<u32>(ih) * p.w + vec4<u32>(iw), ok);
-        fma16(&acc, packed_dy[di], packed_dy[di + 1u], packed_dy[di + 2u], packed_dy[di + 3u], transform(xv, ok, scale, shift));
+        fma_dy(&acc, di, transform(xv, ok, scale, shift));
         di += kq;
         ow += 1u;
         if ow == p.out_w {

@@ -18,6 +18,10 @@ pub enum Error {
     #[error("{op}: {msg}")]
     Shape { op: &'static str, msg: String },
 
+    /// A command-line or configuration value that cannot be used; says what can.
+    #[error("{0}")]
+    Usage(String),
+
     /// A binding or dispatch exceeds what the adapter allows.
     #[error("{what} needs {needed} but the adapter allows at most {limit}; {hint}")]
     Limit {

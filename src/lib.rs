@@ -1,23 +1,29 @@
 //! densenet-wgpu: DenseNet training on any GPU with hand-written WGSL compute kernels.
 //!
-//! - [`gpu`]: adapter choice, device, buffers, readback.
-//! - [`kernels`]: the registry of WGSL entry points and the [`kernels::Dispatch`] every
-//!   launcher builds.
-//! - [`ops`]: one module per op: its params struct and its launchers.
-//! - [`reference`]: the same ops as plain Rust on the CPU, the truth the kernels are tested
-//!   against.
+//! Layers, each importing only those below it:
+//! - [`gpu`]: adapter choice, device, typed buffers and views, readback.
+//! - [`kernels`]: the registry of WGSL kernels (entry x variant x element type), the policy
+//!   that picks variants, and the [`kernels::Dispatch`] every launcher builds.
+//! - [`ops`]: one module per op: its params struct, its shader and its launchers.
+//! - [`model`]: the network, its memory plan and the static [`model::Plan`] that runs it.
+//! - the tool: [`data`], [`recipe`], [`checkpoint`], [`train`], [`evaluate`], [`predict`],
+//!   [`bench`], [`report`].
 //!
-//! Activations are channel-major, (C, N, H, W), so a dense block's concatenation is a
-//! contiguous channel range of one buffer (see DESIGN.md).
+//! [`reference`] holds the same ops as plain Rust on the CPU, the truth the kernels are
+//! tested against. Activations are channel-major, (C, N, H, W), so a dense block's
+//! concatenation is a contiguous channel range of one tensor (see docs/DESIGN.md).
 
+pub mod atomic_file;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod evaluate;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod ops;
+pub mod plan_report;
 pub mod predict;
 pub mod recipe;
 pub mod reference;
@@ -25,7 +31,8 @@ pub mod report;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuBuffer, GpuOptions, View};
+pub use gpu::{DType, Gpu, GpuBuffer, GpuOptions, View};
+pub use kernels::{Kernels, Policy};
 
 /// The README's Rust examples, compiled and run as doc-tests.
 #[cfg(doctest)]

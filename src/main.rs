@@ -6,14 +6,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use densenet_wgpu::bench::{bench, BenchArgs};
 use densenet_wgpu::checkpoint::Checkpoint;
 use densenet_wgpu::data::{self, DatasetKind};
+use densenet_wgpu::evaluate::evaluate;
 use densenet_wgpu::gpu::info;
-use densenet_wgpu::model::{Plan, SgdConfig};
-use densenet_wgpu::recipe::{Preset, Schedule};
+use densenet_wgpu::kernels::DeviceClass;
+use densenet_wgpu::model::{Plan, PlanLimits};
+use densenet_wgpu::plan_report::{plan_report, PlanArgs};
+use densenet_wgpu::recipe::{Overrides, Preset, Schedule};
 use densenet_wgpu::train::{self, TrainArgs};
-use densenet_wgpu::{Gpu, GpuOptions};
+use densenet_wgpu::{DType, Gpu, GpuOptions, Kernels, Policy};
 
 #[derive(Parser)]
 #[command(
@@ -22,99 +26,151 @@ use densenet_wgpu::{Gpu, GpuOptions};
     about = "Train DenseNets on any GPU with WGSL kernels"
 )]
 struct Cli {
-    /// Use the adapter whose name contains this text (see `info`).
+    /// Use the adapter whose name contains this text (see `info`) [default: the best one]
     #[arg(long, global = true)]
     adapter: Option<String>,
-    /// Restrict to these backends: vulkan, metal, dx12, gl (comma separated); also read
-    /// from WGPU_BACKEND.
+    /// Restrict to these backends: vulkan, metal, dx12, gl (comma separated) [default: the
+    /// WGPU_BACKEND environment variable, else all]
     #[arg(long, global = true)]
     backend: Option<String>,
+    /// Kernel variants: auto (each op's rule for the adapter), or a comma-separated list of
+    /// VARIANT or OP=VARIANT (e.g. tile8, conv2d=tile16); `info` lists them
+    #[arg(long, global = true, value_name = "SPEC", default_value = "auto")]
+    kernels: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Args)]
 struct DataArgs {
-    /// Dataset: synthetic (built in, no files), fashion-mnist, mnist, cifar10.
+    /// Dataset: synthetic (built in, no files), fashion-mnist, mnist, cifar10 [default:
+    /// synthetic; eval: the checkpoint's]
     #[arg(long, value_enum)]
     dataset: Option<DatasetKind>,
-    /// Folder with the dataset's files (the four IDX files, or the CIFAR-10 binary batches).
+    /// Folder with the dataset's files (the four IDX files, or the CIFAR-10 binary batches)
+    /// [default: none; required by file datasets]
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
 
+/// Recipe values; each replaces the preset's (or, resuming, the checkpoint's).
+#[derive(Args)]
+struct RecipeArgs {
+    /// Epochs to train in all [default: the preset's: d2l 10, small 5, tiny 3]
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Examples per step [default: the preset's: d2l 256, small and tiny 64]
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Base learning rate [default: the preset's: 0.1]
+    #[arg(long)]
+    lr: Option<f32>,
+    /// SGD momentum (Nesterov in small and tiny) [default: the preset's: d2l 0, small and
+    /// tiny 0.9]
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// L2 weight decay [default: the preset's: d2l 0, small 5e-4, tiny 1e-4]
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Learning-rate schedule over the run [default: the preset's: d2l constant, small and
+    /// tiny cosine]
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
+}
+
+/// The element type of activations (`plan` only: the kernels are f32 today).
+#[derive(Clone, Copy, ValueEnum)]
+enum Precision {
+    F32,
+    F16,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// List adapters, the chosen one, and its features and limits.
+    /// List adapters, the chosen one, its features and limits, and the kernel policy
     Info,
-    /// Train a DenseNet; writes metrics.jsonl, curves.png and checkpoint.safetensors to --out.
+    /// Train a DenseNet; writes metrics.jsonl, curves.png and checkpoint.safetensors to --out
     Train {
         #[command(flatten)]
         data: DataArgs,
-        /// Network and recipe: d2l (the lecture, 96x96), small (28x28 on a CPU), tiny (demo).
+        /// Network and recipe: d2l (the lecture, 96x96), small (28x28 on a CPU), tiny (demo)
         #[arg(long, value_enum, default_value = "tiny")]
         preset: Preset,
-        #[arg(long)]
-        epochs: Option<u32>,
-        #[arg(long)]
-        batch_size: Option<u32>,
-        #[arg(long)]
-        lr: Option<f32>,
-        #[arg(long)]
-        momentum: Option<f32>,
-        #[arg(long)]
-        weight_decay: Option<f32>,
-        /// Learning-rate schedule over the run.
-        #[arg(long, value_enum)]
-        schedule: Option<Schedule>,
-        /// Seeds the synthetic data, the initial weights and the shuffling.
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Seeds the synthetic data, the initial weights and the shuffling
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Use only the first N training examples.
+        /// Use only the first N training examples [default: all]
         #[arg(long, value_name = "N")]
         limit_train: Option<usize>,
-        /// Use only the first N test examples.
+        /// Use only the first N test examples [default: all]
         #[arg(long, value_name = "N")]
         limit_test: Option<usize>,
-        /// Output folder [default: runs/PRESET-DATASET].
+        /// Output folder [default: runs/PRESET-DATASET]
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue from a checkpoint (its network and recipe; --epochs is the new total).
+        /// Continue from a checkpoint (its network and recipe; --epochs is the new total)
+        /// [default: start afresh]
         #[arg(long, value_name = "FILE")]
         resume: Option<PathBuf>,
     },
-    /// Test loss and accuracy of a checkpoint.
+    /// Test loss and accuracy of a checkpoint (on an evaluation-only plan)
     Eval {
+        /// The checkpoint to evaluate
         #[arg(long, value_name = "FILE")]
         checkpoint: PathBuf,
         #[command(flatten)]
         data: DataArgs,
-        /// Use only the first N test examples.
+        /// Use only the first N test examples [default: all]
         #[arg(long, value_name = "N")]
         limit_test: Option<usize>,
+        /// Seed of the synthetic data [default: the checkpoint's]
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Time training steps of a preset on random data; --profile adds per-kernel GPU times.
+    /// Time training steps of a preset on random data; --profile adds per-kernel GPU times
     Bench {
+        /// Network and recipe to time
         #[arg(long, value_enum, default_value = "tiny")]
         preset: Preset,
-        /// Whose image shape and classes to use (no files are read).
+        /// Whose image shape and classes to use (no files are read)
         #[arg(long, value_enum, default_value = "synthetic")]
         dataset: DatasetKind,
+        /// Examples per step [default: the preset's]
         #[arg(long)]
         batch_size: Option<u32>,
-        /// Timed steps (after two warm-up steps).
+        /// Timed steps (after two warm-up steps)
         #[arg(long, default_value_t = 10)]
         steps: u32,
-        /// Also time every kernel of one step with timestamp queries.
+        /// Also time every kernel of one step with timestamp queries
         #[arg(long)]
         profile: bool,
     },
-    /// Classify PNG images with a checkpoint.
+    /// Print the memory of a preset's training and evaluation plans without running a step
+    Plan {
+        /// Network to plan
+        #[arg(long, value_enum, default_value = "tiny")]
+        preset: Preset,
+        /// Whose image shape and classes to use (no files are read)
+        #[arg(long, value_enum, default_value = "synthetic")]
+        dataset: DatasetKind,
+        /// Examples per step [default: the preset's]
+        #[arg(long)]
+        batch_size: Option<u32>,
+        /// Element type of activations, their gradients and workspaces
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: Precision,
+        /// Print one JSON object instead of the tables
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify PNG images with a checkpoint (on an evaluation-only plan)
     Predict {
+        /// The checkpoint to classify with
         #[arg(long, value_name = "FILE")]
         checkpoint: PathBuf,
+        /// PNG files
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -131,56 +187,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench(
-    opts: &GpuOptions,
-    preset: Preset,
-    dataset: DatasetKind,
-    batch_size: Option<u32>,
-    steps: u32,
-    profile: bool,
-) -> anyhow::Result<()> {
-    let gpu = Gpu::new(opts)?;
-    let cfg = preset.config(dataset, dataset.class_names().len() as u32);
-    let recipe = preset.recipe();
-    let batch = batch_size.unwrap_or(recipe.batch_size);
-    let opt = SgdConfig {
-        lr: recipe.lr,
-        momentum: recipe.momentum,
-        weight_decay: recipe.weight_decay,
-        nesterov: recipe.nesterov,
-    };
-    let plan = Plan::new(&gpu, &cfg, batch, opt)?;
-    plan.write_params(&gpu, &plan.layout.init_params(cfg.init, 0))?;
-    let mut rng = fastrand::Rng::with_seed(0);
-    let x: Vec<f32> = (0..plan.input.len).map(|_| rng.f32()).collect();
-    let labels: Vec<u32> = (0..batch).map(|_| rng.u32(..cfg.classes)).collect();
-    plan.upload(&gpu, &x, &labels)?;
-    let secs = densenet_wgpu::bench::time_train_steps(&gpu, &plan, 2, steps)?;
-    println!(
-        "{} on {} ({:?}), batch {batch}: {:.2} ms per training step, {:.0} images/s; memory: {}",
-        preset.name(),
-        gpu.info.name,
-        gpu.info.backend,
-        secs * 1e3,
-        batch as f64 / secs,
-        plan.memory
-    );
-    if profile {
-        let times = densenet_wgpu::bench::profile(&gpu, plan.train_commands())?;
-        let total: f64 = times.iter().map(|t| t.seconds).sum();
-        println!("{:<34} {:>6} {:>10} {:>6}", "kernel", "calls", "ms", "%");
-        for t in &times {
-            println!(
-                "{:<34} {:>6} {:>10.3} {:>5.1}%",
-                t.name,
-                t.calls,
-                t.seconds * 1e3,
-                100.0 * t.seconds / total
-            );
-        }
-        println!("{:<34} {:>6} {:>10.3}", "sum of kernels", "", total * 1e3);
-    }
-    Ok(())
+/// The device and the kernels `--kernels` asks for.
+fn kernels(opts: &GpuOptions, spec: &str) -> anyhow::Result<Kernels> {
+    let gpu = Arc::new(Gpu::new(opts)?);
+    let policy = Policy::parse(spec, DeviceClass::of(&gpu), densenet_wgpu::ops::SHADERS)?;
+    Ok(Kernels::new(gpu, policy))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -188,17 +199,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         backends: cli.backend.as_deref().map(wgpu::Backends::from_comma_list),
         adapter: cli.adapter,
     };
+    let spec = cli.kernels.as_str();
     match cli.command {
-        Command::Info => print!("{}", info::report(&opts)?),
+        Command::Info => {
+            print!("{}", info::report(&opts)?);
+            let k = kernels(&opts, spec)?;
+            print!("{}", k.policy().describe(densenet_wgpu::ops::SHADERS));
+        }
         Command::Train {
             data,
             preset,
-            epochs,
-            batch_size,
-            lr,
-            momentum,
-            weight_decay,
-            schedule,
+            recipe,
             seed,
             limit_train,
             limit_test,
@@ -213,12 +224,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dataset,
                 data_dir: data.data_dir,
                 preset,
-                epochs,
-                batch_size,
-                lr,
-                momentum,
-                weight_decay,
-                schedule,
+                overrides: Overrides {
+                    epochs: recipe.epochs,
+                    batch_size: recipe.batch_size,
+                    lr: recipe.lr,
+                    momentum: recipe.momentum,
+                    weight_decay: recipe.weight_decay,
+                    schedule: recipe.schedule,
+                },
                 seed,
                 limit_train,
                 limit_test,
@@ -226,8 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 resume,
                 progress: std::io::stderr().is_terminal(),
             };
-            let gpu = Gpu::new(&opts)?;
-            let history = train::train(&gpu, &args)?;
+            let history = train::train(&kernels(&opts, spec)?, &args)?;
             if let Some(last) = history.last() {
                 println!(
                     "done: test accuracy {:.2}% after {} epochs; outputs in {}",
@@ -242,56 +254,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             limit_test,
             seed,
-        } => {
-            let ck = Checkpoint::load(&checkpoint)?;
-            let dataset = data.dataset.unwrap_or(ck.dataset);
-            let seed = seed.unwrap_or(ck.recipe.seed);
-            let mut splits =
-                data::load(dataset, data.data_dir.as_deref(), seed).with_context(|| {
-                    format!("loading {} for {}", dataset.name(), checkpoint.display())
-                })?;
-            if let Some(n) = limit_test {
-                splits.test.truncate(n);
-            }
-            let (c, _, _) = dataset.image_shape();
-            if c != ck.config.in_channels || splits.test.classes() as u32 != ck.config.classes {
-                bail!(
-                    "{} has {} input channels and {} classes; {} has {c} and {}",
-                    checkpoint.display(),
-                    ck.config.in_channels,
-                    ck.config.classes,
-                    dataset.name(),
-                    splits.test.classes()
-                );
-            }
-            let gpu = Gpu::new(&opts)?;
-            let opt = SgdConfig {
-                lr: 0.0,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                nesterov: false,
-            };
-            let plan = Plan::new(&gpu, &ck.config, ck.recipe.batch_size, opt)?;
-            train::restore(&gpu, &plan, &ck)?;
-            let (loss, acc) = train::evaluate(&gpu, &plan, &Arc::new(splits.test))?;
-            println!(
-                "{} on {} (epoch {}): test loss {loss:.4} acc {:.2}%",
-                checkpoint.display(),
-                dataset.name(),
-                ck.epoch,
-                100.0 * acc
-            );
-        }
+        } => eval(&opts, spec, checkpoint, data, limit_test, seed)?,
         Command::Bench {
             preset,
             dataset,
             batch_size,
             steps,
             profile,
-        } => bench(&opts, preset, dataset, batch_size, steps, profile)?,
-        Command::Predict { checkpoint, images } => {
+        } => {
+            let args = BenchArgs {
+                preset,
+                dataset,
+                batch_size,
+                steps,
+                profile,
+            };
+            print!("{}", bench(&kernels(&opts, spec)?, &args)?);
+        }
+        Command::Plan {
+            preset,
+            dataset,
+            batch_size,
+            precision,
+            json,
+        } => {
             let gpu = Gpu::new(&opts)?;
-            for p in densenet_wgpu::predict::predict(&gpu, &checkpoint, &images)? {
+            let precision = match precision {
+                Precision::F32 => DType::F32,
+                Precision::F16 => DType::F16,
+            };
+            let args = PlanArgs {
+                preset,
+                dataset,
+                batch_size,
+                precision,
+            };
+            let report = plan_report(&args, PlanLimits::of(&gpu))?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&report)?),
+                false => print!(
+                    "{}\n(on {}, {:?})\n",
+                    report.text(),
+                    gpu.info.name,
+                    gpu.info.backend
+                ),
+            }
+        }
+        Command::Predict { checkpoint, images } => {
+            let k = kernels(&opts, spec)?;
+            for p in densenet_wgpu::predict::predict(&k, &checkpoint, &images)? {
                 println!(
                     "{}: {} ({:.1}%)",
                     p.path.display(),
@@ -301,5 +312,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn eval(
+    opts: &GpuOptions,
+    spec: &str,
+    checkpoint: PathBuf,
+    data: DataArgs,
+    limit_test: Option<usize>,
+    seed: Option<u64>,
+) -> anyhow::Result<()> {
+    let ck = Checkpoint::load(&checkpoint)?;
+    let dataset = data.dataset.unwrap_or(ck.dataset);
+    let seed = seed.unwrap_or(ck.recipe.seed);
+    let mut splits = data::load(dataset, data.data_dir.as_deref(), seed)
+        .with_context(|| format!("loading {} for {}", dataset.name(), checkpoint.display()))?;
+    if let Some(n) = limit_test {
+        splits.test.truncate(n);
+    }
+    let (c, _, _) = dataset.image_shape();
+    if c != ck.config.in_channels || splits.test.classes() as u32 != ck.config.classes {
+        bail!(
+            "{} has {} input channels and {} classes; {} has {c} and {}",
+            checkpoint.display(),
+            ck.config.in_channels,
+            ck.config.classes,
+            dataset.name(),
+            splits.test.classes()
+        );
+    }
+    let k = kernels(opts, spec)?;
+    let plan = Plan::eval(&k, &ck.config, ck.recipe.batch_size)?;
+    ck.restore(k.gpu(), &plan)?;
+    let (loss, acc) = evaluate(k.gpu(), &plan, &Arc::new(splits.test))?;
+    println!(
+        "{} on {} (epoch {}): test loss {loss:.4} acc {:.2}%",
+        checkpoint.display(),
+        dataset.name(),
+        ck.epoch,
+        100.0 * acc
+    );
     Ok(())
 }

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use image::imageops::FilterType;
 
 use crate::checkpoint::Checkpoint;
-use crate::gpu::Gpu;
-use crate::model::{Plan, SgdConfig};
+use crate::kernels::Kernels;
+use crate::model::Plan;
 use crate::ops::cross_entropy::IGNORE;
 
 pub struct Prediction {
@@ -38,18 +38,14 @@ pub fn load_image(path: &Path, channels: u32, size: u32) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-pub fn predict(gpu: &Gpu, checkpoint: &Path, images: &[PathBuf]) -> Result<Vec<Prediction>> {
+/// Classifies `images` with the network of `checkpoint`, on an evaluation-only plan.
+pub fn predict(k: &Kernels, checkpoint: &Path, images: &[PathBuf]) -> Result<Vec<Prediction>> {
+    let gpu = k.gpu();
     let ck = Checkpoint::load(checkpoint)?;
     let cfg = &ck.config;
-    let batch = (images.len() as u32).clamp(2, 64);
-    let opt = SgdConfig {
-        lr: 0.0,
-        momentum: 0.0,
-        weight_decay: 0.0,
-        nesterov: false,
-    };
-    let plan = Plan::new(gpu, cfg, batch, opt)?;
-    crate::train::restore(gpu, &plan, &ck)?;
+    let batch = (images.len() as u32).clamp(1, 64);
+    let plan = Plan::eval(k, cfg, batch)?;
+    ck.restore(gpu, &plan)?;
     let names = ck.dataset.class_names();
     let (c, size) = (cfg.in_channels, cfg.image_size);
     let plane = (size * size) as usize;
@@ -65,7 +61,7 @@ pub fn predict(gpu: &Gpu, checkpoint: &Path, images: &[PathBuf]) -> Result<Vec<P
         }
         plan.upload(gpu, &x, &vec![IGNORE; batch as usize])?;
         plan.submit_eval(gpu);
-        let logits: Vec<f32> = gpu.read_all(&plan.logits)?;
+        let logits: Vec<f32> = gpu.read_all(&plan.buffers.logits)?;
         for (slot, path) in chunk.iter().enumerate() {
             let row = &logits[slot * cfg.classes as usize..][..cfg.classes as usize];
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::DatasetKind;
-use crate::model::DenseNetConfig;
+use crate::model::{DenseNetConfig, SgdConfig};
 
 /// The learning-rate schedule over all steps of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -51,6 +51,54 @@ pub struct Recipe {
     /// Seeds the synthetic data, the initial weights and the shuffling (`--seed`).
     #[serde(default)]
     pub seed: u64,
+}
+
+/// Recipe values given on the command line; `None` keeps the preset's (or the checkpoint's).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overrides {
+    pub epochs: Option<u32>,
+    pub batch_size: Option<u32>,
+    pub lr: Option<f32>,
+    pub momentum: Option<f32>,
+    pub weight_decay: Option<f32>,
+    pub schedule: Option<Schedule>,
+}
+
+impl Recipe {
+    /// The recipe with every value `o` gives replaced; Nesterov stays on only while there is
+    /// momentum.
+    pub fn with(mut self, o: &Overrides) -> Recipe {
+        if let Some(v) = o.epochs {
+            self.epochs = v;
+        }
+        if let Some(v) = o.batch_size {
+            self.batch_size = v;
+        }
+        if let Some(v) = o.lr {
+            self.lr = v;
+        }
+        if let Some(v) = o.momentum {
+            self.momentum = v;
+            self.nesterov &= v > 0.0;
+        }
+        if let Some(v) = o.weight_decay {
+            self.weight_decay = v;
+        }
+        if let Some(v) = o.schedule {
+            self.schedule = v;
+        }
+        self
+    }
+
+    /// The optimizer a training plan runs, at the recipe's base learning rate.
+    pub fn sgd(&self) -> SgdConfig {
+        SgdConfig {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+        }
+    }
 }
 
 impl Preset {

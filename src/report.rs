@@ -9,7 +9,7 @@ use image::ImageEncoder;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::write_atomic;
+use crate::atomic_file::write_atomic;
 
 /// A named curve: its label and how to read it off an epoch's metrics.
 type Curve = (&'static str, fn(&EpochMetrics) -> f64);

@@ -1,33 +1,18 @@
 //! Whole networks on the GPU against the plain CPU reference (explicit concatenation, a
-//! batch norm per layer with its own statistics, conv before pool in transitions): the
-//! loss and the gradient of EVERY parameter after one training step, and the plan's
-//! promise that dense blocks concatenate in place.
+//! batch norm per layer with its own statistics, BN and ReLU as separate ops, conv before
+//! pool in transitions): after one training step, the loss, the gradient of EVERY
+//! parameter, the batch statistics, the running statistics and the SGD update; then the
+//! evaluation pass of the training plan and of an evaluation-only plan. Shared tensor slots
+//! start filled with NaN, so a stage that reads a tensor before it is written fails.
+
+mod support;
 
 use densenet_wgpu::model::layout::ParamRole;
-use densenet_wgpu::model::plan::Cmd;
-use densenet_wgpu::model::reference_net::reference_step;
-use densenet_wgpu::model::{DenseNetConfig, Init, Plan, SgdConfig, Stem};
-use densenet_wgpu::{Gpu, GpuOptions};
-
-fn gpu() -> &'static Gpu {
-    static GPU: std::sync::OnceLock<Gpu> = std::sync::OnceLock::new();
-    GPU.get_or_init(|| {
-        Gpu::new(&GpuOptions::default())
-            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
-    })
-}
-
-fn seed() -> u64 {
-    std::env::var("DENSENET_SEED").map_or_else(
-        |_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        },
-        |s| s.parse().expect("DENSENET_SEED must be an integer"),
-    )
-}
+use densenet_wgpu::model::reference_net::{reference_eval, reference_step, ReferenceStep};
+use densenet_wgpu::model::{DenseNetConfig, Init, Layout, Mode, Plan, SgdConfig, Stem};
+use densenet_wgpu::ops::sgd::SgdParams;
+use densenet_wgpu::reference as cpu;
+use support::{check, gpu, k, seed, FWD};
 
 /// Two blocks, a transition, stem and head.
 fn small(stem: Stem, image_size: u32, bottleneck: Option<u32>) -> DenseNetConfig {
@@ -52,19 +37,20 @@ const PLAIN_SGD: SgdConfig = SgdConfig {
     nesterov: false,
 };
 
-fn matches_reference(cfg: &DenseNetConfig, batch: u32) {
-    matches_reference_with(cfg, batch, u64::MAX);
-}
+const NESTEROV: SgdConfig = SgdConfig {
+    lr: 0.05,
+    momentum: 0.9,
+    weight_decay: 1e-3,
+    nesterov: true,
+};
 
-fn matches_reference_with(cfg: &DenseNetConfig, batch: u32, max_binding: u64) {
-    let seed = seed();
-    let gpu = gpu();
-    let plan = Plan::with_binding_limit(gpu, cfg, batch, PLAIN_SGD, max_binding).unwrap();
-    let mut params = plan.layout.init_params(cfg.init, seed);
-    let mut rng = fastrand::Rng::with_seed(seed);
-    // Batch-norm scales and shifts away from 1 and 0: with a zero shift, BN -> ReLU ->
-    // max-pool -> BN is invariant to the first scale and its gradient would be exactly 0.
-    for (slot, role) in plan.layout.params.slots.iter().zip(&plan.layout.roles) {
+/// Parameters from `seed`, with batch-norm scales and shifts away from 1 and 0: with a zero
+/// shift, BN -> ReLU -> max-pool -> BN is invariant to the first scale and its gradient
+/// would be exactly 0.
+fn params(layout: &Layout, cfg: &DenseNetConfig, seed: u64) -> Vec<f32> {
+    let mut params = layout.init_params(cfg.init, seed);
+    let mut rng = fastrand::Rng::with_seed(seed ^ 1);
+    for (slot, role) in layout.params.slots.iter().zip(&layout.roles) {
         let base = match role {
             ParamRole::Gamma => 1.0,
             ParamRole::Beta => 0.0,
@@ -74,14 +60,28 @@ fn matches_reference_with(cfg: &DenseNetConfig, batch: u32, max_binding: u64) {
             *v = base + rng.f32() - 0.5;
         }
     }
-    plan.write_params(gpu, &params).unwrap();
-    let x: Vec<f32> = (0..plan.input.len).map(|_| rng.f32()).collect();
+    params
+}
+
+fn matches_reference(cfg: &DenseNetConfig, batch: u32) {
+    matches_reference_with(cfg, batch, u64::MAX, PLAIN_SGD);
+}
+
+fn matches_reference_with(cfg: &DenseNetConfig, batch: u32, max_binding: u64, opt: SgdConfig) {
+    let seed = seed();
+    let plan = Plan::train_with_binding_limit(k(), cfg, batch, opt, max_binding).unwrap();
+    let params = params(&plan.layout, cfg, seed);
+    plan.write_params(gpu(), &params).unwrap();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let x: Vec<f32> = (0..plan.buffers.input.len).map(|_| rng.f32()).collect();
     let labels: Vec<u32> = (0..batch).map(|_| rng.u32(..cfg.classes)).collect();
-    plan.upload(gpu, &x, &labels).unwrap();
-    plan.reset_metrics(gpu);
-    plan.submit_train(gpu);
-    let (loss_sum, _) = plan.read_metrics(gpu).unwrap();
-    let grads: Vec<f32> = gpu.read_all(&plan.grads).unwrap();
+    plan.upload(gpu(), &x, &labels).unwrap();
+    plan.fill_tensors(gpu(), f32::NAN);
+    plan.reset_metrics(gpu());
+    plan.submit_train(gpu()).unwrap();
+    let (loss_sum, _) = plan.read_metrics(gpu()).unwrap();
+    let b = &plan.buffers;
+    let grads: Vec<f32> = gpu().read_all(b.grads.as_ref().unwrap()).unwrap();
 
     let want = reference_step(cfg, &plan.layout, &params, &x, &labels);
     let loss = loss_sum / batch as f64;
@@ -91,11 +91,17 @@ fn matches_reference_with(cfg: &DenseNetConfig, batch: u32, max_binding: u64) {
         want.loss
     );
     println!("{:?}: loss {loss:.6} vs {:.6}", cfg.stem, want.loss);
-    // Every parameter tensor: largest difference relative to the tensor's largest gradient.
-    // Conv biases feed only batch norms, which subtract the mean, so their true gradient is
-    // zero and both sides hold rounding noise: their scale is floored at 1e-3 of the
-    // network's largest gradient (the noise is near 1e-7 of it), which still catches any
-    // real error.
+    check_grads(&plan, &grads, &want, seed);
+    check_stats(&plan, &want, batch, cfg, seed);
+    check_update(&plan, &params, &want.grads, opt, seed);
+    check_eval(&plan, cfg, &x, &labels, seed);
+}
+
+/// Every parameter tensor: largest difference relative to the tensor's largest gradient.
+/// Conv biases feed only batch norms, which subtract the mean, so their true gradient is
+/// zero and both sides hold rounding noise: their scale is floored at 1e-3 of the network's
+/// largest gradient (the noise is near 1e-7 of it), which still catches any real error.
+fn check_grads(plan: &Plan, grads: &[f32], want: &ReferenceStep, seed: u64) {
     let largest = want.grads.iter().fold(0f32, |m, v| m.max(v.abs()));
     for slot in &plan.layout.params.slots {
         let r = slot.offset as usize..(slot.offset + slot.len) as usize;
@@ -114,12 +120,135 @@ fn matches_reference_with(cfg: &DenseNetConfig, batch: u32, max_binding: u64) {
             "{}: gradient relative error {err:.2e} (max |grad| {scale:.2e}); replay with DENSENET_SEED={seed}",
             slot.name
         );
-        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let diff: Vec<f32> = got.iter().zip(exp).map(|(a, b)| a - b).collect();
-        println!(
-            "  {:<34} rel err {err:.2e}  l2 {:.2e}  max|g| {scale:.2e}",
-            slot.name,
-            norm(&diff) / norm(exp).max(1e-30)
+        println!("  {:<34} rel err {err:.2e}  max|g| {scale:.2e}", slot.name);
+    }
+}
+
+/// The batch statistics of every normalized channel, and the running statistics after one
+/// update from (0, 1): 0.1 of the batch mean, 0.9 + 0.1 of the unbiased batch variance.
+fn check_stats(plan: &Plan, want: &ReferenceStep, batch: u32, cfg: &DenseNetConfig, seed: u64) {
+    let b = &plan.buffers;
+    let read = |buf| -> Vec<f32> { gpu().read_all(buf).unwrap() };
+    check(
+        "batch mean",
+        seed,
+        &read(b.batch_mean.as_ref().unwrap()),
+        &want.batch_mean,
+        FWD,
+    );
+    check(
+        "batch var",
+        seed,
+        &read(b.batch_var.as_ref().unwrap()),
+        &want.batch_var,
+        FWD,
+    );
+    let mut running_var = Vec::new();
+    let mut running_mean = Vec::new();
+    for slot in &plan.layout.stats.slots {
+        // Values per channel: N times the spatial size where the statistics were taken.
+        let m = batch as f64 * stats_plane(&plan.layout, cfg, &slot.name) as f64;
+        for c in 0..slot.len as usize {
+            let i = slot.offset as usize + c;
+            running_mean.push((0.1 * want.batch_mean[i] as f64) as f32);
+            let unbiased = want.batch_var[i] as f64 * m / (m - 1.0);
+            running_var.push((0.9 + 0.1 * unbiased) as f32);
+        }
+    }
+    check(
+        "running mean",
+        seed,
+        &read(&b.running_mean),
+        &running_mean,
+        FWD,
+    );
+    check(
+        "running var",
+        seed,
+        &read(&b.running_var),
+        &running_var,
+        FWD,
+    );
+}
+
+/// H*W of the tensor a statistics slot normalizes.
+fn stats_plane(layout: &Layout, cfg: &DenseNetConfig, name: &str) -> u32 {
+    let size = match name {
+        "stem.bn" => (cfg.image_size + 1) / 2,
+        _ => {
+            let b: usize = name
+                .trim_start_matches("blocks.")
+                .split('.')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .expect("a block's statistics");
+            layout.blocks[b].shape.size
+        }
+    };
+    size * size
+}
+
+/// The SGD step: parameters (and momentum) as the reference optimizer leaves them.
+fn check_update(plan: &Plan, params: &[f32], grads: &[f32], opt: SgdConfig, seed: u64) {
+    let n = params.len() as u32;
+    let p = SgdParams::new(n, opt.lr, opt.momentum, opt.weight_decay, opt.nesterov).unwrap();
+    let (mut want, mut velocity) = (params.to_vec(), vec![0f32; params.len()]);
+    cpu::sgd_update(&mut want, grads, &mut velocity, &p);
+    let b = &plan.buffers;
+    let got: Vec<f32> = gpu().read_all(&b.params).unwrap();
+    // The update moves each parameter by lr * (gradient terms): compare at that scale.
+    let scale = opt.lr as f64 * grads.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    check(
+        "updated parameters",
+        seed,
+        &got,
+        &want,
+        (1e-3 * scale, 1e-6),
+    );
+    assert_eq!(
+        b.velocity.is_some(),
+        opt.momentum > 0.0,
+        "momentum keeps a velocity"
+    );
+    if let Some(v) = &b.velocity {
+        let got: Vec<f32> = gpu().read_all(v).unwrap();
+        let vs = grads.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        check("velocity", seed, &got, &velocity, (1e-3 * vs, 1e-6));
+    }
+}
+
+/// The evaluation pass with the updated parameters and running statistics: the training
+/// plan's and an evaluation-only plan's logits against the reference's.
+fn check_eval(plan: &Plan, cfg: &DenseNetConfig, x: &[f32], labels: &[u32], seed: u64) {
+    let b = &plan.buffers;
+    let params: Vec<f32> = gpu().read_all(&b.params).unwrap();
+    let rm: Vec<f32> = gpu().read_all(&b.running_mean).unwrap();
+    let rv: Vec<f32> = gpu().read_all(&b.running_var).unwrap();
+    let (loss, _, logits) = reference_eval(cfg, &plan.layout, &params, (&rm, &rv), x, labels);
+    let eval = Plan::eval(k(), cfg, plan.batch).unwrap();
+    assert_eq!(eval.mode(), Mode::Eval);
+    assert!(eval.buffers.grads.is_none() && eval.buffers.batch_mean.is_none());
+    eval.write_params(gpu(), &params).unwrap();
+    gpu().write(&eval.buffers.running_mean, &rm).unwrap();
+    gpu().write(&eval.buffers.running_var, &rv).unwrap();
+    for (what, p) in [("training plan", plan), ("evaluation plan", &eval)] {
+        p.upload(gpu(), x, labels).unwrap();
+        p.fill_tensors(gpu(), f32::NAN);
+        p.reset_metrics(gpu());
+        p.submit_eval(gpu());
+        let got: Vec<f32> = gpu().read_all(&p.buffers.logits).unwrap();
+        check(
+            &format!("{what} eval logits"),
+            seed,
+            &got,
+            &logits,
+            (1e-4, 1e-3),
+        );
+        let (sum, _) = p.read_metrics(gpu()).unwrap();
+        let mean = sum / labels.len() as f64;
+        assert!(
+            (mean - loss).abs() <= 1e-4 * loss.abs().max(1.0),
+            "{what} eval loss {mean} vs {loss}"
         );
     }
 }
@@ -140,14 +269,14 @@ fn stem_in_channel_groups_matches_reference() {
     let cfg = small(Stem::ImageNet { channels }, 16, None);
     let batch = align;
     let conv_out = channels as u64 * batch as u64 * 8 * 8 * 4;
-    let plan = Plan::with_binding_limit(gpu(), &cfg, batch, PLAIN_SGD, conv_out / 2).unwrap();
+    let plan = Plan::train_with_binding_limit(k(), &cfg, batch, PLAIN_SGD, conv_out / 2).unwrap();
     let pools = plan
         .train_commands()
         .iter()
         .filter(|c| c.name() == "maxpool_forward")
         .count();
     assert_eq!(pools, 2, "the stem runs in two channel groups");
-    matches_reference_with(&cfg, batch, conv_out / 2);
+    matches_reference_with(&cfg, batch, conv_out / 2, PLAIN_SGD);
 }
 
 #[test]
@@ -160,24 +289,35 @@ fn bottleneck_network_matches_reference() {
     matches_reference(&small(Stem::Cifar { channels: 4 }, 8, Some(2)), 3);
 }
 
+/// Nesterov momentum with weight decay: the first update and the velocity it leaves.
+#[test]
+fn momentum_network_matches_reference() {
+    let cfg = small(Stem::Cifar { channels: 4 }, 8, None);
+    matches_reference_with(&cfg, 4, u64::MAX, NESTEROV);
+}
+
 #[test]
 fn dense_blocks_concatenate_in_place() {
     let cfg = small(Stem::ImageNet { channels: 4 }, 16, None);
-    let plan = Plan::new(gpu(), &cfg, 3, PLAIN_SGD).unwrap();
+    let plan = Plan::train(k(), &cfg, 3, PLAIN_SGD).unwrap();
     for cmds in [plan.train_commands(), plan.eval_commands()] {
-        let names: Vec<&str> = cmds.iter().map(Cmd::name).collect();
+        let names: Vec<&str> = cmds.iter().map(|c| c.name()).collect();
         assert!(
-            names.iter().all(|n| !n.starts_with("concat")),
-            "a concatenation kernel in the plan: {names:?}"
+            names
+                .iter()
+                .all(|n| !n.starts_with("concat") && *n != "batchnorm_forward"),
+            "a concatenation or a stored BN output in the plan: {names:?}"
         );
         // The only non-dispatch command is clear_buffer: no copy exists in the plan.
         assert!(names.contains(&"conv2d_forward"));
     }
-    assert_eq!(plan.blocks.len(), 2, "one activation buffer per block");
     let shape = cfg.block_shapes();
-    for (buf, s) in plan.blocks.iter().zip(&shape) {
+    for (b, s) in shape.iter().enumerate() {
+        let t = plan
+            .tensor(&format!("blocks.{b}"))
+            .expect("one tensor per block");
         assert_eq!(
-            buf.len,
+            t.len,
             (s.c_out * 3 * s.size * s.size) as u64,
             "sized for the final channels"
         );
@@ -186,7 +326,7 @@ fn dense_blocks_concatenate_in_place() {
 
 #[test]
 fn d2l_has_the_lectures_parameter_count() {
-    let layout = densenet_wgpu::model::Layout::new(&DenseNetConfig::d2l(), 1);
+    let layout = Layout::new(&DenseNetConfig::d2l(), 1);
     assert_eq!(layout.parameter_count(), 758_226);
     let shapes = DenseNetConfig::d2l().block_shapes();
     let channels: Vec<(u32, u32)> = shapes.iter().map(|b| (b.c_in, b.c_out)).collect();

@@ -83,6 +83,11 @@ impl DatasetKind {
         }
     }
 
+    /// The dataset named `name` as the CLI and checkpoints spell it (`fashion-mnist`).
+    pub fn from_name(name: &str) -> Option<DatasetKind> {
+        serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+    }
+
     /// (channels, height, width) of the raw images.
     pub fn image_shape(self) -> (u32, u32, u32) {
         match self {

@@ -1,26 +1,115 @@
-//! Storage buffers of 4-byte elements (f32 or u32), views into them, upload and readback.
+//! Storage buffers with an element type, views into them, upload and readback.
 
 use wgpu::util::DeviceExt;
 
 use super::Gpu;
 use crate::error::{Error, Result};
 
-/// Bytes per element: every kernel works on 4-byte elements (f32 data, u32 labels and indices).
-pub const ELEM: u64 = 4;
+/// The element type of a buffer or view: byte sizes and offsets come from it, and a kernel is
+/// looked up by the element type of the tensors it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F16,
+    /// Labels, argmax indices, counters.
+    U32,
+}
 
-/// A storage buffer and its length in elements.
+impl DType {
+    /// Bytes per element.
+    pub const fn size(self) -> u64 {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 => 2,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::U32 => "u32",
+        }
+    }
+
+    /// Whether this is a floating-point type (a kernel's element type).
+    pub const fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16)
+    }
+
+    /// The bytes of `elems` elements, rounded up to wgpu's 4-byte copy granularity.
+    pub const fn bytes(self, elems: u64) -> u64 {
+        (elems * self.size()).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A Rust type that a buffer can hold.
+pub trait Element: bytemuck::Pod {
+    const DTYPE: DType;
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+}
+
+impl Element for u32 {
+    const DTYPE: DType = DType::U32;
+}
+
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
+}
+
+/// A storage buffer, its length in elements and their type.
 pub struct GpuBuffer {
     pub buffer: wgpu::Buffer,
     pub len: u64,
+    pub dtype: DType,
 }
 
 /// A range of elements of a buffer, as a kernel binding sees it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct View<'a> {
     pub buffer: &'a wgpu::Buffer,
-    /// First element; must be a multiple of the adapter's storage offset alignment.
+    /// First element; its byte offset must be a multiple of the adapter's storage offset
+    /// alignment.
     pub offset: u64,
     pub len: u64,
+    pub dtype: DType,
+}
+
+impl View<'_> {
+    pub fn byte_offset(&self) -> u64 {
+        self.offset * self.dtype.size()
+    }
+
+    /// Bytes of the range (at least 4, the smallest binding).
+    pub fn bytes(&self) -> u64 {
+        self.dtype.bytes(self.len.max(1))
+    }
+
+    /// Elements [start, start + len) of this view, checked.
+    pub fn sub(&self, start: u64, len: u64) -> Result<Self> {
+        if start + len > self.len {
+            return Err(Error::Device(format!(
+                "sub-view [{start}, {}) of a view of {} elements",
+                start + len,
+                self.len
+            )));
+        }
+        Ok(View {
+            offset: self.offset + start,
+            len,
+            ..*self
+        })
+    }
 }
 
 impl GpuBuffer {
@@ -29,21 +118,24 @@ impl GpuBuffer {
             buffer: &self.buffer,
             offset: 0,
             len: self.len,
+            dtype: self.dtype,
         }
     }
 
-    /// Elements `[offset, offset + len)`; `offset` must satisfy the storage offset alignment.
+    /// Elements `[offset, offset + len)`; the byte offset must satisfy the storage offset
+    /// alignment (checked when the view is bound).
     pub fn slice(&self, offset: u64, len: u64) -> View<'_> {
         debug_assert!(offset + len <= self.len);
         View {
             buffer: &self.buffer,
             offset,
             len,
+            dtype: self.dtype,
         }
     }
 
     pub fn bytes(&self) -> u64 {
-        self.len * ELEM
+        self.dtype.bytes(self.len)
     }
 }
 
@@ -74,9 +166,14 @@ impl Gpu {
         Ok(())
     }
 
-    /// A zero-filled buffer of `len` 4-byte elements.
+    /// A zero-filled buffer of `len` f32 elements.
     pub fn zeros(&self, label: &str, len: u64) -> Result<GpuBuffer> {
-        let bytes = (len * ELEM).max(ELEM);
+        self.zeros_of(label, DType::F32, len)
+    }
+
+    /// A zero-filled buffer of `len` elements of `dtype`.
+    pub fn zeros_of(&self, label: &str, dtype: DType, len: u64) -> Result<GpuBuffer> {
+        let bytes = dtype.bytes(len.max(1));
         self.check_buffer_size(label, bytes)?;
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -84,21 +181,20 @@ impl Gpu {
             usage: USAGE,
             mapped_at_creation: false,
         });
-        Ok(GpuBuffer { buffer, len })
+        Ok(GpuBuffer { buffer, len, dtype })
     }
 
-    /// A buffer holding `data` (f32 or u32 elements).
-    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<GpuBuffer> {
-        assert_eq!(
-            std::mem::size_of::<T>() as u64,
-            ELEM,
-            "4-byte elements only"
-        );
+    /// A buffer holding `data`; its element type is `T`'s.
+    pub fn upload<T: Element>(&self, label: &str, data: &[T]) -> Result<GpuBuffer> {
         let len = data.len() as u64;
-        if len == 0 {
-            return self.zeros(label, 0);
+        let bytes = T::DTYPE.bytes(len);
+        if len == 0 || bytes != len * T::DTYPE.size() {
+            // Empty, or an odd number of f16 values: zeros of the padded size, then the data.
+            let buf = self.zeros_of(label, T::DTYPE, len)?;
+            self.write(&buf, data)?;
+            return Ok(buf);
         }
-        self.check_buffer_size(label, len * ELEM)?;
+        self.check_buffer_size(label, bytes)?;
         let buffer = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -106,22 +202,49 @@ impl Gpu {
                 contents: bytemuck::cast_slice(data),
                 usage: USAGE,
             });
-        Ok(GpuBuffer { buffer, len })
+        Ok(GpuBuffer {
+            buffer,
+            len,
+            dtype: T::DTYPE,
+        })
     }
 
-    /// Overwrites the start of `buf` with `data`.
-    pub fn write<T: bytemuck::Pod>(&self, buf: &GpuBuffer, data: &[T]) {
-        debug_assert!(data.len() as u64 <= buf.len);
-        self.queue
-            .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
+    /// Overwrites the start of `buf` with `data`, which must be of the buffer's type.
+    pub fn write<T: Element>(&self, buf: &GpuBuffer, data: &[T]) -> Result<()> {
+        if T::DTYPE != buf.dtype || data.len() as u64 > buf.len {
+            return Err(Error::Device(format!(
+                "writing {} {} values into a buffer of {} {}",
+                data.len(),
+                T::DTYPE,
+                buf.len,
+                buf.dtype
+            )));
+        }
+        let mut bytes: Vec<u8> = bytemuck::cast_slice(data).to_vec();
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&buf.buffer, 0, &bytes);
+        }
+        Ok(())
     }
 
     /// Copies `view` back to the host, waiting for all submitted work first.
-    pub fn read<T: bytemuck::Pod>(&self, view: View<'_>) -> Result<Vec<T>> {
-        let bytes = view.len * ELEM;
-        if bytes == 0 {
+    pub fn read<T: Element>(&self, view: View<'_>) -> Result<Vec<T>> {
+        if T::DTYPE != view.dtype {
+            return Err(Error::Device(format!(
+                "reading {} values from a view of {}",
+                T::DTYPE,
+                view.dtype
+            )));
+        }
+        if view.len == 0 {
             return Ok(Vec::new());
         }
+        // Copies move whole 4-byte words: round the range out, then cut the values back.
+        let start = view.byte_offset() / 4 * 4;
+        let skip = (view.byte_offset() - start) as usize;
+        let end = (view.byte_offset() + view.len * view.dtype.size()).next_multiple_of(4);
+        let bytes = end - start;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: bytes,
@@ -133,7 +256,7 @@ impl Gpu {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("readback"),
             });
-        enc.copy_buffer_to_buffer(view.buffer, view.offset * ELEM, &staging, 0, bytes);
+        enc.copy_buffer_to_buffer(view.buffer, start, &staging, 0, bytes);
         self.queue.submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
@@ -146,14 +269,15 @@ impl Gpu {
         let data = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Device(format!("reading the readback buffer: {e}")))?;
-        let out = bytemuck::cast_slice::<u8, T>(&data).to_vec();
+        let wanted = &data[skip..skip + (view.len * view.dtype.size()) as usize];
+        let out = bytemuck::pod_collect_to_vec::<u8, T>(wanted);
         drop(data);
         staging.unmap();
         Ok(out)
     }
 
     /// Reads a whole buffer back.
-    pub fn read_all<T: bytemuck::Pod>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
+    pub fn read_all<T: Element>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
         self.read(buf.view())
     }
 }

@@ -1,11 +1,7 @@
-//! The GPU context: adapter choice, device creation with the adapter's own limits, and the
-//! pipeline cache every launcher draws from.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//! The GPU context: adapter choice and device creation with the adapter's own limits. It
+//! knows nothing of kernels: pipelines are created and cached by the kernel registry.
 
 use crate::error::{Error, Result};
-use crate::kernels::{self, Pipeline};
 
 /// How to choose the adapter.
 #[derive(Clone, Debug, Default)]
@@ -22,7 +18,7 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
 
-/// One device and queue plus everything created from them once.
+/// One device and its queue, with the facts about its adapter that the layers above use.
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -31,10 +27,6 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     /// Why this adapter was chosen, for `info` and logs.
     pub reason: String,
-    pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
-    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
-    /// Bound where an optional input (e.g. a missing bias) is unused by the kernel.
-    pub(crate) dummy: wgpu::Buffer,
 }
 
 /// Every adapter the selected backends offer, in preference order (best first).
@@ -139,12 +131,6 @@ impl Gpu {
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
-        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("dummy"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
         Ok(Gpu {
             device,
             queue,
@@ -152,54 +138,18 @@ impl Gpu {
             features,
             limits,
             reason,
-            pipelines: Mutex::new(HashMap::new()),
-            modules: Mutex::new(HashMap::new()),
-            dummy,
         })
-    }
-
-    /// The compute pipeline of a WGSL entry point, created on first use and cached.
-    pub(crate) fn pipeline(&self, entry: &'static str) -> Result<Arc<Pipeline>> {
-        if let Some(p) = self.pipelines.lock().expect("pipeline cache").get(entry) {
-            return Ok(p.clone());
-        }
-        let (shader, ep) = kernels::find_entry(entry)
-            .ok_or_else(|| Error::Device(format!("no WGSL entry point named {entry}")))?;
-        let module = self.module(shader)?;
-        let pipeline = Arc::new(kernels::create_pipeline(self, &module, shader, ep)?);
-        self.pipelines
-            .lock()
-            .expect("pipeline cache")
-            .insert(entry, pipeline.clone());
-        Ok(pipeline)
-    }
-
-    fn module(&self, shader: &'static kernels::Shader) -> Result<Arc<wgpu::ShaderModule>> {
-        if let Some(m) = self.modules.lock().expect("module cache").get(shader.file) {
-            return Ok(m.clone());
-        }
-        let source = shader.full_source();
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.file),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Device(format!("shader {}: {e}", shader.file)));
-        }
-        let module = Arc::new(module);
-        self.modules
-            .lock()
-            .expect("module cache")
-            .insert(shader.file, module.clone());
-        Ok(module)
     }
 
     /// Whether this adapter is a CPU implementation (llvmpipe, SwiftShader, WARP).
     pub fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The storage offset alignment in elements of `dtype` (at least 1): views into a buffer
+    /// must start on a multiple of it.
+    pub fn align_elems(&self, dtype: crate::gpu::DType) -> u64 {
+        (self.limits.min_storage_buffer_offset_alignment as u64 / dtype.size()).max(1)
     }
 
     /// Blocks until all submitted work has finished.

@@ -1,8 +1,11 @@
-//! The GPU side of the host: context, buffers, and the adapter report behind `info`.
+//! The GPU side of the host: context, typed buffers and views, and the adapter report
+//! behind `info`. This is the bottom layer: it imports nothing else of the crate.
 
 mod buffer;
 mod context;
+mod inflight;
 pub mod info;
 
-pub use buffer::{GpuBuffer, View, ELEM};
+pub use buffer::{DType, Element, GpuBuffer, View};
 pub use context::{ranked_adapters, resolve_backends, Gpu, GpuOptions, OPTIONAL_FEATURES};
+pub use inflight::InFlight;

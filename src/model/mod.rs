@@ -1,14 +1,22 @@
-//! The network: its description ([`config`]), where its tensors live ([`layout`]), and the
-//! static plan that runs it on a device ([`plan`], built by [`build`]).
+//! The network: its description ([`config`]), where its parameters live ([`layout`]), its
+//! memory planned without a device ([`nodes`], [`memory`], [`buffers`]), and the static
+//! plan that runs it on one ([`plan`], built by `build`).
 
+pub mod buffers;
 mod build;
 pub mod config;
 mod dispatches;
 pub mod layout;
-mod nodes;
+pub mod memory;
+pub mod naive;
+pub mod nodes;
 pub mod plan;
 pub mod reference_net;
+mod stem;
+mod steps;
 
+pub use buffers::MemoryPlan;
 pub use config::{DenseNetConfig, Init, Stem};
 pub use layout::Layout;
+pub use nodes::{Mode, PlanLimits};
 pub use plan::{Plan, SgdConfig};

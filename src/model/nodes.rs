@@ -1,15 +1,19 @@
-//! The network as nodes (stem, dense layers, transitions, head) with every op's params
-//! computed once from the layout, and the scratch each node needs.
+//! The network as a list of nodes (stem, dense layers, transitions, head) in forward order,
+//! with every op's params computed once from the layout, and every per-step tensor declared
+//! with the stages in which it is live. Pure: no device is needed, so the memory of a plan
+//! can be computed (and tested) anywhere.
 //!
-//! Scratch (shared by all nodes): `t` (a BN -> ReLU output where no conv can apply it while
-//! loading: before pools and the head), `d` (the gradient of a conv input), `e` (a pooled
-//! transition input, or the stem's output gradient), the conv workspace and the weight
-//! gradients' partial sums.
+//! Stages of a training step: each node's forward, in order, then each node's backward
+//! stages, nodes in reverse. Stems and transitions have two backward stages (their halves
+//! need different temporaries, which may then share memory); layers and the head have one.
+
+use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{DType, Gpu};
 use crate::model::config::{DenseNetConfig, Stem};
 use crate::model::layout::{BnSlots, ConvSlots, Layout, SlotId};
+use crate::model::memory::{Category, Stage, TensorId, TensorTable};
 use crate::ops::batchnorm::BatchNormParams;
 use crate::ops::conv2d::Conv2dParams;
 use crate::ops::cross_entropy::CrossEntropyParams;
@@ -17,24 +21,321 @@ use crate::ops::global_avgpool::GlobalAvgPoolParams;
 use crate::ops::linear::LinearParams;
 use crate::ops::maxpool::Pool2dParams;
 
-/// Elements the shared scratch buffers must hold.
-#[derive(Default, Clone, Copy)]
-pub(super) struct Scratch {
-    pub(super) t: u64,
-    pub(super) d: u64,
-    pub(super) e: u64,
-    pub(super) workspace: u64,
-    pub(super) partials: u64,
+use Category::{Activations, Gradients, Scratch};
+
+/// What a plan is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Forward, loss, backward and SGD (and the evaluation forward, on the same buffers).
+    Train,
+    /// The evaluation forward only: no gradients, no batch statistics, no optimizer state.
+    Eval,
 }
 
-impl Scratch {
-    pub(super) fn conv(&mut self, p: &Conv2dParams) {
-        self.workspace = self.workspace.max(p.workspace_len());
-        self.partials = self.partials.max(p.partials_len());
+/// The adapter facts a plan's layout depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanLimits {
+    /// Storage offset alignment in bytes: views start on multiples of it.
+    pub align_bytes: u64,
+    /// The largest binding in bytes: larger tensors are processed in channel groups.
+    pub max_binding: u64,
+}
+
+impl PlanLimits {
+    pub fn of(gpu: &Gpu) -> PlanLimits {
+        PlanLimits {
+            align_bytes: gpu.limits.min_storage_buffer_offset_alignment as u64,
+            max_binding: gpu.limits.max_storage_buffer_binding_size,
+        }
+    }
+
+    /// The alignment in f32 elements (at least 1).
+    pub fn align(&self) -> u64 {
+        (self.align_bytes / 4).max(1)
     }
 }
 
-/// Statistics of channels [c0, c0 + c) of a block buffer, computed when they are written.
+/// The stages of a step, named for the memory report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timeline {
+    pub names: Vec<String>,
+    fwd: Vec<Stage>,
+    bwd: Vec<Vec<Stage>>,
+}
+
+impl Timeline {
+    /// `nodes`: each node's name and backward stage count, in forward order.
+    fn new(nodes: &[(String, usize)], mode: Mode) -> Timeline {
+        let mut names: Vec<String> = nodes.iter().map(|(n, _)| format!("fwd {n}")).collect();
+        let fwd = (0..nodes.len() as Stage).collect();
+        let mut bwd = vec![Vec::new(); nodes.len()];
+        if mode == Mode::Train {
+            for (i, (name, count)) in nodes.iter().enumerate().rev() {
+                for s in 0..*count {
+                    bwd[i].push(names.len() as Stage);
+                    names.push(match count {
+                        1 => format!("bwd {name}"),
+                        _ => format!("bwd {name} ({}/{count})", s + 1),
+                    });
+                }
+            }
+        }
+        Timeline { names, fwd, bwd }
+    }
+
+    pub fn fwd(&self, node: usize) -> Stage {
+        self.fwd[node]
+    }
+
+    /// Backward stage `stage` of `node` (training plans only).
+    pub fn bwd(&self, node: usize, stage: usize) -> Stage {
+        self.bwd[node][stage]
+    }
+
+    pub fn last_bwd(&self, node: usize) -> Stage {
+        *self.bwd[node].last().expect("a training plan")
+    }
+}
+
+/// Training-only tensors of a conv: packed dy and split-K partial sums of the weight
+/// gradient, and the packed weights of the data gradient where the input needs one.
+pub(super) struct ConvGrads {
+    pub(super) packed_dy: TensorId,
+    pub(super) partials: TensorId,
+    pub(super) data_ws: Option<TensorId>,
+}
+
+/// One convolution: params, parameter slots, and its launches' workspaces.
+pub(super) struct ConvCall {
+    pub(super) p: Conv2dParams,
+    pub(super) slots: ConvSlots,
+    pub(super) fwd_ws: TensorId,
+    pub(super) grads: Option<ConvGrads>,
+}
+
+/// The ImageNet stem's BN -> ReLU -> max-pool after its conv.
+pub(super) struct ImageNetStem {
+    pub(super) bn: BnSlots,
+    pub(super) stat: u32,
+    /// (C0, N, H/2, W/2) the conv output.
+    pub(super) conv_out: TensorId,
+    /// Training: (C0, N, H/4, W/4) u32 max-pool argmax, (group, N, H/2, W/2) the gradient of
+    /// the BN -> ReLU output, (C0, N, H/2, W/2) the gradient of the conv output.
+    pub(super) argmax: Option<TensorId>,
+    pub(super) dpool: Option<TensorId>,
+    pub(super) dconv: Option<TensorId>,
+}
+
+pub(super) struct StemNode {
+    /// The conv of one channel group (all channels when there is one group: more only when
+    /// the conv output exceeds the adapter's binding limit).
+    pub(super) conv: ConvCall,
+    pub(super) channels: u32,
+    pub(super) imagenet: Option<ImageNetStem>,
+    /// Training: statistics of block 0's first channels, which the stem writes.
+    pub(super) first_stats: Option<BatchNormParams>,
+}
+
+/// DenseNet-BC's 1x1 conv into the layer's bottleneck tensor and the BN after it.
+pub(super) struct BottleneckNode {
+    pub(super) conv: ConvCall,
+    pub(super) bn: BatchNormParams,
+    pub(super) bn_slots: BnSlots,
+    /// Where bn's (scale, shift) pairs live in the affine buffer.
+    pub(super) affine: u64,
+    /// (width, N, S, S), and its gradient (training).
+    pub(super) out: TensorId,
+    pub(super) grad: Option<TensorId>,
+}
+
+pub(super) struct LayerNode {
+    pub(super) block: usize,
+    /// BN -> ReLU of the block's channels [0, c_in), applied by the conv after it.
+    pub(super) bn: BatchNormParams,
+    pub(super) bn_slots: BnSlots,
+    pub(super) affine: u64,
+    pub(super) bottleneck: Option<BottleneckNode>,
+    /// The 3x3 conv, writing the layer's k channels in place at c_in.
+    pub(super) conv: ConvCall,
+    /// Training: statistics of the k new channels, and the gradient of a conv input.
+    pub(super) new_stats: Option<BatchNormParams>,
+    pub(super) dinput: Option<TensorId>,
+}
+
+pub(super) struct TransitionNode {
+    pub(super) from: usize,
+    pub(super) bn: BatchNormParams,
+    pub(super) bn_slots: BnSlots,
+    /// BN -> ReLU -> 2x2 average pool (fused), then the 1x1 conv: both are linear per pixel
+    /// after the ReLU, so the order does not change the result, and the conv runs on a
+    /// quarter of the pixels.
+    pub(super) pool: Pool2dParams,
+    pub(super) conv: ConvCall,
+    pub(super) next_stats: Option<BatchNormParams>,
+    /// (C, N, S/2, S/2) the pooled input of the conv; training recomputes it in its backward
+    /// (a tensor of its own, so nothing this size lives from forward to backward), and needs
+    /// its gradient and the gradient of the BN -> ReLU output (C, N, S, S).
+    pub(super) pooled: TensorId,
+    pub(super) pooled_again: Option<TensorId>,
+    pub(super) dpooled: Option<TensorId>,
+    pub(super) dbn: Option<TensorId>,
+}
+
+pub(super) struct HeadNode {
+    pub(super) bn: BatchNormParams,
+    pub(super) bn_slots: BnSlots,
+    pub(super) gap: GlobalAvgPoolParams,
+    pub(super) linear: LinearParams,
+    pub(super) weight: SlotId,
+    pub(super) bias: SlotId,
+    pub(super) ce: CrossEntropyParams,
+    /// (C, N) pooled features; (N, K) the loss gradient the loss kernel writes.
+    pub(super) features: TensorId,
+    pub(super) dlogits: TensorId,
+    /// Training: (C, N) and (C, N, S, S) the gradients of the features and of the BN output.
+    pub(super) dfeatures: Option<TensorId>,
+    pub(super) dbn: Option<TensorId>,
+}
+
+pub(super) enum Node {
+    Stem(StemNode),
+    Layer(LayerNode),
+    Transition(TransitionNode),
+    Head(HeadNode),
+}
+
+/// The network as nodes, with its timeline and per-step tensors.
+pub struct Nodes {
+    pub(super) list: Vec<Node>,
+    pub timeline: Timeline,
+    pub tensors: TensorTable,
+    /// (C_out, N, S, S) each dense block, and its gradient (training).
+    pub(super) blocks: Vec<TensorId>,
+    pub(super) block_grads: Vec<Option<TensorId>>,
+    /// Elements of the buffer of fused BN (scale, shift) pairs.
+    pub affine_len: u64,
+    pub mode: Mode,
+}
+
+/// Where a node sits in the forward order.
+enum Kind {
+    Stem,
+    Layer(usize, usize),
+    Transition(usize),
+    Head,
+}
+
+impl Kind {
+    fn name(&self) -> String {
+        match self {
+            Kind::Stem => "stem".into(),
+            Kind::Layer(b, l) => format!("blocks.{b}.layers.{l}"),
+            Kind::Transition(i) => format!("transitions.{i}"),
+            Kind::Head => "head".into(),
+        }
+    }
+}
+
+/// The state of the build: what every node needs to declare itself.
+pub(super) struct Ctx<'a> {
+    pub(super) cfg: &'a DenseNetConfig,
+    pub(super) layout: &'a Layout,
+    pub(super) n: u32,
+    pub(super) mode: Mode,
+    pub(super) limits: PlanLimits,
+    pub(super) dtype: DType,
+    pub(super) timeline: Timeline,
+    pub(super) tensors: TensorTable,
+    pub(super) affine_len: u64,
+    /// Node index of the stem, each transition, the head and each block's first layer.
+    pub(super) index: Indices,
+}
+
+#[derive(Default)]
+pub(super) struct Indices {
+    pub(super) transitions: Vec<usize>,
+    pub(super) first_layers: Vec<usize>,
+    pub(super) head: usize,
+}
+
+impl Ctx<'_> {
+    pub(super) fn train(&self) -> bool {
+        self.mode == Mode::Train
+    }
+
+    /// Declares a tensor of the plan's element type.
+    pub(super) fn tensor(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[u64],
+        category: Category,
+        live: (Stage, Stage),
+    ) -> TensorId {
+        self.tensors.add(name, shape, self.dtype, category, live)
+    }
+
+    pub(super) fn stat(&self, slot: SlotId) -> u32 {
+        self.layout.stats.slots[slot].offset as u32
+    }
+
+    /// An aligned slot of 2 * c values in the affine buffer (so it binds as a view).
+    pub(super) fn affine_slot(&mut self, c: u32) -> u64 {
+        let at = self.affine_len.next_multiple_of(self.limits.align());
+        self.affine_len = at + 2 * c as u64;
+        at
+    }
+
+    /// A conv of node `node` and its workspaces: the forward's in its forward stage, the
+    /// gradients' in backward stage `bwd` (training; `dx`: the input needs a gradient).
+    pub(super) fn conv(
+        &mut self,
+        name: &str,
+        p: Conv2dParams,
+        slots: ConvSlots,
+        node: usize,
+        bwd: usize,
+        dx: bool,
+    ) -> ConvCall {
+        let f = self.timeline.fwd(node);
+        let fwd_ws = self.tensor(
+            format!("{name}.packed_weight"),
+            &[p.forward_workspace_len()],
+            Scratch,
+            (f, f),
+        );
+        let grads = self.train().then(|| {
+            let b = self.timeline.bwd(node, bwd);
+            let packed = &[p.weight_workspace_len()];
+            ConvGrads {
+                packed_dy: self.tensor(format!("{name}.packed_dy"), packed, Scratch, (b, b)),
+                partials: self.tensor(
+                    format!("{name}.weight_partials"),
+                    &[p.partials_len()],
+                    Scratch,
+                    (b, b),
+                ),
+                data_ws: dx.then(|| {
+                    let len = &[p.data_workspace_len()];
+                    self.tensor(format!("{name}.packed_weight_t"), len, Scratch, (b, b))
+                }),
+            }
+        });
+        ConvCall {
+            p,
+            slots,
+            fwd_ws,
+            grads,
+        }
+    }
+
+    /// (C, N, S, S) for `c` channels of size `s`.
+    pub(super) fn chw(&self, c: u32, s: u32) -> [u64; 4] {
+        [c as u64, self.n as u64, s as u64, s as u64]
+    }
+}
+
+/// Statistics of channels [c0, c0 + c) of a block tensor, computed when they are written.
 pub(super) fn stats_params(
     n: u32,
     size: u32,
@@ -47,284 +348,279 @@ pub(super) fn stats_params(
         .with_stat_offset(stat + c0))
 }
 
-/// BN -> ReLU over channels [0, c) of a block buffer.
-pub(super) fn bn_relu_params(n: u32, size: u32, c: u32, stat: u32) -> Result<BatchNormParams> {
+/// BN -> ReLU over channels [0, c) of a block tensor.
+fn bn_relu_params(n: u32, size: u32, c: u32, stat: u32) -> Result<BatchNormParams> {
     Ok(BatchNormParams::new([n, c, size, size])?
         .with_stat_offset(stat)
         .with_relu(true))
 }
 
-pub(super) struct StemNode {
-    pub(super) conv: ConvSlots,
-    /// The ImageNet stem: BN slots, statistics slot, max-pool, and the output channel
-    /// groups (more than one when the conv output exceeds the adapter's binding limit).
-    pub(super) imagenet: Option<(BnSlots, SlotId, u32)>,
-    /// Conv of one channel group (all channels when there is one group).
-    pub(super) p: Conv2dParams,
-    pub(super) channels: u32,
-}
-
-/// DenseNet-BC's 1x1 conv (into the block's bottleneck buffer) and the BN after it.
-pub(super) struct BottleneckNode {
-    pub(super) conv: Conv2dParams,
-    pub(super) conv_slots: ConvSlots,
-    pub(super) bn: BatchNormParams,
-    pub(super) bn_slots: BnSlots,
-    /// Where bn's (scale, shift) pairs live in the affine buffer.
-    pub(super) affine: u64,
-}
-
-pub(super) struct LayerNode {
-    pub(super) block: usize,
-    pub(super) bn: BatchNormParams,
-    pub(super) bn_slots: BnSlots,
-    /// Where bn's (scale, shift) pairs live in the affine buffer.
-    pub(super) affine: u64,
-    pub(super) bottleneck: Option<BottleneckNode>,
-    /// Reads its input through the BN -> ReLU before it (fused).
-    pub(super) conv: Conv2dParams,
-    pub(super) conv_slots: ConvSlots,
-    /// Statistics of the k new channels.
-    pub(super) new_stats: BatchNormParams,
-}
-
-pub(super) struct TransitionNode {
-    pub(super) from: usize,
-    pub(super) bn: BatchNormParams,
-    pub(super) bn_slots: BnSlots,
-    pub(super) pool: Pool2dParams,
-    pub(super) conv: Conv2dParams,
-    pub(super) conv_slots: ConvSlots,
-    pub(super) next_stats: BatchNormParams,
-}
-
-pub(super) struct HeadNode {
-    pub(super) bn: BatchNormParams,
-    pub(super) bn_slots: BnSlots,
-    pub(super) gap: GlobalAvgPoolParams,
-    pub(super) linear: LinearParams,
-    pub(super) weight: SlotId,
-    pub(super) bias: SlotId,
-    pub(super) ce: CrossEntropyParams,
-}
-
-pub(super) struct Nodes {
-    pub(super) stem: StemNode,
-    /// Elements of the buffer of fused BN (scale, shift) pairs.
-    pub(super) affine_len: u64,
-    pub(super) first_stats: BatchNormParams,
-    pub(super) layers: Vec<LayerNode>,
-    pub(super) transitions: Vec<TransitionNode>,
-    pub(super) head: HeadNode,
-}
-
-/// Channels per group of the ImageNet stem: all of them, unless its conv output exceeds the
-/// adapter's binding limit (d2l at batch 256 on a 128 MiB-binding adapter); then groups of
-/// channels small enough, each bound as its own aligned range of the buffer.
-pub(super) fn stem_group_channels(gpu: &Gpu, full: &Conv2dParams, limit: u64) -> Result<u32> {
-    let limit = limit.max(1);
-    let c = full.c_out;
-    let groups = (full.y_len() * 4).div_ceil(limit);
-    if groups <= 1 {
-        return Ok(c);
-    }
-    let align = (gpu.limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
-    let plane = full.y_len() / c as u64;
-    let per = (c as u64).div_ceil(groups).next_multiple_of(align);
-    let pooled = plane / 4;
-    let aligned =
-        plane % align == 0 && pooled % align == 0 && full.c_in as u64 * 49 * per % align == 0;
-    if !aligned || per * plane * 4 > limit {
-        return Err(Error::Limit {
-            what: format!("the stem's conv output ({c} x {plane} values)"),
-            needed: full.y_len() * 4,
-            limit,
-            hint: "use a smaller batch size (--batch-size)",
-        });
-    }
-    Ok(per as u32)
-}
-
-pub(super) fn nodes(
-    gpu: &Gpu,
+/// Plans `cfg` at batch `n` for `mode`: nodes, timeline and tensors.
+pub fn nodes(
     cfg: &DenseNetConfig,
     layout: &Layout,
     n: u32,
-    max_binding: u64,
+    limits: PlanLimits,
+    mode: Mode,
+    dtype: DType,
 ) -> Result<Nodes> {
-    let bias = cfg.conv_bias;
-    let size = cfg.image_size;
-    let c0 = cfg.stem.channels();
-    let stat = |slot: SlotId| layout.stats.slots[slot].offset as u32;
-    let stem = match cfg.stem {
-        Stem::ImageNet { .. } => {
-            let full = Conv2dParams::new(
-                [n, cfg.in_channels, size, size],
-                c0,
-                (7, 7),
-                (2, 2),
-                (3, 3),
-                bias,
-            )?;
-            let per = stem_group_channels(gpu, &full, max_binding)?;
-            let (bn, stats) = layout.stem.bn.expect("ImageNet stem has a BN");
-            StemNode {
-                conv: layout.stem.conv,
-                imagenet: Some((bn, stats, per)),
-                p: Conv2dParams::new(
-                    [n, cfg.in_channels, size, size],
-                    per,
-                    (7, 7),
-                    (2, 2),
-                    (3, 3),
-                    bias,
-                )?,
-                channels: c0,
-            }
+    let mut kinds = vec![Kind::Stem];
+    for (b, block) in layout.blocks.iter().enumerate() {
+        if b > 0 {
+            kinds.push(Kind::Transition(b - 1));
         }
-        Stem::Cifar { .. } => StemNode {
-            conv: layout.stem.conv,
-            imagenet: None,
-            p: Conv2dParams::new(
-                [n, cfg.in_channels, size, size],
-                c0,
-                (3, 3),
-                (1, 1),
-                (1, 1),
-                bias,
-            )?,
-            channels: c0,
-        },
-    };
-    let b0 = &layout.blocks[0];
-    let first_stats = stats_params(n, b0.shape.size, 0, b0.shape.c_in, stat(b0.stats))?;
-    let k = cfg.growth_rate;
-    // Each fused BN's (scale, shift) pairs get an aligned slot, so they bind as a view.
-    let align = (gpu.limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
-    let mut affine_len = 0u64;
-    let affine_slot = |len: &mut u64, c: u32| -> u64 {
-        let at = len.next_multiple_of(align);
-        *len = at + 2 * c as u64;
-        at
-    };
-    let mut layers = Vec::new();
-    let mut transitions = Vec::new();
-    for (bi, block) in layout.blocks.iter().enumerate() {
-        let s = block.shape.size;
-        let st = stat(block.stats);
-        for (li, l) in block.layers.iter().enumerate() {
-            let bn = bn_relu_params(n, s, l.c_in, st)?;
-            let affine = affine_slot(&mut affine_len, l.c_in);
-            let bottleneck = match l.bottleneck {
-                Some(bt) => {
-                    let w = bt.width;
-                    let conv =
-                        Conv2dParams::new([n, l.c_in, s, s], w, (1, 1), (1, 1), (0, 0), bias)?
-                            .with_y_channel_offset(li as u32 * w)
-                            .with_input_bn_relu();
-                    let bn = BatchNormParams::new([n, w, s, s])?
-                        .with_x_channel_offset(li as u32 * w)
-                        .with_stat_offset(stat(bt.stats))
-                        .with_relu(true);
-                    Some(BottleneckNode {
-                        conv,
-                        conv_slots: bt.conv,
-                        bn,
-                        bn_slots: bt.bn,
-                        affine: affine_slot(&mut affine_len, w),
-                    })
-                }
-                None => None,
+        kinds.extend((0..block.layers.len()).map(|l| Kind::Layer(b, l)));
+    }
+    kinds.push(Kind::Head);
+    let imagenet = matches!(cfg.stem, Stem::ImageNet { .. });
+    let skeleton: Vec<(String, usize)> = kinds
+        .iter()
+        .map(|k| {
+            let bwd = match k {
+                Kind::Stem if imagenet => 2,
+                Kind::Transition(_) => 2,
+                _ => 1,
             };
-            // The 3x3 conv reads the block's prefix, or the layer's bottleneck channels.
-            let conv = match l.bottleneck {
-                Some(bt) => {
-                    Conv2dParams::new([n, bt.width, s, s], k, (3, 3), (1, 1), (1, 1), bias)?
-                        .with_x_channel_offset(li as u32 * bt.width)
-                }
-                None => Conv2dParams::new([n, l.c_in, s, s], k, (3, 3), (1, 1), (1, 1), bias)?,
-            }
-            .with_y_channel_offset(l.c_in)
-            .with_input_bn_relu();
-            layers.push(LayerNode {
-                block: bi,
-                bn,
-                bn_slots: l.bn,
-                affine,
-                bottleneck,
-                conv,
-                conv_slots: l.conv,
-                new_stats: stats_params(n, s, l.c_in, k, st)?,
-            });
-        }
-        if let Some(tr) = layout.transitions.get(bi) {
-            let next = &layout.blocks[bi + 1];
-            let half = next.shape.size;
-            transitions.push(TransitionNode {
-                from: bi,
-                bn: bn_relu_params(n, s, tr.c_in, st)?,
-                bn_slots: tr.bn,
-                pool: Pool2dParams::new([n, tr.c_in, s, s], (2, 2), (2, 2), (0, 0))?,
-                // Pool first, then the 1x1 conv: both are linear per pixel, so the order
-                // does not change the result, and the conv runs on a quarter of the pixels.
-                conv: Conv2dParams::new(
-                    [n, tr.c_in, half, half],
-                    tr.c_out,
-                    (1, 1),
-                    (1, 1),
-                    (0, 0),
-                    bias,
-                )?,
-                conv_slots: tr.conv,
-                next_stats: stats_params(n, half, 0, tr.c_out, stat(next.stats))?,
-            });
+            (k.name(), bwd)
+        })
+        .collect();
+    let mut index = Indices::default();
+    for (i, k) in kinds.iter().enumerate() {
+        match k {
+            Kind::Transition(_) => index.transitions.push(i),
+            Kind::Layer(_, 0) => index.first_layers.push(i),
+            Kind::Head => index.head = i,
+            _ => {}
         }
     }
-    let last = layout.blocks.last().expect("at least one block");
-    let (s, c) = (last.shape.size, last.shape.c_out);
-    let head = HeadNode {
-        bn: bn_relu_params(n, s, c, stat(last.stats))?,
-        bn_slots: layout.head.bn,
-        gap: GlobalAvgPoolParams::new([n, c, s, s])?,
-        linear: LinearParams::new(n, c, cfg.classes, true)?,
-        weight: layout.head.weight,
-        bias: layout.head.bias,
-        ce: CrossEntropyParams::new(n, cfg.classes)?,
+    let mut ctx = Ctx {
+        cfg,
+        layout,
+        n,
+        mode,
+        limits,
+        dtype,
+        timeline: Timeline::new(&skeleton, mode),
+        tensors: TensorTable::default(),
+        affine_len: 0,
+        index,
     };
+    let (blocks, block_grads) = block_tensors(&mut ctx);
+    let mut list = Vec::new();
+    for (i, k) in kinds.iter().enumerate() {
+        list.push(match *k {
+            Kind::Stem => Node::Stem(super::stem::stem(&mut ctx, i)?),
+            Kind::Layer(b, l) => Node::Layer(layer(&mut ctx, i, b, l)?),
+            Kind::Transition(t) => Node::Transition(transition(&mut ctx, i, t)?),
+            Kind::Head => Node::Head(head(&mut ctx, i)?),
+        });
+    }
     Ok(Nodes {
-        stem,
-        affine_len,
-        first_stats,
-        layers,
-        transitions,
-        head,
+        list,
+        timeline: ctx.timeline,
+        tensors: ctx.tensors,
+        blocks,
+        block_grads,
+        affine_len: ctx.affine_len,
+        mode,
     })
 }
 
-impl Nodes {
-    pub(super) fn scratch(&self) -> Scratch {
-        let mut s = Scratch::default();
-        let st = &self.stem;
-        s.conv(&st.p);
-        if st.imagenet.is_some() {
-            s.t = s.t.max(st.p.y_len());
-            s.e = s.e.max(st.p.y_len());
-        }
-        for l in &self.layers {
-            s.d = s.d.max(l.bn.len());
-            s.conv(&l.conv);
-            if let Some(bt) = &l.bottleneck {
-                s.d = s.d.max(bt.bn.len());
-                s.conv(&bt.conv);
-            }
-        }
-        for tr in &self.transitions {
-            s.t = s.t.max(tr.bn.len());
-            s.e = s.e.max(tr.pool.y_len());
-            s.d = s.d.max(tr.pool.y_len());
-            s.conv(&tr.conv);
-        }
-        s.t = s.t.max(self.head.bn.len());
-        s
+/// Each block's activations, live from the node that writes its first channels (the stem
+/// or the transition before it) to its first layer's backward (evaluation: to the node
+/// after the block), and their gradients, live from the backward of the node after the
+/// block to the backward of the node before it.
+fn block_tensors(ctx: &mut Ctx<'_>) -> (Vec<TensorId>, Vec<Option<TensorId>>) {
+    let (mut acts, mut grads) = (Vec::new(), Vec::new());
+    for (b, block) in ctx.layout.blocks.iter().enumerate() {
+        let shape = ctx.chw(block.shape.c_out, block.shape.size);
+        let producer = match b {
+            0 => 0,
+            _ => ctx.index.transitions[b - 1],
+        };
+        let consumer = ctx
+            .index
+            .transitions
+            .get(b)
+            .copied()
+            .unwrap_or(ctx.index.head);
+        let t = &ctx.timeline;
+        let live = match ctx.mode {
+            Mode::Train => (t.fwd(producer), t.bwd(ctx.index.first_layers[b], 0)),
+            Mode::Eval => (t.fwd(producer), t.fwd(consumer)),
+        };
+        let grad_live =
+            (ctx.mode == Mode::Train).then(|| (t.last_bwd(consumer), t.bwd(producer, 0)));
+        acts.push(ctx.tensor(format!("blocks.{b}"), &shape, Activations, live));
+        grads.push(
+            grad_live.map(|live| ctx.tensor(format!("blocks.{b}.grad"), &shape, Gradients, live)),
+        );
     }
+    (acts, grads)
+}
+
+/// Dense layer `l` of block `b` (node `i`).
+fn layer(ctx: &mut Ctx<'_>, i: usize, b: usize, l: usize) -> Result<LayerNode> {
+    let (n, k, bias) = (ctx.n, ctx.cfg.growth_rate, ctx.cfg.conv_bias);
+    let layout = ctx.layout;
+    let block = &layout.blocks[b];
+    let (s, st) = (block.shape.size, ctx.stat(block.stats));
+    let ll = block.layers[l];
+    let name = format!("blocks.{b}.layers.{l}");
+    let bn = bn_relu_params(n, s, ll.c_in, st)?;
+    let affine = ctx.affine_slot(ll.c_in);
+    let (f, train) = (ctx.timeline.fwd(i), ctx.train());
+    let bottleneck = match ll.bottleneck {
+        Some(bt) => {
+            let w = bt.width;
+            let p = Conv2dParams::new([n, ll.c_in, s, s], w, (1, 1), (1, 1), (0, 0), bias)?;
+            let shape = ctx.chw(w, s);
+            let b0 = train.then(|| ctx.timeline.bwd(i, 0));
+            let out = ctx.tensor(
+                format!("{name}.bottleneck"),
+                &shape,
+                Activations,
+                (f, b0.unwrap_or(f)),
+            );
+            let grad = b0.map(|b0| {
+                ctx.tensor(
+                    format!("{name}.bottleneck.grad"),
+                    &shape,
+                    Gradients,
+                    (b0, b0),
+                )
+            });
+            Some(BottleneckNode {
+                conv: ctx.conv(&format!("{name}.conv1"), p, bt.conv, i, 0, true),
+                bn: BatchNormParams::new([n, w, s, s])?
+                    .with_stat_offset(ctx.stat(bt.stats))
+                    .with_relu(true),
+                bn_slots: bt.bn,
+                affine: ctx.affine_slot(w),
+                out,
+                grad,
+            })
+        }
+        None => None,
+    };
+    let conv_in = ll.bottleneck.map_or(ll.c_in, |bt| bt.width);
+    let p = Conv2dParams::new([n, conv_in, s, s], k, (3, 3), (1, 1), (1, 1), bias)?
+        .with_y_channel_offset(ll.c_in);
+    let dinput = train.then(|| {
+        let b0 = ctx.timeline.bwd(i, 0);
+        let shape = ctx.chw(ll.c_in.max(conv_in), s);
+        ctx.tensor(format!("{name}.dinput"), &shape, Gradients, (b0, b0))
+    });
+    Ok(LayerNode {
+        block: b,
+        bn,
+        bn_slots: ll.bn,
+        affine,
+        bottleneck,
+        conv: ctx.conv(&format!("{name}.conv"), p, ll.conv, i, 0, true),
+        new_stats: match train {
+            true => Some(stats_params(n, s, ll.c_in, k, st)?),
+            false => None,
+        },
+        dinput,
+    })
+}
+
+/// Transition `t` (node `i`) between blocks t and t + 1.
+fn transition(ctx: &mut Ctx<'_>, i: usize, t: usize) -> Result<TransitionNode> {
+    let (n, layout) = (ctx.n, ctx.layout);
+    let tr = layout.transitions[t];
+    let (from, next) = (&layout.blocks[t], &layout.blocks[t + 1]);
+    let (s, half) = (from.shape.size, next.shape.size);
+    let (st, next_st) = (ctx.stat(from.stats), ctx.stat(next.stats));
+    let name = format!("transitions.{t}");
+    let p = Conv2dParams::new(
+        [n, tr.c_in, half, half],
+        tr.c_out,
+        (1, 1),
+        (1, 1),
+        (0, 0),
+        ctx.cfg.conv_bias,
+    )?;
+    let f = ctx.timeline.fwd(i);
+    let pooled_shape = ctx.chw(tr.c_in, half);
+    let pooled = ctx.tensor(format!("{name}.pooled"), &pooled_shape, Activations, (f, f));
+    let (mut pooled_again, mut dpooled, mut dbn) = (None, None, None);
+    if ctx.train() {
+        let (b0, b1) = (ctx.timeline.bwd(i, 0), ctx.timeline.bwd(i, 1));
+        let full = ctx.chw(tr.c_in, s);
+        pooled_again = Some(ctx.tensor(
+            format!("{name}.pooled.recomputed"),
+            &pooled_shape,
+            Activations,
+            (b0, b0),
+        ));
+        dpooled = Some(ctx.tensor(
+            format!("{name}.pooled.grad"),
+            &pooled_shape,
+            Gradients,
+            (b0, b1),
+        ));
+        dbn = Some(ctx.tensor(format!("{name}.bn.grad"), &full, Gradients, (b1, b1)));
+    }
+    Ok(TransitionNode {
+        from: t,
+        bn: bn_relu_params(n, s, tr.c_in, st)?,
+        bn_slots: tr.bn,
+        pool: Pool2dParams::new([n, tr.c_in, s, s], (2, 2), (2, 2), (0, 0))?,
+        conv: ctx.conv(&format!("{name}.conv"), p, tr.conv, i, 0, true),
+        next_stats: match ctx.train() {
+            true => Some(stats_params(n, half, 0, tr.c_out, next_st)?),
+            false => None,
+        },
+        pooled,
+        pooled_again,
+        dpooled,
+        dbn,
+    })
+}
+
+/// BN -> ReLU -> global average pool -> linear -> softmax cross-entropy (node `i`).
+fn head(ctx: &mut Ctx<'_>, i: usize) -> Result<HeadNode> {
+    let (n, classes, layout) = (ctx.n, ctx.cfg.classes, ctx.layout);
+    let last = layout.blocks.last().ok_or_else(|| {
+        Error::shape("DenseNetConfig", "a network needs at least one dense block")
+    })?;
+    let (s, c) = (last.shape.size, last.shape.c_out);
+    let st = ctx.stat(last.stats);
+    let f = ctx.timeline.fwd(i);
+    let b0 = ctx.train().then(|| ctx.timeline.bwd(i, 0));
+    let keep = (f, b0.unwrap_or(f));
+    let features = ctx.tensor("head.features", &[c as u64, n as u64], Activations, keep);
+    let dlogits = ctx.tensor(
+        "head.logits.grad",
+        &[n as u64, classes as u64],
+        Gradients,
+        keep,
+    );
+    let dfeatures = b0.map(|b| {
+        ctx.tensor(
+            "head.features.grad",
+            &[c as u64, n as u64],
+            Gradients,
+            (b, b),
+        )
+    });
+    let dbn = b0.map(|b| {
+        let shape = ctx.chw(c, s);
+        ctx.tensor("head.bn.grad", &shape, Gradients, (b, b))
+    });
+    Ok(HeadNode {
+        bn: bn_relu_params(n, s, c, st)?,
+        bn_slots: layout.head.bn,
+        gap: GlobalAvgPoolParams::new([n, c, s, s])?,
+        linear: LinearParams::new(n, c, classes, true)?,
+        weight: layout.head.weight,
+        bias: layout.head.bias,
+        ce: CrossEntropyParams::new(n, classes)?,
+        features,
+        dlogits,
+        dfeatures,
+        dbn,
+    })
 }

@@ -1,23 +1,22 @@
-//! The static plan of a DenseNet on one device: every buffer allocated once, every
-//! dispatch (with its bind group and params) created once, for a training step and for an
-//! evaluation pass. Recording a step walks these lists into one command encoder; nothing
-//! is allocated, compiled or read back inside it.
-
-use std::fmt;
+//! The static plan of a DenseNet on one device: every buffer allocated once, every dispatch
+//! (with its bind group and params) created once, for a training step and for an evaluation
+//! pass, or for the evaluation pass alone. Recording a step walks these lists into one
+//! command encoder; nothing is allocated, compiled or read back inside it.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuBuffer, View};
 use crate::kernels::Dispatch;
+use crate::model::buffers::{Buffers, MemoryPlan, Tensors};
 use crate::model::config::DenseNetConfig;
 use crate::model::layout::{Layout, SlotId};
-
+use crate::model::nodes::Mode;
 use crate::ops::sgd::SgdParams;
 
 /// One command of a recorded pass.
 pub enum Cmd {
     Run(Dispatch),
-    /// Zero `size` bytes of a buffer from `offset` (gradients accumulate, so the buffers
-    /// they accumulate into start at zero).
+    /// Zero `size` bytes of a buffer from `offset` (gradients accumulate, so what they
+    /// accumulate into starts at zero).
     Zero {
         buffer: wgpu::Buffer,
         offset: u64,
@@ -62,36 +61,7 @@ pub fn encode(cmds: &[Cmd], enc: &mut wgpu::CommandEncoder) {
     }
 }
 
-/// Planned device memory, by what it holds.
-#[derive(Clone, Debug, Default)]
-pub struct MemoryReport {
-    pub rows: Vec<(&'static str, u64)>,
-}
-
-impl MemoryReport {
-    pub fn add(&mut self, category: &'static str, bytes: u64) {
-        match self.rows.iter_mut().find(|(c, _)| *c == category) {
-            Some(row) => row.1 += bytes,
-            None => self.rows.push((category, bytes)),
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.rows.iter().map(|r| r.1).sum()
-    }
-}
-
-impl fmt::Display for MemoryReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        for (c, b) in &self.rows {
-            write!(f, "{c} {:.1} MiB, ", mib(*b))?;
-        }
-        write!(f, "total {:.1} MiB", mib(self.total()))
-    }
-}
-
-/// Optimizer settings of a plan (the learning rate may change every step).
+/// Optimizer settings of a training plan (the learning rate may change every step).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
     pub lr: f32,
@@ -100,50 +70,50 @@ pub struct SgdConfig {
     pub nesterov: bool,
 }
 
-/// A DenseNet on the device: parameters, statistics, activations, and its command lists.
+/// What only a training plan has: the step's commands and its SGD dispatch.
+pub(crate) struct Training {
+    pub(crate) cmds: Vec<Cmd>,
+    /// Index of the SGD dispatch in `cmds`, and its params (rewritten for a new rate).
+    pub(crate) sgd_index: usize,
+    pub(crate) sgd: SgdParams,
+}
+
+/// A DenseNet on the device: its buffers and its command lists.
 pub struct Plan {
     pub cfg: DenseNetConfig,
     pub batch: u32,
     pub layout: Layout,
-    pub params: GpuBuffer,
-    pub grads: GpuBuffer,
-    pub velocity: GpuBuffer,
-    pub batch_mean: GpuBuffer,
-    pub batch_var: GpuBuffer,
-    pub running_mean: GpuBuffer,
-    pub running_var: GpuBuffer,
-    /// The batch, (C, N, H, W).
-    pub input: GpuBuffer,
-    pub labels: GpuBuffer,
-    /// (N, classes).
-    pub logits: GpuBuffer,
-    pub dlogits: GpuBuffer,
-    /// Summed loss and correct predictions since the last [`Plan::zero_metrics`].
-    pub loss_sum: GpuBuffer,
-    pub correct: GpuBuffer,
-    /// One activation buffer per dense block, sized for its final channel count.
-    pub blocks: Vec<GpuBuffer>,
-    /// The blocks' gradients, same shapes.
-    pub block_grads: Vec<GpuBuffer>,
-    pub(crate) train: Vec<Cmd>,
+    /// The buffers that live across steps, by name.
+    pub buffers: Buffers<GpuBuffer>,
+    /// Activations, their gradients and workspaces, shared by lifetime.
+    pub tensors: Tensors,
+    /// What was planned: tensors, lifetimes, slots, bytes by category.
+    pub memory: MemoryPlan,
     pub(crate) eval: Vec<Cmd>,
-    pub(crate) sgd: Option<(usize, SgdParams)>,
-    pub memory: MemoryReport,
-    /// Buffers only the dispatches name (scratch, stem and bottleneck activations); held
-    /// here so the plan owns all of its memory.
-    pub(crate) internal: Vec<GpuBuffer>,
+    pub(crate) training: Option<Training>,
 }
 
 impl Plan {
-    /// A view of parameter slot `slot` in `arena` (params, grads or velocity).
+    pub fn mode(&self) -> Mode {
+        self.memory.mode
+    }
+
+    /// A view of parameter slot `slot` in an arena laid out as the parameters (params,
+    /// grads or velocity).
     pub fn slot<'a>(&self, arena: &'a GpuBuffer, slot: SlotId) -> View<'a> {
         let s = &self.layout.params.slots[slot];
         arena.slice(s.offset, s.len)
     }
 
-    /// The commands of one training step (forward, loss, backward, SGD).
+    /// The per-step tensor called `name` (e.g. `blocks.0`), as a view of its slot.
+    pub fn tensor(&self, name: &str) -> Option<View<'_>> {
+        self.tensors.find(name).map(|id| self.tensors.view(id))
+    }
+
+    /// The commands of one training step (forward, loss, backward, SGD); empty for an
+    /// evaluation plan.
     pub fn train_commands(&self) -> &[Cmd] {
-        &self.train
+        self.training.as_ref().map_or(&[], |t| &t.cmds)
     }
 
     /// The commands of one evaluation batch (forward with running statistics, loss).
@@ -153,51 +123,50 @@ impl Plan {
 
     /// Writes all parameters (arena layout, as [`Layout::init_params`] returns them).
     pub fn write_params(&self, gpu: &Gpu, values: &[f32]) -> Result<()> {
-        if values.len() as u64 != self.params.len {
+        if values.len() as u64 != self.buffers.params.len {
             return Err(Error::shape(
                 "params",
                 format!(
                     "{} values for an arena of {}",
                     values.len(),
-                    self.params.len
+                    self.buffers.params.len
                 ),
             ));
         }
-        gpu.write(&self.params, values);
-        Ok(())
+        gpu.write(&self.buffers.params, values)
     }
 
     /// Uploads a batch: x (C, N, H, W) and labels (N), padded with IGNORE.
     pub fn upload(&self, gpu: &Gpu, x: &[f32], labels: &[u32]) -> Result<()> {
-        if x.len() as u64 != self.input.len || labels.len() as u64 != self.labels.len {
+        let (input, lab) = (&self.buffers.input, &self.buffers.labels);
+        if x.len() as u64 != input.len || labels.len() as u64 != lab.len {
             return Err(Error::shape(
                 "batch",
                 format!(
                     "got {} input values and {} labels, the plan takes {} and {}",
                     x.len(),
                     labels.len(),
-                    self.input.len,
-                    self.labels.len
+                    input.len,
+                    lab.len
                 ),
             ));
         }
-        gpu.write(&self.input, x);
-        gpu.write(&self.labels, labels);
-        Ok(())
+        gpu.write(input, x)?;
+        gpu.write(lab, labels)
     }
 
-    /// Sets the learning rate of the next steps.
+    /// Sets the learning rate of the next steps (no effect on an evaluation plan).
     pub fn set_lr(&mut self, gpu: &Gpu, lr: f32) {
-        if let Some((i, p)) = &mut self.sgd {
-            p.lr = lr;
-            if let Cmd::Run(d) = &self.train[*i] {
-                d.set_params(gpu, p);
+        if let Some(t) = &mut self.training {
+            t.sgd.lr = lr;
+            if let Cmd::Run(d) = &t.cmds[t.sgd_index] {
+                d.set_params(gpu, &t.sgd);
             }
         }
     }
 
     pub fn encode_train(&self, enc: &mut wgpu::CommandEncoder) {
-        encode(&self.train, enc);
+        encode(self.train_commands(), enc);
     }
 
     pub fn encode_eval(&self, enc: &mut wgpu::CommandEncoder) {
@@ -205,47 +174,57 @@ impl Plan {
     }
 
     pub fn zero_metrics(&self, enc: &mut wgpu::CommandEncoder) {
-        enc.clear_buffer(&self.loss_sum.buffer, 0, None);
-        enc.clear_buffer(&self.correct.buffer, 0, None);
+        enc.clear_buffer(&self.buffers.loss_sum.buffer, 0, None);
+        enc.clear_buffer(&self.buffers.correct.buffer, 0, None);
     }
 
     /// Runs one training step on the uploaded batch and returns without waiting.
-    pub fn submit_train(&self, gpu: &Gpu) -> wgpu::SubmissionIndex {
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("train step"),
-            });
-        self.encode_train(&mut enc);
-        gpu.queue.submit([enc.finish()])
+    pub fn submit_train(&self, gpu: &Gpu) -> Result<wgpu::SubmissionIndex> {
+        if self.training.is_none() {
+            return Err(Error::Device(
+                "an evaluation plan has no training step; build one with Plan::train".into(),
+            ));
+        }
+        Ok(self.submit(gpu, "train step", Self::encode_train))
     }
 
     /// Runs the evaluation pass on the uploaded batch and returns without waiting.
     pub fn submit_eval(&self, gpu: &Gpu) -> wgpu::SubmissionIndex {
+        self.submit(gpu, "eval batch", Self::encode_eval)
+    }
+
+    fn submit(
+        &self,
+        gpu: &Gpu,
+        label: &str,
+        record: fn(&Self, &mut wgpu::CommandEncoder),
+    ) -> wgpu::SubmissionIndex {
         let mut enc = gpu
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("eval batch"),
-            });
-        self.encode_eval(&mut enc);
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        record(self, &mut enc);
         gpu.queue.submit([enc.finish()])
     }
 
     /// Reads (summed loss, correct predictions) since the last zeroing; waits for the GPU.
     pub fn read_metrics(&self, gpu: &Gpu) -> Result<(f64, u64)> {
-        let loss: Vec<f32> = gpu.read_all(&self.loss_sum)?;
-        let correct: Vec<u32> = gpu.read_all(&self.correct)?;
+        let loss: Vec<f32> = gpu.read_all(&self.buffers.loss_sum)?;
+        let correct: Vec<u32> = gpu.read_all(&self.buffers.correct)?;
         Ok((loss[0] as f64, correct[0] as u64))
     }
 
     /// Clears the loss and accuracy accumulators now.
     pub fn reset_metrics(&self, gpu: &Gpu) {
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("zero metrics"),
-            });
-        self.zero_metrics(&mut enc);
-        gpu.queue.submit([enc.finish()]);
+        self.submit(gpu, "zero metrics", Self::zero_metrics);
+    }
+
+    /// Fills every shared tensor slot with `value` (tests: a stage that reads a tensor
+    /// before writing it then shows).
+    pub fn fill_tensors(&self, gpu: &Gpu, value: f32) {
+        for slot in &self.tensors.slots {
+            let words = vec![value.to_bits(); slot.len as usize];
+            gpu.queue
+                .write_buffer(&slot.buffer, 0, bytemuck::cast_slice(&words));
+        }
     }
 }

@@ -58,11 +58,15 @@ enum Saved {
     Branch,
 }
 
-/// The loss and the gradient of every parameter (arena layout) of one training step.
+/// The loss and the gradient of every parameter (arena layout) of one training step, and
+/// the batch statistics it normalized with (statistics arena layout).
 pub struct ReferenceStep {
     pub loss: f64,
     pub correct: u32,
+    pub logits: Vec<f32>,
     pub grads: Vec<f32>,
+    pub batch_mean: Vec<f32>,
+    pub batch_var: Vec<f32>,
 }
 
 struct Net<'a> {
@@ -70,6 +74,11 @@ struct Net<'a> {
     params: &'a [f32],
     n: u32,
     tape: Vec<Saved>,
+    /// Evaluation: normalize with these (running mean, running variance), statistics arena.
+    running: Option<(&'a [f32], &'a [f32])>,
+    /// Training: the batch statistics each BN computed, written at its statistics offset.
+    batch_mean: Vec<f32>,
+    batch_var: Vec<f32>,
 }
 
 impl Net<'_> {
@@ -78,10 +87,23 @@ impl Net<'_> {
         &self.params[sl.offset as usize..][..sl.len as usize]
     }
 
-    fn bn_relu(&mut self, x: Act, slots: BnSlots) -> Act {
+    /// BN (its own batch statistics, or in evaluation the running ones at `stat`) -> ReLU.
+    fn bn_relu(&mut self, x: Act, slots: BnSlots, stat: SlotId) -> Act {
         let p = BatchNormParams::new([self.n, x.c, x.size, x.size]).expect("valid shape");
+        let at = self.layout.stats.slots[stat].offset as usize;
+        let range = at..at + x.c as usize;
         let (mut mean, mut var) = (vec![0.0; x.c as usize], vec![0.0; x.c as usize]);
-        cpu::batchnorm_stats(&mut mean, &mut var, &x.v, &p);
+        match self.running {
+            Some((rm, rv)) => {
+                mean.copy_from_slice(&rm[range.clone()]);
+                var.copy_from_slice(&rv[range]);
+            }
+            None => {
+                cpu::batchnorm_stats(&mut mean, &mut var, &x.v, &p);
+                self.batch_mean[range.clone()].copy_from_slice(&mean);
+                self.batch_var[range].copy_from_slice(&var);
+            }
+        }
         let mut bn_out = vec![0.0; x.v.len()];
         let (g, b) = (self.slot(slots.gamma), self.slot(slots.beta));
         cpu::batchnorm_forward(&mut bn_out, &x.v, &mean, &var, g, b, &p);
@@ -174,6 +196,96 @@ impl Net<'_> {
     }
 }
 
+/// The forward to the logits; `running`: evaluation with these statistics.
+fn forward<'a>(
+    cfg: &DenseNetConfig,
+    layout: &'a Layout,
+    params: &'a [f32],
+    x: &[f32],
+    n: u32,
+    running: Option<(&'a [f32], &'a [f32])>,
+) -> (Net<'a>, Act) {
+    let stats = layout.stats.len as usize;
+    let mut net = Net {
+        layout,
+        params,
+        n,
+        tape: Vec::new(),
+        running,
+        batch_mean: vec![0.0; stats],
+        batch_var: vec![0.0; stats],
+    };
+    let input = Act {
+        v: x.to_vec(),
+        c: cfg.in_channels,
+        size: cfg.image_size,
+    };
+    let c0 = cfg.stem.channels();
+    let mut cur = match layout.stem.bn {
+        Some((bn, stat)) => {
+            let s = net.conv(input, layout.stem.conv, c0, 7, 2, 3);
+            let s = net.bn_relu(s, bn, stat);
+            net.pool(s, true)
+        }
+        None => net.conv(input, layout.stem.conv, c0, 3, 1, 1),
+    };
+    for (bi, block) in layout.blocks.iter().enumerate() {
+        if bi > 0 {
+            let tr = layout.transitions[bi - 1];
+            let t = net.bn_relu(cur, tr.bn, layout.blocks[bi - 1].stats);
+            let t = net.conv(t, tr.conv, tr.c_out, 1, 1, 0);
+            cur = net.pool(t, false);
+        }
+        for l in &block.layers {
+            net.tape.push(Saved::Branch);
+            let mut h = net.bn_relu(cur.clone(), l.bn, block.stats);
+            if let Some(bt) = l.bottleneck {
+                h = net.conv(h, bt.conv, bt.width, 1, 1, 0);
+                h = net.bn_relu(h, bt.bn, bt.stats);
+            }
+            let new = net.conv(h, l.conv, cfg.growth_rate, 3, 1, 1);
+            cur = net.concat(cur, new);
+        }
+    }
+    let last = layout.blocks.last().expect("a block").stats;
+    let h = net.bn_relu(cur, layout.head.bn, last);
+    (net, h)
+}
+
+/// The head after the last BN -> ReLU: pooled features, logits.
+fn head(cfg: &DenseNetConfig, net: &Net<'_>, h: &Act) -> (Vec<f32>, Vec<f32>) {
+    let n = net.n;
+    let gp = GlobalAvgPoolParams::new([n, h.c, h.size, h.size]).expect("valid pool");
+    let mut feat = vec![0.0; gp.y_len() as usize];
+    cpu::global_avgpool_forward(&mut feat, &h.v, &gp);
+    let lp = LinearParams::new(n, h.c, cfg.classes, true).expect("valid linear");
+    let mut logits = vec![0.0; lp.y_len() as usize];
+    let head = net.layout.head;
+    let (w, b) = (net.slot(head.weight), net.slot(head.bias));
+    cpu::linear_forward(&mut logits, &feat, w, Some(b), &lp);
+    (feat, logits)
+}
+
+/// An evaluation pass: (mean loss, correct predictions, logits (N, classes)) with the
+/// running statistics `running` (statistics arena layout).
+pub fn reference_eval(
+    cfg: &DenseNetConfig,
+    layout: &Layout,
+    params: &[f32],
+    running: (&[f32], &[f32]),
+    x: &[f32],
+    labels: &[u32],
+) -> (f64, u32, Vec<f32>) {
+    let n = labels.len() as u32;
+    let (net, h) = forward(cfg, layout, params, x, n, Some(running));
+    let (_, logits) = head(cfg, &net, &h);
+    let ce = CrossEntropyParams::new(n, cfg.classes).expect("valid loss");
+    let mut dlogits = vec![0.0; logits.len()];
+    let (loss_sum, correct) = cpu::softmax_cross_entropy(&mut dlogits, &logits, labels, &ce);
+    let valid = labels.iter().filter(|&&l| l < cfg.classes).count().max(1);
+    (loss_sum as f64 / valid as f64, correct, logits)
+}
+
 /// One training step's loss and parameter gradients for `params` (arena layout of
 /// `layout`) on the batch `x` (C, N, H, W), `labels` (N).
 pub fn reference_step(
@@ -184,53 +296,12 @@ pub fn reference_step(
     labels: &[u32],
 ) -> ReferenceStep {
     let n = labels.len() as u32;
-    let mut net = Net {
-        layout,
-        params,
-        n,
-        tape: Vec::new(),
-    };
-    let input = Act {
-        v: x.to_vec(),
-        c: cfg.in_channels,
-        size: cfg.image_size,
-    };
-    let c0 = cfg.stem.channels();
-    let mut cur = match layout.stem.bn {
-        Some((bn, _)) => {
-            let s = net.conv(input, layout.stem.conv, c0, 7, 2, 3);
-            let s = net.bn_relu(s, bn);
-            net.pool(s, true)
-        }
-        None => net.conv(input, layout.stem.conv, c0, 3, 1, 1),
-    };
-    for (bi, block) in layout.blocks.iter().enumerate() {
-        if bi > 0 {
-            let tr = layout.transitions[bi - 1];
-            let t = net.bn_relu(cur, tr.bn);
-            let t = net.conv(t, tr.conv, tr.c_out, 1, 1, 0);
-            cur = net.pool(t, false);
-        }
-        for l in &block.layers {
-            net.tape.push(Saved::Branch);
-            let mut h = net.bn_relu(cur.clone(), l.bn);
-            if let Some(bt) = l.bottleneck {
-                h = net.conv(h, bt.conv, bt.width, 1, 1, 0);
-                h = net.bn_relu(h, bt.bn);
-            }
-            let new = net.conv(h, l.conv, cfg.growth_rate, 3, 1, 1);
-            cur = net.concat(cur, new);
-        }
-    }
+    let (mut net, h) = forward(cfg, layout, params, x, n, None);
+    let (feat, logits) = head(cfg, &net, &h);
     let head = layout.head;
-    let h = net.bn_relu(cur, head.bn);
+    let w = net.slot(head.weight).to_vec();
     let gp = GlobalAvgPoolParams::new([n, h.c, h.size, h.size]).expect("valid pool");
-    let mut feat = vec![0.0; gp.y_len() as usize];
-    cpu::global_avgpool_forward(&mut feat, &h.v, &gp);
     let lp = LinearParams::new(n, h.c, cfg.classes, true).expect("valid linear");
-    let mut logits = vec![0.0; lp.y_len() as usize];
-    let (w, b) = (net.slot(head.weight).to_vec(), net.slot(head.bias).to_vec());
-    cpu::linear_forward(&mut logits, &feat, &w, Some(&b), &lp);
     let ce = CrossEntropyParams::new(n, cfg.classes).expect("valid loss");
     let mut dlogits = vec![0.0; logits.len()];
     let (loss_sum, correct) = cpu::softmax_cross_entropy(&mut dlogits, &logits, labels, &ce);
@@ -251,6 +322,25 @@ pub fn reference_step(
     let mut dcur = vec![0.0; h.v.len()];
     cpu::global_avgpool_backward(&mut dcur, &dfeat, &gp);
 
+    backward(&mut net, dcur, &mut grads);
+    ReferenceStep {
+        loss: loss_sum as f64 / valid as f64,
+        correct,
+        logits,
+        grads,
+        batch_mean: net.batch_mean,
+        batch_var: net.batch_var,
+    }
+}
+
+/// Walks the tape in reverse from `dcur`, the gradient of the last BN -> ReLU's output,
+/// adding every parameter's gradient into `grads` (arena layout).
+fn backward(net: &mut Net<'_>, mut dcur: Vec<f32>, grads: &mut [f32]) {
+    let (layout, n) = (net.layout, net.n);
+    let range = |s: SlotId| -> std::ops::Range<usize> {
+        let sl = &layout.params.slots[s];
+        sl.offset as usize..(sl.offset + sl.len) as usize
+    };
     // Gradients of layer inputs that went around the layer, waiting for its Branch.
     let mut pending: Vec<Vec<f32>> = Vec::new();
     while let Some(saved) = net.tape.pop() {
@@ -320,10 +410,5 @@ pub fn reference_step(
                 dcur.iter().zip(&around).map(|(a, b)| a + b).collect()
             }
         };
-    }
-    ReferenceStep {
-        loss: loss_sum as f64 / valid as f64,
-        correct,
-        grads,
     }
 }

@@ -13,8 +13,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::Result;
-use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, dispatch_workgroups, Access::*, Dispatch, Entry, Shader};
+use crate::gpu::{DType, View};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
 
 /// Shapes, offsets and constants of one batch norm, also its uniform (binding 0). Build with
 /// [`BatchNormParams::new`].
@@ -73,13 +73,13 @@ impl BatchNormParams {
 
     /// Reads x (and adds into dx) at channel `c` of a larger buffer.
     pub fn with_x_channel_offset(mut self, c: u32) -> Self {
-        self.x_offset = c.saturating_mul(self.m);
+        self.x_offset = super::channel_offset(c, self.m as u64);
         self
     }
 
     /// Writes y (and reads dy) at channel `c` of a larger buffer.
     pub fn with_y_channel_offset(mut self, c: u32) -> Self {
-        self.y_offset = c.saturating_mul(self.m);
+        self.y_offset = super::channel_offset(c, self.m as u64);
         self
     }
 
@@ -177,58 +177,129 @@ impl BatchNormParams {
     }
 }
 
+/// A batch norm -> ReLU that another op (a pool) applies to its input while loading it, so
+/// the normalized tensor is never stored: channel c of the input is normalized with the
+/// statistics at `stat_offset + c` of `mean` and `var` (the batch statistics in training,
+/// the running ones in evaluation) and scaled by this BN's own `gamma[c]` and `beta[c]`,
+/// exactly as [`batchnorm_forward`] with ReLU computes it.
+#[derive(Clone, Copy, Debug)]
+pub struct BnRelu<'a> {
+    pub mean: View<'a>,
+    pub var: View<'a>,
+    pub gamma: View<'a>,
+    pub beta: View<'a>,
+    pub stat_offset: u32,
+    pub eps: f32,
+}
+
+impl<'a> BnRelu<'a> {
+    /// The fused BN -> ReLU of `p`'s channels (its stat offset and eps).
+    pub fn of(
+        p: &BatchNormParams,
+        mean: View<'a>,
+        var: View<'a>,
+        gamma: View<'a>,
+        beta: View<'a>,
+    ) -> Self {
+        BnRelu {
+            mean,
+            var,
+            gamma,
+            beta,
+            stat_offset: p.stat_offset,
+            eps: p.eps,
+        }
+    }
+
+    /// Checks the views against an input of `c` channels; `op` names the caller.
+    pub(crate) fn check(&self, op: &'static str, c: u32) -> Result<()> {
+        let stats = self.stat_offset as u64 + c as u64;
+        let lens = [
+            ("mean", self.mean.len, stats),
+            ("var", self.var.len, stats),
+            ("gamma", self.gamma.len, c as u64),
+            ("beta", self.beta.len, c as u64),
+        ];
+        for (what, have, need) in lens {
+            ensure_shape!(
+                have >= need,
+                op,
+                "the fused batch norm's {what} has {have} elements, {c} channels at statistics offset {} need {need}",
+                self.stat_offset
+            );
+        }
+        ensure_shape!(
+            self.eps.is_finite() && self.eps > 0.0,
+            op,
+            "the fused batch norm's eps {} must be positive and finite",
+            self.eps
+        );
+        Ok(())
+    }
+
+    /// (mean, var, gamma, beta) to bind: the fused BN's, or unused placeholders without one.
+    pub(crate) fn views(k: &'a Kernels, bn: &Option<Self>, dtype: DType) -> [View<'a>; 4] {
+        match bn {
+            Some(b) => [b.mean, b.var, b.gamma, b.beta],
+            None => [k.optional(None, dtype); 4],
+        }
+    }
+}
+
 pub static SHADER: Shader = Shader {
+    op: OP,
     file: "batchnorm.wgsl",
-    source: include_str!("../../shaders/batchnorm.wgsl"),
-    entries: &[
-        Entry::new::<BatchNormParams>(
-            "batchnorm_stats",
-            &[(1, Read), (5, ReadWrite), (6, ReadWrite)],
-            256,
-        ),
-        Entry::new::<BatchNormParams>(
-            "batchnorm_affine",
-            &[(2, Read), (3, Read), (7, Read), (8, Read), (15, ReadWrite)],
-            64,
-        ),
-        Entry::new::<BatchNormParams>(
-            "batchnorm_update_running",
-            &[(7, Read), (8, Read), (9, ReadWrite), (10, ReadWrite)],
-            64,
-        ),
-        Entry::new::<BatchNormParams>(
-            "batchnorm_forward",
-            &[
-                (1, Read),
-                (2, Read),
-                (3, Read),
-                (4, ReadWrite),
-                (7, Read),
-                (8, Read),
-            ],
-            64,
-        ),
-        Entry::new::<BatchNormParams>(
-            "batchnorm_backward",
-            &[
-                (1, Read),
-                (2, Read),
-                (3, Read),
-                (7, Read),
-                (8, Read),
-                (11, Read),
-                (12, ReadWrite),
-                (13, ReadWrite),
-                (14, ReadWrite),
-            ],
-            256,
-        ),
-    ],
+    source: Source::File(include_str!("../../shaders/batchnorm.wgsl")),
+    entries: &[&STATS, &AFFINE, &UPDATE_RUNNING, &FORWARD, &BACKWARD],
+    variants: &[PLAIN],
+    choice: "one variant",
+    dtypes: &[DType::F32],
 };
+
+pub static STATS: Entry = Entry::new::<BatchNormParams>(
+    &SHADER,
+    "batchnorm_stats",
+    &[read(1), write(5), write(6)],
+    256,
+);
+pub static AFFINE: Entry = Entry::new::<BatchNormParams>(
+    &SHADER,
+    "batchnorm_affine",
+    &[read(2), read(3), read(7), read(8), write(15)],
+    64,
+);
+pub static UPDATE_RUNNING: Entry = Entry::new::<BatchNormParams>(
+    &SHADER,
+    "batchnorm_update_running",
+    &[read(7), read(8), write(9), write(10)],
+    64,
+);
+pub static FORWARD: Entry = Entry::new::<BatchNormParams>(
+    &SHADER,
+    "batchnorm_forward",
+    &[read(1), read(2), read(3), write(4), read(7), read(8)],
+    64,
+);
+pub static BACKWARD: Entry = Entry::new::<BatchNormParams>(
+    &SHADER,
+    "batchnorm_backward",
+    &[
+        read(1),
+        read(2),
+        read(3),
+        read(7),
+        read(8),
+        read(11),
+        write(12),
+        write(13),
+        write(14),
+    ],
+    256,
+);
 
 /// mean and var (biased) of each channel of x, written at `p.stat_offset`.
 pub fn batchnorm_stats(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &BatchNormParams,
     x: View<'_>,
     mean: View<'_>,
@@ -238,20 +309,16 @@ pub fn batchnorm_stats(
     p.check("x", &x, p.x_len())?;
     p.check("mean", &mean, p.stat_len())?;
     p.check("var", &var, p.stat_len())?;
-    let d = dispatch_workgroups(
-        gpu,
-        "batchnorm_stats",
-        p,
-        &[(1, x), (5, mean), (6, var)],
-        p.c as u64,
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&x, &mean, &var])?;
+    let views = [(1, x), (5, mean), (6, var)];
+    let grid = Grid::Workgroups(p.c as u64);
+    Ok(vec![k.dispatch(STATS.kernel(dtype), p, &views, grid)?])
 }
 
 /// running_mean and running_var at `p.stat_offset` move `p.momentum` of the way to the
 /// batch mean and the unbiased batch variance.
 pub fn batchnorm_update_running(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &BatchNormParams,
     mean: View<'_>,
     var: View<'_>,
@@ -263,21 +330,22 @@ pub fn batchnorm_update_running(
     p.check("var", &var, p.stat_len())?;
     p.check("running_mean", &running_mean, p.stat_len())?;
     p.check("running_var", &running_var, p.stat_len())?;
-    let d = dispatch(
-        gpu,
-        "batchnorm_update_running",
+    let dtype = super::float_dtype(OP, &[&mean, &var, &running_mean, &running_var])?;
+    let views = [(7, mean), (8, var), (9, running_mean), (10, running_var)];
+    let grid = Grid::Threads(p.c as u64);
+    Ok(vec![k.dispatch(
+        UPDATE_RUNNING.kernel(dtype),
         p,
-        &[(7, mean), (8, var), (9, running_mean), (10, running_var)],
-        p.c as u64,
-    )?;
-    Ok(vec![d])
+        &views,
+        grid,
+    )?])
 }
 
 /// Per channel c of this op, affine[2c] = gamma / sqrt(var + eps) and affine[2c + 1] =
 /// beta - mean * affine[2c]: the normalization as one multiply-add, for a conv that applies
-/// BN -> ReLU to its input while loading it (see `Conv2dParams::with_input_bn_relu`).
+/// BN -> ReLU to its input while loading it (see `conv2d_forward`'s `affine`).
 pub fn batchnorm_affine(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &BatchNormParams,
     mean: View<'_>,
     var: View<'_>,
@@ -291,21 +359,17 @@ pub fn batchnorm_affine(
     p.check("gamma", &gamma, p.c as u64)?;
     p.check("beta", &beta, p.c as u64)?;
     p.check("affine", &affine, 2 * p.c as u64)?;
-    let d = dispatch(
-        gpu,
-        "batchnorm_affine",
-        p,
-        &[(2, gamma), (3, beta), (7, mean), (8, var), (15, affine)],
-        p.c as u64,
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&mean, &var, &gamma, &beta, &affine])?;
+    let views = [(2, gamma), (3, beta), (7, mean), (8, var), (15, affine)];
+    let grid = Grid::Threads(p.c as u64);
+    Ok(vec![k.dispatch(AFFINE.kernel(dtype), p, &views, grid)?])
 }
 
 /// y = (x - mean) / sqrt(var + eps) * gamma + beta, written at `p.y_offset`; mean and var
 /// are the batch statistics in training, the running ones in evaluation.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &BatchNormParams,
     x: View<'_>,
     mean: View<'_>,
@@ -321,21 +385,17 @@ pub fn batchnorm_forward(
     p.check("gamma", &gamma, p.c as u64)?;
     p.check("beta", &beta, p.c as u64)?;
     p.check("y", &y, p.y_len())?;
-    let d = dispatch(
-        gpu,
-        "batchnorm_forward",
-        p,
-        &[(1, x), (2, gamma), (3, beta), (4, y), (7, mean), (8, var)],
-        p.len(),
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&x, &mean, &var, &gamma, &beta, &y])?;
+    let views = [(1, x), (2, gamma), (3, beta), (4, y), (7, mean), (8, var)];
+    let grid = Grid::Threads(p.len());
+    Ok(vec![k.dispatch(FORWARD.kernel(dtype), p, &views, grid)?])
 }
 
 /// Training forward: the batch statistics into mean and var, the running statistics
 /// updated with them, then y normalized with them (three dispatches, in order).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_train(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &BatchNormParams,
     x: View<'_>,
     mean: View<'_>,
@@ -346,23 +406,23 @@ pub fn batchnorm_forward_train(
     beta: View<'_>,
     y: View<'_>,
 ) -> Result<Vec<Dispatch>> {
-    let mut all = batchnorm_stats(gpu, p, x, mean, var)?;
+    let mut all = batchnorm_stats(k, p, x, mean, var)?;
     all.extend(batchnorm_update_running(
-        gpu,
+        k,
         p,
         mean,
         var,
         running_mean,
         running_var,
     )?);
-    all.extend(batchnorm_forward(gpu, p, x, mean, var, gamma, beta, y)?);
+    all.extend(batchnorm_forward(k, p, x, mean, var, gamma, beta, y)?);
     Ok(all)
 }
 
 /// Evaluation forward: y normalized with the running statistics.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_eval(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &BatchNormParams,
     x: View<'_>,
     running_mean: View<'_>,
@@ -371,7 +431,7 @@ pub fn batchnorm_forward_eval(
     beta: View<'_>,
     y: View<'_>,
 ) -> Result<Vec<Dispatch>> {
-    batchnorm_forward(gpu, p, x, running_mean, running_var, gamma, beta, y)
+    batchnorm_forward(k, p, x, running_mean, running_var, gamma, beta, y)
 }
 
 /// Training backward, with mean and var the batch statistics the forward used:
@@ -379,7 +439,7 @@ pub fn batchnorm_forward_eval(
 /// dgamma += sum(dy * xhat), dbeta += sum(dy).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &BatchNormParams,
     x: View<'_>,
     dy: View<'_>,
@@ -401,22 +461,18 @@ pub fn batchnorm_backward(
     p.check("dx", &dx, p.x_len())?;
     p.check("dgamma", &dgamma, p.c as u64)?;
     p.check("dbeta", &dbeta, p.c as u64)?;
-    let d = dispatch_workgroups(
-        gpu,
-        "batchnorm_backward",
-        p,
-        &[
-            (1, x),
-            (2, gamma),
-            (3, beta),
-            (7, mean),
-            (8, var),
-            (11, dy),
-            (12, dx),
-            (13, dgamma),
-            (14, dbeta),
-        ],
-        p.c as u64,
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&x, &dy, &mean, &var, &gamma, &beta, &dx])?;
+    let views = [
+        (1, x),
+        (2, gamma),
+        (3, beta),
+        (7, mean),
+        (8, var),
+        (11, dy),
+        (12, dx),
+        (13, dgamma),
+        (14, dbeta),
+    ];
+    let grid = Grid::Workgroups(p.c as u64);
+    Ok(vec![k.dispatch(BACKWARD.kernel(dtype), p, &views, grid)?])
 }

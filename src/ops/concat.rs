@@ -6,8 +6,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::Result;
-use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, Access::*, Dispatch, Entry, Shader};
+use crate::gpu::{DType, View};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -34,11 +34,17 @@ impl ConcatParams {
             "channels [{c0}, {}) do not fit in {total_channels} channels",
             c0 + c
         );
-        let plane = n * h * w;
+        let plane = n as u64 * h as u64 * w as u64;
+        let total = total_channels as u64 * plane;
+        ensure_shape!(
+            total <= u32::MAX as u64,
+            OP,
+            "{total} elements do not fit the kernels' u32 indices"
+        );
         Ok(ConcatParams {
-            count: c * plane,
-            offset: c0 * plane,
-            total: total_channels * plane,
+            count: (c as u64 * plane) as u32,
+            offset: super::channel_offset(c0, plane),
+            total: total as u32,
             _pad: 0,
         })
     }
@@ -49,48 +55,46 @@ impl ConcatParams {
 }
 
 pub static SHADER: Shader = Shader {
+    op: OP,
     file: "concat.wgsl",
-    source: include_str!("../../shaders/concat.wgsl"),
-    entries: &[
-        Entry::new::<ConcatParams>("concat_forward", &[(1, Read), (2, ReadWrite)], 256),
-        Entry::new::<ConcatParams>("concat_backward", &[(3, Read), (4, ReadWrite)], 256),
-    ],
+    source: Source::File(include_str!("../../shaders/concat.wgsl")),
+    entries: &[&FORWARD, &BACKWARD],
+    variants: &[PLAIN],
+    choice: "one variant",
+    dtypes: &[DType::F32],
 };
+
+pub static FORWARD: Entry =
+    Entry::new::<ConcatParams>(&SHADER, "concat_forward", &[read(1), write(2)], 256);
+pub static BACKWARD: Entry =
+    Entry::new::<ConcatParams>(&SHADER, "concat_backward", &[read(3), write(4)], 256);
 
 /// Copies `part` into its channel range of `whole`.
 pub fn concat_forward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &ConcatParams,
     part: View<'_>,
     whole: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     p.check("part", &part, p.count)?;
     p.check("whole", &whole, p.total)?;
-    let d = dispatch(
-        gpu,
-        "concat_forward",
-        p,
-        &[(1, part), (2, whole)],
-        p.count as u64,
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&part, &whole])?;
+    let grid = Grid::Threads(p.count as u64);
+    let views = [(1, part), (2, whole)];
+    Ok(vec![k.dispatch(FORWARD.kernel(dtype), p, &views, grid)?])
 }
 
 /// dpart += the part's channel range of dwhole.
 pub fn concat_backward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &ConcatParams,
     dwhole: View<'_>,
     dpart: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     p.check("dwhole", &dwhole, p.total)?;
     p.check("dpart", &dpart, p.count)?;
-    let d = dispatch(
-        gpu,
-        "concat_backward",
-        p,
-        &[(3, dwhole), (4, dpart)],
-        p.count as u64,
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&dwhole, &dpart])?;
+    let grid = Grid::Threads(p.count as u64);
+    let views = [(3, dwhole), (4, dpart)];
+    Ok(vec![k.dispatch(BACKWARD.kernel(dtype), p, &views, grid)?])
 }

@@ -8,8 +8,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::Result;
-use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, dispatch_workgroups, Access::*, Dispatch, Entry, Shader};
+use crate::gpu::{DType, View};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, Variant};
 
 /// Shapes of one convolution, also its uniform (binding 0). Build with [`Conv2dParams::new`].
 #[repr(C)]
@@ -37,7 +37,8 @@ pub struct Conv2dParams {
     pub splits: u32,
     /// Output pixels per split; set by the launcher.
     pub chunk: u32,
-    /// Non-zero: the input is read as BN -> ReLU of x (see [`Conv2dParams::with_input_bn_relu`]).
+    /// Non-zero: the input is read as BN -> ReLU of x; set by the launchers when they are
+    /// given the BN's (scale, shift) pairs (`affine`).
     pub input_bn_relu: u32,
     pub _pad: u32,
 }
@@ -98,21 +99,13 @@ impl Conv2dParams {
 
     /// Reads x at input channel `c` of a larger buffer (x's own channels start there).
     pub fn with_x_channel_offset(mut self, c: u32) -> Self {
-        self.x_offset = c * self.n * self.h * self.w;
-        self
-    }
-
-    /// Reads the input as max(x * scale[c] + shift[c], 0), with per-channel (scale, shift)
-    /// from [`crate::ops::batchnorm::batchnorm_affine`]: the layer's BN -> ReLU, applied while
-    /// loading (forward and weight gradient), so its output is never stored.
-    pub fn with_input_bn_relu(mut self) -> Self {
-        self.input_bn_relu = 1;
+        self.x_offset = super::channel_offset(c, self.x_len() / self.c_in as u64);
         self
     }
 
     /// Writes y at output channel `c` of a larger buffer (in-place concatenation).
     pub fn with_y_channel_offset(mut self, c: u32) -> Self {
-        self.y_offset = c * self.n * self.out_h * self.out_w;
+        self.y_offset = super::channel_offset(c, self.y_len() / self.c_out as u64);
         self
     }
 
@@ -131,11 +124,12 @@ impl Conv2dParams {
     }
 
     /// The split-K factor of the weight gradient: enough workgroups to fill a large GPU
-    /// (512), at least 256 output pixels per split.
+    /// (512), at least 256 output pixels per split. Counted for the 16-channel tile whatever
+    /// the variant, so that every variant sums in the same order and gives the same bits.
     pub fn with_weight_splits(mut self) -> Self {
         let npq = self.n * self.out_h * self.out_w;
         let taps = self.c_in * self.kernel_h * self.kernel_w;
-        let workgroups = groups(self.c_out, taps) as u32;
+        let workgroups = groups(MAX_TILE, self.c_out, taps) as u32;
         let splits = 512u32
             .div_ceil(workgroups)
             .clamp(1, npq.div_ceil(256).max(1));
@@ -183,111 +177,180 @@ impl Conv2dParams {
     }
 }
 
+/// The register-tile variants (conv2d.wgsl is a template; see [`generate`]).
 pub static SHADER: Shader = Shader {
+    op: OP,
     file: "conv2d.wgsl",
-    source: include_str!("../../shaders/conv2d.wgsl"),
+    source: Source::Generated(generate),
     entries: &[
-        Entry::new::<Conv2dParams>(
-            "conv2d_pack_weight_forward",
-            &[(2, Read), (12, ReadWrite)],
-            64,
-        ),
-        Entry::new::<Conv2dParams>(
-            "conv2d_forward",
-            &[
-                (1, ReadWrite),
-                (3, Read),
-                (4, ReadWrite),
-                (11, Read),
-                (14, Read),
-            ],
-            64,
-        ),
-        Entry::new::<Conv2dParams>("conv2d_pack_weight_data", &[(2, Read), (12, ReadWrite)], 64),
-        Entry::new::<Conv2dParams>(
-            "conv2d_backward_data",
-            &[(5, Read), (6, ReadWrite), (11, Read)],
-            64,
-        ),
-        Entry::new::<Conv2dParams>("conv2d_pack_dy", &[(5, Read), (12, ReadWrite)], 64),
-        Entry::new::<Conv2dParams>(
-            "conv2d_backward_weight",
-            &[(1, ReadWrite), (7, ReadWrite), (13, Read), (14, Read)],
-            64,
-        ),
-        Entry::new::<Conv2dParams>(
-            "conv2d_backward_weight_reduce",
-            &[(8, Read), (9, ReadWrite)],
-            64,
-        ),
-        Entry::new::<Conv2dParams>("conv2d_backward_bias", &[(5, Read), (10, ReadWrite)], 256),
+        &PACK_WEIGHT_FORWARD,
+        &FORWARD,
+        &PACK_WEIGHT_DATA,
+        &BACKWARD_DATA,
+        &PACK_DY,
+        &BACKWARD_WEIGHT,
+        &BACKWARD_WEIGHT_REDUCE,
+        &BACKWARD_BIAS,
     ],
+    variants: &[
+        Variant {
+            name: "tile16",
+            about: "16 channels x 4 pixels per invocation, no workgroup memory",
+        },
+        Variant {
+            name: "tile8",
+            about: "8 channels x 4 pixels per invocation, no workgroup memory",
+        },
+    ],
+    choice: "tile8 where the tiled channels (output channels forward and for the weight \
+             gradient, input channels for the data gradient) number at most 8, else tile16",
+    dtypes: &[DType::F32],
 };
 
-/// The kernels' register tile (conv2d.wgsl): TM channels (shared by a workgroup) by TN
-/// pixels or taps per invocation, WG invocations per workgroup.
-const TM: u32 = 16;
+pub static PACK_WEIGHT_FORWARD: Entry = Entry::new::<Conv2dParams>(
+    &SHADER,
+    "conv2d_pack_weight_forward",
+    &[read(2), write(12)],
+    64,
+);
+pub static FORWARD: Entry = Entry::new::<Conv2dParams>(
+    &SHADER,
+    "conv2d_forward",
+    &[write(1), read(3), write(4), read(11), read(14)],
+    64,
+);
+pub static PACK_WEIGHT_DATA: Entry = Entry::new::<Conv2dParams>(
+    &SHADER,
+    "conv2d_pack_weight_data",
+    &[read(2), write(12)],
+    64,
+);
+pub static BACKWARD_DATA: Entry = Entry::new::<Conv2dParams>(
+    &SHADER,
+    "conv2d_backward_data",
+    &[read(5), write(6), read(11)],
+    64,
+);
+pub static PACK_DY: Entry =
+    Entry::new::<Conv2dParams>(&SHADER, "conv2d_pack_dy", &[read(5), write(12)], 64);
+pub static BACKWARD_WEIGHT: Entry = Entry::new::<Conv2dParams>(
+    &SHADER,
+    "conv2d_backward_weight",
+    &[write(1), write(7), read(13), read(14)],
+    64,
+);
+pub static BACKWARD_WEIGHT_REDUCE: Entry = Entry::new::<Conv2dParams>(
+    &SHADER,
+    "conv2d_backward_weight_reduce",
+    &[read(8), write(9)],
+    64,
+);
+pub static BACKWARD_BIAS: Entry =
+    Entry::new::<Conv2dParams>(&SHADER, "conv2d_backward_bias", &[read(5), write(10)], 256);
+
+/// The channels of the largest register tile: packed operands are padded to it, whatever the
+/// variant, so one workspace size serves all.
+const MAX_TILE: u32 = 16;
+/// Pixels or taps per invocation, and invocations per workgroup (conv2d.wgsl's TN and WG).
 const TN: u32 = 4;
 const WG: u32 = 64;
 
-/// A channel count padded to the tile, as the packed operands store it.
-fn padded(c: u32) -> u64 {
-    c.next_multiple_of(TM) as u64
+/// The register tile (channels) of a variant.
+fn tile(v: &Variant) -> u32 {
+    match v.name {
+        "tile8" => 8,
+        _ => 16,
+    }
 }
 
-/// Workgroups covering `channels` in tiles of TM and `other` in groups of WG * TN.
-fn groups(channels: u32, other: u32) -> u64 {
-    channels.div_ceil(TM) as u64 * other.div_ceil(WG * TN) as u64
+/// The op's own rule: the variant for a launch that tiles `channels` channels. An 8-channel
+/// tile wastes no lanes where 16 would leave half or more of them padding.
+fn auto_variant(channels: u32) -> &'static str {
+    match channels <= 8 {
+        true => "tile8",
+        false => "tile16",
+    }
+}
+
+/// conv2d.wgsl with the tile code of `variant` at its marker: the TM constant, the TM
+/// accumulators, the multiply-adds from the packed operands, and the accessor.
+fn generate(variant: &Variant, _dtype: DType) -> String {
+    let tm = tile(variant) as usize;
+    let lane = |m: usize| ["x", "y", "z", "w"][m % 4];
+    let mut code =
+        format!("const TM: u32 = {tm}u;\n\n// TM accumulators of TN values.\nstruct Acc {{\n");
+    for m in 0..tm {
+        code += &format!("    a{m}: vec4<f32>,\n");
+    }
+    code += "}\n";
+    for (name, array) in [("fma_w", "packed"), ("fma_dy", "packed_dy")] {
+        code += &format!(
+            "\n// acc.m += {array}[i .. i + TM / 4][m] * v for the TM channels.\n\
+             fn {name}(acc: ptr<function, Acc>, i: u32, v: vec4<f32>) {{\n"
+        );
+        for q in 0..tm / 4 {
+            code += &format!("    let w{q} = {array}[i + {q}u];\n");
+        }
+        for m in 0..tm {
+            code += &format!("    (*acc).a{m} += w{}.{} * v;\n", m / 4, lane(m));
+        }
+        code += "}\n";
+    }
+    code += "\nfn acc_get(acc: Acc, m: u32) -> vec4<f32> {\n    switch m {\n";
+    for m in 0..tm - 1 {
+        code += &format!("        case {m}u: {{ return acc.a{m}; }}\n");
+    }
+    code += &format!(
+        "        default: {{ return acc.a{}; }}\n    }}\n}}\n",
+        tm - 1
+    );
+    let template = include_str!("../../shaders/conv2d.wgsl");
+    template.replace("// @generated-tile-code\n", &code)
+}
+
+/// A channel count padded to the largest tile, as the packed operands are sized.
+fn padded(c: u32) -> u64 {
+    c.next_multiple_of(MAX_TILE) as u64
+}
+
+/// Workgroups covering `channels` in tiles of `tm` and `other` in groups of WG * TN.
+fn groups(tm: u32, channels: u32, other: u32) -> u64 {
+    channels.div_ceil(tm) as u64 * other.div_ceil(WG * TN) as u64
 }
 
 /// Elements [start, start + len) of a workspace view, checked.
 fn region<'a>(p: &Conv2dParams, ws: View<'a>, start: u64, len: u64) -> Result<View<'a>> {
     p.check("workspace", &ws, start + len)?;
-    Ok(View {
-        buffer: ws.buffer,
-        offset: ws.offset + start,
-        len,
-    })
+    ws.sub(start, len)
 }
 
-/// The (scale, shift) pairs of a fused input BN -> ReLU: required exactly when the params
-/// ask for it, 2 * C_in values.
-fn affine_view<'a>(gpu: &'a Gpu, p: &Conv2dParams, affine: Option<View<'a>>) -> Result<View<'a>> {
-    ensure_shape!(
-        affine.is_some() == (p.input_bn_relu != 0),
-        OP,
-        "affine given: {}, but params say input_bn_relu = {}",
-        affine.is_some(),
-        p.input_bn_relu
-    );
-    match affine {
-        Some(a) => {
-            p.check("affine", &a, 2 * p.c_in as u64)?;
-            Ok(a)
-        }
-        None => Ok(View {
-            buffer: &gpu.dummy,
-            offset: 0,
-            len: 4,
-        }),
+/// The params with the fused input BN -> ReLU on when `affine` (2 * C_in values) is given.
+fn with_affine(p: &Conv2dParams, affine: &Option<View<'_>>) -> Result<Conv2dParams> {
+    let mut p = *p;
+    if let Some(a) = affine {
+        p.check("affine", a, 2 * p.c_in as u64)?;
+        p.input_bn_relu = 1;
     }
+    Ok(p)
 }
 
 /// y = conv(x, weight) + bias, written at `p.y_offset` (x and y may be one buffer).
 /// `workspace` holds the packed weights ([`Conv2dParams::forward_workspace_len`]
-/// elements); `affine` is the fused input BN -> ReLU, if the params ask for one.
+/// elements). With `affine`, the input is read as max(x * scale[c] + shift[c], 0), the
+/// (scale, shift) pairs from [`crate::ops::batchnorm::batchnorm_affine`]: the layer's
+/// BN -> ReLU, applied while loading, so its output is never stored.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &Conv2dParams,
     x: View<'_>,
+    affine: Option<View<'_>>,
     weight: View<'_>,
     bias: Option<View<'_>>,
     y: View<'_>,
     workspace: View<'_>,
-    affine: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
-    let affine = affine_view(gpu, p, affine)?;
+    let p = with_affine(p, &affine)?;
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("y", &y, p.y_offset as u64 + p.y_len())?;
@@ -301,27 +364,29 @@ pub fn conv2d_forward(
     if let Some(b) = &bias {
         p.check("bias", b, p.c_out as u64)?;
     }
-    let bias = bias.unwrap_or(View {
-        buffer: &gpu.dummy,
-        offset: 0,
-        len: 1,
-    });
-    let packed = region(p, workspace, 0, p.forward_workspace_len())?;
+    let dtype = super::float_dtype(OP, &[&x, &weight, &y, &workspace])?;
+    let variant = k.choose(&SHADER, auto_variant(p.c_out));
+    let packed = region(&p, workspace, 0, p.forward_workspace_len())?;
     let npq = p.n * p.out_h * p.out_w;
+    let views = [
+        (1, x),
+        (3, k.optional(bias, dtype)),
+        (4, y),
+        (11, packed),
+        (14, k.optional(affine, dtype)),
+    ];
     Ok(vec![
-        dispatch(
-            gpu,
-            "conv2d_pack_weight_forward",
-            p,
+        k.dispatch(
+            PACK_WEIGHT_FORWARD.variant(variant, dtype),
+            &p,
             &[(2, weight), (12, packed)],
-            packed.len,
+            Grid::Threads(packed.len),
         )?,
-        dispatch_workgroups(
-            gpu,
-            "conv2d_forward",
-            p,
-            &[(1, x), (3, bias), (4, y), (11, packed), (14, affine)],
-            groups(p.c_out, npq),
+        k.dispatch(
+            FORWARD.variant(variant, dtype),
+            &p,
+            &views,
+            Grid::Workgroups(groups(tile(variant), p.c_out, npq)),
         )?,
     ])
 }
@@ -329,7 +394,7 @@ pub fn conv2d_forward(
 /// dx += W^T * dy (the gradient of the input), accumulated at `p.x_offset`. `workspace`
 /// holds the packed weights ([`Conv2dParams::data_workspace_len`] elements).
 pub fn conv2d_backward_data(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &Conv2dParams,
     dy: View<'_>,
     weight: View<'_>,
@@ -339,22 +404,22 @@ pub fn conv2d_backward_data(
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
+    let dtype = super::float_dtype(OP, &[&dy, &weight, &dx, &workspace])?;
+    let variant = k.choose(&SHADER, auto_variant(p.c_in));
     let packed = region(p, workspace, 0, p.data_workspace_len())?;
     let nhw = p.n * p.h * p.w;
     Ok(vec![
-        dispatch(
-            gpu,
-            "conv2d_pack_weight_data",
+        k.dispatch(
+            PACK_WEIGHT_DATA.variant(variant, dtype),
             p,
             &[(2, weight), (12, packed)],
-            packed.len,
+            Grid::Threads(packed.len),
         )?,
-        dispatch_workgroups(
-            gpu,
-            "conv2d_backward_data",
+        k.dispatch(
+            BACKWARD_DATA.variant(variant, dtype),
             p,
             &[(5, dy), (6, dx), (11, packed)],
-            groups(p.c_in, nhw),
+            Grid::Workgroups(groups(tile(variant), p.c_in, nhw)),
         )?,
     ])
 }
@@ -364,64 +429,69 @@ pub fn conv2d_backward_data(
 /// ([`Conv2dParams::partials_len`]), then their sum. `affine` as for [`conv2d_forward`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_weight(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &Conv2dParams,
     x: View<'_>,
+    affine: Option<View<'_>>,
     dy: View<'_>,
     workspace: View<'_>,
     partials: View<'_>,
     dweight: View<'_>,
-    affine: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
-    let affine = affine_view(gpu, p, affine)?;
-    let p = p.with_weight_splits();
+    let p = with_affine(p, &affine)?.with_weight_splits();
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("dweight", &dweight, p.weight_len())?;
     p.check("partials", &partials, p.partials_len())?;
-    let packed_len = p.weight_workspace_len();
-    let packed = region(&p, workspace, 0, packed_len)?;
+    let dtype = super::float_dtype(OP, &[&x, &dy, &workspace, &partials, &dweight])?;
+    let variant = k.choose(&SHADER, auto_variant(p.c_out));
+    let packed = region(&p, workspace, 0, p.weight_workspace_len())?;
     let taps = p.c_in * p.kernel_h * p.kernel_w;
+    let views = [
+        (1, x),
+        (7, partials),
+        (13, packed),
+        (14, k.optional(affine, dtype)),
+    ];
     Ok(vec![
-        dispatch(
-            gpu,
-            "conv2d_pack_dy",
+        k.dispatch(
+            PACK_DY.variant(variant, dtype),
             &p,
             &[(5, dy), (12, packed)],
-            packed_len,
+            Grid::Threads(packed.len),
         )?,
-        dispatch_workgroups(
-            gpu,
-            "conv2d_backward_weight",
+        k.dispatch(
+            BACKWARD_WEIGHT.variant(variant, dtype),
             &p,
-            &[(1, x), (7, partials), (13, packed), (14, affine)],
-            groups(p.c_out, taps) * p.splits as u64,
+            &views,
+            Grid::Workgroups(groups(tile(variant), p.c_out, taps) * p.splits as u64),
         )?,
-        dispatch(
-            gpu,
-            "conv2d_backward_weight_reduce",
+        k.dispatch(
+            BACKWARD_WEIGHT_REDUCE.variant(variant, dtype),
             &p,
             &[(8, partials), (9, dweight)],
-            p.weight_len(),
+            Grid::Threads(p.weight_len()),
         )?,
     ])
 }
 
 /// dbias += dy summed over N, P, Q.
 pub fn conv2d_backward_bias(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &Conv2dParams,
     dy: View<'_>,
     dbias: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("dbias", &dbias, p.c_out as u64)?;
-    let d = dispatch_workgroups(
-        gpu,
-        "conv2d_backward_bias",
+    let dtype = super::float_dtype(OP, &[&dy, &dbias])?;
+    let variant = k.choose(&SHADER, auto_variant(p.c_out));
+    let views = [(5, dy), (10, dbias)];
+    let grid = Grid::Workgroups(p.c_out as u64);
+    Ok(vec![k.dispatch(
+        BACKWARD_BIAS.variant(variant, dtype),
         p,
-        &[(5, dy), (10, dbias)],
-        p.c_out as u64,
-    )?;
-    Ok(vec![d])
+        &views,
+        grid,
+    )?])
 }

@@ -1,14 +1,17 @@
 //! Softmax cross-entropy (mean over the batch) fused with its gradient and a count of
 //! correct predictions. The loss is accumulated as a SUM over samples, so batches with
-//! different numbers of real samples add up right; divide by the samples counted. Logits (N, classes) row-major, labels (N) u32; a label >= classes
+//! different numbers of real samples add up right; divide by the samples counted. Logits
+//! (N, classes) row-major, labels (N) u32; a label >= classes
 //! (use [`IGNORE`]) marks a padding sample that counts for nothing.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::Result;
-use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch_workgroups, Access::*, Dispatch, Entry, Shader};
+use crate::gpu::{DType, View};
+use crate::kernels::{
+    read, read_u32, write, write_u32, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN,
+};
 
 /// The label of a padding sample (as PyTorch's ignore_index).
 pub const IGNORE: u32 = u32::MAX;
@@ -43,25 +46,26 @@ impl CrossEntropyParams {
 }
 
 pub static SHADER: Shader = Shader {
+    op: OP,
     file: "cross_entropy.wgsl",
-    source: include_str!("../../shaders/cross_entropy.wgsl"),
-    entries: &[Entry::new::<CrossEntropyParams>(
-        "softmax_cross_entropy",
-        &[
-            (1, Read),
-            (2, Read),
-            (3, ReadWrite),
-            (4, ReadWrite),
-            (5, ReadWrite),
-        ],
-        256,
-    )],
+    source: Source::File(include_str!("../../shaders/cross_entropy.wgsl")),
+    entries: &[&SOFTMAX_CROSS_ENTROPY],
+    variants: &[PLAIN],
+    choice: "one variant",
+    dtypes: &[DType::F32],
 };
+
+pub static SOFTMAX_CROSS_ENTROPY: Entry = Entry::new::<CrossEntropyParams>(
+    &SHADER,
+    "softmax_cross_entropy",
+    &[read(1), read_u32(2), write(3), write(4), write_u32(5)],
+    256,
+);
 
 /// loss_sum[0] += the batch's summed loss, dlogits += the gradient of its MEAN loss,
 /// correct[0] (u32) += correct predictions.
 pub fn softmax_cross_entropy(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &CrossEntropyParams,
     logits: View<'_>,
     labels: View<'_>,
@@ -83,18 +87,14 @@ pub fn softmax_cross_entropy(
             "{what} has {have} elements but {p:?} needs {need}"
         );
     }
-    let d = dispatch_workgroups(
-        gpu,
-        "softmax_cross_entropy",
-        p,
-        &[
-            (1, logits),
-            (2, labels),
-            (3, dlogits),
-            (4, loss_sum),
-            (5, correct),
-        ],
-        1,
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&logits, &dlogits, &loss_sum])?;
+    let views = [
+        (1, logits),
+        (2, labels),
+        (3, dlogits),
+        (4, loss_sum),
+        (5, correct),
+    ];
+    let kernel = SOFTMAX_CROSS_ENTROPY.kernel(dtype);
+    Ok(vec![k.dispatch(kernel, p, &views, Grid::Workgroups(1))?])
 }

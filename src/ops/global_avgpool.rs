@@ -1,19 +1,19 @@
 //! Global average pooling, the network's head: x (C, N, H, W) channel-major to y (C, N),
-//! feature-major as the linear layer reads it. Forward and backward.
+//! feature-major as the linear layer reads it. Forward (optionally through the head's
+//! BN -> ReLU, applied while loading: a [`BnRelu`]) and backward.
 
 use bytemuck::{Pod, Zeroable};
 
+use super::batchnorm::BnRelu;
 use crate::ensure_shape;
 use crate::error::Result;
-use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, Access::*, Dispatch, Entry, Shader};
-
-use super::maxpool::offset;
+use crate::gpu::{DType, View};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
 
 /// Shapes of one global average pool, also its uniform (binding 0). Build with
 /// [`GlobalAvgPoolParams::new`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct GlobalAvgPoolParams {
     pub n: u32,
     pub c: u32,
@@ -23,7 +23,11 @@ pub struct GlobalAvgPoolParams {
     pub x_offset: u32,
     /// First element of y (and dy): a channel offset times N.
     pub y_offset: u32,
-    pub _pad: [u32; 2],
+    /// Set by [`global_avgpool_forward`] from its [`BnRelu`]: non-zero applies it to x.
+    pub input_bn_relu: u32,
+    pub stat_offset: u32,
+    pub eps: f32,
+    pub _pad: [u32; 3],
 }
 
 const GLOBAL: &str = "global_avgpool";
@@ -51,19 +55,22 @@ impl GlobalAvgPoolParams {
             w,
             x_offset: 0,
             y_offset: 0,
-            _pad: [0; 2],
+            input_bn_relu: 0,
+            stat_offset: 0,
+            eps: 0.0,
+            _pad: [0; 3],
         })
     }
 
     /// Reads x (and accumulates dx) at channel `c` of a larger buffer.
     pub fn with_x_channel_offset(mut self, c: u32) -> Self {
-        self.x_offset = offset(c, self.n * self.h * self.w);
+        self.x_offset = super::channel_offset(c, self.n as u64 * self.h as u64 * self.w as u64);
         self
     }
 
     /// Writes y (and reads dy) at feature `c` of a larger (C, N) buffer.
     pub fn with_y_channel_offset(mut self, c: u32) -> Self {
-        self.y_offset = offset(c, self.n);
+        self.y_offset = super::channel_offset(c, self.n as u64);
         self
     }
 
@@ -80,56 +87,62 @@ impl GlobalAvgPoolParams {
 }
 
 pub static SHADER: Shader = Shader {
+    op: GLOBAL,
     file: "global_avgpool.wgsl",
-    source: include_str!("../../shaders/global_avgpool.wgsl"),
-    entries: &[
-        Entry::new::<GlobalAvgPoolParams>(
-            "global_avgpool_forward",
-            &[(1, Read), (2, ReadWrite)],
-            64,
-        ),
-        Entry::new::<GlobalAvgPoolParams>(
-            "global_avgpool_backward",
-            &[(3, Read), (4, ReadWrite)],
-            64,
-        ),
-    ],
+    source: Source::File(include_str!("../../shaders/global_avgpool.wgsl")),
+    entries: &[&FORWARD, &BACKWARD],
+    variants: &[PLAIN],
+    choice: "one variant",
+    dtypes: &[DType::F32],
 };
 
-/// y (C, N) = the mean of each (c, n) plane of x, written at `p.y_offset`.
+pub static FORWARD: Entry = Entry::new::<GlobalAvgPoolParams>(
+    &SHADER,
+    "global_avgpool_forward",
+    &[read(1), write(2), read(5), read(6), read(7), read(8)],
+    64,
+);
+pub static BACKWARD: Entry =
+    Entry::new::<GlobalAvgPoolParams>(&SHADER, "global_avgpool_backward", &[read(3), write(4)], 64);
+
+/// y (C, N) = the mean of each (c, n) plane of x (or of BN -> ReLU of x, with `bn`), written
+/// at `p.y_offset`.
 pub fn global_avgpool_forward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &GlobalAvgPoolParams,
     x: View<'_>,
+    bn: Option<BnRelu<'_>>,
     y: View<'_>,
 ) -> Result<Vec<Dispatch>> {
+    let mut p = *p;
+    if let Some(bn) = &bn {
+        bn.check(GLOBAL, p.c)?;
+        (p.input_bn_relu, p.stat_offset, p.eps) = (1, bn.stat_offset, bn.eps);
+    }
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("y", &y, p.y_offset as u64 + p.y_len())?;
-    let d = dispatch(
-        gpu,
-        "global_avgpool_forward",
-        p,
-        &[(1, x), (2, y)],
-        p.y_len(),
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(GLOBAL, &[&x, &y])?;
+    let [mean, var, gamma, beta] = BnRelu::views(k, &bn, dtype);
+    let views = [(1, x), (2, y), (5, mean), (6, var), (7, gamma), (8, beta)];
+    let grid = Grid::Threads(p.y_len());
+    Ok(vec![k.dispatch(FORWARD.kernel(dtype), &p, &views, grid)?])
 }
 
 /// dx[c, n, h, w] += dy[c, n] / (H*W), accumulated at `p.x_offset`.
 pub fn global_avgpool_backward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &GlobalAvgPoolParams,
     dy: View<'_>,
     dx: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
-    let d = dispatch(
-        gpu,
-        "global_avgpool_backward",
+    let dtype = super::float_dtype(GLOBAL, &[&dy, &dx])?;
+    let grid = Grid::Threads(p.y_len());
+    Ok(vec![k.dispatch(
+        BACKWARD.kernel(dtype),
         p,
         &[(3, dy), (4, dx)],
-        p.y_len(),
-    )?;
-    Ok(vec![d])
+        grid,
+    )?])
 }

@@ -7,8 +7,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::Result;
-use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, Access::*, Dispatch, Entry, Shader};
+use crate::gpu::{DType, View};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -52,31 +52,39 @@ impl LinearParams {
 }
 
 pub static SHADER: Shader = Shader {
+    op: OP,
     file: "linear.wgsl",
-    source: include_str!("../../shaders/linear.wgsl"),
-    entries: &[
-        Entry::new::<LinearParams>(
-            "linear_forward",
-            &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)],
-            64,
-        ),
-        Entry::new::<LinearParams>(
-            "linear_backward_data",
-            &[(2, Read), (5, Read), (6, ReadWrite)],
-            64,
-        ),
-        Entry::new::<LinearParams>(
-            "linear_backward_weight",
-            &[(1, Read), (5, Read), (7, ReadWrite)],
-            64,
-        ),
-        Entry::new::<LinearParams>("linear_backward_bias", &[(5, Read), (8, ReadWrite)], 64),
-    ],
+    source: Source::File(include_str!("../../shaders/linear.wgsl")),
+    entries: &[&FORWARD, &BACKWARD_DATA, &BACKWARD_WEIGHT, &BACKWARD_BIAS],
+    variants: &[PLAIN],
+    choice: "one variant",
+    dtypes: &[DType::F32],
 };
+
+pub static FORWARD: Entry = Entry::new::<LinearParams>(
+    &SHADER,
+    "linear_forward",
+    &[read(1), read(2), read(3), write(4)],
+    64,
+);
+pub static BACKWARD_DATA: Entry = Entry::new::<LinearParams>(
+    &SHADER,
+    "linear_backward_data",
+    &[read(2), read(5), write(6)],
+    64,
+);
+pub static BACKWARD_WEIGHT: Entry = Entry::new::<LinearParams>(
+    &SHADER,
+    "linear_backward_weight",
+    &[read(1), read(5), write(7)],
+    64,
+);
+pub static BACKWARD_BIAS: Entry =
+    Entry::new::<LinearParams>(&SHADER, "linear_backward_bias", &[read(5), write(8)], 64);
 
 /// y (N, O) = x^T W^T + b.
 pub fn linear_forward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &LinearParams,
     x: View<'_>,
     weight: View<'_>,
@@ -96,24 +104,15 @@ pub fn linear_forward(
     if let Some(b) = &bias {
         p.check("bias", b, p.out_features as u64)?;
     }
-    let bias = bias.unwrap_or(View {
-        buffer: &gpu.dummy,
-        offset: 0,
-        len: 1,
-    });
-    let d = dispatch(
-        gpu,
-        "linear_forward",
-        p,
-        &[(1, x), (2, weight), (3, bias), (4, y)],
-        p.y_len(),
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&x, &weight, &y])?;
+    let views = [(1, x), (2, weight), (3, k.optional(bias, dtype)), (4, y)];
+    let grid = Grid::Threads(p.y_len());
+    Ok(vec![k.dispatch(FORWARD.kernel(dtype), p, &views, grid)?])
 }
 
 /// dx (I, N) += W^T dy.
 pub fn linear_backward_data(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &LinearParams,
     dy: View<'_>,
     weight: View<'_>,
@@ -122,19 +121,20 @@ pub fn linear_backward_data(
     p.check("dy", &dy, p.y_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("dx", &dx, p.x_len())?;
-    let d = dispatch(
-        gpu,
-        "linear_backward_data",
+    let dtype = super::float_dtype(OP, &[&dy, &weight, &dx])?;
+    let views = [(2, weight), (5, dy), (6, dx)];
+    let grid = Grid::Threads(p.x_len());
+    Ok(vec![k.dispatch(
+        BACKWARD_DATA.kernel(dtype),
         p,
-        &[(2, weight), (5, dy), (6, dx)],
-        p.x_len(),
-    )?;
-    Ok(vec![d])
+        &views,
+        grid,
+    )?])
 }
 
 /// dweight (O, I) += dy^T x^T.
 pub fn linear_backward_weight(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &LinearParams,
     x: View<'_>,
     dy: View<'_>,
@@ -143,31 +143,32 @@ pub fn linear_backward_weight(
     p.check("x", &x, p.x_len())?;
     p.check("dy", &dy, p.y_len())?;
     p.check("dweight", &dweight, p.weight_len())?;
-    let d = dispatch(
-        gpu,
-        "linear_backward_weight",
+    let dtype = super::float_dtype(OP, &[&x, &dy, &dweight])?;
+    let views = [(1, x), (5, dy), (7, dweight)];
+    let grid = Grid::Threads(p.weight_len());
+    Ok(vec![k.dispatch(
+        BACKWARD_WEIGHT.kernel(dtype),
         p,
-        &[(1, x), (5, dy), (7, dweight)],
-        p.weight_len(),
-    )?;
-    Ok(vec![d])
+        &views,
+        grid,
+    )?])
 }
 
 /// dbias (O) += dy summed over the batch.
 pub fn linear_backward_bias(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &LinearParams,
     dy: View<'_>,
     dbias: View<'_>,
 ) -> Result<Vec<Dispatch>> {
     p.check("dy", &dy, p.y_len())?;
     p.check("dbias", &dbias, p.out_features as u64)?;
-    let d = dispatch(
-        gpu,
-        "linear_backward_bias",
+    let dtype = super::float_dtype(OP, &[&dy, &dbias])?;
+    let grid = Grid::Threads(p.out_features as u64);
+    Ok(vec![k.dispatch(
+        BACKWARD_BIAS.kernel(dtype),
         p,
         &[(5, dy), (8, dbias)],
-        p.out_features as u64,
-    )?;
-    Ok(vec![d])
+        grid,
+    )?])
 }

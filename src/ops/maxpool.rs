@@ -7,19 +7,26 @@
 //! maximum in row-major window order; a NaN in a window wins (and the last NaN's index is
 //! kept), as in PyTorch.
 //!
+//! With a [`BnRelu`], the BN -> ReLU before the pool (the ImageNet stem's) is applied while
+//! loading x, so the normalized tensor is never stored; the argmax then indexes x, as the
+//! backward of the BN -> ReLU expects its output gradient there.
+//!
 //! [`Pool2dParams`] is shared with average pooling ([`crate::ops::avgpool`]).
 
 use bytemuck::{Pod, Zeroable};
 
+use super::batchnorm::BnRelu;
 use crate::ensure_shape;
 use crate::error::Result;
-use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, Access::*, Dispatch, Entry, Shader};
+use crate::gpu::{DType, View};
+use crate::kernels::{
+    read, read_u32, write, write_u32, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN,
+};
 
 /// Shapes of one max or average pooling, also its uniform (binding 0). Build with
 /// [`Pool2dParams::new`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct Pool2dParams {
     pub n: u32,
     pub c: u32,
@@ -38,6 +45,13 @@ pub struct Pool2dParams {
     /// First element of y (and dy): a channel offset times N*P*Q. The argmax buffer of max
     /// pooling is its own (C, N, P, Q) tensor and starts at element 0.
     pub y_offset: u32,
+    /// Set by the launchers from the [`BnRelu`] they are given: non-zero applies it to x.
+    pub input_bn_relu: u32,
+    /// The first channel of the fused BN's statistics in its mean / var arrays.
+    pub stat_offset: u32,
+    pub eps: f32,
+    /// Set by [`maxpool_forward`]: non-zero writes the argmax (training), zero skips it.
+    pub save_argmax: u32,
     pub _pad: [u32; 2],
 }
 
@@ -104,19 +118,24 @@ impl Pool2dParams {
             pad_w: pad.1,
             x_offset: 0,
             y_offset: 0,
+            input_bn_relu: 0,
+            stat_offset: 0,
+            eps: 0.0,
+            save_argmax: 0,
             _pad: [0; 2],
         })
     }
 
     /// Reads x (and accumulates dx) at channel `c` of a larger buffer.
     pub fn with_x_channel_offset(mut self, c: u32) -> Self {
-        self.x_offset = offset(c, self.n * self.h * self.w);
+        self.x_offset = super::channel_offset(c, self.n as u64 * self.h as u64 * self.w as u64);
         self
     }
 
     /// Writes y (and reads dy) at channel `c` of a larger buffer (in-place concatenation).
     pub fn with_y_channel_offset(mut self, c: u32) -> Self {
-        self.y_offset = offset(c, self.n * self.out_h * self.out_w);
+        let plane = self.n as u64 * self.out_h as u64 * self.out_w as u64;
+        self.y_offset = super::channel_offset(c, plane);
         self
     }
 
@@ -137,62 +156,96 @@ impl Pool2dParams {
     ) -> Result<()> {
         super::check_len(op, what, view, need, self)
     }
-}
 
-/// A channel offset in elements; one past u32 (saturated) is refused by the launchers'
-/// length checks, never wrapped into a wrong but valid offset.
-pub(crate) fn offset(channel: u32, plane: u32) -> u32 {
-    (channel as u64 * plane as u64)
-        .try_into()
-        .unwrap_or(u32::MAX)
+    /// These params with the fused input BN -> ReLU, if any, checked against x's channels.
+    pub(crate) fn with_input(&self, op: &'static str, bn: &Option<BnRelu<'_>>) -> Result<Self> {
+        let mut p = *self;
+        if let Some(bn) = bn {
+            bn.check(op, p.c)?;
+            p.input_bn_relu = 1;
+            p.stat_offset = bn.stat_offset;
+            p.eps = bn.eps;
+        }
+        Ok(p)
+    }
 }
 
 const MAXPOOL: &str = "maxpool";
 
 pub static SHADER: Shader = Shader {
+    op: MAXPOOL,
     file: "maxpool.wgsl",
-    source: include_str!("../../shaders/maxpool.wgsl"),
-    entries: &[
-        Entry::new::<Pool2dParams>(
-            "maxpool_forward",
-            &[(1, Read), (2, ReadWrite), (3, ReadWrite)],
-            64,
-        ),
-        Entry::new::<Pool2dParams>(
-            "maxpool_backward",
-            &[(4, Read), (5, Read), (6, ReadWrite)],
-            64,
-        ),
-    ],
+    source: Source::File(include_str!("../../shaders/maxpool.wgsl")),
+    entries: &[&FORWARD, &BACKWARD],
+    variants: &[PLAIN],
+    choice: "one variant",
+    dtypes: &[DType::F32],
 };
 
-/// y = max over each window of x, written at `p.y_offset`; argmax (from element 0) gets the
-/// in-plane index of each maximum, for [`maxpool_backward`].
+pub static FORWARD: Entry = Entry::new::<Pool2dParams>(
+    &SHADER,
+    "maxpool_forward",
+    &[
+        read(1),
+        write(2),
+        write_u32(3),
+        read(7),
+        read(8),
+        read(9),
+        read(10),
+    ],
+    64,
+);
+pub static BACKWARD: Entry = Entry::new::<Pool2dParams>(
+    &SHADER,
+    "maxpool_backward",
+    &[read(4), read_u32(5), write(6)],
+    64,
+);
+
+/// y = max over each window of x (or of BN -> ReLU of x, with `bn`), written at
+/// `p.y_offset`; `argmax` (from element 0), when given, gets the in-plane index of each
+/// maximum for [`maxpool_backward`] (evaluation needs none).
 pub fn maxpool_forward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &Pool2dParams,
     x: View<'_>,
+    bn: Option<BnRelu<'_>>,
     y: View<'_>,
-    argmax: View<'_>,
+    argmax: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    let mut p = p.with_input(MAXPOOL, &bn)?;
     p.check(MAXPOOL, "x", &x, p.x_offset as u64 + p.x_len())?;
     p.check(MAXPOOL, "y", &y, p.y_offset as u64 + p.y_len())?;
-    p.check(MAXPOOL, "argmax", &argmax, p.y_len())?;
-    let d = dispatch(
-        gpu,
-        "maxpool_forward",
-        p,
-        &[(1, x), (2, y), (3, argmax)],
-        (p.n * p.c * p.out_h) as u64,
-    )?;
-    Ok(vec![d])
+    if let Some(a) = &argmax {
+        p.check(MAXPOOL, "argmax", a, p.y_len())?;
+        p.save_argmax = 1;
+    }
+    let dtype = super::float_dtype(MAXPOOL, &[&x, &y])?;
+    let [mean, var, gamma, beta] = BnRelu::views(k, &bn, dtype);
+    let views = [
+        (1, x),
+        (2, y),
+        (3, k.optional(argmax, DType::U32)),
+        (7, mean),
+        (8, var),
+        (9, gamma),
+        (10, beta),
+    ];
+    let rows = (p.n * p.c * p.out_h) as u64;
+    Ok(vec![k.dispatch(
+        FORWARD.kernel(dtype),
+        &p,
+        &views,
+        Grid::Threads(rows),
+    )?])
 }
 
 /// dx += dy routed to each window's saved argmax, accumulated at `p.x_offset`. A gather: one
-/// invocation per input element sums the windows that chose it, so overlapping windows
-/// need no atomics.
+/// invocation per input row sums the windows that chose its elements, so overlapping
+/// windows need no atomics.
 pub fn maxpool_backward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &Pool2dParams,
     dy: View<'_>,
     argmax: View<'_>,
@@ -201,12 +254,13 @@ pub fn maxpool_backward(
     p.check(MAXPOOL, "dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check(MAXPOOL, "argmax", &argmax, p.y_len())?;
     p.check(MAXPOOL, "dx", &dx, p.x_offset as u64 + p.x_len())?;
-    let d = dispatch(
-        gpu,
-        "maxpool_backward",
+    let dtype = super::float_dtype(MAXPOOL, &[&dy, &dx])?;
+    let views = [(4, dy), (5, argmax), (6, dx)];
+    let rows = (p.n * p.c * p.h) as u64;
+    Ok(vec![k.dispatch(
+        BACKWARD.kernel(dtype),
         p,
-        &[(4, dy), (5, argmax), (6, dx)],
-        (p.n * p.c * p.h) as u64,
-    )?;
-    Ok(vec![d])
+        &views,
+        Grid::Threads(rows),
+    )?])
 }

@@ -3,8 +3,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
-use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, Access::*, Dispatch, Entry, Shader};
+use crate::gpu::{DType, View};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
 
 /// `count` elements, x (and dx) from element `x_offset`, y (and dy) from `y_offset`.
 #[repr(C)]
@@ -41,29 +41,42 @@ impl ReluParams {
 }
 
 pub static SHADER: Shader = Shader {
+    op: OP,
     file: "relu.wgsl",
-    source: include_str!("../../shaders/relu.wgsl"),
-    entries: &[
-        Entry::new::<ReluParams>("relu_forward", &[(1, Read), (2, ReadWrite)], 256),
-        Entry::new::<ReluParams>(
-            "relu_backward",
-            &[(3, Read), (4, Read), (5, ReadWrite)],
-            256,
-        ),
-    ],
+    source: Source::File(include_str!("../../shaders/relu.wgsl")),
+    entries: &[&FORWARD, &BACKWARD],
+    variants: &[PLAIN],
+    choice: "one variant",
+    dtypes: &[DType::F32],
 };
 
+pub static FORWARD: Entry =
+    Entry::new::<ReluParams>(&SHADER, "relu_forward", &[read(1), write(2)], 256);
+pub static BACKWARD: Entry =
+    Entry::new::<ReluParams>(&SHADER, "relu_backward", &[read(3), read(4), write(5)], 256);
+
 /// y = max(x, 0).
-pub fn relu_forward(gpu: &Gpu, p: &ReluParams, x: View<'_>, y: View<'_>) -> Result<Vec<Dispatch>> {
+pub fn relu_forward(
+    k: &Kernels,
+    p: &ReluParams,
+    x: View<'_>,
+    y: View<'_>,
+) -> Result<Vec<Dispatch>> {
     p.check("x", &x, p.x_offset)?;
     p.check("y", &y, p.y_offset)?;
-    let d = dispatch(gpu, "relu_forward", p, &[(1, x), (2, y)], p.count as u64)?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&x, &y])?;
+    let grid = Grid::Threads(p.count as u64);
+    Ok(vec![k.dispatch(
+        FORWARD.kernel(dtype),
+        p,
+        &[(1, x), (2, y)],
+        grid,
+    )?])
 }
 
 /// dx += dy where the forward output y is positive.
 pub fn relu_backward(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &ReluParams,
     y: View<'_>,
     dy: View<'_>,
@@ -72,12 +85,8 @@ pub fn relu_backward(
     p.check("y", &y, p.y_offset)?;
     p.check("dy", &dy, p.y_offset)?;
     p.check("dx", &dx, p.x_offset)?;
-    let d = dispatch(
-        gpu,
-        "relu_backward",
-        p,
-        &[(3, y), (4, dy), (5, dx)],
-        p.count as u64,
-    )?;
-    Ok(vec![d])
+    let dtype = super::float_dtype(OP, &[&y, &dy, &dx])?;
+    let views = [(3, y), (4, dy), (5, dx)];
+    let grid = Grid::Threads(p.count as u64);
+    Ok(vec![k.dispatch(BACKWARD.kernel(dtype), p, &views, grid)?])
 }

@@ -4,8 +4,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::Result;
-use crate::gpu::{Gpu, View};
-use crate::kernels::{dispatch, Access::*, Dispatch, Entry, Shader};
+use crate::gpu::{DType, View};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
@@ -60,18 +60,21 @@ impl SgdParams {
 }
 
 pub static SHADER: Shader = Shader {
+    op: OP,
     file: "sgd.wgsl",
-    source: include_str!("../../shaders/sgd.wgsl"),
-    entries: &[Entry::new::<SgdParams>(
-        "sgd_update",
-        &[(1, ReadWrite), (2, Read), (3, ReadWrite)],
-        256,
-    )],
+    source: Source::File(include_str!("../../shaders/sgd.wgsl")),
+    entries: &[&SGD_UPDATE],
+    variants: &[PLAIN],
+    choice: "one variant",
+    dtypes: &[DType::F32],
 };
+
+pub static SGD_UPDATE: Entry =
+    Entry::new::<SgdParams>(&SHADER, "sgd_update", &[write(1), read(2), write(3)], 256);
 
 /// param -= lr * step; `velocity` is needed (and updated) only when momentum > 0.
 pub fn sgd_update(
-    gpu: &Gpu,
+    k: &Kernels,
     p: &SgdParams,
     param: View<'_>,
     grad: View<'_>,
@@ -85,36 +88,27 @@ pub fn sgd_update(
         param.len,
         grad.len
     );
-    let velocity = match velocity {
-        Some(v) => {
-            ensure_shape!(
-                v.len >= need,
-                OP,
-                "velocity has {} elements, needs {need}",
-                v.len
-            );
-            v
-        }
-        None => {
-            ensure_shape!(
-                p.momentum == 0.0,
-                OP,
-                "momentum {} needs a velocity buffer",
-                p.momentum
-            );
-            View {
-                buffer: &gpu.dummy,
-                offset: 0,
-                len: 1,
-            }
-        }
-    };
-    let d = dispatch(
-        gpu,
-        "sgd_update",
+    match &velocity {
+        Some(v) => ensure_shape!(
+            v.len >= need,
+            OP,
+            "velocity has {} elements, needs {need}",
+            v.len
+        ),
+        None => ensure_shape!(
+            p.momentum == 0.0,
+            OP,
+            "momentum {} needs a velocity buffer",
+            p.momentum
+        ),
+    }
+    let dtype = super::float_dtype(OP, &[&param, &grad])?;
+    let views = [(1, param), (2, grad), (3, k.optional(velocity, dtype))];
+    let grid = Grid::Threads(need);
+    Ok(vec![k.dispatch(
+        SGD_UPDATE.kernel(dtype),
         p,
-        &[(1, param), (2, grad), (3, velocity)],
-        need,
-    )?;
-    Ok(vec![d])
+        &views,
+        grid,
+    )?])
 }

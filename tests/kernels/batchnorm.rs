@@ -3,7 +3,7 @@
 //! larger stats array (as inside a dense block), NaN-poisoned outputs, and accumulation onto
 //! non-zero gradients. Inputs have a non-zero mean and a non-unit scale, like activations.
 
-use crate::common::*;
+use crate::support::*;
 use densenet_wgpu::ops::batchnorm::{self, BatchNormParams};
 use densenet_wgpu::reference as cpu;
 
@@ -120,7 +120,7 @@ fn batchnorm_stats_matches_reference() {
     for (i, c) in cases().iter().enumerate() {
         let s = setup(c, &mut rng);
         let (x, mean, var) = (up(&s.x), poisoned(s.stat_total), poisoned(s.stat_total));
-        run(batchnorm::batchnorm_stats(gpu(), &s.p, x.view(), mean.view(), var.view()).unwrap());
+        run(batchnorm::batchnorm_stats(k(), &s.p, x.view(), mean.view(), var.view()).unwrap());
         let (want_mean, want_var) = s.stats();
         let what = format!("batchnorm_stats case {i}");
         let r = s.stat_range();
@@ -152,7 +152,7 @@ fn batchnorm_stats_survive_a_large_mean() {
         let mut s = setup(c, &mut rng);
         s.x = rng.range(s.x.len() as u64, 20.0, 21.0);
         let (x, mean, var) = (up(&s.x), poisoned(s.stat_total), poisoned(s.stat_total));
-        run(batchnorm::batchnorm_stats(gpu(), &s.p, x.view(), mean.view(), var.view()).unwrap());
+        run(batchnorm::batchnorm_stats(k(), &s.p, x.view(), mean.view(), var.view()).unwrap());
         let (want_mean, want_var) = s.stats();
         let what = format!("batchnorm_stats large mean case {i}");
         let r = s.stat_range();
@@ -184,7 +184,7 @@ fn batchnorm_update_running_matches_reference() {
         let (rm0, rv0) = s.running(&mut rng);
         let (mb, vb, rm, rv) = (up(&mean), up(&var), up(&rm0), up(&rv0));
         let launch = batchnorm::batchnorm_update_running(
-            gpu(),
+            k(),
             &s.p,
             mb.view(),
             vb.view(),
@@ -222,7 +222,7 @@ fn batchnorm_forward_matches_reference() {
         let (x, mb, vb) = (up(&s.x), up(&mean), up(&var));
         let (g, b, y) = (up(&s.gamma), up(&s.beta), poisoned(s.y_total));
         let launch = batchnorm::batchnorm_forward(
-            gpu(),
+            k(),
             &s.p,
             x.view(),
             mb.view(),
@@ -256,7 +256,7 @@ fn batchnorm_forward_train_matches_reference() {
         let (mean, var) = (poisoned(s.stat_total), poisoned(s.stat_total));
         let (rm, rv, y) = (up(&rm0), up(&rv0), poisoned(s.y_total));
         let launch = batchnorm::batchnorm_forward_train(
-            gpu(),
+            k(),
             &s.p,
             x.view(),
             mean.view(),
@@ -336,7 +336,7 @@ fn batchnorm_forward_eval_matches_reference() {
         let (x, g, b) = (up(&s.x), up(&s.gamma), up(&s.beta));
         let (rm, rv, y) = (up(&rm0), up(&rv0), poisoned(s.y_total));
         let launch = batchnorm::batchnorm_forward_eval(
-            gpu(),
+            k(),
             &s.p,
             x.view(),
             rm.view(),
@@ -377,7 +377,7 @@ fn batchnorm_backward_matches_reference() {
         let b = up(&s.beta);
         let (dx, dg, db) = (up(&dx0), up(&dg0), up(&db0));
         let launch = batchnorm::batchnorm_backward(
-            gpu(),
+            k(),
             &s.p,
             x.view(),
             dyb.view(),
@@ -441,7 +441,7 @@ fn batchnorm_rejects_mismatched_buffers() {
     };
     refused(
         batchnorm::batchnorm_forward(
-            gpu(),
+            k(),
             &p,
             x.view(),
             stats.view(),
@@ -453,12 +453,12 @@ fn batchnorm_rejects_mismatched_buffers() {
         "gamma",
     );
     refused(
-        batchnorm::batchnorm_stats(gpu(), &p, x.view(), stats.view(), short_stats.view()),
+        batchnorm::batchnorm_stats(k(), &p, x.view(), stats.view(), short_stats.view()),
         "var",
     );
     refused(
         batchnorm::batchnorm_update_running(
-            gpu(),
+            k(),
             &p,
             stats.view(),
             stats.view(),
@@ -469,7 +469,7 @@ fn batchnorm_rejects_mismatched_buffers() {
     );
     refused(
         batchnorm::batchnorm_backward(
-            gpu(),
+            k(),
             &p,
             x.view(),
             y.view(),
@@ -486,7 +486,7 @@ fn batchnorm_rejects_mismatched_buffers() {
     // x placed at channel 1 of its buffer no longer fits in a buffer of C*M.
     refused(
         batchnorm::batchnorm_forward_eval(
-            gpu(),
+            k(),
             &p.with_x_channel_offset(1),
             x.view(),
             stats.view(),
@@ -502,12 +502,12 @@ fn batchnorm_rejects_mismatched_buffers() {
     // One value per channel: no batch statistics (PyTorch refuses too), evaluation is fine.
     let one = BatchNormParams::new([1, 3, 1, 1]).unwrap();
     let (x1, s1) = (poisoned(3), poisoned(3));
-    let err = batchnorm::batchnorm_stats(gpu(), &one, x1.view(), s1.view(), s1.view())
+    let err = batchnorm::batchnorm_stats(k(), &one, x1.view(), s1.view(), s1.view())
         .err()
         .expect("batch statistics of one value must be refused");
     assert!(err.to_string().contains("more than 1 value"), "{err}");
     assert!(batchnorm::batchnorm_forward_eval(
-        gpu(),
+        k(),
         &one,
         x1.view(),
         s1.view(),
@@ -519,7 +519,7 @@ fn batchnorm_rejects_mismatched_buffers() {
     .is_ok());
     let bad_eps = p.with_eps(0.0);
     let err = batchnorm::batchnorm_forward_eval(
-        gpu(),
+        k(),
         &bad_eps,
         x.view(),
         stats.view(),
@@ -542,7 +542,7 @@ fn batchnorm_affine_matches_reference() {
         let (mb, vb, g, b) = (up(&mean), up(&var), up(&s.gamma), up(&s.beta));
         let out = poisoned(2 * s.p.c as u64 + 3);
         let launch = batchnorm::batchnorm_affine(
-            gpu(),
+            k(),
             &s.p,
             mb.view(),
             vb.view(),

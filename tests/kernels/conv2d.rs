@@ -1,7 +1,9 @@
-//! conv2d on the GPU against the CPU reference: every entry point, uneven shapes, channel
-//! offsets on both sides, NaN-poisoned outputs and accumulation onto non-zero gradients.
+//! conv2d on the GPU against the CPU reference: every entry point of every variant (register
+//! tile of 16 or 8 channels), uneven shapes (channel counts that fill no tile), channel
+//! offsets on both sides, the fused input BN -> ReLU, NaN-poisoned outputs and accumulation
+//! onto non-zero gradients.
 
-use crate::common::*;
+use crate::support::*;
 use densenet_wgpu::ops::conv2d::{self, Conv2dParams};
 use densenet_wgpu::reference as cpu;
 
@@ -55,14 +57,11 @@ struct Setup {
 }
 
 fn setup(i: usize, c: &Case, rng: &mut Rand) -> Setup {
-    let mut p = Conv2dParams::new(c.input, c.c_out, c.kernel, c.stride, c.pad, c.bias)
+    let p = Conv2dParams::new(c.input, c.c_out, c.kernel, c.stride, c.pad, c.bias)
         .unwrap()
         .with_x_channel_offset(c.x_chan)
         .with_y_channel_offset(c.y_chan);
     let fused = i % 2 == 1;
-    if fused {
-        p = p.with_input_bn_relu();
-    }
     let x_total = p.x_offset as u64 + p.x_len() + 7;
     let y_total = p.y_offset as u64 + p.y_len() + 5;
     let affine = fused.then(|| {
@@ -105,129 +104,142 @@ impl Setup {
 #[test]
 fn conv2d_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
-        let s = setup(i, c, &mut rng);
-        let (x, w, b, y) = (up(&s.x), up(&s.w), up(&s.b), poisoned(s.y_total));
-        let bias = c.bias.then(|| b.view());
-        let aff = s.affine_buffer();
-        let ws = poisoned(s.p.forward_workspace_len());
-        run(conv2d::conv2d_forward(
-            gpu(),
-            &s.p,
-            x.view(),
-            w.view(),
-            bias,
-            y.view(),
-            ws.view(),
-            aff.as_ref().map(|a| a.view()),
-        )
-        .unwrap());
-        let mut want = vec![f32::NAN; s.y_total as usize];
-        cpu::conv2d_forward(
-            &mut want,
-            &s.input(),
-            &s.w,
-            c.bias.then_some(&s.b[..]),
-            &s.p,
-        );
-        let got = read(&y);
-        let (lo, hi) = (
-            s.p.y_offset as usize,
-            (s.p.y_offset as u64 + s.p.y_len()) as usize,
-        );
-        check(
-            &format!("conv2d_forward case {i}"),
-            rng.seed,
-            &got[lo..hi],
-            &want[lo..hi],
-            FWD,
-        );
-        assert!(
-            got[..lo].iter().chain(&got[hi..]).all(|v| v.is_nan()),
-            "conv2d_forward case {i} wrote outside its channel range (seed {})",
-            rng.seed
-        );
+    for (variant, k) in each_variant(&conv2d::SHADER) {
+        for (i, c) in cases().iter().enumerate() {
+            let s = setup(i, c, &mut rng);
+            let (x, w, b, y) = (up(&s.x), up(&s.w), up(&s.b), poisoned(s.y_total));
+            let bias = c.bias.then(|| b.view());
+            let aff = s.affine_buffer();
+            let ws = poisoned(s.p.forward_workspace_len());
+            let affine = aff.as_ref().map(|a| a.view());
+            let launch = conv2d::conv2d_forward(
+                k,
+                &s.p,
+                x.view(),
+                affine,
+                w.view(),
+                bias,
+                y.view(),
+                ws.view(),
+            );
+            run(launch.unwrap());
+            let mut want = vec![f32::NAN; s.y_total as usize];
+            let b = c.bias.then_some(&s.b[..]);
+            cpu::conv2d_forward(&mut want, &s.input(), &s.w, b, &s.p);
+            let got = read(&y);
+            let lo = s.p.y_offset as usize;
+            let hi = (s.p.y_offset as u64 + s.p.y_len()) as usize;
+            let what = format!("conv2d_forward[{variant}] case {i}");
+            check(&what, rng.seed, &got[lo..hi], &want[lo..hi], FWD);
+            assert!(
+                got[..lo].iter().chain(&got[hi..]).all(|v| v.is_nan()),
+                "{what} wrote outside its channel range (seed {})",
+                rng.seed
+            );
+        }
     }
 }
 
 #[test]
 fn conv2d_backward_data_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
-        let s = setup(i, c, &mut rng);
-        let dy = rng.vec(s.y_total);
-        let dx0 = rng.vec(s.x.len() as u64);
-        let (dyb, w, dx) = (up(&dy), up(&s.w), up(&dx0));
-        let ws = poisoned(s.p.data_workspace_len());
-        run(
-            conv2d::conv2d_backward_data(gpu(), &s.p, dyb.view(), w.view(), dx.view(), ws.view())
-                .unwrap(),
-        );
-        let mut want = dx0.clone();
-        cpu::conv2d_backward_data(&mut want, &dy, &s.w, &s.p);
-        check(
-            &format!("conv2d_backward_data case {i}"),
-            rng.seed,
-            &read(&dx),
-            &want,
-            GRAD,
-        );
+    for (variant, k) in each_variant(&conv2d::SHADER) {
+        for (i, c) in cases().iter().enumerate() {
+            let s = setup(i, c, &mut rng);
+            let dy = rng.vec(s.y_total);
+            let dx0 = rng.vec(s.x.len() as u64);
+            let (dyb, w, dx) = (up(&dy), up(&s.w), up(&dx0));
+            let ws = poisoned(s.p.data_workspace_len());
+            let launch =
+                conv2d::conv2d_backward_data(k, &s.p, dyb.view(), w.view(), dx.view(), ws.view());
+            run(launch.unwrap());
+            let mut want = dx0.clone();
+            cpu::conv2d_backward_data(&mut want, &dy, &s.w, &s.p);
+            let what = format!("conv2d_backward_data[{variant}] case {i}");
+            check(&what, rng.seed, &read(&dx), &want, GRAD);
+        }
     }
 }
 
 #[test]
 fn conv2d_backward_weight_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
-        let s = setup(i, c, &mut rng);
-        let dy = rng.vec(s.y_total);
-        let dw0 = rng.vec(s.p.weight_len());
-        let (x, dyb, dw) = (up(&s.x), up(&dy), up(&dw0));
-        let ws = poisoned(s.p.weight_workspace_len());
-        let partials = poisoned(s.p.partials_len());
-        let aff = s.affine_buffer();
-        let launch = conv2d::conv2d_backward_weight(
-            gpu(),
-            &s.p,
-            x.view(),
-            dyb.view(),
-            ws.view(),
-            partials.view(),
-            dw.view(),
-            aff.as_ref().map(|a| a.view()),
-        );
-        run(launch.unwrap());
-        let mut want = dw0.clone();
-        cpu::conv2d_backward_weight(&mut want, &s.input(), &dy, &s.p);
-        check(
-            &format!("conv2d_backward_weight case {i}"),
-            rng.seed,
-            &read(&dw),
-            &want,
-            GRAD,
-        );
+    for (variant, k) in each_variant(&conv2d::SHADER) {
+        for (i, c) in cases().iter().enumerate() {
+            let s = setup(i, c, &mut rng);
+            let dy = rng.vec(s.y_total);
+            let dw0 = rng.vec(s.p.weight_len());
+            let (x, dyb, dw) = (up(&s.x), up(&dy), up(&dw0));
+            let ws = poisoned(s.p.weight_workspace_len());
+            let partials = poisoned(s.p.partials_len());
+            let aff = s.affine_buffer();
+            let launch = conv2d::conv2d_backward_weight(
+                k,
+                &s.p,
+                x.view(),
+                aff.as_ref().map(|a| a.view()),
+                dyb.view(),
+                ws.view(),
+                partials.view(),
+                dw.view(),
+            );
+            run(launch.unwrap());
+            let mut want = dw0.clone();
+            cpu::conv2d_backward_weight(&mut want, &s.input(), &dy, &s.p);
+            let what = format!("conv2d_backward_weight[{variant}] case {i}");
+            check(&what, rng.seed, &read(&dw), &want, GRAD);
+        }
     }
 }
 
 #[test]
 fn conv2d_backward_bias_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
-        let s = setup(i, c, &mut rng);
-        let dy = rng.vec(s.y_total);
-        let db0 = rng.vec(s.p.c_out as u64);
-        let (dyb, db) = (up(&dy), up(&db0));
-        run(conv2d::conv2d_backward_bias(gpu(), &s.p, dyb.view(), db.view()).unwrap());
-        let mut want = db0.clone();
-        cpu::conv2d_backward_bias(&mut want, &dy, &s.p);
-        check(
-            &format!("conv2d_backward_bias case {i}"),
-            rng.seed,
-            &read(&db),
-            &want,
-            GRAD,
-        );
+    for (variant, k) in each_variant(&conv2d::SHADER) {
+        for (i, c) in cases().iter().enumerate() {
+            let s = setup(i, c, &mut rng);
+            let dy = rng.vec(s.y_total);
+            let db0 = rng.vec(s.p.c_out as u64);
+            let (dyb, db) = (up(&dy), up(&db0));
+            run(conv2d::conv2d_backward_bias(k, &s.p, dyb.view(), db.view()).unwrap());
+            let mut want = db0.clone();
+            cpu::conv2d_backward_bias(&mut want, &dy, &s.p);
+            let what = format!("conv2d_backward_bias[{variant}] case {i}");
+            check(&what, rng.seed, &read(&db), &want, GRAD);
+        }
     }
+}
+
+/// The policy's own rule: 8-channel tiles where the tiled channels fit in 8, else 16; a
+/// forced variant wins everywhere.
+#[test]
+fn conv2d_policy_picks_the_tile() {
+    let narrow = Conv2dParams::new([2, 20, 5, 5], 8, (3, 3), (1, 1), (1, 1), false).unwrap();
+    let wide = Conv2dParams::new([2, 6, 5, 5], 12, (3, 3), (1, 1), (1, 1), false).unwrap();
+    let variants = |k, p: &Conv2dParams| -> Vec<String> {
+        let (x, w, y) = (
+            poisoned(p.x_len()),
+            poisoned(p.weight_len()),
+            poisoned(p.y_len()),
+        );
+        let ws = poisoned(p.workspace_len());
+        let fwd = conv2d::conv2d_forward(k, p, x.view(), None, w.view(), None, y.view(), ws.view());
+        let data = conv2d::conv2d_backward_data(k, p, y.view(), w.view(), x.view(), ws.view());
+        let mut all = fwd.unwrap();
+        all.extend(data.unwrap());
+        all.iter()
+            .map(|d| d.kernel().variant.name.to_string())
+            .collect()
+    };
+    // Forward tiles output channels, the data gradient input channels.
+    assert_eq!(
+        variants(k(), &narrow),
+        ["tile8", "tile8", "tile16", "tile16"]
+    );
+    assert_eq!(variants(k(), &wide), ["tile16", "tile16", "tile8", "tile8"]);
+    let forced = kernels_for("conv2d=tile16");
+    assert!(variants(forced, &narrow).iter().all(|v| v == "tile16"));
+    assert!(kernels_for("tile8").policy().forced("conv2d").is_some());
 }
 
 #[test]
@@ -239,18 +251,9 @@ fn conv2d_rejects_mismatched_buffers() {
         poisoned(p.y_len()),
     );
     let ws = poisoned(p.workspace_len());
-    let err = conv2d::conv2d_forward(
-        gpu(),
-        &p,
-        x.view(),
-        w.view(),
-        None,
-        y.view(),
-        ws.view(),
-        None,
-    )
-    .err()
-    .expect("a short weight buffer must be refused");
+    let err = conv2d::conv2d_forward(k(), &p, x.view(), None, w.view(), None, y.view(), ws.view())
+        .err()
+        .expect("a short weight buffer must be refused");
     assert!(err.to_string().contains("weight"), "{err}");
     assert!(Conv2dParams::new([1, 1, 2, 2], 1, (5, 5), (1, 1), (0, 0), false).is_err());
 }

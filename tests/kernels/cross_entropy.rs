@@ -1,6 +1,6 @@
 //! Softmax cross-entropy and SGD on the GPU against the reference.
 
-use crate::common::*;
+use crate::support::*;
 use densenet_wgpu::ops::cross_entropy::{self, CrossEntropyParams, IGNORE};
 use densenet_wgpu::ops::sgd::{self, SgdParams};
 use densenet_wgpu::reference as cpu;
@@ -26,7 +26,7 @@ fn softmax_cross_entropy_matches_reference() {
         let (lb, yb, db) = (up(&logits), up_u32(&labels), up(&dl0));
         let (loss, correct) = (up(&[0.5f32]), up_u32(&[7]));
         let launch = cross_entropy::softmax_cross_entropy(
-            gpu(),
+            k(),
             &p,
             lb.view(),
             yb.view(),
@@ -81,7 +81,7 @@ fn sgd_update_matches_reference() {
             let grad = rng.vec(count as u64);
             let gb = up(&grad);
             let velocity = (mom > 0.0).then(|| vb.view());
-            run(sgd::sgd_update(gpu(), &p, pb.view(), gb.view(), velocity).unwrap());
+            run(sgd::sgd_update(k(), &p, pb.view(), gb.view(), velocity).unwrap());
             cpu::sgd_update(&mut param, &grad, &mut vel, &p);
             check(
                 &format!("sgd_update case {i} step {step}"),

@@ -1,6 +1,6 @@
 //! relu and concat on the GPU against the reference.
 
-use crate::common::*;
+use crate::support::*;
 use densenet_wgpu::ops::concat::{self, ConcatParams};
 use densenet_wgpu::ops::relu::{self, ReluParams};
 use densenet_wgpu::reference as cpu;
@@ -22,7 +22,7 @@ fn relu_forward_matches_reference() {
         let x = rng.vec((xo + count + 3) as u64);
         let y_len = (yo + count + 4) as u64;
         let (xb, yb) = (up(&x), poisoned(y_len));
-        run(relu::relu_forward(gpu(), &p, xb.view(), yb.view()).unwrap());
+        run(relu::relu_forward(k(), &p, xb.view(), yb.view()).unwrap());
         let mut want = vec![f32::NAN; y_len as usize];
         cpu::relu_forward(&mut want, &x, &p);
         let got = read(&yb);
@@ -54,7 +54,7 @@ fn relu_backward_matches_reference() {
         let dy = rng.vec((yo + count) as u64);
         let dx0 = rng.vec((xo + count + 2) as u64);
         let (yb, dyb, dxb) = (up(&y), up(&dy), up(&dx0));
-        run(relu::relu_backward(gpu(), &p, yb.view(), dyb.view(), dxb.view()).unwrap());
+        run(relu::relu_backward(k(), &p, yb.view(), dyb.view(), dxb.view()).unwrap());
         let mut want = dx0.clone();
         cpu::relu_backward(&mut want, &y, &dy, &p);
         check(
@@ -80,7 +80,7 @@ fn concat_forward_matches_reference() {
         let p = ConcatParams::new(part, total, c0).unwrap();
         let x = rng.vec(p.count as u64);
         let (xb, wb) = (up(&x), poisoned(p.total as u64));
-        run(concat::concat_forward(gpu(), &p, xb.view(), wb.view()).unwrap());
+        run(concat::concat_forward(k(), &p, xb.view(), wb.view()).unwrap());
         let mut want = vec![f32::NAN; p.total as usize];
         cpu::concat_forward(&mut want, &x, &p);
         let got = read(&wb);
@@ -107,7 +107,7 @@ fn concat_backward_matches_reference() {
         let dwhole = rng.vec(p.total as u64);
         let dpart0 = rng.vec(p.count as u64);
         let (dwb, dpb) = (up(&dwhole), up(&dpart0));
-        run(concat::concat_backward(gpu(), &p, dwb.view(), dpb.view()).unwrap());
+        run(concat::concat_backward(k(), &p, dwb.view(), dpb.view()).unwrap());
         let mut want = dpart0.clone();
         cpu::concat_backward(&mut want, &dwhole, &p);
         check(
@@ -125,7 +125,7 @@ fn concat_rejects_out_of_range_channels() {
     assert!(ConcatParams::new([2, 5, 4, 4], 8, 4).is_err());
     let p = ReluParams::new(100).with_offsets(10, 0);
     let (x, y) = (poisoned(100), poisoned(100));
-    let err = relu::relu_forward(gpu(), &p, x.view(), y.view())
+    let err = relu::relu_forward(k(), &p, x.view(), y.view())
         .err()
         .unwrap();
     assert!(err.to_string().contains("x has 100"), "{err}");
@@ -140,7 +140,7 @@ fn relu_covers_a_folded_grid() {
     let p = ReluParams::new(count);
     let x = rng.vec(count as u64);
     let (xb, yb) = (up(&x), poisoned(count as u64));
-    let launch = relu::relu_forward(gpu(), &p, xb.view(), yb.view()).unwrap();
+    let launch = relu::relu_forward(k(), &p, xb.view(), yb.view()).unwrap();
     assert!(launch[0].workgroups[1] > 1, "{:?}", launch[0].workgroups);
     run(launch);
     let mut want = vec![0.0; count as usize];

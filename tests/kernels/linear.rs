@@ -1,6 +1,6 @@
 //! linear on the GPU against the reference.
 
-use crate::common::*;
+use crate::support::*;
 use densenet_wgpu::ops::linear::{self, LinearParams};
 use densenet_wgpu::reference as cpu;
 
@@ -23,7 +23,7 @@ fn linear_forward_matches_reference() {
         );
         let (xb, wb, bb, yb) = (up(&x), up(&w), up(&b), poisoned(p.y_len()));
         let bias_view = bias.then(|| bb.view());
-        run(linear::linear_forward(gpu(), &p, xb.view(), wb.view(), bias_view, yb.view()).unwrap());
+        run(linear::linear_forward(k(), &p, xb.view(), wb.view(), bias_view, yb.view()).unwrap());
         let mut want = vec![0.0; p.y_len() as usize];
         cpu::linear_forward(&mut want, &x, &w, bias.then_some(&b[..]), &p);
         check(
@@ -54,11 +54,11 @@ fn linear_backward_matches_reference() {
         let (xb, wb, dyb) = (up(&x), up(&w), up(&dy));
         let (dxb, dwb, dbb) = (up(&dx0), up(&dw0), up(&db0));
         let mut launches =
-            linear::linear_backward_data(gpu(), &p, dyb.view(), wb.view(), dxb.view()).unwrap();
+            linear::linear_backward_data(k(), &p, dyb.view(), wb.view(), dxb.view()).unwrap();
         launches.extend(
-            linear::linear_backward_weight(gpu(), &p, xb.view(), dyb.view(), dwb.view()).unwrap(),
+            linear::linear_backward_weight(k(), &p, xb.view(), dyb.view(), dwb.view()).unwrap(),
         );
-        launches.extend(linear::linear_backward_bias(gpu(), &p, dyb.view(), dbb.view()).unwrap());
+        launches.extend(linear::linear_backward_bias(k(), &p, dyb.view(), dbb.view()).unwrap());
         run(launches);
         let (mut dx, mut dw, mut db) = (dx0.clone(), dw0.clone(), db0.clone());
         cpu::linear_backward_data(&mut dx, &dy, &w, &p);

@@ -1,7 +1,9 @@
 //! Every kernel entry point on the GPU against the CPU reference (one test binary, one
-//! device shared by all tests).
+//! device shared by all tests), every variant of ops that have several, and the registry:
+//! every kernel of every op compiles.
 
-mod common;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod batchnorm;
 mod conv2d;
@@ -9,4 +11,5 @@ mod cross_entropy;
 mod elementwise;
 mod linear;
 mod pool;
+mod registry;
 mod shapes;

@@ -3,7 +3,7 @@
 //! last rows and columns), channel offsets on both sides, NaN-poisoned outputs, exact
 //! argmax, ties and NaN inputs, and accumulation onto non-zero gradients.
 
-use crate::common::*;
+use crate::support::*;
 use densenet_wgpu::ops::avgpool;
 use densenet_wgpu::ops::global_avgpool::{self, GlobalAvgPoolParams};
 use densenet_wgpu::ops::maxpool::{self, Pool2dParams};
@@ -93,7 +93,7 @@ fn maxpool_forward_case(what: &str, seed: u64, p: &Pool2dParams, x: &[f32]) {
     let arg_total = p.y_len() + 3;
     let (xb, y) = (up(x), poisoned(y_total));
     let arg = up_u32(&vec![UNWRITTEN; arg_total as usize]);
-    run(maxpool::maxpool_forward(gpu(), p, xb.view(), y.view(), arg.view()).unwrap());
+    run(maxpool::maxpool_forward(k(), p, xb.view(), None, y.view(), Some(arg.view())).unwrap());
     let mut want = vec![f32::NAN; y_total as usize];
     let mut want_arg = vec![UNWRITTEN; arg_total as usize];
     cpu::maxpool_forward(&mut want, &mut want_arg, x, p);
@@ -139,7 +139,7 @@ fn maxpool_forward_propagates_nan_like_pytorch() {
     x[..plane].fill(f32::NEG_INFINITY);
     let (xb, y) = (up(&x), poisoned(p.y_len()));
     let arg = up_u32(&vec![UNWRITTEN; p.y_len() as usize]);
-    run(maxpool::maxpool_forward(gpu(), &p, xb.view(), y.view(), arg.view()).unwrap());
+    run(maxpool::maxpool_forward(k(), &p, xb.view(), None, y.view(), Some(arg.view())).unwrap());
     let mut want = vec![0.0; p.y_len() as usize];
     let mut want_arg = vec![UNWRITTEN; p.y_len() as usize];
     cpu::maxpool_forward(&mut want, &mut want_arg, &x, &p);
@@ -171,7 +171,7 @@ fn maxpool_backward_matches_reference() {
         let dy = rng.vec(y_total);
         let dx0 = rng.vec(x_total);
         let (dyb, arg, dx) = (up(&dy), up_u32(&argmax), up(&dx0));
-        run(maxpool::maxpool_backward(gpu(), &p, dyb.view(), arg.view(), dx.view()).unwrap());
+        run(maxpool::maxpool_backward(k(), &p, dyb.view(), arg.view(), dx.view()).unwrap());
         let mut want = dx0.clone();
         cpu::maxpool_backward(&mut want, &dy, &argmax, &p);
         check(
@@ -192,7 +192,7 @@ fn avgpool_forward_matches_reference() {
         let (x_total, y_total) = totals(&p);
         let x = rng.vec(x_total);
         let (xb, y) = (up(&x), poisoned(y_total));
-        run(avgpool::avgpool_forward(gpu(), &p, xb.view(), y.view()).unwrap());
+        run(avgpool::avgpool_forward(k(), &p, xb.view(), None, y.view()).unwrap());
         let mut want = vec![f32::NAN; y_total as usize];
         cpu::avgpool_forward(&mut want, &x, &p);
         check_written(
@@ -215,7 +215,7 @@ fn avgpool_backward_matches_reference() {
         let dy = rng.vec(y_total);
         let dx0 = rng.vec(x_total);
         let (dyb, dx) = (up(&dy), up(&dx0));
-        run(avgpool::avgpool_backward(gpu(), &p, dyb.view(), dx.view()).unwrap());
+        run(avgpool::avgpool_backward(k(), &p, dyb.view(), dx.view()).unwrap());
         let mut want = dx0.clone();
         cpu::avgpool_backward(&mut want, &dy, &p);
         check(
@@ -243,8 +243,8 @@ fn pool_backward_covers_a_large_input() {
     cpu::maxpool_forward(&mut y, &mut argmax, &x, &p);
     let (dyb, arg, dx_max, dx_avg) = (up(&dy), up_u32(&argmax), up(&dx0), up(&dx0));
     let mut launches =
-        maxpool::maxpool_backward(gpu(), &p, dyb.view(), arg.view(), dx_max.view()).unwrap();
-    launches.extend(avgpool::avgpool_backward(gpu(), &p, dyb.view(), dx_avg.view()).unwrap());
+        maxpool::maxpool_backward(k(), &p, dyb.view(), arg.view(), dx_max.view()).unwrap();
+    launches.extend(avgpool::avgpool_backward(k(), &p, dyb.view(), dx_avg.view()).unwrap());
     run(launches);
     let mut want = dx0.clone();
     cpu::maxpool_backward(&mut want, &dy, &argmax, &p);
@@ -294,7 +294,7 @@ fn global_avgpool_forward_matches_reference() {
         let (p, x_total, y_total) = global_params(input, x_chan, y_chan);
         let x = rng.vec(x_total);
         let (xb, y) = (up(&x), poisoned(y_total));
-        run(global_avgpool::global_avgpool_forward(gpu(), &p, xb.view(), y.view()).unwrap());
+        run(global_avgpool::global_avgpool_forward(k(), &p, xb.view(), None, y.view()).unwrap());
         let mut want = vec![f32::NAN; y_total as usize];
         cpu::global_avgpool_forward(&mut want, &x, &p);
         check_written(
@@ -316,7 +316,7 @@ fn global_avgpool_backward_matches_reference() {
         let dy = rng.vec(y_total);
         let dx0 = rng.vec(x_total);
         let (dyb, dx) = (up(&dy), up(&dx0));
-        run(global_avgpool::global_avgpool_backward(gpu(), &p, dyb.view(), dx.view()).unwrap());
+        run(global_avgpool::global_avgpool_backward(k(), &p, dyb.view(), dx.view()).unwrap());
         let mut want = dx0.clone();
         cpu::global_avgpool_backward(&mut want, &dy, &p);
         check(
@@ -340,28 +340,28 @@ fn refused(what: &str, arg: &str, r: densenet_wgpu::Result<Vec<densenet_wgpu::ke
 
 #[test]
 fn pool_rejects_mismatched_buffers_and_impossible_shapes() {
-    let g = gpu();
+    let g = k();
     let p = Pool2dParams::new([2, 3, 5, 5], (3, 3), (2, 2), (1, 1))
         .unwrap()
         .with_y_channel_offset(1);
     let (xl, yl) = (p.x_len(), p.y_offset as u64 + p.y_len());
-    let (x, y, arg) = (poisoned(xl), poisoned(yl), poisoned(p.y_len()));
-    let (x_short, y_short, arg_short) =
-        (poisoned(xl - 1), poisoned(yl - 1), poisoned(p.y_len() - 1));
+    let argmax = |len: u64| up_u32(&vec![0; len as usize]);
+    let (x, y, arg) = (poisoned(xl), poisoned(yl), argmax(p.y_len()));
+    let (x_short, y_short, arg_short) = (poisoned(xl - 1), poisoned(yl - 1), argmax(p.y_len() - 1));
     refused(
         "maxpool_forward",
         "x",
-        maxpool::maxpool_forward(g, &p, x_short.view(), y.view(), arg.view()),
+        maxpool::maxpool_forward(g, &p, x_short.view(), None, y.view(), Some(arg.view())),
     );
     refused(
         "maxpool_forward",
         "y",
-        maxpool::maxpool_forward(g, &p, x.view(), y_short.view(), arg.view()),
+        maxpool::maxpool_forward(g, &p, x.view(), None, y_short.view(), Some(arg.view())),
     );
     refused(
         "maxpool_forward",
         "argmax",
-        maxpool::maxpool_forward(g, &p, x.view(), y.view(), arg_short.view()),
+        maxpool::maxpool_forward(g, &p, x.view(), None, y.view(), Some(arg_short.view())),
     );
     refused(
         "maxpool_backward",
@@ -381,12 +381,12 @@ fn pool_rejects_mismatched_buffers_and_impossible_shapes() {
     refused(
         "avgpool_forward",
         "x",
-        avgpool::avgpool_forward(g, &p, x_short.view(), y.view()),
+        avgpool::avgpool_forward(g, &p, x_short.view(), None, y.view()),
     );
     refused(
         "avgpool_forward",
         "y",
-        avgpool::avgpool_forward(g, &p, x.view(), y_short.view()),
+        avgpool::avgpool_forward(g, &p, x.view(), None, y_short.view()),
     );
     refused(
         "avgpool_backward",
@@ -398,7 +398,7 @@ fn pool_rejects_mismatched_buffers_and_impossible_shapes() {
         "dx",
         avgpool::avgpool_backward(g, &p, y.view(), x_short.view()),
     );
-    assert!(maxpool::maxpool_forward(g, &p, x.view(), y.view(), arg.view()).is_ok());
+    assert!(maxpool::maxpool_forward(g, &p, x.view(), None, y.view(), Some(arg.view())).is_ok());
 
     let gp = GlobalAvgPoolParams::new([2, 3, 5, 5])
         .unwrap()
@@ -414,12 +414,12 @@ fn pool_rejects_mismatched_buffers_and_impossible_shapes() {
     refused(
         "global_avgpool_forward",
         "x",
-        global_avgpool::global_avgpool_forward(g, &gp, gx_short.view(), gy.view()),
+        global_avgpool::global_avgpool_forward(g, &gp, gx_short.view(), None, gy.view()),
     );
     refused(
         "global_avgpool_forward",
         "y",
-        global_avgpool::global_avgpool_forward(g, &gp, gx.view(), gy_short.view()),
+        global_avgpool::global_avgpool_forward(g, &gp, gx.view(), None, gy_short.view()),
     );
     refused(
         "global_avgpool_backward",

@@ -4,7 +4,7 @@
 //! writing in place, statistics once per channel) and checked value by value against the
 //! plain CPU way (explicit concatenation, statistics per layer).
 
-use crate::common::*;
+use crate::support::*;
 use densenet_wgpu::ops::avgpool;
 use densenet_wgpu::ops::batchnorm::{self, BatchNormParams};
 use densenet_wgpu::ops::concat::{self, ConcatParams};
@@ -47,7 +47,7 @@ fn dense_block_and_transition_shapes() {
     let t = poisoned(23 * plane);
     let ws = poisoned(1 << 16);
     let mut launches = concat::concat_forward(
-        gpu(),
+        k(),
         &ConcatParams::new([N, 3, 8, 8], 23, 0).unwrap(),
         up(&x).view(),
         block.view(),
@@ -60,7 +60,7 @@ fn dense_block_and_transition_shapes() {
             .with_stat_offset(c0)
     };
     launches.extend(
-        batchnorm::batchnorm_stats(gpu(), &stats(0, 3), block.view(), mean.view(), var.view())
+        batchnorm::batchnorm_stats(k(), &stats(0, 3), block.view(), mean.view(), var.view())
             .unwrap(),
     );
 
@@ -74,7 +74,7 @@ fn dense_block_and_transition_shapes() {
         let bufs = [up(&w), up(&b), up(&gamma), up(&beta)];
         launches.extend(
             batchnorm::batchnorm_forward(
-                gpu(),
+                k(),
                 &bn,
                 block.view(),
                 mean.view(),
@@ -90,19 +90,19 @@ fn dense_block_and_transition_shapes() {
             .with_y_channel_offset(c);
         launches.extend(
             conv2d::conv2d_forward(
-                gpu(),
+                k(),
                 &conv,
                 t.view(),
+                None,
                 bufs[0].view(),
                 Some(bufs[1].view()),
                 block.view(),
                 ws.view(),
-                None,
             )
             .unwrap(),
         );
         launches.extend(
-            batchnorm::batchnorm_stats(gpu(), &stats(c, 10), block.view(), mean.view(), var.view())
+            batchnorm::batchnorm_stats(k(), &stats(c, 10), block.view(), mean.view(), var.view())
                 .unwrap(),
         );
         keep.push(bufs);
@@ -122,7 +122,7 @@ fn dense_block_and_transition_shapes() {
     let bn = BatchNormParams::new([N, 23, 8, 8]).unwrap().with_relu(true);
     launches.extend(
         batchnorm::batchnorm_forward(
-            gpu(),
+            k(),
             &bn,
             block.view(),
             mean.view(),
@@ -137,20 +137,20 @@ fn dense_block_and_transition_shapes() {
     let u = poisoned(conv.y_len());
     launches.extend(
         conv2d::conv2d_forward(
-            gpu(),
+            k(),
             &conv,
             t.view(),
+            None,
             bufs[0].view(),
             Some(bufs[1].view()),
             u.view(),
             ws.view(),
-            None,
         )
         .unwrap(),
     );
     let pool = Pool2dParams::new([N, 10, 8, 8], (2, 2), (2, 2), (0, 0)).unwrap();
     let out = poisoned(pool.y_len());
-    launches.extend(avgpool::avgpool_forward(gpu(), &pool, u.view(), out.view()).unwrap());
+    launches.extend(avgpool::avgpool_forward(k(), &pool, u.view(), None, out.view()).unwrap());
     run(launches);
 
     // (4, 23, 8, 8) in PyTorch order is 23 channel planes of 4 x 8 x 8 here.

@@ -1,24 +1,59 @@
-//! Shared by the GPU tests: one device per test binary, seeded inputs whose seed is printed
-//! on failure, NaN-poisoned outputs, and the DESIGN.md tolerance check.
+//! Shared by every test binary and the benches: one device per binary, kernels per forced
+//! variant, seeded inputs whose seed is printed on failure, NaN-poisoned outputs, the
+//! design's tolerance check, and temporary folders.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use densenet_wgpu::kernels::{submit, Dispatch};
-use densenet_wgpu::{Gpu, GpuBuffer, GpuOptions};
+use densenet_wgpu::kernels::{submit, DeviceClass, Dispatch, Shader};
+use densenet_wgpu::{Gpu, GpuBuffer, GpuOptions, Kernels, Policy};
 
-/// Forward outputs: atol 1e-5 + rtol 1e-4 (DESIGN.md).
+/// Forward outputs: atol 1e-5 + rtol 1e-4 (docs/DESIGN.md).
 pub const FWD: (f64, f64) = (1e-5, 1e-4);
-/// Gradients: atol 1e-4 + rtol 1e-3 (DESIGN.md).
+/// Gradients: atol 1e-4 + rtol 1e-3 (docs/DESIGN.md).
 pub const GRAD: (f64, f64) = (1e-4, 1e-3);
 
 /// The device shared by every test of this binary. No adapter is a failure, never a skip.
-pub fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
+pub fn gpu_arc() -> &'static Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     GPU.get_or_init(|| match Gpu::new(&GpuOptions::default()) {
-        Ok(g) => g,
+        Ok(g) => Arc::new(g),
         Err(e) => panic!("GPU tests need an adapter: {e}"),
     })
+}
+
+pub fn gpu() -> &'static Gpu {
+    gpu_arc()
+}
+
+/// The kernels with the adapter's default policy.
+pub fn k() -> &'static Kernels {
+    kernels_for("auto")
+}
+
+/// The kernels with `--kernels spec` (e.g. `conv2d=tile8`), one registry per spec.
+pub fn kernels_for(spec: &str) -> &'static Kernels {
+    static ALL: OnceLock<Mutex<HashMap<String, &'static Kernels>>> = OnceLock::new();
+    let mut all = ALL.get_or_init(Default::default).lock().unwrap();
+    all.entry(spec.to_string()).or_insert_with(|| {
+        let gpu = gpu_arc().clone();
+        let class = DeviceClass::of(&gpu);
+        let policy = Policy::parse(spec, class, densenet_wgpu::ops::SHADERS)
+            .unwrap_or_else(|e| panic!("--kernels {spec}: {e}"));
+        Box::leak(Box::new(Kernels::new(gpu, policy)))
+    })
+}
+
+/// One registry per variant of `shader`, each forcing it: run a launch through each to test
+/// every variant.
+pub fn each_variant(shader: &'static Shader) -> Vec<(&'static str, &'static Kernels)> {
+    shader
+        .variants
+        .iter()
+        .map(|v| (v.name, kernels_for(&format!("{}={}", shader.op, v.name))))
+        .collect()
 }
 
 /// A fresh seed per test run, or DENSENET_SEED to replay one.
@@ -103,4 +138,18 @@ pub fn check(what: &str, seed: u64, got: &[f32], want: &[f32], tol: (f64, f64)) 
     }
     println!("max-rel-err {what}: {worst:.3e}");
     worst
+}
+
+/// A new empty folder under the system's temporary folder.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = std::env::temp_dir().join(format!(
+        "densenet-test-{name}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }

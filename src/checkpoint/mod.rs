@@ -1,0 +1,198 @@
+//! Checkpoints as safetensors: every parameter under its readable name (`stem.conv.weight`,
+//! `blocks.0.layers.1.bn.bias`, ...), the batch-norm running statistics
+//! (`<slot>.running_mean`, `<slot>.running_var`), the SGD momentum buffers
+//! (`optimizer.velocity.<param>`), and in the metadata the network config, the recipe,
+//! the dataset and the epochs done ([`file`]: reading and writing).
+//!
+//! The transfer between a checkpoint and a plan's buffers lives here too:
+//! [`Checkpoint::capture`] reads a plan's state back, [`Checkpoint::restore`] writes it.
+
+mod file;
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+
+use crate::data::DatasetKind;
+use crate::gpu::Gpu;
+use crate::model::layout::Arena;
+use crate::model::{DenseNetConfig, Layout, Plan};
+use crate::recipe::Recipe;
+
+pub use file::FORMAT;
+
+/// Everything a run needs to continue or to evaluate, in device-independent form.
+pub struct Checkpoint {
+    pub config: DenseNetConfig,
+    pub recipe: Recipe,
+    pub dataset: DatasetKind,
+    /// Epochs completed.
+    pub epoch: u32,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Named tensors: (shape, values).
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+/// The running statistics and momentum of a plan, in arena layout, as [`Checkpoint::new`]
+/// takes them.
+pub struct State<'a> {
+    pub params: &'a [f32],
+    pub running_mean: &'a [f32],
+    pub running_var: &'a [f32],
+    pub velocity: Option<&'a [f32]>,
+}
+
+fn put(
+    out: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    arena: &Arena,
+    values: &[f32],
+    prefix: &str,
+    suffix: &str,
+) {
+    for s in &arena.slots {
+        let v = values[s.offset as usize..][..s.len as usize].to_vec();
+        let shape = s.shape.iter().map(|&d| d as usize).collect();
+        out.insert(format!("{prefix}{}{suffix}", s.name), (shape, v));
+    }
+}
+
+impl Checkpoint {
+    /// Gathers arena-laid-out state into named tensors.
+    pub fn new(
+        config: DenseNetConfig,
+        recipe: Recipe,
+        dataset: DatasetKind,
+        (epoch, step): (u32, u64),
+        layout: &Layout,
+        state: State<'_>,
+    ) -> Checkpoint {
+        let mut tensors = HashMap::new();
+        put(&mut tensors, &layout.params, state.params, "", "");
+        put(
+            &mut tensors,
+            &layout.stats,
+            state.running_mean,
+            "",
+            ".running_mean",
+        );
+        put(
+            &mut tensors,
+            &layout.stats,
+            state.running_var,
+            "",
+            ".running_var",
+        );
+        if let Some(v) = state.velocity {
+            put(&mut tensors, &layout.params, v, "optimizer.velocity.", "");
+        }
+        Checkpoint {
+            config,
+            recipe,
+            dataset,
+            epoch,
+            step,
+            tensors,
+        }
+    }
+
+    /// Reads a plan's state back: parameters, running statistics, and the SGD momentum when
+    /// the plan keeps one. `epoch` epochs and `step` steps are done.
+    pub fn capture(
+        gpu: &Gpu,
+        plan: &Plan,
+        recipe: &Recipe,
+        dataset: DatasetKind,
+        (epoch, step): (u32, u64),
+    ) -> Result<Checkpoint> {
+        let b = &plan.buffers;
+        let params: Vec<f32> = gpu.read_all(&b.params)?;
+        let running_mean: Vec<f32> = gpu.read_all(&b.running_mean)?;
+        let running_var: Vec<f32> = gpu.read_all(&b.running_var)?;
+        let velocity: Option<Vec<f32>> =
+            b.velocity.as_ref().map(|v| gpu.read_all(v)).transpose()?;
+        let state = State {
+            params: &params,
+            running_mean: &running_mean,
+            running_var: &running_var,
+            velocity: velocity.as_deref(),
+        };
+        let (cfg, layout) = (plan.cfg.clone(), &plan.layout);
+        Ok(Checkpoint::new(
+            cfg,
+            recipe.clone(),
+            dataset,
+            (epoch, step),
+            layout,
+            state,
+        ))
+    }
+
+    /// Writes this checkpoint's parameters, running statistics and (when both sides have
+    /// one) momentum into a plan of the same network.
+    pub fn restore(&self, gpu: &Gpu, plan: &Plan) -> Result<()> {
+        if self.config != plan.cfg {
+            bail!("the checkpoint's network differs from the plan's");
+        }
+        let (layout, b) = (&plan.layout, &plan.buffers);
+        plan.write_params(gpu, &self.arena(&layout.params, "", "")?)?;
+        gpu.write(
+            &b.running_mean,
+            &self.arena(&layout.stats, "", ".running_mean")?,
+        )?;
+        gpu.write(
+            &b.running_var,
+            &self.arena(&layout.stats, "", ".running_var")?,
+        )?;
+        if let Some(v) = &b.velocity {
+            if let Some(values) = self.optional_arena(&layout.params, "optimizer.velocity.", "")? {
+                gpu.write(v, &values)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scatters named tensors into `arena`'s layout (`prefix`/`suffix` around slot names);
+    /// a missing tensor is an error.
+    pub fn arena(&self, arena: &Arena, prefix: &str, suffix: &str) -> Result<Vec<f32>> {
+        match self.scatter(arena, prefix, suffix, false)? {
+            Some(v) => Ok(v),
+            None => bail!("checkpoint lacks tensors {prefix}*{suffix}"),
+        }
+    }
+
+    /// As [`Checkpoint::arena`], but None when the tensors are missing (e.g. no momentum).
+    pub fn optional_arena(
+        &self,
+        arena: &Arena,
+        prefix: &str,
+        suffix: &str,
+    ) -> Result<Option<Vec<f32>>> {
+        self.scatter(arena, prefix, suffix, true)
+    }
+
+    fn scatter(
+        &self,
+        arena: &Arena,
+        prefix: &str,
+        suffix: &str,
+        optional: bool,
+    ) -> Result<Option<Vec<f32>>> {
+        let mut out = vec![0f32; arena.len as usize];
+        for s in &arena.slots {
+            let name = format!("{prefix}{}{suffix}", s.name);
+            let Some((shape, v)) = self.tensors.get(&name) else {
+                if optional {
+                    return Ok(None);
+                }
+                bail!("checkpoint has no tensor {name}");
+            };
+            let want: Vec<usize> = s.shape.iter().map(|&d| d as usize).collect();
+            if *shape != want {
+                bail!("checkpoint tensor {name} has shape {shape:?}, the network needs {want:?}");
+            }
+            out[s.offset as usize..][..s.len as usize].copy_from_slice(v);
+        }
+        Ok(Some(out))
+    }
+}

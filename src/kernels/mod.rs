@@ -1,0 +1,239 @@
+//! The kernel registry and the one way every op is launched.
+//!
+//! Each op module declares its WGSL file as a [`Shader`] and each entry point as a static
+//! [`Entry`] that points back at it: the storage bindings it uses (with their access and
+//! element kind) and its workgroup size. Binding 0 is always the op's uniform params struct.
+//! A shader may come in several [`Variant`]s (register-tile sizes, later workgroup-tiled or
+//! cooperative-matrix versions) and element types; a [`Kernel`] is one entry of one variant
+//! for one element type, and that triple is the key under which [`Kernels`] compiles and
+//! caches its pipeline. Launchers hand over their own `&'static Entry`: nothing is looked up
+//! by name, so no table of all shaders is needed at run time and this module imports no op.
+//! (The op layer keeps that table, for `info`, `--kernels` and the tests.)
+//!
+//! Which variant a launch uses is the [`Policy`]'s choice: per adapter class by default,
+//! forced with `--kernels`.
+//!
+//! Imports run one way: `ops` -> `kernels` -> `gpu`.
+
+mod dispatch;
+mod policy;
+mod registry;
+
+pub use dispatch::{fold_grid, submit, Dispatch, Grid};
+pub use policy::{DeviceClass, Policy};
+pub use registry::{Kernels, Pipeline};
+
+use crate::gpu::DType;
+
+/// How an entry point uses a storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// What a storage binding holds: values of the kernel's element type, or u32s (labels,
+/// indices, counters) whatever the kernel's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    Float,
+    U32,
+}
+
+/// One storage binding of an entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub index: u32,
+    pub access: Access,
+    pub elem: Elem,
+}
+
+/// Read-only values of the kernel's element type at `index`.
+pub const fn read(index: u32) -> Binding {
+    Binding {
+        index,
+        access: Access::Read,
+        elem: Elem::Float,
+    }
+}
+
+/// Written values of the kernel's element type at `index`.
+pub const fn write(index: u32) -> Binding {
+    Binding {
+        index,
+        access: Access::ReadWrite,
+        elem: Elem::Float,
+    }
+}
+
+/// Read-only u32s at `index`.
+pub const fn read_u32(index: u32) -> Binding {
+    Binding {
+        index,
+        access: Access::Read,
+        elem: Elem::U32,
+    }
+}
+
+/// Written u32s at `index`.
+pub const fn write_u32(index: u32) -> Binding {
+    Binding {
+        index,
+        access: Access::ReadWrite,
+        elem: Elem::U32,
+    }
+}
+
+/// One WGSL entry point: its name (shared with the reference and the launcher), its shader,
+/// the storage bindings it touches (binding 0, the params uniform, is implied) and its
+/// workgroup size.
+#[derive(Debug)]
+pub struct Entry {
+    pub shader: &'static Shader,
+    pub name: &'static str,
+    pub bindings: &'static [Binding],
+    pub workgroup_size: u32,
+    /// `size_of` the Rust params struct bound at binding 0.
+    pub params_size: usize,
+}
+
+impl Entry {
+    /// An entry point of `shader` whose params uniform is a `P`.
+    pub const fn new<P>(
+        shader: &'static Shader,
+        name: &'static str,
+        bindings: &'static [Binding],
+        workgroup_size: u32,
+    ) -> Entry {
+        Entry {
+            shader,
+            name,
+            bindings,
+            workgroup_size,
+            params_size: std::mem::size_of::<P>(),
+        }
+    }
+
+    /// This entry in the shader's first (default) variant, for elements of `dtype`.
+    pub fn kernel(&'static self, dtype: DType) -> Kernel {
+        Kernel {
+            entry: self,
+            variant: &self.shader.variants[0],
+            dtype,
+        }
+    }
+
+    /// This entry in `variant`, for elements of `dtype`.
+    pub fn variant(&'static self, variant: &'static Variant, dtype: DType) -> Kernel {
+        Kernel {
+            entry: self,
+            variant,
+            dtype,
+        }
+    }
+}
+
+/// One implementation of every entry point of a shader, e.g. a register-tile size.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub name: &'static str,
+    /// One line for `info` and `--kernels` errors.
+    pub about: &'static str,
+}
+
+/// The only variant of a shader that has one.
+pub const PLAIN: Variant = Variant {
+    name: "plain",
+    about: "the one implementation",
+};
+
+/// Where a shader's WGSL comes from.
+#[derive(Debug)]
+pub enum Source {
+    /// One file for every variant and element type.
+    File(&'static str),
+    /// Generated from Rust for each (variant, element type), e.g. a register tile of the
+    /// variant's size.
+    Generated(fn(&Variant, DType) -> String),
+}
+
+/// One WGSL file: its entry points, variants and element types.
+#[derive(Debug)]
+pub struct Shader {
+    /// The op it implements, as `--kernels` names it.
+    pub op: &'static str,
+    pub file: &'static str,
+    pub source: Source,
+    pub entries: &'static [&'static Entry],
+    /// The first is the default; the policy may choose another.
+    pub variants: &'static [Variant],
+    /// How the policy chooses among the variants when it is not forced (for `info`).
+    pub choice: &'static str,
+    /// The element types its kernels exist for.
+    pub dtypes: &'static [DType],
+}
+
+/// Helpers every kernel may use; prepended to each op's source.
+pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+
+impl Shader {
+    /// The source as compiled for `variant` and `dtype`: the common helpers, then the op's own
+    /// code.
+    pub fn full_source(&self, variant: &Variant, dtype: DType) -> String {
+        let own = match self.source {
+            Source::File(text) => text.to_string(),
+            Source::Generated(generate) => generate(variant, dtype),
+        };
+        format!("{COMMON_WGSL}\n{own}")
+    }
+
+    /// The variant called `name`, if the shader has it.
+    pub fn find_variant(&'static self, name: &str) -> Option<&'static Variant> {
+        self.variants.iter().find(|v| v.name == name)
+    }
+
+    /// Every kernel this shader provides: each entry in each variant and element type.
+    pub fn kernels(&'static self) -> impl Iterator<Item = Kernel> {
+        self.entries.iter().flat_map(move |e| {
+            self.variants.iter().flat_map(move |v| {
+                self.dtypes.iter().map(move |&d| Kernel {
+                    entry: e,
+                    variant: v,
+                    dtype: d,
+                })
+            })
+        })
+    }
+}
+
+/// One compiled unit: an entry point in one variant for one element type.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub entry: &'static Entry,
+    pub variant: &'static Variant,
+    pub dtype: DType,
+}
+
+impl Kernel {
+    pub fn name(&self) -> &'static str {
+        self.entry.name
+    }
+
+    /// `entry[variant, dtype]`, or `entry[dtype]` for a shader with one variant.
+    pub fn label(&self) -> String {
+        match self.entry.shader.variants.len() {
+            1 => format!("{}[{}]", self.entry.name, self.dtype),
+            _ => format!("{}[{},{}]", self.entry.name, self.variant.name, self.dtype),
+        }
+    }
+
+    /// The cache key: shader file, entry, variant, element type.
+    pub(crate) fn key(&self) -> (&'static str, &'static str, &'static str, DType) {
+        (
+            self.entry.shader.file,
+            self.entry.name,
+            self.variant.name,
+            self.dtype,
+        )
+    }
+}

@@ -1,0 +1,180 @@
+//! The training loop: batches prepared on a worker thread, one submit per step with at most
+//! two steps in flight, progress read back a few times per epoch without stalling the
+//! GPU, then evaluation, metrics, the plot and a checkpoint after every epoch.
+//!
+//! [`setup`] decides what is trained (preset, command line, or the checkpoint resumed);
+//! the state moves between checkpoint and device through [`Checkpoint`].
+
+mod progress;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+pub use setup::{setup, Setup, TrainArgs};
+
+use crate::checkpoint::Checkpoint;
+use crate::data::loader::{Loader, Order};
+use crate::evaluate::evaluate;
+use crate::gpu::{DType, InFlight};
+use crate::kernels::Kernels;
+use crate::model::memory::mib;
+use crate::model::{MemoryPlan, Mode, Plan, PlanLimits};
+use crate::report::{self, EpochMetrics};
+
+/// Where a run's checkpoint goes in its output folder.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.join("checkpoint.safetensors")
+}
+
+/// Trains as `args` says; returns every epoch's metrics (earlier ones too when resuming).
+pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
+    let gpu = k.gpu();
+    let setup = setup(args)?;
+    let (cfg, recipe) = (&setup.config, &setup.recipe);
+    let mut plan = Plan::train(k, cfg, recipe.batch_size, recipe.sgd())?;
+    let (first_epoch, mut step) = match &setup.resume {
+        Some(ck) => {
+            ck.restore(gpu, &plan)?;
+            (ck.epoch, ck.step)
+        }
+        None => {
+            plan.write_params(gpu, &plan.layout.init_params(cfg.init, recipe.seed))?;
+            (0, 0)
+        }
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut history: Vec<EpochMetrics> = match &setup.resume {
+        Some(_) => report::read_metrics(&metrics_path)?
+            .into_iter()
+            .filter(|m| m.epoch <= first_epoch)
+            .collect(),
+        None => Vec::new(),
+    };
+    announce(k, &plan, &setup, args)?;
+    for epoch in first_epoch + 1..=recipe.epochs {
+        let m = run_epoch(k, &mut plan, &setup, args, epoch, &mut step)?;
+        println!(
+            "epoch {epoch:>3}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s, {:.1} s",
+            recipe.epochs,
+            m.train_loss,
+            100.0 * m.train_acc,
+            m.test_loss,
+            100.0 * m.test_acc,
+            m.images_per_sec,
+            m.seconds
+        );
+        history.push(m);
+        report::write_metrics(&metrics_path, &history)?;
+        let title = format!("{} on {}", args.preset.name(), args.dataset.name());
+        report::plot(&args.out.join("curves.png"), &history, &title)?;
+        Checkpoint::capture(gpu, &plan, recipe, args.dataset, (epoch, step))?
+            .save(&checkpoint_path(&args.out))?;
+    }
+    Ok(history)
+}
+
+/// The run's one-line summary: data, network, device, kernels, and the memory of the
+/// training plan and of an evaluation-only plan of the same network.
+fn announce(k: &Kernels, plan: &Plan, setup: &Setup, args: &TrainArgs) -> Result<()> {
+    let gpu = k.gpu();
+    let recipe = &setup.recipe;
+    let limits = PlanLimits::of(gpu);
+    let eval = MemoryPlan::new(
+        &plan.cfg,
+        &plan.layout,
+        plan.batch,
+        Mode::Eval,
+        false,
+        limits,
+        DType::F32,
+    )?;
+    eprintln!(
+        "densenet-wgpu: {} on {} ({} train / {} test), {} parameters, batch {}, {} epochs; \
+         device {} ({:?}); kernels {}; memory: training plan {:.1} MiB ({}), evaluation plan \
+         {:.1} MiB",
+        args.preset.name(),
+        args.dataset.name(),
+        setup.train.len(),
+        setup.test.len(),
+        plan.layout.parameter_count(),
+        recipe.batch_size,
+        recipe.epochs,
+        gpu.info.name,
+        gpu.info.backend,
+        k.policy().origin,
+        mib(plan.memory.report.total()),
+        plan.memory.report,
+        mib(eval.report.total()),
+    );
+    Ok(())
+}
+
+/// One epoch: the training steps, then the evaluation; `step` counts optimizer steps.
+fn run_epoch(
+    k: &Kernels,
+    plan: &mut Plan,
+    setup: &Setup,
+    args: &TrainArgs,
+    epoch: u32,
+    step: &mut u64,
+) -> Result<EpochMetrics> {
+    let (gpu, recipe) = (k.gpu(), &setup.recipe);
+    let start = Instant::now();
+    let size = (plan.cfg.image_size, plan.cfg.image_size);
+    let order = Order::Shuffled(recipe.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let loader = Loader::new(setup.train.clone(), recipe.batch_size as usize, order, size);
+    let batches = loader.batches as u64;
+    let total_steps =
+        (setup.train.len() / recipe.batch_size as usize) as u64 * recipe.epochs as u64;
+    let pb = progress::bar(
+        args.progress,
+        batches,
+        format!("epoch {epoch}/{}", recipe.epochs),
+    );
+    plan.reset_metrics(gpu);
+    let mut inflight = InFlight::new(2);
+    let mut probe = progress::Probe::new(gpu);
+    let mut lr = recipe.lr;
+    for (i, batch) in loader.enumerate() {
+        lr = recipe.schedule.lr(recipe.lr, *step, total_steps);
+        plan.set_lr(gpu, lr);
+        plan.upload(gpu, &batch.x, &batch.labels)?;
+        inflight.push(gpu, plan.submit_train(gpu)?)?;
+        *step += 1;
+        if i % 8 == 7 {
+            probe.request(gpu, plan);
+        }
+        if let Some((loss, correct)) = probe.take(gpu) {
+            // The copy was queued after step `seen`; close enough for a progress bar.
+            let seen = ((i as u64 + 1) / 8 * 8).max(1) as f64 * recipe.batch_size as f64;
+            let secs = start.elapsed().as_secs_f64();
+            pb.set_message(format!(
+                "loss {:.4} acc {:.1}% {:.0} img/s",
+                loss / seen,
+                100.0 * correct as f64 / seen,
+                (i + 1) as f64 * recipe.batch_size as f64 / secs
+            ));
+        }
+        pb.inc(1);
+    }
+    let (loss_sum, correct) = plan.read_metrics(gpu)?;
+    let train_secs = start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let seen = (batches * recipe.batch_size as u64).max(1) as f64;
+    let (test_loss, test_acc) = evaluate(gpu, plan, &setup.test)?;
+    Ok(EpochMetrics {
+        epoch,
+        train_loss: loss_sum / seen,
+        train_acc: correct as f64 / seen,
+        test_loss,
+        test_acc,
+        seconds: start.elapsed().as_secs_f64(),
+        images_per_sec: seen / train_secs,
+        lr: lr as f64,
+    })
+}

@@ -1,0 +1,95 @@
+//! What a run trains: the network, recipe and data, from the preset and the command line,
+//! or from the checkpoint it resumes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use crate::checkpoint::Checkpoint;
+use crate::data::{self, Dataset, DatasetKind};
+use crate::model::DenseNetConfig;
+use crate::recipe::{Overrides, Preset, Recipe};
+
+/// Everything `densenet-wgpu train` takes.
+#[derive(Clone, Debug)]
+pub struct TrainArgs {
+    pub dataset: DatasetKind,
+    pub data_dir: Option<PathBuf>,
+    pub preset: Preset,
+    /// Recipe values that replace the preset's (or, resuming, the checkpoint's).
+    pub overrides: Overrides,
+    pub seed: u64,
+    pub limit_train: Option<usize>,
+    pub limit_test: Option<usize>,
+    pub out: PathBuf,
+    pub resume: Option<PathBuf>,
+    /// Draw progress bars (off in tests and when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// The network, recipe and data of a run.
+pub struct Setup {
+    pub config: DenseNetConfig,
+    pub recipe: Recipe,
+    pub train: Arc<Dataset>,
+    pub test: Arc<Dataset>,
+    pub resume: Option<Checkpoint>,
+}
+
+pub fn setup(args: &TrainArgs) -> Result<Setup> {
+    let resume = match &args.resume {
+        Some(p) => Some(Checkpoint::load(p)?),
+        None => None,
+    };
+    // A resumed run keeps its seed: the same synthetic data, the same shuffling sequence.
+    let seed = resume.as_ref().map_or(args.seed, |ck| ck.recipe.seed);
+    let mut splits = data::load(args.dataset, args.data_dir.as_deref(), seed)?;
+    if let Some(n) = args.limit_train {
+        splits.train.truncate(n);
+    }
+    if let Some(n) = args.limit_test {
+        splits.test.truncate(n);
+    }
+    let classes = splits.train.classes() as u32;
+    let (config, recipe) = match &resume {
+        Some(ck) => {
+            if ck.dataset != args.dataset {
+                bail!(
+                    "--resume {}: trained on {}, but --dataset is {}",
+                    args.resume
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string()),
+                    ck.dataset.name(),
+                    args.dataset.name()
+                );
+            }
+            (ck.config.clone(), ck.recipe.clone())
+        }
+        None => {
+            let recipe = Recipe {
+                seed: args.seed,
+                ..args.preset.recipe()
+            };
+            (args.preset.config(args.dataset, classes), recipe)
+        }
+    };
+    let recipe = recipe.with(&args.overrides);
+    let batch = recipe.batch_size as usize;
+    if splits.train.len() < batch {
+        bail!(
+            "the training set has {} examples, fewer than one batch of {batch}; lower --batch-size",
+            splits.train.len()
+        );
+    }
+    if splits.test.is_empty() {
+        bail!("the test set is empty (--limit-test 0?)");
+    }
+    Ok(Setup {
+        config,
+        recipe,
+        train: Arc::new(splits.train),
+        test: Arc::new(splits.test),
+        resume,
+    })
+}

@@ -1,0 +1,57 @@
+//! The registry on the device: every kernel of every op (each entry in each variant and
+//! element type) compiles; lookups that cannot succeed fail with one clear line.
+
+use crate::support::*;
+use densenet_wgpu::gpu::DType;
+use densenet_wgpu::kernels::DeviceClass;
+use densenet_wgpu::ops::{relu, SHADERS};
+use densenet_wgpu::Policy;
+
+#[test]
+fn every_kernel_of_every_op_compiles() {
+    let mut count = 0;
+    for shader in SHADERS {
+        for kernel in shader.kernels() {
+            let p = k().pipeline(kernel);
+            let p = p.unwrap_or_else(|e| panic!("{}: {e}", kernel.label()));
+            let again = k().pipeline(kernel).unwrap();
+            assert!(
+                std::sync::Arc::ptr_eq(&p, &again),
+                "{} is cached",
+                kernel.label()
+            );
+            count += 1;
+        }
+    }
+    println!("{count} kernels compiled");
+}
+
+#[test]
+fn a_missing_element_type_or_variant_is_a_clear_error() {
+    let err = k()
+        .pipeline(relu::FORWARD.kernel(DType::F16))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("relu_forward") && err.contains("f16"), "{err}");
+    let err = Policy::parse("conv2d=tile99", DeviceClass::Cpu, SHADERS)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tile99") && err.contains("tile8"), "{err}");
+    let err = Policy::parse("nosuchop=tile8", DeviceClass::Cpu, SHADERS)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nosuchop"), "{err}");
+}
+
+#[test]
+fn a_view_of_the_wrong_element_type_is_refused() {
+    let p = relu::ReluParams::new(4);
+    let x = up_u32(&[1, 2, 3, 4]);
+    let y = poisoned(4);
+    let err = relu::relu_forward(k(), &p, x.view(), y.view())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("mixed element types"), "{err}");
+}
