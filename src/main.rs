@@ -117,7 +117,7 @@ enum Command {
     },
     /// Test loss and accuracy of a checkpoint (on an evaluation-only plan)
     Eval {
-        /// The checkpoint to evaluate
+        /// The checkpoint to evaluate [required]
         #[arg(long, value_name = "FILE")]
         checkpoint: PathBuf,
         #[command(flatten)]
@@ -143,7 +143,7 @@ enum Command {
         /// Timed steps (after two warm-up steps)
         #[arg(long, default_value_t = 10)]
         steps: u32,
-        /// Also time every kernel of one step with timestamp queries
+        /// Also time every kernel of one step with timestamp queries [default: off]
         #[arg(long)]
         profile: bool,
     },
@@ -161,13 +161,13 @@ enum Command {
         /// Element type of activations, their gradients and workspaces
         #[arg(long, value_enum, default_value = "f32")]
         precision: Precision,
-        /// Print one JSON object instead of the tables
+        /// Print one JSON object instead of the tables [default: off]
         #[arg(long)]
         json: bool,
     },
     /// Classify PNG images with a checkpoint (on an evaluation-only plan)
     Predict {
-        /// The checkpoint to classify with
+        /// The checkpoint to classify with [required]
         #[arg(long, value_name = "FILE")]
         checkpoint: PathBuf,
         /// PNG files

@@ -119,7 +119,8 @@ pub fn plan_report(args: &PlanArgs, limits: PlanLimits) -> Result<PlanReport> {
         parameters: layout.parameter_count(),
         training: side(&train),
         evaluation: side(&eval),
-        naive_training_bytes: naive_training_bytes(&cfg, &layout, batch, momentum, args.precision),
+        naive_training_bytes: naive_training_bytes(&cfg, &layout, batch, momentum, args.precision)
+            .total(),
     })
 }
 

@@ -1,26 +1,18 @@
-//! The command line end to end on small runs: train writes its outputs, eval reproduces
-//! the test figures training reported, resume continues, predict classifies PNG files, and
-//! user errors end in one line and a non-zero exit, never a panic.
+//! The command line end to end on small runs: training lowers the loss and beats chance,
+//! eval reproduces the test figures training reported, a resumed run reproduces an
+//! uninterrupted one's metrics, predict classifies PNG files, `plan` reports both plans'
+//! memory, `--kernels` forces variants, every flag documents its default, and user errors
+//! end in one line and a non-zero exit, never a panic.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use densenet_wgpu::checkpoint::Checkpoint;
 use densenet_wgpu::data::synthetic;
-use densenet_wgpu::report::read_metrics;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!(
-        "densenet-cli-{name}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use densenet_wgpu::report::{read_metrics, EpochMetrics};
+use support::temp_dir;
 
 fn cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
@@ -63,13 +55,16 @@ fn train(out: &Path, epochs: &str, extra: &[&str]) -> String {
 fn train_eval_resume_and_predict() {
     let dir = temp_dir("run");
     // A non-default seed: eval and resume must find the same synthetic data without it.
-    let printed = train(&dir, "2", &["--seed", "5"]);
+    // A constant rate: the schedule does not depend on the epoch count, so a 2-epoch run
+    // resumed to 3 must equal a 3-epoch run.
+    let printed = train(&dir, "2", &["--seed", "5", "--schedule", "constant"]);
     assert!(printed.contains("epoch   2/2"), "{printed}");
     let metrics = read_metrics(&dir.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.len(), 2);
     assert!(metrics
         .iter()
         .all(|m| m.train_loss.is_finite() && m.images_per_sec > 0.0));
+
     let png = std::fs::read(dir.join("curves.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     let ck_path = dir.join("checkpoint.safetensors");
@@ -95,14 +90,28 @@ fn train_eval_resume_and_predict() {
         "eval printed {eval:?}, training reported {want:?}"
     );
 
-    // Resume to 3 epochs: the history keeps the first two and gains a third.
+    // Resume to 3 epochs: the history keeps the first two and gains a third, and every
+    // figure equals that of a run that trained 3 epochs without stopping.
     train(&dir, "3", &["--resume", ck_arg]);
-    let metrics = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    let resumed = read_metrics(&dir.join("metrics.jsonl")).unwrap();
     assert_eq!(
-        metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        resumed.iter().map(|m| m.epoch).collect::<Vec<_>>(),
         [1, 2, 3]
     );
     assert_eq!(Checkpoint::load(&ck_path).unwrap().epoch, 3);
+    let straight_dir = temp_dir("straight");
+    train(
+        &straight_dir,
+        "3",
+        &["--seed", "5", "--schedule", "constant"],
+    );
+    let straight = read_metrics(&straight_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        figures(&resumed),
+        figures(&straight),
+        "resumed vs uninterrupted"
+    );
+    std::fs::remove_dir_all(&straight_dir).unwrap();
 
     // predict on PNGs of synthetic test images.
     let test = synthetic::generate(5).test;
@@ -129,9 +138,141 @@ fn train_eval_resume_and_predict() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// 64 steps on the synthetic set lower the loss and beat chance (10 classes) by twice.
+#[test]
+fn training_lowers_the_loss_and_beats_chance() {
+    let dir = temp_dir("learn");
+    let out = dir.to_str().unwrap();
+    ok(&[
+        "train",
+        "--limit-train",
+        "1024",
+        "--limit-test",
+        "300",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        "--schedule",
+        "constant",
+        "--out",
+        out,
+    ]);
+    let m = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    assert!(m[1].train_loss < m[0].train_loss, "{m:?}");
+    assert!(m[1].train_loss < 10f64.ln() && m[1].test_acc > 0.2, "{m:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An epoch's figures without its timings.
+fn figures(m: &[EpochMetrics]) -> Vec<[f64; 6]> {
+    m.iter()
+        .map(|m| {
+            [
+                m.epoch as f64,
+                m.train_loss,
+                m.train_acc,
+                m.test_loss,
+                m.test_acc,
+                m.lr,
+            ]
+        })
+        .collect()
+}
+
+/// `plan` prints both plans without running a step; `--json` gives the same as one object.
+#[test]
+fn plan_reports_training_and_evaluation_memory() {
+    let args = ["plan", "--preset", "d2l", "--dataset", "fashion-mnist"];
+    let text = ok(&args);
+    assert!(
+        text.contains("training plan") && text.contains("evaluation plan"),
+        "{text}"
+    );
+    assert!(
+        text.contains("blocks.0.grad") && text.contains("naive DenseNet"),
+        "{text}"
+    );
+    let json = ok(&[&args[..], &["--json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let train = v["training"]["total_bytes"].as_u64().unwrap();
+    let eval = v["evaluation"]["total_bytes"].as_u64().unwrap();
+    assert!(train <= 700 << 20, "d2l training plan {train} bytes");
+    assert!(2 * eval < train, "evaluation {eval}, training {train}");
+    assert!(v["naive_training_bytes"].as_u64().unwrap() > train);
+    let buffers = v["training"]["buffers"].as_array().unwrap();
+    let total: u64 = v["training"]["categories"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|b| b.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, train, "categories add up");
+    assert!(buffers
+        .iter()
+        .any(|b| b["name"] == "blocks.0" && b["slot"].is_u64()));
+    let f16 = ok(&[&args[..], &["--precision", "f16", "--json"]].concat());
+    let f16: serde_json::Value = serde_json::from_str(&f16).unwrap();
+    assert!(f16["training"]["total_bytes"].as_u64().unwrap() < train * 6 / 10);
+}
+
+/// `--kernels` forces a variant everywhere; `info` prints the policy.
+#[test]
+fn kernels_flag_forces_a_variant() {
+    let info = ok(&["info", "--kernels", "tile8"]);
+    assert!(
+        info.contains("kernel policy: --kernels tile8") && info.contains("forced tile8"),
+        "{info}"
+    );
+    let bench = ok(&[
+        "bench",
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--kernels",
+        "conv2d=tile16",
+        "--profile",
+    ]);
+    assert!(bench.contains("kernels --kernels conv2d=tile16"), "{bench}");
+    assert!(
+        bench.contains("conv2d_forward[tile16,f32]") && !bench.contains("tile8"),
+        "{bench}"
+    );
+}
+
+/// Every option of every command says what it does and what its default is.
+#[test]
+fn every_flag_documents_its_default() {
+    for cmd in ["train", "eval", "bench", "plan", "predict", "info"] {
+        let help = ok(&[cmd, "--help"]);
+        let mut blocks: Vec<String> = Vec::new();
+        for line in help.lines() {
+            let t = line.trim_start();
+            if t.starts_with("--")
+                || (t.starts_with('-') && t.chars().nth(1).is_some_and(|c| c.is_alphabetic()))
+            {
+                blocks.push(t.to_string());
+            } else if let Some(b) = blocks.last_mut() {
+                b.push(' ');
+                b.push_str(t);
+            }
+        }
+        for b in blocks
+            .iter()
+            .filter(|b| !b.contains("--help") && !b.contains("--version"))
+        {
+            assert!(
+                b.contains("default") || b.contains("[required]"),
+                "{cmd}: {b}"
+            );
+        }
+    }
+}
+
 #[test]
 fn user_errors_are_one_line_and_fail() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["info", "--adapter", "no-such-gpu"], "no-such-gpu"),
         (&["train", "--dataset", "mnist"], "--data-dir"),
         (
@@ -152,6 +293,7 @@ fn user_errors_are_one_line_and_fail() {
             &["train", "--limit-train", "10", "--batch-size", "64"],
             "--batch-size",
         ),
+        (&["info", "--kernels", "conv2d=tile99"], "tile99"),
     ];
     for (args, needle) in cases {
         let out = cli(args);

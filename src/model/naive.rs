@@ -9,15 +9,30 @@ use crate::gpu::DType;
 use crate::model::config::{DenseNetConfig, Stem};
 use crate::model::layout::Layout;
 
-/// Bytes of the naive step: the saved forward outputs and the parameter state (parameters,
-/// gradients, and momentum when `momentum`).
+/// The naive step's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Naive {
+    /// Every forward output kept for the backward, and the input.
+    pub feature_maps: u64,
+    /// Parameters, their gradients, and the momentum.
+    pub parameter_state: u64,
+}
+
+impl Naive {
+    pub fn total(&self) -> u64 {
+        self.feature_maps + self.parameter_state
+    }
+}
+
+/// The naive step of `cfg` at `batch` (with a momentum buffer when `momentum`), activations
+/// of `dtype`.
 pub fn naive_training_bytes(
     cfg: &DenseNetConfig,
     layout: &Layout,
     batch: u32,
     momentum: bool,
     dtype: DType,
-) -> u64 {
+) -> Naive {
     let n = batch as u64;
     let plane = |s: u32| n * s as u64 * s as u64;
     let mut elems = cfg.in_channels as u64 * plane(cfg.image_size);
@@ -52,5 +67,8 @@ pub fn naive_training_bytes(
     let last = shapes.last().map_or(0, |s| s.c_out as u64 * plane(s.size));
     elems += 2 * last + cfg.head_channels() as u64 * n + n * cfg.classes as u64;
     let states = 2 + momentum as u64;
-    dtype.bytes(elems) + states * DType::F32.bytes(layout.params.len)
+    Naive {
+        feature_maps: dtype.bytes(elems),
+        parameter_state: states * DType::F32.bytes(layout.params.len),
+    }
 }

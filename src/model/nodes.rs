@@ -592,12 +592,9 @@ fn head(ctx: &mut Ctx<'_>, i: usize) -> Result<HeadNode> {
     let b0 = ctx.train().then(|| ctx.timeline.bwd(i, 0));
     let keep = (f, b0.unwrap_or(f));
     let features = ctx.tensor("head.features", &[c as u64, n as u64], Activations, keep);
-    let dlogits = ctx.tensor(
-        "head.logits.grad",
-        &[n as u64, classes as u64],
-        Gradients,
-        keep,
-    );
+    // The loss kernel writes the loss gradient in evaluation too, where it is scratch.
+    let cat = if ctx.train() { Gradients } else { Scratch };
+    let dlogits = ctx.tensor("head.logits.grad", &[n as u64, classes as u64], cat, keep);
     let dfeatures = b0.map(|b| {
         ctx.tensor(
             "head.features.grad",
