@@ -174,7 +174,7 @@ fn check_stats(plan: &Plan, want: &ReferenceStep, batch: u32, cfg: &DenseNetConf
 /// H*W of the tensor a statistics slot normalizes.
 fn stats_plane(layout: &Layout, cfg: &DenseNetConfig, name: &str) -> u32 {
     let size = match name {
-        "stem.bn" => (cfg.image_size + 1) / 2,
+        "stem.bn" => cfg.image_size.div_ceil(2),
         _ => {
             let b: usize = name
                 .trim_start_matches("blocks.")

@@ -89,7 +89,6 @@ impl Plan {
             }
             None => None,
         };
-        drop(bufs);
         Ok(Plan {
             cfg: cfg.clone(),
             batch,

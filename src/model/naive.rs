@@ -41,7 +41,7 @@ pub fn naive_training_bytes(
     elems += match cfg.stem {
         // conv, BN, ReLU at half size; max-pool output and its indices.
         Stem::ImageNet { .. } => {
-            let half = (cfg.image_size + 1) / 2;
+            let half = cfg.image_size.div_ceil(2);
             3 * c0 * plane(half) + 2 * c0 * plane(shapes[0].size)
         }
         Stem::Cifar { .. } => c0 * plane(shapes[0].size),

@@ -9,6 +9,7 @@ mod batchnorm;
 mod conv2d;
 mod cross_entropy;
 mod elementwise;
+mod fused_pool;
 mod linear;
 mod pool;
 mod registry;

@@ -9,17 +9,17 @@ use densenet_wgpu::ops::global_avgpool::{self, GlobalAvgPoolParams};
 use densenet_wgpu::ops::maxpool::{self, Pool2dParams};
 use densenet_wgpu::reference as cpu;
 
-struct Case {
-    input: [u32; 4],
+pub(crate) struct Case {
+    pub(crate) input: [u32; 4],
     kernel: (u32, u32),
     stride: (u32, u32),
     pad: (u32, u32),
     /// Channels before x in its buffer and before y in its buffer.
-    x_chan: u32,
+    pub(crate) x_chan: u32,
     y_chan: u32,
 }
 
-fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     let c = |input, kernel, stride, pad, x_chan, y_chan| Case {
         input,
         kernel,
@@ -46,7 +46,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn params(c: &Case) -> Pool2dParams {
+pub(crate) fn params(c: &Case) -> Pool2dParams {
     Pool2dParams::new(c.input, c.kernel, c.stride, c.pad)
         .unwrap()
         .with_x_channel_offset(c.x_chan)
@@ -55,7 +55,7 @@ fn params(c: &Case) -> Pool2dParams {
 
 /// Buffer lengths for x and y: the case's channel offsets in front, a few spare elements
 /// behind, so reads or writes outside the tensor would show.
-fn totals(p: &Pool2dParams) -> (u64, u64) {
+pub(crate) fn totals(p: &Pool2dParams) -> (u64, u64) {
     (
         p.x_offset as u64 + p.x_len() + 7,
         p.y_offset as u64 + p.y_len() + 5,
@@ -267,7 +267,7 @@ fn pool_backward_covers_a_large_input() {
 }
 
 /// (input (N, C, H, W), x channel offset, y channel offset)
-fn global_cases() -> Vec<([u32; 4], u32, u32)> {
+pub(crate) fn global_cases() -> Vec<([u32; 4], u32, u32)> {
     vec![
         ([3, 13, 7, 7], 0, 0),
         ([1, 13, 9, 5], 2, 3),
@@ -277,7 +277,11 @@ fn global_cases() -> Vec<([u32; 4], u32, u32)> {
     ]
 }
 
-fn global_params(input: [u32; 4], x_chan: u32, y_chan: u32) -> (GlobalAvgPoolParams, u64, u64) {
+pub(crate) fn global_params(
+    input: [u32; 4],
+    x_chan: u32,
+    y_chan: u32,
+) -> (GlobalAvgPoolParams, u64, u64) {
     let p = GlobalAvgPoolParams::new(input)
         .unwrap()
         .with_x_channel_offset(x_chan)
