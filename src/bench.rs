@@ -110,7 +110,7 @@ pub struct KernelTime {
     pub seconds: f64,
 }
 
-/// Times every dispatch of `cmds` with timestamp queries; per kernel name, slowest first.
+/// Times every dispatch of `cmds` with timestamp queries; per kernel, slowest first.
 pub fn profile(gpu: &Gpu, cmds: &[Cmd]) -> Result<Vec<KernelTime>> {
     if !gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
         bail!(
@@ -119,12 +119,35 @@ pub fn profile(gpu: &Gpu, cmds: &[Cmd]) -> Result<Vec<KernelTime>> {
         );
     }
     let runs: Vec<&Cmd> = cmds.iter().filter(|c| matches!(c, Cmd::Run(_))).collect();
-    let count = (2 * runs.len()) as u32;
+    let ticks = timestamps(gpu, cmds, runs.len())?;
+    let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+    let mut by_name: HashMap<String, (u32, f64)> = HashMap::new();
+    for (i, cmd) in runs.iter().enumerate() {
+        if let Cmd::Run(d) = cmd {
+            let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+            let e = by_name.entry(d.kernel().label()).or_default();
+            e.0 += 1;
+            e.1 += dt;
+        }
+    }
+    let mut out: Vec<KernelTime> = by_name
+        .into_iter()
+        .map(|(name, (calls, seconds))| KernelTime {
+            name,
+            calls,
+            seconds,
+        })
+        .collect();
+    out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    Ok(out)
+}
+
+/// Runs `cmds` once, each of its `dispatches` in a compute pass of its own with timestamps
+/// at both ends; returns the ticks (begin, end per dispatch).
+fn timestamps(gpu: &Gpu, cmds: &[Cmd], dispatches: usize) -> Result<Vec<u64>> {
+    let count = (2 * dispatches) as u32;
     if count > wgpu::QUERY_SET_MAX_QUERIES {
-        bail!(
-            "{} dispatches are more than one query set can time",
-            runs.len()
-        );
+        bail!("{dispatches} dispatches are more than one query set can time");
     }
     let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
         label: Some("profile"),
@@ -132,18 +155,17 @@ pub fn profile(gpu: &Gpu, cmds: &[Cmd]) -> Result<Vec<KernelTime>> {
         count,
     });
     let bytes = count as u64 * 8;
-    let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("profile resolve"),
-        size: bytes,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("profile readback"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let buffer = |label, usage| {
+        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    use wgpu::BufferUsages as U;
+    let resolve = buffer("profile resolve", U::QUERY_RESOLVE | U::COPY_SRC);
+    let staging = buffer("profile readback", U::MAP_READ | U::COPY_DST);
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     let mut q = 0;
     for cmd in cmds {
@@ -178,24 +200,5 @@ pub fn profile(gpu: &Gpu, cmds: &[Cmd]) -> Result<Vec<KernelTime>> {
     rx.recv().context("timestamp readback")??;
     let ticks: Vec<u64> = bytemuck::cast_slice(&staging.get_mapped_range(..)?).to_vec();
     staging.unmap();
-    let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
-    let mut by_name: HashMap<String, (u32, f64)> = HashMap::new();
-    for (i, cmd) in runs.iter().enumerate() {
-        if let Cmd::Run(d) = cmd {
-            let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
-            let e = by_name.entry(d.kernel().label()).or_default();
-            e.0 += 1;
-            e.1 += dt;
-        }
-    }
-    let mut out: Vec<KernelTime> = by_name
-        .into_iter()
-        .map(|(name, (calls, seconds))| KernelTime {
-            name,
-            calls,
-            seconds,
-        })
-        .collect();
-    out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-    Ok(out)
+    Ok(ticks)
 }

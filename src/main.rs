@@ -90,90 +90,105 @@ enum Command {
     /// List adapters, the chosen one, its features and limits, and the kernel policy
     Info,
     /// Train a DenseNet; writes metrics.jsonl, curves.png and checkpoint.safetensors to --out
-    Train {
-        #[command(flatten)]
-        data: DataArgs,
-        /// Network and recipe: d2l (the lecture, 96x96), small (28x28 on a CPU), tiny (demo)
-        #[arg(long, value_enum, default_value = "tiny")]
-        preset: Preset,
-        #[command(flatten)]
-        recipe: RecipeArgs,
-        /// Seeds the synthetic data, the initial weights and the shuffling
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Use only the first N training examples [default: all]
-        #[arg(long, value_name = "N")]
-        limit_train: Option<usize>,
-        /// Use only the first N test examples [default: all]
-        #[arg(long, value_name = "N")]
-        limit_test: Option<usize>,
-        /// Output folder [default: runs/PRESET-DATASET]
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Continue from a checkpoint (its network and recipe; --epochs is the new total)
-        /// [default: start afresh]
-        #[arg(long, value_name = "FILE")]
-        resume: Option<PathBuf>,
-    },
+    Train(TrainCmd),
     /// Test loss and accuracy of a checkpoint (on an evaluation-only plan)
-    Eval {
-        /// The checkpoint to evaluate [required]
-        #[arg(long, value_name = "FILE")]
-        checkpoint: PathBuf,
-        #[command(flatten)]
-        data: DataArgs,
-        /// Use only the first N test examples [default: all]
-        #[arg(long, value_name = "N")]
-        limit_test: Option<usize>,
-        /// Seed of the synthetic data [default: the checkpoint's]
-        #[arg(long)]
-        seed: Option<u64>,
-    },
+    Eval(EvalCmd),
     /// Time training steps of a preset on random data; --profile adds per-kernel GPU times
-    Bench {
-        /// Network and recipe to time
-        #[arg(long, value_enum, default_value = "tiny")]
-        preset: Preset,
-        /// Whose image shape and classes to use (no files are read)
-        #[arg(long, value_enum, default_value = "synthetic")]
-        dataset: DatasetKind,
-        /// Examples per step [default: the preset's]
-        #[arg(long)]
-        batch_size: Option<u32>,
-        /// Timed steps (after two warm-up steps)
-        #[arg(long, default_value_t = 10)]
-        steps: u32,
-        /// Also time every kernel of one step with timestamp queries [default: off]
-        #[arg(long)]
-        profile: bool,
-    },
+    Bench(BenchCmd),
     /// Print the memory of a preset's training and evaluation plans without running a step
-    Plan {
-        /// Network to plan
-        #[arg(long, value_enum, default_value = "tiny")]
-        preset: Preset,
-        /// Whose image shape and classes to use (no files are read)
-        #[arg(long, value_enum, default_value = "synthetic")]
-        dataset: DatasetKind,
-        /// Examples per step [default: the preset's]
-        #[arg(long)]
-        batch_size: Option<u32>,
-        /// Element type of activations, their gradients and workspaces
-        #[arg(long, value_enum, default_value = "f32")]
-        precision: Precision,
-        /// Print one JSON object instead of the tables [default: off]
-        #[arg(long)]
-        json: bool,
-    },
+    Plan(PlanCmd),
     /// Classify PNG images with a checkpoint (on an evaluation-only plan)
-    Predict {
-        /// The checkpoint to classify with [required]
-        #[arg(long, value_name = "FILE")]
-        checkpoint: PathBuf,
-        /// PNG files
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
-    },
+    Predict(PredictCmd),
+}
+
+#[derive(Args)]
+struct TrainCmd {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Network and recipe: d2l (the lecture, 96x96), small (28x28 on a CPU), tiny (demo)
+    #[arg(long, value_enum, default_value = "tiny")]
+    preset: Preset,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    /// Seeds the synthetic data, the initial weights and the shuffling
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N training examples [default: all]
+    #[arg(long, value_name = "N")]
+    limit_train: Option<usize>,
+    /// Use only the first N test examples [default: all]
+    #[arg(long, value_name = "N")]
+    limit_test: Option<usize>,
+    /// Output folder [default: runs/PRESET-DATASET]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from a checkpoint (its network and recipe; --epochs is the new total)
+    /// [default: start afresh]
+    #[arg(long, value_name = "FILE")]
+    resume: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalCmd {
+    /// The checkpoint to evaluate [required]
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Use only the first N test examples [default: all]
+    #[arg(long, value_name = "N")]
+    limit_test: Option<usize>,
+    /// Seed of the synthetic data [default: the checkpoint's]
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args)]
+struct BenchCmd {
+    /// Network and recipe to time
+    #[arg(long, value_enum, default_value = "tiny")]
+    preset: Preset,
+    /// Whose image shape and classes to use (no files are read)
+    #[arg(long, value_enum, default_value = "synthetic")]
+    dataset: DatasetKind,
+    /// Examples per step [default: the preset's]
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Timed steps (after two warm-up steps)
+    #[arg(long, default_value_t = 10)]
+    steps: u32,
+    /// Also time every kernel of one step with timestamp queries [default: off]
+    #[arg(long)]
+    profile: bool,
+}
+
+#[derive(Args)]
+struct PlanCmd {
+    /// Network to plan
+    #[arg(long, value_enum, default_value = "tiny")]
+    preset: Preset,
+    /// Whose image shape and classes to use (no files are read)
+    #[arg(long, value_enum, default_value = "synthetic")]
+    dataset: DatasetKind,
+    /// Examples per step [default: the preset's]
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Element type of activations, their gradients and workspaces
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+    /// Print one JSON object instead of the tables [default: off]
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PredictCmd {
+    /// The checkpoint to classify with [required]
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// PNG files
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -205,104 +220,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", info::report(&opts)?);
             let k = kernels(&opts, spec)?;
             print!("{}", k.policy().describe(densenet_wgpu::ops::SHADERS));
+            Ok(())
         }
-        Command::Train {
-            data,
-            preset,
-            recipe,
-            seed,
-            limit_train,
-            limit_test,
-            out,
-            resume,
-        } => {
-            let dataset = data.dataset.unwrap_or(DatasetKind::Synthetic);
-            let out = out.unwrap_or_else(|| {
-                PathBuf::from(format!("runs/{}-{}", preset.name(), dataset.name()))
-            });
-            let args = TrainArgs {
-                dataset,
-                data_dir: data.data_dir,
-                preset,
-                overrides: Overrides {
-                    epochs: recipe.epochs,
-                    batch_size: recipe.batch_size,
-                    lr: recipe.lr,
-                    momentum: recipe.momentum,
-                    weight_decay: recipe.weight_decay,
-                    schedule: recipe.schedule,
-                },
-                seed,
-                limit_train,
-                limit_test,
-                out: out.clone(),
-                resume,
-                progress: std::io::stderr().is_terminal(),
-            };
-            let history = train::train(&kernels(&opts, spec)?, &args)?;
-            if let Some(last) = history.last() {
-                println!(
-                    "done: test accuracy {:.2}% after {} epochs; outputs in {}",
-                    100.0 * last.test_acc,
-                    last.epoch,
-                    out.display()
-                );
-            }
-        }
-        Command::Eval {
-            checkpoint,
-            data,
-            limit_test,
-            seed,
-        } => eval(&opts, spec, checkpoint, data, limit_test, seed)?,
-        Command::Bench {
-            preset,
-            dataset,
-            batch_size,
-            steps,
-            profile,
-        } => {
+        Command::Train(c) => train(&opts, spec, c),
+        Command::Eval(c) => eval(&opts, spec, c),
+        Command::Bench(c) => {
             let args = BenchArgs {
-                preset,
-                dataset,
-                batch_size,
-                steps,
-                profile,
+                preset: c.preset,
+                dataset: c.dataset,
+                batch_size: c.batch_size,
+                steps: c.steps,
+                profile: c.profile,
             };
             print!("{}", bench(&kernels(&opts, spec)?, &args)?);
+            Ok(())
         }
-        Command::Plan {
-            preset,
-            dataset,
-            batch_size,
-            precision,
-            json,
-        } => {
-            let gpu = Gpu::new(&opts)?;
-            let precision = match precision {
-                Precision::F32 => DType::F32,
-                Precision::F16 => DType::F16,
-            };
-            let args = PlanArgs {
-                preset,
-                dataset,
-                batch_size,
-                precision,
-            };
-            let report = plan_report(&args, PlanLimits::of(&gpu))?;
-            match json {
-                true => println!("{}", serde_json::to_string_pretty(&report)?),
-                false => print!(
-                    "{}\n(on {}, {:?})\n",
-                    report.text(),
-                    gpu.info.name,
-                    gpu.info.backend
-                ),
-            }
-        }
-        Command::Predict { checkpoint, images } => {
+        Command::Plan(c) => plan(&opts, c),
+        Command::Predict(c) => {
             let k = kernels(&opts, spec)?;
-            for p in densenet_wgpu::predict::predict(&k, &checkpoint, &images)? {
+            for p in densenet_wgpu::predict::predict(&k, &c.checkpoint, &c.images)? {
                 println!(
                     "{}: {} ({:.1}%)",
                     p.path.display(),
@@ -310,31 +246,87 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     100.0 * p.probability
                 );
             }
+            Ok(())
         }
+    }
+}
+
+fn train(opts: &GpuOptions, spec: &str, c: TrainCmd) -> anyhow::Result<()> {
+    let dataset = c.data.dataset.unwrap_or(DatasetKind::Synthetic);
+    let out = c
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", c.preset.name(), dataset.name())));
+    let r = c.recipe;
+    let args = TrainArgs {
+        dataset,
+        data_dir: c.data.data_dir,
+        preset: c.preset,
+        overrides: Overrides {
+            epochs: r.epochs,
+            batch_size: r.batch_size,
+            lr: r.lr,
+            momentum: r.momentum,
+            weight_decay: r.weight_decay,
+            schedule: r.schedule,
+        },
+        seed: c.seed,
+        limit_train: c.limit_train,
+        limit_test: c.limit_test,
+        out: out.clone(),
+        resume: c.resume,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let history = train::train(&kernels(opts, spec)?, &args)?;
+    if let Some(last) = history.last() {
+        println!(
+            "done: test accuracy {:.2}% after {} epochs; outputs in {}",
+            100.0 * last.test_acc,
+            last.epoch,
+            out.display()
+        );
     }
     Ok(())
 }
 
-fn eval(
-    opts: &GpuOptions,
-    spec: &str,
-    checkpoint: PathBuf,
-    data: DataArgs,
-    limit_test: Option<usize>,
-    seed: Option<u64>,
-) -> anyhow::Result<()> {
+fn plan(opts: &GpuOptions, c: PlanCmd) -> anyhow::Result<()> {
+    let gpu = Gpu::new(opts)?;
+    let precision = match c.precision {
+        Precision::F32 => DType::F32,
+        Precision::F16 => DType::F16,
+    };
+    let args = PlanArgs {
+        preset: c.preset,
+        dataset: c.dataset,
+        batch_size: c.batch_size,
+        precision,
+    };
+    let report = plan_report(&args, PlanLimits::of(&gpu))?;
+    match c.json {
+        true => println!("{}", serde_json::to_string_pretty(&report)?),
+        false => print!(
+            "{}\n(on {}, {:?})\n",
+            report.text(),
+            gpu.info.name,
+            gpu.info.backend
+        ),
+    }
+    Ok(())
+}
+
+fn eval(opts: &GpuOptions, spec: &str, c: EvalCmd) -> anyhow::Result<()> {
+    let (checkpoint, data) = (c.checkpoint, c.data);
     let ck = Checkpoint::load(&checkpoint)?;
     let dataset = data.dataset.unwrap_or(ck.dataset);
-    let seed = seed.unwrap_or(ck.recipe.seed);
+    let seed = c.seed.unwrap_or(ck.recipe.seed);
     let mut splits = data::load(dataset, data.data_dir.as_deref(), seed)
         .with_context(|| format!("loading {} for {}", dataset.name(), checkpoint.display()))?;
-    if let Some(n) = limit_test {
+    if let Some(n) = c.limit_test {
         splits.test.truncate(n);
     }
-    let (c, _, _) = dataset.image_shape();
-    if c != ck.config.in_channels || splits.test.classes() as u32 != ck.config.classes {
+    let (channels, _, _) = dataset.image_shape();
+    if channels != ck.config.in_channels || splits.test.classes() as u32 != ck.config.classes {
         bail!(
-            "{} has {} input channels and {} classes; {} has {c} and {}",
+            "{} has {} input channels and {} classes; {} has {channels} and {}",
             checkpoint.display(),
             ck.config.in_channels,
             ck.config.classes,

@@ -2,7 +2,6 @@
 //! read files written here (gzipped or not) and refuse broken ones by name, and the loader
 //! lays batches out channel-major.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use densenet_wgpu::data::loader::{Loader, Order};
@@ -11,16 +10,8 @@ use densenet_wgpu::ops::cross_entropy::IGNORE;
 use flate2::write::GzEncoder;
 use std::io::Write;
 
-/// A fresh folder under the system temp dir.
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("densenet-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod support;
+use support::temp_dir;
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -86,6 +86,12 @@ pub fn report(opts: &GpuOptions) -> Result<String> {
             );
         }
     }
+    limits(&mut out, l);
+    Ok(out)
+}
+
+/// The limits that matter to the kernels and the plan.
+fn limits(out: &mut String, l: &wgpu::Limits) {
     let _ = writeln!(out, "limits:");
     let rows: [(&str, u64); 9] = [
         ("max_buffer_size", l.max_buffer_size),
@@ -122,5 +128,4 @@ pub fn report(opts: &GpuOptions) -> Result<String> {
     for (name, v) in rows {
         let _ = writeln!(out, "  {name}: {v}");
     }
-    Ok(out)
 }

@@ -5,7 +5,7 @@
 //! Batch-norm statistics are kept per dense block, not per layer: a block's channels never
 //! change once written, so every layer (and the transition or head after the block) that
 //! normalizes channel c uses the same batch mean and variance, computed once when c is
-//! produced; running statistics are therefore equal across those layers too (DESIGN.md).
+//! produced; running statistics are therefore equal across those layers too (docs/DESIGN.md).
 
 use super::config::{BlockShape, DenseNetConfig, Init, Stem};
 
@@ -171,6 +171,30 @@ impl Builder {
         ConvSlots { weight, bias }
     }
 
+    /// Layer `li` of block `bi`, reading `c_in` channels.
+    fn layer(&mut self, cfg: &DenseNetConfig, bi: usize, li: u32, c_in: u32) -> LayerLayout {
+        let k = cfg.growth_rate;
+        let name = format!("blocks.{bi}.layers.{li}");
+        let bn = self.bn(&format!("{name}.bn"), c_in);
+        let bottleneck = cfg.bottleneck.map(|w| {
+            let width = w * k;
+            BottleneckLayout {
+                width,
+                conv: self.conv(&format!("{name}.conv1"), width, c_in, 1),
+                bn: self.bn(&format!("{name}.bn2"), width),
+                stats: self.stats.add(format!("{name}.bn2"), &[width]),
+            }
+        });
+        let conv_in = bottleneck.map_or(c_in, |bt| bt.width);
+        let conv = self.conv(&format!("{name}.conv"), k, conv_in, 3);
+        LayerLayout {
+            c_in,
+            bn,
+            bottleneck,
+            conv,
+        }
+    }
+
     fn bn(&mut self, name: &str, c: u32) -> BnSlots {
         let gamma = self.params.add(format!("{name}.weight"), &[c]);
         self.roles.push(ParamRole::Gamma);
@@ -216,28 +240,7 @@ impl Layout {
             }
             let stats = b.stats.add(format!("blocks.{bi}"), &[shape.c_out]);
             let layers = (0..shape.layers)
-                .map(|li| {
-                    let name = format!("blocks.{bi}.layers.{li}");
-                    let c_in = shape.c_in + li * k;
-                    let bn = b.bn(&format!("{name}.bn"), c_in);
-                    let bottleneck = cfg.bottleneck.map(|w| {
-                        let width = w * k;
-                        BottleneckLayout {
-                            width,
-                            conv: b.conv(&format!("{name}.conv1"), width, c_in, 1),
-                            bn: b.bn(&format!("{name}.bn2"), width),
-                            stats: b.stats.add(format!("{name}.bn2"), &[width]),
-                        }
-                    });
-                    let conv_in = bottleneck.map_or(c_in, |bt| bt.width);
-                    let conv = b.conv(&format!("{name}.conv"), k, conv_in, 3);
-                    LayerLayout {
-                        c_in,
-                        bn,
-                        bottleneck,
-                        conv,
-                    }
-                })
+                .map(|li| b.layer(cfg, bi, li, shape.c_in + li * k))
                 .collect();
             blocks.push(BlockLayout {
                 shape,

@@ -6,6 +6,7 @@ pub mod buffers;
 mod build;
 pub mod config;
 mod dispatches;
+mod layers;
 pub mod layout;
 pub mod memory;
 pub mod naive;

@@ -3,8 +3,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::DType;
 use crate::model::config::Stem;
+use crate::model::layers::stats_params;
 use crate::model::memory::Category::{Activations, Gradients};
-use crate::model::nodes::{stats_params, Ctx, ImageNetStem, StemNode};
+use crate::model::nodes::{Ctx, ImageNetStem, StemNode};
 use crate::ops::conv2d::Conv2dParams;
 
 /// The stem (node `i`), writing block 0's first channels. The ImageNet stem is conv

@@ -8,15 +8,7 @@ pub const EPS: f32 = 1e-2;
 pub const ATOL: f64 = 2e-3;
 pub const RTOL: f64 = 1e-2;
 
-pub fn seed() -> u64 {
-    if let Ok(s) = std::env::var("DENSENET_SEED") {
-        return s.parse().expect("DENSENET_SEED must be an integer");
-    }
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
+pub use crate::support::seed;
 
 pub fn rand_vec(rng: &mut fastrand::Rng, len: usize) -> Vec<f32> {
     (0..len).map(|_| rng.f32() * 2.0 - 1.0).collect()

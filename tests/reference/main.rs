@@ -2,6 +2,9 @@
 //! forward functions (no GPU). Each check draws a random upstream gradient g and compares
 //! the analytic gradient with d/dx sum(forward(x) * g).
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod fd;
 
 mod batchnorm;
