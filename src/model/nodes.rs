@@ -93,6 +93,11 @@ impl Timeline {
         self.bwd[node][stage]
     }
 
+    /// How many backward stages `node` has (none in an evaluation plan).
+    pub fn bwd_stages(&self, node: usize) -> usize {
+        self.bwd[node].len()
+    }
+
     pub fn last_bwd(&self, node: usize) -> Stage {
         *self.bwd[node].last().expect("a training plan")
     }

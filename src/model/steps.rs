@@ -40,21 +40,14 @@ pub(super) fn node_cmds(b: &Bufs<'_>, i: usize, node: &Node) -> Result<NodeCmds>
             false => out.forward_train = f,
         }
     }
-    if train {
-        let stages = match node {
-            Node::Stem(n) if n.imagenet.is_some() => 2,
-            Node::Transition(_) => 2,
-            _ => 1,
-        };
-        for s in 0..stages {
-            b.enter(t.bwd(i, s));
-            out.backward.extend(match node {
-                Node::Stem(n) => stem_backward(b, n, s)?,
-                Node::Layer(n) => layer_backward(b, n)?,
-                Node::Transition(n) => transition_backward(b, n, s)?,
-                Node::Head(n) => head_backward(b, n)?,
-            });
-        }
+    for s in 0..t.bwd_stages(i) {
+        b.enter(t.bwd(i, s));
+        out.backward.extend(match node {
+            Node::Stem(n) => stem_backward(b, n, s)?,
+            Node::Layer(n) => layer_backward(b, n)?,
+            Node::Transition(n) => transition_backward(b, n, s)?,
+            Node::Head(n) => head_backward(b, n)?,
+        });
     }
     Ok(out)
 }
