@@ -7,9 +7,9 @@
 //! - [`ops`]: one module per op: its params struct, its shader and its launchers.
 //! - [`model`]: the network, its memory plan and the static [`model::Plan`] that runs it.
 //! - the tool: [`data`], [`recipe`], [`checkpoint`], [`train`], [`evaluate`], [`predict`],
-//!   [`bench`], [`report`].
+//!   [`mod@bench`], [`mod@report`], [`plan_report`], [`atomic_file`].
 //!
-//! [`reference`] holds the same ops as plain Rust on the CPU, the truth the kernels are
+//! [`mod@reference`] holds the same ops as plain Rust on the CPU, the truth the kernels are
 //! tested against. Activations are channel-major, (C, N, H, W), so a dense block's
 //! concatenation is a contiguous channel range of one tensor (see docs/DESIGN.md).
 

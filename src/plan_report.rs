@@ -33,7 +33,7 @@ pub struct Row {
     pub dtype: DType,
     pub category: &'static str,
     pub bytes: u64,
-    /// "step" for buffers that outlive a step, else the first and last stage.
+    /// "always" for buffers that outlive a step, else the first and last stage.
     pub live: String,
     /// The shared slot of a per-step tensor.
     pub slot: Option<usize>,
@@ -81,7 +81,7 @@ fn side(m: &MemoryPlan) -> Side {
     let mut buffers: Vec<Row> = m
         .buffers
         .iter()
-        .map(|b| row(b, "step".into(), None))
+        .map(|b| row(b, "always".into(), None))
         .collect();
     let names = &m.nodes.timeline.names;
     for (i, t) in m.tensors().iter().enumerate() {
@@ -162,7 +162,8 @@ impl PlanReport {
             let _ = writeln!(out, "  by category (MiB): {}", cats.join(", "));
             let _ = writeln!(
                 out,
-                "  per-step tensors: {:.1} MiB in {} shared slots ({:.1} MiB without sharing)",
+                "  per-step tensors: {:.1} MiB in {} shared slots, each counted under its largest \
+                 tensor's category ({:.1} MiB without sharing)",
                 mib(s.slot_bytes.iter().sum()),
                 s.slot_bytes.len(),
                 mib(s.unshared_tensor_bytes)

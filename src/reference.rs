@@ -326,7 +326,7 @@ pub fn batchnorm_update_running(
     }
 }
 
-/// affine[2c] = gamma[c] / sqrt(var + eps), affine[2c + 1] = beta[c] - mean * affine[2c].
+/// `affine[2c] = gamma[c] / sqrt(var + eps)`, `affine[2c + 1] = beta[c] - mean * affine[2c]`.
 pub fn batchnorm_affine(
     affine: &mut [f32],
     mean: &[f32],

@@ -341,8 +341,8 @@ pub fn batchnorm_update_running(
     )?])
 }
 
-/// Per channel c of this op, affine[2c] = gamma / sqrt(var + eps) and affine[2c + 1] =
-/// beta - mean * affine[2c]: the normalization as one multiply-add, for a conv that applies
+/// Per channel c of this op, `affine[2c] = gamma / sqrt(var + eps)` and `affine[2c + 1] =
+/// beta - mean * affine[2c]`: the normalization as one multiply-add, for a conv that applies
 /// BN -> ReLU to its input while loading it (see `conv2d_forward`'s `affine`).
 pub fn batchnorm_affine(
     k: &Kernels,

@@ -177,7 +177,7 @@ impl Conv2dParams {
     }
 }
 
-/// The register-tile variants (conv2d.wgsl is a template; see [`generate`]).
+/// The register-tile variants (conv2d.wgsl is a template; see `generate`).
 pub static SHADER: Shader = Shader {
     op: OP,
     file: "conv2d.wgsl",
@@ -336,7 +336,7 @@ fn with_affine(p: &Conv2dParams, affine: &Option<View<'_>>) -> Result<Conv2dPara
 
 /// y = conv(x, weight) + bias, written at `p.y_offset` (x and y may be one buffer).
 /// `workspace` holds the packed weights ([`Conv2dParams::forward_workspace_len`]
-/// elements). With `affine`, the input is read as max(x * scale[c] + shift[c], 0), the
+/// elements). With `affine`, the input is read as `max(x * scale[c] + shift[c], 0)`, the
 /// (scale, shift) pairs from [`crate::ops::batchnorm::batchnorm_affine`]: the layer's
 /// BN -> ReLU, applied while loading, so its output is never stored.
 #[allow(clippy::too_many_arguments)]

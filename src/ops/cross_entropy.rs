@@ -62,8 +62,8 @@ pub static SOFTMAX_CROSS_ENTROPY: Entry = Entry::new::<CrossEntropyParams>(
     256,
 );
 
-/// loss_sum[0] += the batch's summed loss, dlogits += the gradient of its MEAN loss,
-/// correct[0] (u32) += correct predictions.
+/// `loss_sum[0] +=` the batch's summed loss, `dlogits +=` the gradient of its MEAN loss,
+/// `correct[0] +=` (u32) correct predictions.
 pub fn softmax_cross_entropy(
     k: &Kernels,
     p: &CrossEntropyParams,
