@@ -157,9 +157,13 @@ struct BenchCmd {
     /// Timed steps (after two warm-up steps)
     #[arg(long, default_value_t = 10)]
     steps: u32,
-    /// Also time every kernel of one step with timestamp queries [default: off]
+    /// Also measure the adapter's ceilings and time every kernel of one step with timestamp
+    /// queries, each rated against the roofline [default: off]
     #[arg(long)]
     profile: bool,
+    /// Also write the report as JSON to FILE [default: none]
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -232,7 +236,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 steps: c.steps,
                 profile: c.profile,
             };
-            print!("{}", bench(&kernels(&opts, spec)?, &args)?);
+            let report = bench(&kernels(&opts, spec)?, &args)?;
+            print!("{}", report.text());
+            if let Some(path) = c.json {
+                let text = serde_json::to_string_pretty(&report)?;
+                densenet_wgpu::atomic_file::write_atomic(&path, text.as_bytes())?;
+            }
             Ok(())
         }
         Command::Plan(c) => plan(&opts, c),

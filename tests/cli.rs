@@ -224,6 +224,8 @@ fn kernels_flag_forces_a_variant() {
         info.contains("kernel policy: --kernels tile8") && info.contains("forced tile8"),
         "{info}"
     );
+    let dir = temp_dir("bench");
+    let json = dir.join("bench.json");
     let bench = ok(&[
         "bench",
         "--steps",
@@ -233,12 +235,31 @@ fn kernels_flag_forces_a_variant() {
         "--kernels",
         "conv2d=tile16",
         "--profile",
+        "--json",
+        json.to_str().unwrap(),
     ]);
     assert!(bench.contains("kernels --kernels conv2d=tile16"), "{bench}");
     assert!(
         bench.contains("conv2d_forward[tile16,f32]") && !bench.contains("tile8"),
         "{bench}"
     );
+    // The roofline: measured ceilings, and every kernel's rates and share of them.
+    assert!(
+        bench.contains("ceilings measured here") && bench.contains("roofline floor"),
+        "{bench}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["ceilings"]["flops_per_s"].as_f64().unwrap() > 1e8, "{v}");
+    assert!(v["ceilings"]["bytes_per_s"].as_f64().unwrap() > 1e7, "{v}");
+    let kernels = v["kernels"].as_array().unwrap();
+    let conv = kernels
+        .iter()
+        .find(|k| k["name"] == "conv2d_forward[tile16,f32]")
+        .unwrap();
+    assert!(conv["flops"].as_u64().unwrap() > 0 && conv["seconds"].as_f64().unwrap() > 0.0);
+    assert!(v["dispatches"].as_u64().unwrap() as usize >= kernels.len());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Every option of every command says what it does and what its default is.

@@ -18,6 +18,14 @@ pub enum Grid {
     Workgroups(u64),
 }
 
+/// The work of one launch, for the roofline: floating-point operations (a multiply-add
+/// counts 2) and bytes moved to or from memory at least once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    pub flops: u64,
+    pub bytes: u64,
+}
+
 /// One recorded kernel launch.
 pub struct Dispatch {
     pub pipeline: Arc<Pipeline>,
@@ -25,9 +33,24 @@ pub struct Dispatch {
     pub workgroups: [u32; 3],
     /// The params uniform, kept so a plan can rewrite it (e.g. a new learning rate).
     pub params: wgpu::Buffer,
+    /// What the launch computes and moves: by default no arithmetic and every bound range
+    /// once; launchers that know better say so with [`Dispatch::with_cost`].
+    pub cost: Cost,
 }
 
 impl Dispatch {
+    /// The launch's arithmetic, keeping the default bytes (every bound range once).
+    pub fn with_flops(mut self, flops: u64) -> Self {
+        self.cost.flops = flops;
+        self
+    }
+
+    /// The launch's cost model: `flops` operations and `bytes` moved.
+    pub fn with_cost(mut self, flops: u64, bytes: u64) -> Self {
+        self.cost = Cost { flops, bytes };
+        self
+    }
+
     pub fn name(&self) -> &'static str {
         self.pipeline.kernel.name()
     }
@@ -119,8 +142,12 @@ impl Kernels {
             binding: 0,
             resource: params_buf.as_entire_binding(),
         }];
+        let mut bytes = 0;
         for (b, (binding, view)) in entry.bindings.iter().zip(views) {
             self.check_view(kernel, b.elem, *binding, view)?;
+            if !self.is_dummy(view) {
+                bytes += view.bytes();
+            }
             bind.push(wgpu::BindGroupEntry {
                 binding: *binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -145,6 +172,7 @@ impl Kernels {
             bind_group,
             workgroups,
             params: params_buf,
+            cost: Cost { flops: 0, bytes },
         })
     }
 

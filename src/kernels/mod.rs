@@ -19,7 +19,7 @@ mod dispatch;
 mod policy;
 mod registry;
 
-pub use dispatch::{fold_grid, submit, Dispatch, Grid};
+pub use dispatch::{fold_grid, submit, Cost, Dispatch, Grid};
 pub use policy::{DeviceClass, Policy};
 pub use registry::{Kernels, Pipeline};
 

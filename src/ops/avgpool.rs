@@ -49,12 +49,11 @@ pub fn avgpool_forward(
     let [mean, var, gamma, beta] = BnRelu::views(k, &bn, dtype);
     let views = [(1, x), (2, y), (5, mean), (6, var), (7, gamma), (8, beta)];
     let rows = (p.n * p.c * p.out_h) as u64;
-    Ok(vec![k.dispatch(
-        FORWARD.kernel(dtype),
-        &p,
-        &views,
-        Grid::Threads(rows),
-    )?])
+    let d = k.dispatch(FORWARD.kernel(dtype), &p, &views, Grid::Threads(rows))?;
+    Ok(vec![d.with_cost(
+        p.x_len(),
+        dtype.size() * (p.x_len() + p.y_len()),
+    )])
 }
 
 /// dx += sum over the windows containing each element of dy / (KH*KW), accumulated at
@@ -70,10 +69,9 @@ pub fn avgpool_backward(
     let dtype = super::float_dtype(AVGPOOL, &[&dy, &dx])?;
     let rows = (p.n * p.c * p.h) as u64;
     let views = [(3, dy), (4, dx)];
-    Ok(vec![k.dispatch(
-        BACKWARD.kernel(dtype),
-        p,
-        &views,
-        Grid::Threads(rows),
-    )?])
+    let d = k.dispatch(BACKWARD.kernel(dtype), p, &views, Grid::Threads(rows))?;
+    Ok(vec![d.with_cost(
+        p.x_len(),
+        dtype.size() * (p.y_len() + 2 * p.x_len()),
+    )])
 }

@@ -312,7 +312,9 @@ pub fn batchnorm_stats(
     let dtype = super::float_dtype(OP, &[&x, &mean, &var])?;
     let views = [(1, x), (5, mean), (6, var)];
     let grid = Grid::Workgroups(p.c as u64);
-    Ok(vec![k.dispatch(STATS.kernel(dtype), p, &views, grid)?])
+    // Two passes over x: the mean, then the squared deviations.
+    let d = k.dispatch(STATS.kernel(dtype), p, &views, grid)?;
+    Ok(vec![d.with_cost(3 * p.len(), 2 * dtype.size() * p.len())])
 }
 
 /// running_mean and running_var at `p.stat_offset` move `p.momentum` of the way to the
@@ -388,7 +390,8 @@ pub fn batchnorm_forward(
     let dtype = super::float_dtype(OP, &[&x, &mean, &var, &gamma, &beta, &y])?;
     let views = [(1, x), (2, gamma), (3, beta), (4, y), (7, mean), (8, var)];
     let grid = Grid::Threads(p.len());
-    Ok(vec![k.dispatch(FORWARD.kernel(dtype), p, &views, grid)?])
+    let d = k.dispatch(FORWARD.kernel(dtype), p, &views, grid)?;
+    Ok(vec![d.with_cost(4 * p.len(), 2 * dtype.size() * p.len())])
 }
 
 /// Training forward: the batch statistics into mean and var, the running statistics
@@ -474,5 +477,7 @@ pub fn batchnorm_backward(
         (14, dbeta),
     ];
     let grid = Grid::Workgroups(p.c as u64);
-    Ok(vec![k.dispatch(BACKWARD.kernel(dtype), p, &views, grid)?])
+    // x and dy read in both passes, dx read and written.
+    let d = k.dispatch(BACKWARD.kernel(dtype), p, &views, grid)?;
+    Ok(vec![d.with_cost(14 * p.len(), 6 * dtype.size() * p.len())])
 }

@@ -367,6 +367,7 @@ pub fn conv2d_forward(
     let dtype = super::float_dtype(OP, &[&x, &weight, &y, &workspace])?;
     let variant = k.choose(&SHADER, auto_variant(p.c_out));
     let packed = region(&p, workspace, 0, p.forward_workspace_len())?;
+    let e = dtype.size();
     let npq = p.n * p.out_h * p.out_w;
     let views = [
         (1, x),
@@ -387,7 +388,8 @@ pub fn conv2d_forward(
             &p,
             &views,
             Grid::Workgroups(groups(tile(variant), p.c_out, npq)),
-        )?,
+        )?
+        .with_cost(2 * p.macs(), e * (p.x_len() + p.y_len() + packed.len)),
     ])
 }
 
@@ -408,6 +410,7 @@ pub fn conv2d_backward_data(
     let variant = k.choose(&SHADER, auto_variant(p.c_in));
     let packed = region(p, workspace, 0, p.data_workspace_len())?;
     let nhw = p.n * p.h * p.w;
+    let e = dtype.size();
     Ok(vec![
         k.dispatch(
             PACK_WEIGHT_DATA.variant(variant, dtype),
@@ -420,7 +423,8 @@ pub fn conv2d_backward_data(
             p,
             &[(5, dy), (6, dx), (11, packed)],
             Grid::Workgroups(groups(tile(variant), p.c_in, nhw)),
-        )?,
+        )?
+        .with_cost(2 * p.macs(), e * (p.y_len() + 2 * p.x_len() + packed.len)),
     ])
 }
 
@@ -447,6 +451,7 @@ pub fn conv2d_backward_weight(
     let variant = k.choose(&SHADER, auto_variant(p.c_out));
     let packed = region(&p, workspace, 0, p.weight_workspace_len())?;
     let taps = p.c_in * p.kernel_h * p.kernel_w;
+    let e = dtype.size();
     let views = [
         (1, x),
         (7, partials),
@@ -459,13 +464,18 @@ pub fn conv2d_backward_weight(
             &p,
             &[(5, dy), (12, packed)],
             Grid::Threads(packed.len),
-        )?,
+        )?
+        .with_cost(0, e * (p.y_len() + packed.len)),
         k.dispatch(
             BACKWARD_WEIGHT.variant(variant, dtype),
             &p,
             &views,
             Grid::Workgroups(groups(tile(variant), p.c_out, taps) * p.splits as u64),
-        )?,
+        )?
+        .with_cost(
+            2 * p.macs(),
+            e * (p.x_len() + packed.len + p.partials_len()),
+        ),
         k.dispatch(
             BACKWARD_WEIGHT_REDUCE.variant(variant, dtype),
             &p,
@@ -488,10 +498,9 @@ pub fn conv2d_backward_bias(
     let variant = k.choose(&SHADER, auto_variant(p.c_out));
     let views = [(5, dy), (10, dbias)];
     let grid = Grid::Workgroups(p.c_out as u64);
-    Ok(vec![k.dispatch(
-        BACKWARD_BIAS.variant(variant, dtype),
-        p,
-        &views,
-        grid,
-    )?])
+    let d = k.dispatch(BACKWARD_BIAS.variant(variant, dtype), p, &views, grid)?;
+    Ok(vec![d.with_cost(
+        p.y_len(),
+        dtype.size() * (p.y_len() + p.c_out as u64),
+    )])
 }

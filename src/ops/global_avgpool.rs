@@ -125,7 +125,11 @@ pub fn global_avgpool_forward(
     let [mean, var, gamma, beta] = BnRelu::views(k, &bn, dtype);
     let views = [(1, x), (2, y), (5, mean), (6, var), (7, gamma), (8, beta)];
     let grid = Grid::Threads(p.y_len());
-    Ok(vec![k.dispatch(FORWARD.kernel(dtype), &p, &views, grid)?])
+    let d = k.dispatch(FORWARD.kernel(dtype), &p, &views, grid)?;
+    Ok(vec![d.with_cost(
+        p.x_len(),
+        dtype.size() * (p.x_len() + p.y_len()),
+    )])
 }
 
 /// dx[c, n, h, w] += dy[c, n] / (H*W), accumulated at `p.x_offset`.
@@ -139,10 +143,9 @@ pub fn global_avgpool_backward(
     p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
     let dtype = super::float_dtype(GLOBAL, &[&dy, &dx])?;
     let grid = Grid::Threads(p.y_len());
-    Ok(vec![k.dispatch(
-        BACKWARD.kernel(dtype),
-        p,
-        &[(3, dy), (4, dx)],
-        grid,
-    )?])
+    let d = k.dispatch(BACKWARD.kernel(dtype), p, &[(3, dy), (4, dx)], grid)?;
+    Ok(vec![d.with_cost(
+        p.x_len(),
+        dtype.size() * (p.y_len() + 2 * p.x_len()),
+    )])
 }

@@ -107,7 +107,8 @@ pub fn linear_forward(
     let dtype = super::float_dtype(OP, &[&x, &weight, &y])?;
     let views = [(1, x), (2, weight), (3, k.optional(bias, dtype)), (4, y)];
     let grid = Grid::Threads(p.y_len());
-    Ok(vec![k.dispatch(FORWARD.kernel(dtype), p, &views, grid)?])
+    let d = k.dispatch(FORWARD.kernel(dtype), p, &views, grid)?;
+    Ok(vec![d.with_flops(2 * p.weight_len() * p.n as u64)])
 }
 
 /// dx (I, N) += W^T dy.
@@ -124,12 +125,8 @@ pub fn linear_backward_data(
     let dtype = super::float_dtype(OP, &[&dy, &weight, &dx])?;
     let views = [(2, weight), (5, dy), (6, dx)];
     let grid = Grid::Threads(p.x_len());
-    Ok(vec![k.dispatch(
-        BACKWARD_DATA.kernel(dtype),
-        p,
-        &views,
-        grid,
-    )?])
+    let d = k.dispatch(BACKWARD_DATA.kernel(dtype), p, &views, grid)?;
+    Ok(vec![d.with_flops(2 * p.weight_len() * p.n as u64)])
 }
 
 /// dweight (O, I) += dy^T x^T.
@@ -146,12 +143,8 @@ pub fn linear_backward_weight(
     let dtype = super::float_dtype(OP, &[&x, &dy, &dweight])?;
     let views = [(1, x), (5, dy), (7, dweight)];
     let grid = Grid::Threads(p.weight_len());
-    Ok(vec![k.dispatch(
-        BACKWARD_WEIGHT.kernel(dtype),
-        p,
-        &views,
-        grid,
-    )?])
+    let d = k.dispatch(BACKWARD_WEIGHT.kernel(dtype), p, &views, grid)?;
+    Ok(vec![d.with_flops(2 * p.weight_len() * p.n as u64)])
 }
 
 /// dbias (O) += dy summed over the batch.

@@ -233,12 +233,11 @@ pub fn maxpool_forward(
         (10, beta),
     ];
     let rows = (p.n * p.c * p.out_h) as u64;
-    Ok(vec![k.dispatch(
-        FORWARD.kernel(dtype),
-        &p,
-        &views,
-        Grid::Threads(rows),
-    )?])
+    let d = k.dispatch(FORWARD.kernel(dtype), &p, &views, Grid::Threads(rows))?;
+    Ok(vec![d.with_cost(
+        0,
+        dtype.size() * (p.x_len() + p.y_len()) + 4 * p.save_argmax as u64 * p.y_len(),
+    )])
 }
 
 /// dx += dy routed to each window's saved argmax, accumulated at `p.x_offset`. A gather: one
@@ -257,10 +256,9 @@ pub fn maxpool_backward(
     let dtype = super::float_dtype(MAXPOOL, &[&dy, &dx])?;
     let views = [(4, dy), (5, argmax), (6, dx)];
     let rows = (p.n * p.c * p.h) as u64;
-    Ok(vec![k.dispatch(
-        BACKWARD.kernel(dtype),
-        p,
-        &views,
-        Grid::Threads(rows),
-    )?])
+    let d = k.dispatch(BACKWARD.kernel(dtype), p, &views, Grid::Threads(rows))?;
+    Ok(vec![d.with_cost(
+        0,
+        (dtype.size() + 4) * p.y_len() + 2 * dtype.size() * p.x_len(),
+    )])
 }

@@ -10,6 +10,7 @@ pub mod global_avgpool;
 pub mod linear;
 pub mod maxpool;
 pub mod relu;
+pub mod roofline;
 pub mod sgd;
 
 use crate::error::{Error, Result};
@@ -29,6 +30,7 @@ pub static SHADERS: &[&Shader] = &[
     &linear::SHADER,
     &cross_entropy::SHADER,
     &sgd::SHADER,
+    &roofline::SHADER,
 ];
 
 /// Ok when `view` holds at least `need` elements; otherwise a one-line error naming the op,

@@ -103,12 +103,13 @@ pub fn sgd_update(
         ),
     }
     let dtype = super::float_dtype(OP, &[&param, &grad])?;
+    let p_velocity = velocity.is_some() as u64;
     let views = [(1, param), (2, grad), (3, k.optional(velocity, dtype))];
     let grid = Grid::Threads(need);
-    Ok(vec![k.dispatch(
-        SGD_UPDATE.kernel(dtype),
-        p,
-        &views,
-        grid,
-    )?])
+    // Parameters read and written, gradient read, velocity read and written.
+    let d = k.dispatch(SGD_UPDATE.kernel(dtype), p, &views, grid)?;
+    Ok(vec![d.with_cost(
+        6 * need,
+        (3 + 2 * p_velocity) * dtype.size() * need,
+    )])
 }
