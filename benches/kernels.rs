@@ -71,7 +71,7 @@ const CONV_SHAPES: [ConvShape; 7] = [
 fn convs(c: &mut Criterion) {
     let n = batch();
     for (label, ci, hw, co, r, s, p, fused) in CONV_SHAPES {
-        for (variant, k) in each_variant(&conv2d::SHADER) {
+        for (variant, k) in each_variant("conv2d") {
             let name = format!("{label} [{variant}] (N={n})");
             conv_variant(c, k, &name, [n, ci, hw, hw], co, (r, s, p), fused);
         }
@@ -105,14 +105,14 @@ fn conv_variant(
     let affine = buf(2 * input[1] as u64);
     let aff = fused.then(|| affine.view());
     let (bias, yv, wv) = (Some(b.view()), y.view(), w.view());
-    let fwd = conv2d::conv2d_forward(k, &params, x.view(), aff, wv, bias, yv, ws.view());
+    let fwd = conv2d::conv2d_forward(k, &params, x.view(), aff, wv, bias, yv, Some(ws.view()));
     time(
         c,
         &format!("{name} forward"),
         flops.clone(),
         fwd.expect("launch"),
     );
-    let data = conv2d::conv2d_backward_data(k, &params, yv, wv, dx.view(), ws.view());
+    let data = conv2d::conv2d_backward_data(k, &params, yv, wv, dx.view(), Some(ws.view()));
     time(
         c,
         &format!("{name} backward_data"),
@@ -125,7 +125,7 @@ fn conv_variant(
         x.view(),
         aff,
         yv,
-        ws.view(),
+        Some(ws.view()),
         partials.view(),
         dw.view(),
     );

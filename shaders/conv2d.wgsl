@@ -7,6 +7,7 @@
 //   conv2d_forward                 x(1) packed(11) bias(3) affine(14) -> y(4)  writes y
 //   conv2d_pack_weight_data        weight(2)                -> packed_out(12)  W as [r,s][k][c]
 //   conv2d_backward_data           dy(5) packed(11)         -> dx(6)           dx += W^T * dy
+//                                                                            (dx = with overwrite)
 //   conv2d_pack_dy                 dy(5)                    -> packed_out(12)  dy as [n,p,q][k]
 //   conv2d_backward_weight         x(1) packed_dy(13) affine(14) -> partial(7) split-K sums
 //   conv2d_backward_weight_reduce  partial_in(8)            -> dweight(9)      dweight += sums
@@ -50,7 +51,7 @@ struct Conv2dParams {
     splits: u32,
     chunk: u32,
     input_bn_relu: u32,
-    _pad: u32,
+    overwrite: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Conv2dParams;
@@ -299,7 +300,11 @@ fn conv2d_backward_data(
         let base = p.x_offset + c * nhw + i0;
         for (var l = 0u; l < TN; l++) {
             if i0 + l < nhw {
-                dx[base + l] += v[l];
+                if p.overwrite != 0u {
+                    dx[base + l] = v[l];
+                } else {
+                    dx[base + l] += v[l];
+                }
             }
         }
     }

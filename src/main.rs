@@ -244,7 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Plan(c) => plan(&opts, c),
+        Command::Plan(c) => plan(&opts, spec, c),
         Command::Predict(c) => {
             let k = kernels(&opts, spec)?;
             for p in densenet_wgpu::predict::predict(&k, &c.checkpoint, &c.images)? {
@@ -297,8 +297,9 @@ fn train(opts: &GpuOptions, spec: &str, c: TrainCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plan(opts: &GpuOptions, c: PlanCmd) -> anyhow::Result<()> {
+fn plan(opts: &GpuOptions, spec: &str, c: PlanCmd) -> anyhow::Result<()> {
     let gpu = Gpu::new(opts)?;
+    let policy = Policy::parse(spec, DeviceClass::of(&gpu), densenet_wgpu::ops::SHADERS)?;
     let precision = match c.precision {
         Precision::F32 => DType::F32,
         Precision::F16 => DType::F16,
@@ -309,7 +310,7 @@ fn plan(opts: &GpuOptions, c: PlanCmd) -> anyhow::Result<()> {
         batch_size: c.batch_size,
         precision,
     };
-    let report = plan_report(&args, PlanLimits::of(&gpu))?;
+    let report = plan_report(&args, PlanLimits::of(&gpu), &policy)?;
     match c.json {
         true => println!("{}", serde_json::to_string_pretty(&report)?),
         false => print!(

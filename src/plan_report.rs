@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use crate::data::DatasetKind;
 use crate::gpu::DType;
+use crate::kernels::Policy;
 use crate::model::memory::{mib, BufferSpec};
 use crate::model::naive::naive_training_bytes;
-use crate::model::{Layout, MemoryPlan, Mode, PlanLimits};
+use crate::model::{Layout, MemoryPlan, Mode, PlanLimits, PlanTarget};
 use crate::recipe::Preset;
 
 /// What `densenet-wgpu plan` plans.
@@ -100,8 +101,9 @@ fn side(m: &MemoryPlan) -> Side {
     }
 }
 
-/// Plans `args`' network for training and evaluation on an adapter with `limits`.
-pub fn plan_report(args: &PlanArgs, limits: PlanLimits) -> Result<PlanReport> {
+/// Plans `args`' network for training and evaluation on an adapter with `limits`, with the
+/// workspaces `policy`'s kernels need.
+pub fn plan_report(args: &PlanArgs, limits: PlanLimits, policy: &Policy) -> Result<PlanReport> {
     let cfg = args
         .preset
         .config(args.dataset, args.dataset.class_names().len() as u32);
@@ -109,7 +111,12 @@ pub fn plan_report(args: &PlanArgs, limits: PlanLimits) -> Result<PlanReport> {
     let batch = args.batch_size.unwrap_or(recipe.batch_size);
     let layout = Layout::new(&cfg, limits.align());
     let momentum = recipe.momentum > 0.0;
-    let plan = |mode| MemoryPlan::new(&cfg, &layout, batch, mode, momentum, limits, args.precision);
+    let target = PlanTarget {
+        limits,
+        dtype: args.precision,
+        policy: policy.clone(),
+    };
+    let plan = |mode| MemoryPlan::new(&cfg, &layout, batch, mode, momentum, &target);
     let (train, eval) = (plan(Mode::Train)?, plan(Mode::Eval)?);
     Ok(PlanReport {
         preset: args.preset.name(),

@@ -3,9 +3,12 @@
 //! block's memory grows linearly with depth where a naive DenseNet's grows quadratically.
 
 use densenet_wgpu::gpu::DType;
+use densenet_wgpu::kernels::{DeviceClass, Policy};
 use densenet_wgpu::model::memory::{mib, Category};
 use densenet_wgpu::model::naive::naive_training_bytes;
-use densenet_wgpu::model::{DenseNetConfig, Init, Layout, MemoryPlan, Mode, PlanLimits, Stem};
+use densenet_wgpu::model::{
+    DenseNetConfig, Init, Layout, MemoryPlan, Mode, PlanLimits, PlanTarget, Stem,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -22,19 +25,42 @@ const LIMITS: [PlanLimits; 2] = [
     },
 ];
 
+/// The plan for a CPU driver's kernels (register tiles: the larger workspaces).
 fn plan(cfg: &DenseNetConfig, batch: u32, mode: Mode, limits: PlanLimits) -> MemoryPlan {
+    plan_for(cfg, batch, mode, limits, DeviceClass::Cpu)
+}
+
+fn plan_for(
+    cfg: &DenseNetConfig,
+    batch: u32,
+    mode: Mode,
+    limits: PlanLimits,
+    class: DeviceClass,
+) -> MemoryPlan {
     let layout = Layout::new(cfg, limits.align());
-    MemoryPlan::new(cfg, &layout, batch, mode, true, limits, DType::F32).unwrap()
+    let target = PlanTarget {
+        limits,
+        dtype: DType::F32,
+        policy: Policy::auto(class),
+    };
+    MemoryPlan::new(cfg, &layout, batch, mode, true, &target).unwrap()
 }
 
 #[test]
 fn d2l_at_batch_256_fits_its_budget() {
     let cfg = DenseNetConfig::d2l();
-    for limits in LIMITS {
-        let train = plan(&cfg, 256, Mode::Train, limits).report.total();
-        let eval = plan(&cfg, 256, Mode::Eval, limits).report.total();
+    for (limits, class) in LIMITS
+        .into_iter()
+        .flat_map(|l| [(l, DeviceClass::Cpu), (l, DeviceClass::Gpu)])
+    {
+        let train = plan_for(&cfg, 256, Mode::Train, limits, class)
+            .report
+            .total();
+        let eval = plan_for(&cfg, 256, Mode::Eval, limits, class)
+            .report
+            .total();
         println!(
-            "binding limit {} MiB: training {:.1} MiB, evaluation {:.1} MiB",
+            "binding limit {} MiB, {class:?} kernels: training {:.1} MiB, evaluation {:.1} MiB",
             limits.max_binding / MIB,
             mib(train),
             mib(eval)

@@ -8,11 +8,13 @@
 mod support;
 
 use densenet_wgpu::model::layout::ParamRole;
+use densenet_wgpu::model::plan::Cmd;
 use densenet_wgpu::model::reference_net::{reference_eval, reference_step, ReferenceStep};
 use densenet_wgpu::model::{DenseNetConfig, Init, Layout, Mode, Plan, SgdConfig, Stem};
 use densenet_wgpu::ops::sgd::SgdParams;
 use densenet_wgpu::reference as cpu;
-use support::{check, gpu, k, seed, FWD};
+use densenet_wgpu::Kernels;
+use support::{check, gpu, k, kernels_for, seed, FWD};
 
 /// Two blocks, a transition, stem and head.
 fn small(stem: Stem, image_size: u32, bottleneck: Option<u32>) -> DenseNetConfig {
@@ -68,8 +70,18 @@ fn matches_reference(cfg: &DenseNetConfig, batch: u32) {
 }
 
 fn matches_reference_with(cfg: &DenseNetConfig, batch: u32, max_binding: u64, opt: SgdConfig) {
+    matches_reference_on(k(), cfg, batch, max_binding, opt);
+}
+
+fn matches_reference_on(
+    k: &Kernels,
+    cfg: &DenseNetConfig,
+    batch: u32,
+    max_binding: u64,
+    opt: SgdConfig,
+) {
     let seed = seed();
-    let plan = Plan::train_with_binding_limit(k(), cfg, batch, opt, max_binding).unwrap();
+    let plan = Plan::train_with_binding_limit(k, cfg, batch, opt, max_binding).unwrap();
     let params = params(&plan.layout, cfg, seed);
     plan.write_params(gpu(), &params).unwrap();
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -294,6 +306,32 @@ fn bottleneck_network_matches_reference() {
 fn momentum_network_matches_reference() {
     let cfg = small(Stem::Cifar { channels: 4 }, 8, None);
     matches_reference_with(&cfg, 4, u64::MAX, NESTEROV);
+}
+
+/// The whole step with the workgroup-tiled convolutions GPUs get (and DenseNet-BC's 1x1
+/// bottlenecks), forced here whatever the adapter.
+#[test]
+fn network_with_workgroup_tiles_matches_reference() {
+    let k = kernels_for("conv2d=wgtile");
+    let cfg = small(Stem::ImageNet { channels: 4 }, 16, Some(2));
+    matches_reference_on(k, &cfg, 3, u64::MAX, NESTEROV);
+    let names: Vec<String> = Plan::train(k, &cfg, 3, PLAIN_SGD)
+        .unwrap()
+        .train_commands()
+        .iter()
+        .filter_map(|c| match c {
+            Cmd::Run(d) => Some(d.kernel().label()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "conv2d_forward[wgtile,f32]"),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.contains("pack")),
+        "no packing pass: {names:?}"
+    );
 }
 
 #[test]

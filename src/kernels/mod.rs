@@ -219,11 +219,11 @@ impl Kernel {
         self.entry.name
     }
 
-    /// `entry[variant, dtype]`, or `entry[dtype]` for a shader with one variant.
+    /// `entry[variant,dtype]`, or `entry[dtype]` for an op with one plain implementation.
     pub fn label(&self) -> String {
-        match self.entry.shader.variants.len() {
-            1 => format!("{}[{}]", self.entry.name, self.dtype),
-            _ => format!("{}[{},{}]", self.entry.name, self.variant.name, self.dtype),
+        match self.variant.name == PLAIN.name {
+            true => format!("{}[{}]", self.entry.name, self.dtype),
+            false => format!("{}[{},{}]", self.entry.name, self.variant.name, self.dtype),
         }
     }
 

@@ -79,15 +79,16 @@ impl Policy {
         Ok(policy)
     }
 
-    /// The variant of `shader` for one launch: the forced one, else `auto` (the op's own
-    /// rule's pick, a variant name of the shader).
-    pub fn choose(&self, shader: &'static Shader, auto: &str) -> &'static Variant {
-        if let Some((_, v)) = self.forced.iter().find(|(op, _)| *op == shader.op) {
+    /// The variant of an op for one launch, among the variants of its `shaders`: the forced
+    /// one, else `auto` (the op's own rule's pick, a variant name of one of them).
+    pub fn choose(&self, shaders: &[&'static Shader], auto: &str) -> &'static Variant {
+        let op = shaders[0].op;
+        if let Some((_, v)) = self.forced.iter().find(|(o, _)| *o == op) {
             return v;
         }
-        let found = shader.find_variant(auto);
-        debug_assert!(found.is_some(), "{} has no variant {auto}", shader.file);
-        found.unwrap_or(&shader.variants[0])
+        let found = shaders.iter().find_map(|s| s.find_variant(auto));
+        debug_assert!(found.is_some(), "{op} has no variant {auto}");
+        found.unwrap_or(&shaders[0].variants[0])
     }
 
     /// The forced variant of `op`, if any.
@@ -98,14 +99,17 @@ impl Policy {
     /// One line per op with more than one variant: the variants and how one is chosen.
     pub fn describe(&self, shaders: &[&'static Shader]) -> String {
         let mut out = format!("kernel policy: {}\n", self.origin);
-        for s in shaders.iter().filter(|s| s.variants.len() > 1) {
-            let names: Vec<&str> = s.variants.iter().map(|v| v.name).collect();
-            let how = match self.forced(s.op) {
+        for (op, group) in by_op(shaders)
+            .into_iter()
+            .filter(|(_, g)| variants(g).len() > 1)
+        {
+            let names: Vec<&str> = variants(&group).iter().map(|v| v.name).collect();
+            let how = match self.forced(op) {
                 Some(v) => format!("forced {}", v.name),
-                None => s.choice.to_string(),
+                None => group[0].choice.to_string(),
             };
-            let _ = writeln!(out, "  {}: {} ({how})", s.op, names.join(" | "));
-            for v in s.variants {
+            let _ = writeln!(out, "  {op}: {} ({how})", names.join(" | "));
+            for v in variants(&group) {
                 let _ = writeln!(out, "    {}: {}", v.name, v.about);
             }
         }
@@ -113,13 +117,30 @@ impl Policy {
     }
 }
 
+/// Shaders grouped by op, in first-seen order.
+fn by_op(shaders: &[&'static Shader]) -> Vec<(&'static str, Vec<&'static Shader>)> {
+    let mut out: Vec<(&'static str, Vec<&'static Shader>)> = Vec::new();
+    for &s in shaders {
+        match out.iter_mut().find(|(op, _)| *op == s.op) {
+            Some((_, g)) => g.push(s),
+            None => out.push((s.op, vec![s])),
+        }
+    }
+    out
+}
+
+/// Every variant of a group of shaders.
+fn variants(group: &[&'static Shader]) -> Vec<&'static Variant> {
+    group.iter().flat_map(|s| s.variants.iter()).collect()
+}
+
 fn known_variants(shaders: &[&'static Shader]) -> String {
-    let parts: Vec<String> = shaders
-        .iter()
-        .filter(|s| s.variants.len() > 1)
-        .map(|s| {
-            let names: Vec<&str> = s.variants.iter().map(|v| v.name).collect();
-            format!("{}={}", s.op, names.join("|"))
+    let parts: Vec<String> = by_op(shaders)
+        .into_iter()
+        .filter(|(_, g)| variants(g).len() > 1)
+        .map(|(op, g)| {
+            let names: Vec<&str> = variants(&g).iter().map(|v| v.name).collect();
+            format!("{op}={}", names.join("|"))
         })
         .collect();
     format!("auto, {}", parts.join(", "))

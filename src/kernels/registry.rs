@@ -66,12 +66,6 @@ impl Kernels {
         &self.policy
     }
 
-    /// The variant of `shader` the policy chooses, given the op's own rule for this launch
-    /// (`auto`, a variant name of the shader).
-    pub fn choose(&self, shader: &'static Shader, auto: &str) -> &'static Variant {
-        self.policy.choose(shader, auto)
-    }
-
     /// `view`, or a small unused buffer (16 bytes: room for any vector element) where the
     /// kernel does not read the optional input.
     pub fn optional<'a>(&'a self, view: Option<View<'a>>, dtype: DType) -> View<'a> {

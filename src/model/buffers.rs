@@ -16,7 +16,7 @@ use crate::model::layout::Layout;
 use crate::model::memory::{
     place, BufferSpec, Category, MemoryReport, Placement, TensorId, TensorSpec,
 };
-use crate::model::nodes::{nodes, Mode, Nodes, PlanLimits};
+use crate::model::nodes::{nodes, Mode, Nodes, PlanTarget};
 
 /// The buffers that live across steps.
 #[derive(Debug, Serialize)]
@@ -102,16 +102,17 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     /// The memory of `cfg` at batch `batch` for `mode` (`momentum`: training keeps a
-    /// velocity), with activations of `dtype` (parameters and statistics stay f32).
+    /// velocity), for `target`'s limits, activation type (parameters and statistics stay
+    /// f32) and kernel policy.
     pub fn new(
         cfg: &DenseNetConfig,
         layout: &Layout,
         batch: u32,
         mode: Mode,
         momentum: bool,
-        limits: PlanLimits,
-        dtype: DType,
+        target: &PlanTarget,
     ) -> Result<MemoryPlan> {
+        let dtype = target.dtype;
         cfg.validate()?;
         if mode == Mode::Train && batch < 2 {
             return Err(Error::shape(
@@ -122,7 +123,7 @@ impl MemoryPlan {
         if batch == 0 {
             return Err(Error::shape("batch", "batch size 0"));
         }
-        let nodes = nodes(cfg, layout, batch, limits, mode, dtype)?;
+        let nodes = nodes(cfg, layout, batch, mode, target)?;
         let buffers = buffer_specs(cfg, layout, batch, mode, momentum, nodes.affine_len, dtype);
         let placement = place(&nodes.tensors.specs);
         let mut report = MemoryReport::default();

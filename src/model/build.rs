@@ -17,7 +17,7 @@ use crate::model::buffers::{Buffers, MemoryPlan, Tensors};
 use crate::model::config::DenseNetConfig;
 use crate::model::dispatches::{cmds, zero, Bufs};
 use crate::model::layout::Layout;
-use crate::model::nodes::{Mode, PlanLimits};
+use crate::model::nodes::{Mode, PlanLimits, PlanTarget};
 use crate::model::plan::{Cmd, Plan, SgdConfig, Training};
 use crate::model::steps::node_cmds;
 use crate::ops::sgd::{self, SgdParams};
@@ -65,7 +65,12 @@ impl Plan {
             None => Mode::Eval,
         };
         let momentum = opt.is_some_and(|o| o.momentum > 0.0);
-        let memory = MemoryPlan::new(cfg, &layout, batch, mode, momentum, limits, DType::F32)?;
+        let target = PlanTarget {
+            limits,
+            dtype: DType::F32,
+            policy: k.policy().clone(),
+        };
+        let memory = MemoryPlan::new(cfg, &layout, batch, mode, momentum, &target)?;
         let buffers = Buffers::allocate(gpu, &memory.buffers)?;
         gpu.write(&buffers.running_var, &vec![1f32; layout.stats.len as usize])?;
         let tensors = Tensors::allocate(gpu, &memory)?;

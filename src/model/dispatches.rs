@@ -229,7 +229,7 @@ impl<'a> Bufs<'a> {
             .slots
             .bias
             .map(|b| self.param(b, k0 as u64, p.c_out as u64));
-        let ws = self.tensor(c.fwd_ws)?;
+        let ws = self.optional(c.fwd_ws)?;
         Ok(cmds(conv2d::conv2d_forward(self.k, p, x, affine, w, b, y, ws)?).collect())
     }
 
@@ -247,7 +247,7 @@ impl<'a> Bufs<'a> {
         let g = self.conv_tensors(c)?;
         let rows = p.weight_len();
         let dw = self.grad(c.slots.weight, k0 as u64 * rows / p.c_out as u64, rows)?;
-        let (ws, partials) = (self.tensor(g.packed_dy)?, self.tensor(g.partials)?);
+        let (ws, partials) = (self.optional(g.packed_dy)?, self.tensor(g.partials)?);
         let d = conv2d::conv2d_backward_weight(self.k, p, x, affine, dy, ws, partials, dw)?;
         let mut out: Vec<Cmd> = cmds(d).collect();
         if let Some(b) = c.slots.bias {
@@ -257,21 +257,18 @@ impl<'a> Bufs<'a> {
         Ok(out)
     }
 
-    /// `dx` (zeroed first, from its element 0 whatever the conv's x offset) = the conv's
-    /// input gradient.
+    /// `dx` (from its element 0 whatever the conv's x offset) = the conv's input gradient,
+    /// written, not added: no clearing first.
     pub(super) fn conv_data(&self, c: &ConvCall, dy: View<'a>, dx: View<'a>) -> Result<Vec<Cmd>> {
-        let p = Conv2dParams { x_offset: 0, ..c.p };
-        let g = self.conv_tensors(c)?;
-        let ws_id = g.data_ws.ok_or_else(|| {
-            Error::Device("plan error: a data gradient without its workspace".into())
-        })?;
-        let ws = self.tensor(ws_id)?;
+        let p = Conv2dParams { x_offset: 0, ..c.p }.overwriting();
+        let ws = self.optional(self.conv_tensors(c)?.data_ws)?;
         let w = self.whole_param(c.slots.weight);
-        let mut out = vec![zero(dx, p.x_len())];
-        out.extend(cmds(conv2d::conv2d_backward_data(
-            self.k, &p, dy, w, dx, ws,
-        )?));
-        Ok(out)
+        Ok(cmds(conv2d::conv2d_backward_data(self.k, &p, dy, w, dx, ws)?).collect())
+    }
+
+    /// A per-step tensor the chosen implementation may not need.
+    fn optional(&self, id: Option<TensorId>) -> Result<Option<View<'a>>> {
+        id.map(|t| self.tensor(t)).transpose()
     }
 
     fn conv_tensors<'c>(&self, c: &'c ConvCall) -> Result<&'c crate::model::nodes::ConvGrads> {

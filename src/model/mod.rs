@@ -19,5 +19,5 @@ mod steps;
 pub use buffers::MemoryPlan;
 pub use config::{DenseNetConfig, Init, Stem};
 pub use layout::Layout;
-pub use nodes::{Mode, PlanLimits};
+pub use nodes::{Mode, PlanLimits, PlanTarget};
 pub use plan::{Plan, SgdConfig};

@@ -11,11 +11,12 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu};
+use crate::kernels::Policy;
 use crate::model::config::{DenseNetConfig, Stem};
 use crate::model::layout::{BnSlots, ConvSlots, Layout, SlotId};
 use crate::model::memory::{Category, Stage, TensorId, TensorTable};
 use crate::ops::batchnorm::BatchNormParams;
-use crate::ops::conv2d::Conv2dParams;
+use crate::ops::conv2d::{self, Conv2dParams};
 use crate::ops::cross_entropy::CrossEntropyParams;
 use crate::ops::global_avgpool::GlobalAvgPoolParams;
 use crate::ops::linear::LinearParams;
@@ -54,6 +55,16 @@ impl PlanLimits {
     pub fn align(&self) -> u64 {
         (self.align_bytes / 4).max(1)
     }
+}
+
+/// What a plan is built for besides the network: the adapter's limits, the element type of
+/// activations, and the kernel policy (whose choice of implementations decides the
+/// workspaces).
+#[derive(Clone, Debug)]
+pub struct PlanTarget {
+    pub limits: PlanLimits,
+    pub dtype: DType,
+    pub policy: Policy,
 }
 
 /// The stages of a step, named for the memory report.
@@ -103,10 +114,11 @@ impl Timeline {
     }
 }
 
-/// Training-only tensors of a conv: packed dy and split-K partial sums of the weight
-/// gradient, and the packed weights of the data gradient where the input needs one.
+/// Training-only tensors of a conv: the split-K partial sums of the weight gradient, and
+/// what the chosen implementation packs (dy for the weight gradient, the weights for the
+/// data gradient where the input needs one).
 pub(super) struct ConvGrads {
-    pub(super) packed_dy: TensorId,
+    pub(super) packed_dy: Option<TensorId>,
     pub(super) partials: TensorId,
     pub(super) data_ws: Option<TensorId>,
 }
@@ -115,7 +127,8 @@ pub(super) struct ConvGrads {
 pub(super) struct ConvCall {
     pub(super) p: Conv2dParams,
     pub(super) slots: ConvSlots,
-    pub(super) fwd_ws: TensorId,
+    /// The packed weights of the forward, where the implementation packs them.
+    pub(super) fwd_ws: Option<TensorId>,
     pub(super) grads: Option<ConvGrads>,
 }
 
@@ -250,6 +263,7 @@ pub(super) struct Ctx<'a> {
     pub(super) mode: Mode,
     pub(super) limits: PlanLimits,
     pub(super) dtype: DType,
+    pub(super) policy: &'a Policy,
     pub(super) timeline: Timeline,
     pub(super) tensors: TensorTable,
     pub(super) affine_len: u64,
@@ -302,28 +316,19 @@ impl Ctx<'_> {
         bwd: usize,
         dx: bool,
     ) -> ConvCall {
+        let ws = conv2d::workspace(self.policy, &p);
         let f = self.timeline.fwd(node);
-        let fwd_ws = self.tensor(
-            format!("{name}.packed_weight"),
-            &[p.forward_workspace_len()],
-            Scratch,
-            (f, f),
-        );
+        let scratch = |ctx: &mut Self, what: &str, len: u64, stage: Stage| {
+            (len > 0).then(|| ctx.tensor(format!("{name}.{what}"), &[len], Scratch, (stage, stage)))
+        };
+        let fwd_ws = scratch(self, "packed_weight", ws.forward, f);
         let grads = self.train().then(|| {
             let b = self.timeline.bwd(node, bwd);
-            let packed = &[p.weight_workspace_len()];
+            let partials = &[ws.partials];
             ConvGrads {
-                packed_dy: self.tensor(format!("{name}.packed_dy"), packed, Scratch, (b, b)),
-                partials: self.tensor(
-                    format!("{name}.weight_partials"),
-                    &[p.partials_len()],
-                    Scratch,
-                    (b, b),
-                ),
-                data_ws: dx.then(|| {
-                    let len = &[p.data_workspace_len()];
-                    self.tensor(format!("{name}.packed_weight_t"), len, Scratch, (b, b))
-                }),
+                packed_dy: scratch(self, "packed_dy", ws.packed_dy, b),
+                partials: self.tensor(format!("{name}.weight_partials"), partials, Scratch, (b, b)),
+                data_ws: scratch(self, "packed_weight_t", if dx { ws.data } else { 0 }, b),
             }
         });
         ConvCall {
@@ -345,9 +350,8 @@ pub fn nodes(
     cfg: &DenseNetConfig,
     layout: &Layout,
     n: u32,
-    limits: PlanLimits,
     mode: Mode,
-    dtype: DType,
+    target: &PlanTarget,
 ) -> Result<Nodes> {
     let mut kinds = vec![Kind::Stem];
     for (b, block) in layout.blocks.iter().enumerate() {
@@ -383,8 +387,9 @@ pub fn nodes(
         layout,
         n,
         mode,
-        limits,
-        dtype,
+        limits: target.limits,
+        dtype: target.dtype,
+        policy: &target.policy,
         timeline: Timeline::new(&skeleton, mode),
         tensors: TensorTable::default(),
         affine_len: 0,

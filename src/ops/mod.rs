@@ -20,7 +20,8 @@ use crate::kernels::Shader;
 /// Every WGSL file of the crate: what `info` describes, what `--kernels` may name, what the
 /// tests compile and validate. (Launching never looks here: each launcher holds its entry.)
 pub static SHADERS: &[&Shader] = &[
-    &conv2d::SHADER,
+    &conv2d::regtile::SHADER,
+    &conv2d::tiled::SHADER,
     &batchnorm::SHADER,
     &relu::SHADER,
     &concat::SHADER,

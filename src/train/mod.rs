@@ -21,7 +21,7 @@ use crate::evaluate::evaluate;
 use crate::gpu::{DType, InFlight};
 use crate::kernels::Kernels;
 use crate::model::memory::mib;
-use crate::model::{MemoryPlan, Mode, Plan, PlanLimits};
+use crate::model::{MemoryPlan, Mode, Plan, PlanLimits, PlanTarget};
 use crate::report::{self, EpochMetrics};
 
 /// Where a run's checkpoint goes in its output folder.
@@ -83,16 +83,13 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
 fn announce(k: &Kernels, plan: &Plan, setup: &Setup, args: &TrainArgs) -> Result<()> {
     let gpu = k.gpu();
     let recipe = &setup.recipe;
-    let limits = PlanLimits::of(gpu);
-    let eval = MemoryPlan::new(
-        &plan.cfg,
-        &plan.layout,
-        plan.batch,
-        Mode::Eval,
-        false,
-        limits,
-        DType::F32,
-    )?;
+    let target = PlanTarget {
+        limits: PlanLimits::of(gpu),
+        dtype: DType::F32,
+        policy: k.policy().clone(),
+    };
+    let (cfg, layout) = (&plan.cfg, &plan.layout);
+    let eval = MemoryPlan::new(cfg, layout, plan.batch, Mode::Eval, false, &target)?;
     eprintln!(
         "densenet-wgpu: {} on {} ({} train / {} test), {} parameters, batch {}, {} epochs; \
          device {} ({:?}); kernels {}; memory: training plan {:.1} MiB ({}), evaluation plan \

@@ -4,8 +4,10 @@
 //! onto non-zero gradients.
 
 use crate::support::*;
+use densenet_wgpu::kernels::DeviceClass;
 use densenet_wgpu::ops::conv2d::{self, Conv2dParams};
 use densenet_wgpu::reference as cpu;
+use densenet_wgpu::{Kernels, Policy};
 
 struct Case {
     input: [u32; 4],
@@ -41,6 +43,10 @@ fn cases() -> Vec<Case> {
         // More than one 16-channel tile on each side.
         c([2, 20, 5, 5], 18, (3, 3), (1, 1), (1, 1), true, 1, 2),
         c([2, 35, 4, 6], 33, (3, 3), (2, 1), (1, 1), false, 0, 1),
+        // Past one workgroup tile everywhere: 2 of 32 output channels, 768 pixels (several
+        // split-K splits), 117 taps; and a stem-like 7x7/2 on one channel.
+        c([3, 13, 16, 16], 40, (3, 3), (1, 1), (1, 1), true, 1, 0),
+        c([2, 1, 20, 20], 12, (7, 7), (2, 2), (3, 3), true, 0, 0),
     ]
 }
 
@@ -104,13 +110,13 @@ impl Setup {
 #[test]
 fn conv2d_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant(&conv2d::SHADER) {
+    for (variant, k) in each_variant("conv2d") {
         for (i, c) in cases().iter().enumerate() {
             let s = setup(i, c, &mut rng);
             let (x, w, b, y) = (up(&s.x), up(&s.w), up(&s.b), poisoned(s.y_total));
             let bias = c.bias.then(|| b.view());
             let aff = s.affine_buffer();
-            let ws = poisoned(s.p.forward_workspace_len());
+            let ws = poisoned(s.p.workspace_len());
             let affine = aff.as_ref().map(|a| a.view());
             let launch = conv2d::conv2d_forward(
                 k,
@@ -120,7 +126,7 @@ fn conv2d_forward_matches_reference() {
                 w.view(),
                 bias,
                 y.view(),
-                ws.view(),
+                Some(ws.view()),
             );
             run(launch.unwrap());
             let mut want = vec![f32::NAN; s.y_total as usize];
@@ -143,20 +149,33 @@ fn conv2d_forward_matches_reference() {
 #[test]
 fn conv2d_backward_data_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant(&conv2d::SHADER) {
+    for (variant, k) in each_variant("conv2d") {
         for (i, c) in cases().iter().enumerate() {
             let s = setup(i, c, &mut rng);
             let dy = rng.vec(s.y_total);
             let dx0 = rng.vec(s.x.len() as u64);
             let (dyb, w, dx) = (up(&dy), up(&s.w), up(&dx0));
-            let ws = poisoned(s.p.data_workspace_len());
-            let launch =
-                conv2d::conv2d_backward_data(k, &s.p, dyb.view(), w.view(), dx.view(), ws.view());
+            let ws = poisoned(s.p.workspace_len());
+            let ws = Some(ws.view());
+            let launch = conv2d::conv2d_backward_data(k, &s.p, dyb.view(), w.view(), dx.view(), ws);
             run(launch.unwrap());
             let mut want = dx0.clone();
             cpu::conv2d_backward_data(&mut want, &dy, &s.w, &s.p);
             let what = format!("conv2d_backward_data[{variant}] case {i}");
             check(&what, rng.seed, &read(&dx), &want, GRAD);
+            // Overwriting: dx = the gradient, whatever dx held (NaN here).
+            let dx = poisoned(s.x.len() as u64);
+            let p = s.p.overwriting();
+            run(conv2d::conv2d_backward_data(k, &p, dyb.view(), w.view(), dx.view(), ws).unwrap());
+            let mut want = vec![0.0; s.x.len()];
+            cpu::conv2d_backward_data(&mut want, &dy, &s.w, &s.p);
+            let got = read(&dx);
+            let (lo, hi) = (
+                s.p.x_offset as usize,
+                (s.p.x_offset as u64 + s.p.x_len()) as usize,
+            );
+            let what = format!("overwriting conv2d_backward_data[{variant}] case {i}");
+            check(&what, rng.seed, &got[lo..hi], &want[lo..hi], GRAD);
         }
     }
 }
@@ -164,13 +183,13 @@ fn conv2d_backward_data_matches_reference() {
 #[test]
 fn conv2d_backward_weight_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant(&conv2d::SHADER) {
+    for (variant, k) in each_variant("conv2d") {
         for (i, c) in cases().iter().enumerate() {
             let s = setup(i, c, &mut rng);
             let dy = rng.vec(s.y_total);
             let dw0 = rng.vec(s.p.weight_len());
             let (x, dyb, dw) = (up(&s.x), up(&dy), up(&dw0));
-            let ws = poisoned(s.p.weight_workspace_len());
+            let ws = poisoned(s.p.workspace_len());
             let partials = poisoned(s.p.partials_len());
             let aff = s.affine_buffer();
             let launch = conv2d::conv2d_backward_weight(
@@ -179,7 +198,7 @@ fn conv2d_backward_weight_matches_reference() {
                 x.view(),
                 aff.as_ref().map(|a| a.view()),
                 dyb.view(),
-                ws.view(),
+                Some(ws.view()),
                 partials.view(),
                 dw.view(),
             );
@@ -195,7 +214,7 @@ fn conv2d_backward_weight_matches_reference() {
 #[test]
 fn conv2d_backward_bias_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant(&conv2d::SHADER) {
+    for (variant, k) in each_variant("conv2d") {
         for (i, c) in cases().iter().enumerate() {
             let s = setup(i, c, &mut rng);
             let dy = rng.vec(s.y_total);
@@ -210,10 +229,10 @@ fn conv2d_backward_bias_matches_reference() {
     }
 }
 
-/// The policy's own rule: 8-channel tiles where the tiled channels fit in 8, else 16; a
-/// forced variant wins everywhere.
+/// The policy's own rule: on CPU drivers, 8-channel tiles where the tiled channels fit in 8,
+/// else 16; on GPUs, the workgroup tiles (no packing pass); a forced variant wins everywhere.
 #[test]
-fn conv2d_policy_picks_the_tile() {
+fn conv2d_policy_picks_the_implementation() {
     let narrow = Conv2dParams::new([2, 20, 5, 5], 8, (3, 3), (1, 1), (1, 1), false).unwrap();
     let wide = Conv2dParams::new([2, 6, 5, 5], 12, (3, 3), (1, 1), (1, 1), false).unwrap();
     let variants = |k, p: &Conv2dParams| -> Vec<String> {
@@ -223,23 +242,41 @@ fn conv2d_policy_picks_the_tile() {
             poisoned(p.y_len()),
         );
         let ws = poisoned(p.workspace_len());
-        let fwd = conv2d::conv2d_forward(k, p, x.view(), None, w.view(), None, y.view(), ws.view());
-        let data = conv2d::conv2d_backward_data(k, p, y.view(), w.view(), x.view(), ws.view());
+        let ws = Some(ws.view());
+        let fwd = conv2d::conv2d_forward(k, p, x.view(), None, w.view(), None, y.view(), ws);
+        let data = conv2d::conv2d_backward_data(k, p, y.view(), w.view(), x.view(), ws);
         let mut all = fwd.unwrap();
         all.extend(data.unwrap());
         all.iter()
             .map(|d| d.kernel().variant.name.to_string())
             .collect()
     };
+    let class = |c| Kernels::new(gpu_arc().clone(), Policy::auto(c));
+    let (cpu, gpu) = (class(DeviceClass::Cpu), class(DeviceClass::Gpu));
     // Forward tiles output channels, the data gradient input channels.
     assert_eq!(
-        variants(k(), &narrow),
+        variants(&cpu, &narrow),
         ["tile8", "tile8", "tile16", "tile16"]
     );
-    assert_eq!(variants(k(), &wide), ["tile16", "tile16", "tile8", "tile8"]);
+    assert_eq!(
+        variants(&cpu, &wide),
+        ["tile16", "tile16", "tile8", "tile8"]
+    );
+    assert_eq!(variants(&gpu, &narrow), ["wgtile", "wgtile"]);
     let forced = kernels_for("conv2d=tile16");
     assert!(variants(forced, &narrow).iter().all(|v| v == "tile16"));
     assert!(kernels_for("tile8").policy().forced("conv2d").is_some());
+    // The workgroup tiles pack nothing: no workspace, and none needed.
+    let (x, w, y) = (
+        poisoned(wide.x_len()),
+        poisoned(wide.weight_len()),
+        poisoned(wide.y_len()),
+    );
+    let fwd = conv2d::conv2d_forward(&gpu, &wide, x.view(), None, w.view(), None, y.view(), None);
+    assert!(fwd.is_ok());
+    let err = conv2d::conv2d_forward(&cpu, &wide, x.view(), None, w.view(), None, y.view(), None);
+    assert!(err.err().unwrap().to_string().contains("workspace"));
+    assert_eq!(conv2d::workspace(gpu.policy(), &wide).packed_dy, 0);
 }
 
 #[test]
@@ -251,9 +288,18 @@ fn conv2d_rejects_mismatched_buffers() {
         poisoned(p.y_len()),
     );
     let ws = poisoned(p.workspace_len());
-    let err = conv2d::conv2d_forward(k(), &p, x.view(), None, w.view(), None, y.view(), ws.view())
-        .err()
-        .expect("a short weight buffer must be refused");
+    let err = conv2d::conv2d_forward(
+        k(),
+        &p,
+        x.view(),
+        None,
+        w.view(),
+        None,
+        y.view(),
+        Some(ws.view()),
+    )
+    .err()
+    .expect("a short weight buffer must be refused");
     assert!(err.to_string().contains("weight"), "{err}");
     assert!(Conv2dParams::new([1, 1, 2, 2], 1, (5, 5), (1, 1), (0, 0), false).is_err());
 }

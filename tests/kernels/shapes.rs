@@ -97,7 +97,7 @@ fn dense_block_and_transition_shapes() {
                 bufs[0].view(),
                 Some(bufs[1].view()),
                 block.view(),
-                ws.view(),
+                Some(ws.view()),
             )
             .unwrap(),
         );
@@ -144,7 +144,7 @@ fn dense_block_and_transition_shapes() {
             bufs[0].view(),
             Some(bufs[1].view()),
             u.view(),
-            ws.view(),
+            Some(ws.view()),
         )
         .unwrap(),
     );

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use densenet_wgpu::kernels::{submit, DeviceClass, Dispatch, Shader};
+use densenet_wgpu::kernels::{submit, DeviceClass, Dispatch};
 use densenet_wgpu::{Gpu, GpuBuffer, GpuOptions, Kernels, Policy};
 
 /// Forward outputs: atol 1e-5 + rtol 1e-4 (docs/DESIGN.md).
@@ -46,13 +46,14 @@ pub fn kernels_for(spec: &str) -> &'static Kernels {
     })
 }
 
-/// One registry per variant of `shader`, each forcing it: run a launch through each to test
-/// every variant.
-pub fn each_variant(shader: &'static Shader) -> Vec<(&'static str, &'static Kernels)> {
-    shader
-        .variants
+/// One registry per variant of `op` (across its shaders), each forcing it: run a launch
+/// through each to test every variant.
+pub fn each_variant(op: &str) -> Vec<(&'static str, &'static Kernels)> {
+    densenet_wgpu::ops::SHADERS
         .iter()
-        .map(|v| (v.name, kernels_for(&format!("{}={}", shader.op, v.name))))
+        .filter(|s| s.op == op)
+        .flat_map(|s| s.variants.iter())
+        .map(|v| (v.name, kernels_for(&format!("{op}={}", v.name))))
         .collect()
 }
 

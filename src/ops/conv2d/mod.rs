@@ -1,0 +1,368 @@
+//! 2-D convolution over channel-major (C, N, H, W) tensors: forward, backward-data,
+//! backward-weight (split-K) and backward-bias, in two implementations behind one set of
+//! launchers:
+//!
+//! - [`regtile`]: register tiles of 16 or 8 channels by 4 pixels per invocation, no
+//!   workgroup memory and no barriers (what CPU drivers such as llvmpipe run best), operands
+//!   packed channel-last by a pass before each GEMM;
+//! - [`tiled`]: implicit GEMMs over workgroup-memory tiles (what GPUs run best), reading the
+//!   tensors where they lie (no packing pass), the weight gradient walking pixels.
+//!
+//! Which one a launch uses is the kernel policy's choice (`--kernels` forces either).
+//!
+//! Shapes (channel-major): x (C_in, N, H, W), weight (C_out, C_in, KH, KW) as in PyTorch,
+//! bias (C_out), y (C_out, N, P, Q) with P = (H + 2 PH - KH) / SH + 1, Q likewise.
+
+pub mod regtile;
+pub mod tiled;
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::ensure_shape;
+use crate::error::{Error, Result};
+use crate::gpu::View;
+use crate::kernels::{DeviceClass, Dispatch, Kernels, Policy, Shader, Variant};
+
+/// Shapes of one convolution, also its uniform (binding 0). Build with [`Conv2dParams::new`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Conv2dParams {
+    pub n: u32,
+    pub c_in: u32,
+    pub h: u32,
+    pub w: u32,
+    pub c_out: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub kernel_h: u32,
+    pub kernel_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_h: u32,
+    pub pad_w: u32,
+    /// First element of x (and dx): a channel offset times N*H*W.
+    pub x_offset: u32,
+    /// First element of y (and dy): a channel offset times N*P*Q.
+    pub y_offset: u32,
+    pub has_bias: u32,
+    /// Split-K factor of the weight gradient; set by the launcher.
+    pub splits: u32,
+    /// Output pixels per split; set by the launcher.
+    pub chunk: u32,
+    /// Non-zero: the input is read as BN -> ReLU of x; set by the launchers when they are
+    /// given the BN's (scale, shift) pairs (`affine`).
+    pub input_bn_relu: u32,
+    /// Non-zero: the data gradient writes dx (`=`) instead of adding into it (`+=`); see
+    /// [`Conv2dParams::overwriting`].
+    pub overwrite: u32,
+}
+
+const OP: &str = "conv2d";
+
+impl Conv2dParams {
+    /// `input` is (N, C_in, H, W) in PyTorch order; kernel, stride and padding are (h, w).
+    pub fn new(
+        input: [u32; 4],
+        c_out: u32,
+        kernel: (u32, u32),
+        stride: (u32, u32),
+        pad: (u32, u32),
+        bias: bool,
+    ) -> Result<Self> {
+        let [n, c_in, h, w] = input;
+        ensure_shape!(
+            n > 0 && c_in > 0 && h > 0 && w > 0 && c_out > 0,
+            OP,
+            "input {input:?} and output channels {c_out} must all be positive"
+        );
+        ensure_shape!(
+            kernel.0 > 0 && kernel.1 > 0 && stride.0 > 0 && stride.1 > 0,
+            OP,
+            "kernel {kernel:?} and stride {stride:?} must be positive"
+        );
+        ensure_shape!(
+            h + 2 * pad.0 >= kernel.0 && w + 2 * pad.1 >= kernel.1,
+            OP,
+            "kernel {kernel:?} is larger than the padded input {}x{}",
+            h + 2 * pad.0,
+            w + 2 * pad.1
+        );
+        Ok(Conv2dParams {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            out_h: (h + 2 * pad.0 - kernel.0) / stride.0 + 1,
+            out_w: (w + 2 * pad.1 - kernel.1) / stride.1 + 1,
+            kernel_h: kernel.0,
+            kernel_w: kernel.1,
+            stride_h: stride.0,
+            stride_w: stride.1,
+            pad_h: pad.0,
+            pad_w: pad.1,
+            x_offset: 0,
+            y_offset: 0,
+            has_bias: bias as u32,
+            splits: 1,
+            chunk: 1,
+            input_bn_relu: 0,
+            overwrite: 0,
+        })
+    }
+
+    /// Reads x at input channel `c` of a larger buffer (x's own channels start there).
+    pub fn with_x_channel_offset(mut self, c: u32) -> Self {
+        self.x_offset = super::channel_offset(c, self.x_len() / self.c_in as u64);
+        self
+    }
+
+    /// Writes y at output channel `c` of a larger buffer (in-place concatenation).
+    pub fn with_y_channel_offset(mut self, c: u32) -> Self {
+        self.y_offset = super::channel_offset(c, self.y_len() / self.c_out as u64);
+        self
+    }
+
+    pub fn x_len(&self) -> u64 {
+        self.c_in as u64 * self.n as u64 * self.h as u64 * self.w as u64
+    }
+    pub fn y_len(&self) -> u64 {
+        self.c_out as u64 * self.n as u64 * self.out_h as u64 * self.out_w as u64
+    }
+    pub fn weight_len(&self) -> u64 {
+        self.c_out as u64 * self.c_in as u64 * self.kernel_h as u64 * self.kernel_w as u64
+    }
+    /// Multiply-adds of the forward pass (each backward GEMM does as many).
+    pub fn macs(&self) -> u64 {
+        self.y_len() * self.c_in as u64 * self.kernel_h as u64 * self.kernel_w as u64
+    }
+
+    /// Output pixels N*P*Q.
+    pub fn npq(&self) -> u64 {
+        self.n as u64 * self.out_h as u64 * self.out_w as u64
+    }
+
+    /// Taps C_in*KH*KW, the weight gradient's columns.
+    pub fn taps(&self) -> u64 {
+        self.c_in as u64 * self.kernel_h as u64 * self.kernel_w as u64
+    }
+
+    /// The data gradient writes dx (`=`) instead of adding into it: for a dx that holds
+    /// nothing yet, so it needs no clearing first.
+    pub fn overwriting(mut self) -> Self {
+        self.overwrite = 1;
+        self
+    }
+
+    /// The split-K factor of the weight gradient for an implementation that covers one split
+    /// with `workgroups` workgroups: enough to fill a large GPU (512 in all), at least 256
+    /// output pixels per split.
+    pub(crate) fn with_splits_for(mut self, workgroups: u64) -> Self {
+        let npq = self.n * self.out_h * self.out_w;
+        let splits = 512u64
+            .div_ceil(workgroups.max(1))
+            .clamp(1, npq.div_ceil(256).max(1) as u64) as u32;
+        self.chunk = npq.div_ceil(splits);
+        self.splits = npq.div_ceil(self.chunk);
+        self
+    }
+
+    /// Elements of every workspace any implementation of this convolution may use: an upper
+    /// bound of [`workspace`] for every policy.
+    pub fn workspace_len(&self) -> u64 {
+        let r = regtile::workspace(self);
+        r.forward.max(r.data).max(r.packed_dy)
+    }
+
+    /// Elements of the weight gradient's split-K partial sums, for every implementation.
+    pub fn partials_len(&self) -> u64 {
+        regtile::workspace(self)
+            .partials
+            .max(tiled::workspace(self).partials)
+    }
+
+    fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
+        super::check_len(OP, what, view, need, self)
+    }
+}
+
+/// The shaders of this op: the register-tile variants, then the workgroup-tiled one.
+pub static SHADERS: [&Shader; 2] = [&regtile::SHADER, &tiled::SHADER];
+
+/// Elements of the workspaces a convolution's launchers use, for one implementation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workspace {
+    /// Packed weights of the forward.
+    pub forward: u64,
+    /// Packed weights of the data gradient.
+    pub data: u64,
+    /// Packed output gradient of the weight gradient.
+    pub packed_dy: u64,
+    /// Split-K partial sums of the weight gradient.
+    pub partials: u64,
+}
+
+/// The variant a launch tiling `channels` channels uses: the forced one, else the op's rule
+/// (GPUs: the workgroup tiles; CPU drivers: 8-channel register tiles where the channels fit
+/// in 8, 16-channel ones elsewhere).
+fn choose(policy: &Policy, channels: u32) -> &'static Variant {
+    let auto = match (policy.class, channels <= 8) {
+        (DeviceClass::Gpu, _) => "wgtile",
+        (DeviceClass::Cpu, true) => "tile8",
+        (DeviceClass::Cpu, false) => "tile16",
+    };
+    policy.choose(&SHADERS, auto)
+}
+
+fn is_tiled(v: &'static Variant) -> bool {
+    tiled::SHADER.variants.iter().any(|t| std::ptr::eq(t, v))
+}
+
+/// The workspaces `p`'s launches need under `policy`: the forward, the data gradient and
+/// the weight gradient each by the variant the policy gives it.
+pub fn workspace(policy: &Policy, p: &Conv2dParams) -> Workspace {
+    let of = |v| match is_tiled(v) {
+        true => tiled::workspace(p),
+        false => regtile::workspace(p),
+    };
+    let (f, d, w) = (
+        of(choose(policy, p.c_out)),
+        of(choose(policy, p.c_in)),
+        of(choose(policy, p.c_out)),
+    );
+    Workspace {
+        forward: f.forward,
+        data: d.data,
+        packed_dy: w.packed_dy,
+        partials: w.partials,
+    }
+}
+
+/// The params with the fused input BN -> ReLU on when `affine` (2 * C_in values) is given.
+fn with_affine(p: &Conv2dParams, affine: &Option<View<'_>>) -> Result<Conv2dParams> {
+    let mut p = *p;
+    if let Some(a) = affine {
+        p.check("affine", a, 2 * p.c_in as u64)?;
+        p.input_bn_relu = 1;
+    }
+    Ok(p)
+}
+
+/// `len` elements of `workspace`, which an implementation that packs operands needs.
+fn region<'a>(p: &Conv2dParams, ws: Option<View<'a>>, len: u64) -> Result<View<'a>> {
+    let ws = ws.ok_or_else(|| {
+        Error::shape(
+            OP,
+            format!("this implementation needs a workspace of {len} elements"),
+        )
+    })?;
+    p.check("workspace", &ws, len)?;
+    ws.sub(0, len)
+}
+
+/// y = conv(x, weight) + bias, written at `p.y_offset` (x and y may be one buffer). With
+/// `affine`, the input is read as `max(x * scale[c] + shift[c], 0)`, the (scale, shift)
+/// pairs from [`crate::ops::batchnorm::batchnorm_affine`]: the layer's BN -> ReLU, applied
+/// while loading, so its output is never stored. `workspace` holds what the chosen
+/// implementation packs ([`workspace`]; `None` where it packs nothing).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward(
+    k: &Kernels,
+    p: &Conv2dParams,
+    x: View<'_>,
+    affine: Option<View<'_>>,
+    weight: View<'_>,
+    bias: Option<View<'_>>,
+    y: View<'_>,
+    workspace: Option<View<'_>>,
+) -> Result<Vec<Dispatch>> {
+    let p = with_affine(p, &affine)?;
+    p.check("x", &x, p.x_offset as u64 + p.x_len())?;
+    p.check("weight", &weight, p.weight_len())?;
+    p.check("y", &y, p.y_offset as u64 + p.y_len())?;
+    ensure_shape!(
+        bias.is_some() == (p.has_bias != 0),
+        OP,
+        "bias given: {}, but params say has_bias = {}",
+        bias.is_some(),
+        p.has_bias
+    );
+    if let Some(b) = &bias {
+        p.check("bias", b, p.c_out as u64)?;
+    }
+    let dtype = super::float_dtype(OP, &[&x, &weight, &y])?;
+    let (bias, affine) = (k.optional(bias, dtype), k.optional(affine, dtype));
+    let v = choose(k.policy(), p.c_out);
+    if is_tiled(v) {
+        return tiled::forward(k, v, &p, [x, affine, weight, bias, y]);
+    }
+    let packed = region(&p, workspace, regtile::workspace(&p).forward)?;
+    regtile::forward(k, v, &p, [x, affine, weight, bias, y, packed])
+}
+
+/// The gradient of the input, at `p.x_offset`: dx += W^T * dy, or dx = W^T * dy for params
+/// made [`Conv2dParams::overwriting`]. `workspace` as for [`conv2d_forward`].
+pub fn conv2d_backward_data(
+    k: &Kernels,
+    p: &Conv2dParams,
+    dy: View<'_>,
+    weight: View<'_>,
+    dx: View<'_>,
+    workspace: Option<View<'_>>,
+) -> Result<Vec<Dispatch>> {
+    p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
+    p.check("weight", &weight, p.weight_len())?;
+    p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
+    super::float_dtype(OP, &[&dy, &weight, &dx])?;
+    let v = choose(k.policy(), p.c_in);
+    if is_tiled(v) {
+        return tiled::backward_data(k, v, p, [dy, weight, dx]);
+    }
+    let packed = region(p, workspace, regtile::workspace(p).data)?;
+    regtile::backward_data(k, v, p, [dy, weight, dx, packed])
+}
+
+/// dweight += dy * im2col(x)^T: split-K partial sums into `partials`
+/// ([`Conv2dParams::partials_len`] is enough for any implementation), then their sum.
+/// `affine` as for [`conv2d_forward`]; `workspace` holds what the implementation packs.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_weight(
+    k: &Kernels,
+    p: &Conv2dParams,
+    x: View<'_>,
+    affine: Option<View<'_>>,
+    dy: View<'_>,
+    workspace: Option<View<'_>>,
+    partials: View<'_>,
+    dweight: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    let p = with_affine(p, &affine)?;
+    p.check("x", &x, p.x_offset as u64 + p.x_len())?;
+    p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
+    p.check("dweight", &dweight, p.weight_len())?;
+    let dtype = super::float_dtype(OP, &[&x, &dy, &partials, &dweight])?;
+    let affine = k.optional(affine, dtype);
+    let v = choose(k.policy(), p.c_out);
+    if is_tiled(v) {
+        let p = p.with_splits_for(tiled::weight_workgroups(&p));
+        p.check("partials", &partials, tiled::workspace(&p).partials)?;
+        return tiled::backward_weight(k, v, &p, [x, affine, dy, partials, dweight]);
+    }
+    let p = p.with_splits_for(regtile::weight_workgroups(&p));
+    p.check("partials", &partials, regtile::workspace(&p).partials)?;
+    let packed = region(&p, workspace, regtile::workspace(&p).packed_dy)?;
+    regtile::backward_weight(k, v, &p, [x, affine, dy, packed, partials, dweight])
+}
+
+/// dbias += dy summed over N, P, Q.
+pub fn conv2d_backward_bias(
+    k: &Kernels,
+    p: &Conv2dParams,
+    dy: View<'_>,
+    dbias: View<'_>,
+) -> Result<Vec<Dispatch>> {
+    p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
+    p.check("dbias", &dbias, p.c_out as u64)?;
+    let dtype = super::float_dtype(OP, &[&dy, &dbias])?;
+    regtile::backward_bias(k, dtype, p, dy, dbias)
+}
