@@ -214,26 +214,34 @@ fn norms_and_pools(c: &mut Criterion) {
     )
     .expect("launch");
     time(c, "batchnorm_affine 192", Throughput::Elements(192), affine);
-    let bwd = batchnorm::batchnorm_backward(
-        k(),
-        &bn,
-        x.view(),
-        dy.view(),
-        mean.view(),
-        var_pos.view(),
-        g.view(),
-        b.view(),
-        dx.view(),
-        dg.view(),
-        db.view(),
-    )
-    .expect("launch");
-    time(
-        c,
-        &format!("batchnorm_backward 192x24 (N={n})"),
-        elems.clone(),
-        bwd,
-    );
+    // The training statistics (with the running update) and the backward, each variant.
+    for (variant, k) in each_variant("batchnorm") {
+        let len = batchnorm::partials_bound(k.policy(), 192);
+        let partials = (len > 0).then(|| buf(len));
+        let part = partials.as_ref().map(|p| p.view());
+        let (xv, mv, vv) = (x.view(), mean.view(), var_pos.view());
+        let stats =
+            batchnorm::batchnorm_stats_update(k, &bn, xv, mv, vv, rm.view(), rv.view(), part);
+        let name = format!("batchnorm_stats_update [{variant}] 192x24 (N={n})");
+        time(c, &name, elems.clone(), stats.expect("launch"));
+        let (gv, bv) = (g.view(), b.view());
+        let bwd = batchnorm::batchnorm_backward(
+            k,
+            &bn,
+            xv,
+            dy.view(),
+            mv,
+            vv,
+            gv,
+            bv,
+            dx.view(),
+            dg.view(),
+            db.view(),
+            part,
+        );
+        let name = format!("batchnorm_backward [{variant}] 192x24 (N={n})");
+        time(c, &name, elems.clone(), bwd.expect("launch"));
+    }
 
     let rp = relu::ReluParams::new(bn.len() as u32);
     time(

@@ -7,14 +7,15 @@
 
 mod support;
 
+use densenet_wgpu::kernels::DeviceClass;
 use densenet_wgpu::model::layout::ParamRole;
 use densenet_wgpu::model::plan::Cmd;
 use densenet_wgpu::model::reference_net::{reference_eval, reference_step, ReferenceStep};
 use densenet_wgpu::model::{DenseNetConfig, Init, Layout, Mode, Plan, SgdConfig, Stem};
 use densenet_wgpu::ops::sgd::SgdParams;
 use densenet_wgpu::reference as cpu;
-use densenet_wgpu::Kernels;
-use support::{check, gpu, k, kernels_for, seed, FWD};
+use densenet_wgpu::{Kernels, Policy};
+use support::{check, gpu, k, seed, FWD};
 
 /// Two blocks, a transition, stem and head.
 fn small(stem: Stem, image_size: u32, bottleneck: Option<u32>) -> DenseNetConfig {
@@ -308,11 +309,11 @@ fn momentum_network_matches_reference() {
     matches_reference_with(&cfg, 4, u64::MAX, NESTEROV);
 }
 
-/// The whole step with the workgroup-tiled convolutions GPUs get (and DenseNet-BC's 1x1
-/// bottlenecks), forced here whatever the adapter.
+/// The whole step with the kernels GPUs get (workgroup-tiled convolutions, split batch-norm
+/// statistics and backward), whatever the adapter, on DenseNet-BC with the ImageNet stem.
 #[test]
-fn network_with_workgroup_tiles_matches_reference() {
-    let k = kernels_for("conv2d=wgtile");
+fn network_with_gpu_kernels_matches_reference() {
+    let k = &Kernels::new(support::gpu_arc().clone(), Policy::auto(DeviceClass::Gpu));
     let cfg = small(Stem::ImageNet { channels: 4 }, 16, Some(2));
     matches_reference_on(k, &cfg, 3, u64::MAX, NESTEROV);
     let names: Vec<String> = Plan::train(k, &cfg, 3, PLAIN_SGD)

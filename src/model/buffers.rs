@@ -17,6 +17,7 @@ use crate::model::memory::{
     place, BufferSpec, Category, MemoryReport, Placement, TensorId, TensorSpec,
 };
 use crate::model::nodes::{nodes, Mode, Nodes, PlanTarget};
+use crate::ops::batchnorm;
 
 /// The buffers that live across steps.
 #[derive(Debug, Serialize)]
@@ -30,6 +31,9 @@ pub struct Buffers<B> {
     /// (S) batch mean and biased variance of every normalized channel (training).
     pub batch_mean: Option<B>,
     pub batch_var: Option<B>,
+    /// (2 x chunks) partial sums of the batch-norm statistics and backward, where the
+    /// implementation splits channels into chunks (training on GPUs).
+    pub bn_partials: Option<B>,
     /// (S) running mean and unbiased variance.
     pub running_mean: B,
     pub running_var: B,
@@ -55,6 +59,7 @@ impl<B> Buffers<B> {
             self.velocity.as_ref(),
             self.batch_mean.as_ref(),
             self.batch_var.as_ref(),
+            self.bn_partials.as_ref(),
             Some(&self.running_mean),
             Some(&self.running_var),
             Some(&self.affine),
@@ -76,6 +81,7 @@ impl<B> Buffers<B> {
             velocity: opt(&self.velocity)?,
             batch_mean: opt(&self.batch_mean)?,
             batch_var: opt(&self.batch_var)?,
+            bn_partials: opt(&self.bn_partials)?,
             params: f(&self.params)?,
             running_mean: f(&self.running_mean)?,
             running_var: f(&self.running_var)?,
@@ -124,7 +130,12 @@ impl MemoryPlan {
             return Err(Error::shape("batch", "batch size 0"));
         }
         let nodes = nodes(cfg, layout, batch, mode, target)?;
-        let buffers = buffer_specs(cfg, layout, batch, mode, momentum, nodes.affine_len, dtype);
+        let bn_partials = match mode {
+            Mode::Train => batchnorm::partials_bound(&target.policy, layout.stats.len as u32),
+            Mode::Eval => 0,
+        };
+        let sizes = (nodes.affine_len, bn_partials);
+        let buffers = buffer_specs(cfg, layout, batch, mode, momentum, sizes, dtype);
         let placement = place(&nodes.tensors.specs);
         let mut report = MemoryReport::default();
         for b in buffers.iter() {
@@ -163,13 +174,15 @@ impl MemoryPlan {
     }
 }
 
+/// The buffers of a plan: `momentum` keeps a velocity; `(affine, bn partials)` elements of
+/// the fused-BN pairs and of the batch-norm partial sums (0: none).
 fn buffer_specs(
     cfg: &DenseNetConfig,
     layout: &Layout,
     n: u32,
     mode: Mode,
     momentum: bool,
-    affine_len: u64,
+    (affine_len, bn_partials): (u64, u64),
     dtype: DType,
 ) -> Buffers<BufferSpec> {
     let spec = |name: &str, shape: &[u64], dtype, category| BufferSpec {
@@ -189,6 +202,8 @@ fn buffer_specs(
         velocity: (train && momentum).then(|| spec("velocity", &[p], DType::F32, Parameters)),
         batch_mean: train.then(|| spec("batch_mean", &[s], DType::F32, Statistics)),
         batch_var: train.then(|| spec("batch_var", &[s], DType::F32, Statistics)),
+        bn_partials: (bn_partials > 0)
+            .then(|| spec("bn_partials", &[bn_partials], DType::F32, Statistics)),
         running_mean: spec("running_mean", &[s], DType::F32, Statistics),
         running_var: spec("running_var", &[s], DType::F32, Statistics),
         affine: spec("affine", &[affine_len.max(1)], DType::F32, Statistics),

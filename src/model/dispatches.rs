@@ -205,8 +205,9 @@ impl<'a> Bufs<'a> {
             bn.dgamma.ok_or_else(missing)?,
             bn.dbeta.ok_or_else(missing)?,
         );
+        let partials = self.b.bn_partials.as_ref().map(|b| b.view());
         let d = batchnorm::batchnorm_backward(
-            self.k, p, x, dy, mean, var, bn.gamma, bn.beta, dx, dgamma, dbeta,
+            self.k, p, x, dy, mean, var, bn.gamma, bn.beta, dx, dgamma, dbeta, partials,
         )?;
         Ok(cmds(d).collect())
     }

@@ -23,6 +23,7 @@ pub static SHADERS: &[&Shader] = &[
     &conv2d::regtile::SHADER,
     &conv2d::tiled::SHADER,
     &batchnorm::SHADER,
+    &batchnorm::split::SHADER,
     &relu::SHADER,
     &concat::SHADER,
     &maxpool::SHADER,

@@ -6,6 +6,7 @@
 use crate::support::*;
 use densenet_wgpu::ops::batchnorm::{self, BatchNormParams};
 use densenet_wgpu::reference as cpu;
+use densenet_wgpu::{GpuBuffer, Kernels};
 
 struct Case {
     input: [u32; 4],
@@ -38,6 +39,8 @@ fn cases() -> Vec<Case> {
         c([2, 3, 19, 13], 1, 2, 1, 1e-5, 0.1, true),
         c([1, 1, 7, 7], 0, 1, 12, 1e-2, 1.0, false),
         c([3, 13, 7, 7], 0, 0, 0, 1e-5, 0.1, true),
+        // M = 8712: several chunks per channel in the split implementation.
+        c([8, 5, 33, 33], 2, 1, 3, 1e-5, 0.1, true),
     ]
 }
 
@@ -361,64 +364,150 @@ fn batchnorm_forward_eval_matches_reference() {
     }
 }
 
+/// A poisoned buffer of the partial sums `k`'s implementation needs for `p`, if any.
+fn partials(k: &Kernels, p: &BatchNormParams) -> Option<GpuBuffer> {
+    let len = batchnorm::partials_bound(k.policy(), p.c);
+    (len > 0).then(|| poisoned(len))
+}
+
 #[test]
 fn batchnorm_backward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
-        let s = setup(c, &mut rng);
-        let (mean, var) = s.stats();
-        let dy = rng.vec(s.y_total);
-        // Random starting gradients over the whole buffers: the kernel must add, and only
-        // inside the op's channels.
-        let dx0 = rng.vec(s.x.len() as u64);
-        let dg0 = rng.vec(s.p.c as u64);
-        let db0 = rng.vec(s.p.c as u64);
-        let (x, dyb, mb, vb, g) = (up(&s.x), up(&dy), up(&mean), up(&var), up(&s.gamma));
-        let b = up(&s.beta);
-        let (dx, dg, db) = (up(&dx0), up(&dg0), up(&db0));
-        let launch = batchnorm::batchnorm_backward(
-            k(),
-            &s.p,
-            x.view(),
-            dyb.view(),
-            mb.view(),
-            vb.view(),
-            g.view(),
-            b.view(),
-            dx.view(),
-            dg.view(),
-            db.view(),
-        );
-        run(launch.unwrap());
-        let (mut want_dx, mut want_dg, mut want_db) = (dx0.clone(), dg0.clone(), db0.clone());
-        cpu::batchnorm_backward(
-            &mut want_dx,
-            &mut want_dg,
-            &mut want_db,
-            &dy,
-            &s.x,
-            &mean,
-            &var,
-            &s.gamma,
-            &s.beta,
-            &s.p,
-        );
-        let what = format!("batchnorm_backward case {i}");
-        check(&format!("{what} dx"), rng.seed, &read(&dx), &want_dx, GRAD);
-        check(
-            &format!("{what} dgamma"),
-            rng.seed,
-            &read(&dg),
-            &want_dg,
-            GRAD,
-        );
-        check(
-            &format!("{what} dbeta"),
-            rng.seed,
-            &read(&db),
-            &want_db,
-            GRAD,
-        );
+    for (variant, k) in each_variant("batchnorm") {
+        for (i, c) in cases().iter().enumerate() {
+            let s = setup(c, &mut rng);
+            let (mean, var) = s.stats();
+            let dy = rng.vec(s.y_total);
+            // Random starting gradients over the whole buffers: the kernel must add, and only
+            // inside the op's channels.
+            let dx0 = rng.vec(s.x.len() as u64);
+            let dg0 = rng.vec(s.p.c as u64);
+            let db0 = rng.vec(s.p.c as u64);
+            let (x, dyb, mb, vb, g) = (up(&s.x), up(&dy), up(&mean), up(&var), up(&s.gamma));
+            let b = up(&s.beta);
+            let (dx, dg, db) = (up(&dx0), up(&dg0), up(&db0));
+            let part = partials(k, &s.p);
+            let launch = batchnorm::batchnorm_backward(
+                k,
+                &s.p,
+                x.view(),
+                dyb.view(),
+                mb.view(),
+                vb.view(),
+                g.view(),
+                b.view(),
+                dx.view(),
+                dg.view(),
+                db.view(),
+                part.as_ref().map(|p| p.view()),
+            );
+            run(launch.unwrap());
+            let (mut want_dx, mut want_dg, mut want_db) = (dx0.clone(), dg0.clone(), db0.clone());
+            cpu::batchnorm_backward(
+                &mut want_dx,
+                &mut want_dg,
+                &mut want_db,
+                &dy,
+                &s.x,
+                &mean,
+                &var,
+                &s.gamma,
+                &s.beta,
+                &s.p,
+            );
+            let what = format!("batchnorm_backward[{variant}] case {i}");
+            check(&format!("{what} dx"), rng.seed, &read(&dx), &want_dx, GRAD);
+            check(
+                &format!("{what} dgamma"),
+                rng.seed,
+                &read(&dg),
+                &want_dg,
+                GRAD,
+            );
+            check(
+                &format!("{what} dbeta"),
+                rng.seed,
+                &read(&db),
+                &want_db,
+                GRAD,
+            );
+        }
+    }
+}
+
+/// The training statistics and the running update through the policy's implementation, on
+/// ordinary data and on data whose mean is large next to its spread.
+#[test]
+fn batchnorm_stats_update_matches_reference() {
+    let mut rng = Rand::new();
+    for (variant, k) in each_variant("batchnorm") {
+        for (i, c) in cases().iter().enumerate() {
+            for large_mean in [false, true] {
+                let mut s = setup(c, &mut rng);
+                if large_mean {
+                    s.x = rng.range(s.x.len() as u64, 20.0, 21.0);
+                }
+                let (x, mean, var) = (up(&s.x), poisoned(s.stat_total), poisoned(s.stat_total));
+                let (rm0, rv0) = s.running(&mut rng);
+                let (rm, rv) = (up(&rm0), up(&rv0));
+                let part = partials(k, &s.p);
+                let part = part.as_ref().map(|p| p.view());
+                let (xv, mv, vv) = (x.view(), mean.view(), var.view());
+                let launch = batchnorm::batchnorm_stats_update(
+                    k,
+                    &s.p,
+                    xv,
+                    mv,
+                    vv,
+                    rm.view(),
+                    rv.view(),
+                    part,
+                );
+                run(launch.unwrap());
+                let (want_mean, want_var) = s.stats();
+                let (mut want_rm, mut want_rv) = (rm0.clone(), rv0.clone());
+                cpu::batchnorm_update_running(
+                    &mut want_rm,
+                    &mut want_rv,
+                    &want_mean,
+                    &want_var,
+                    &s.p,
+                );
+                let what =
+                    format!("batchnorm_stats_update[{variant}] case {i} (large mean {large_mean})");
+                let r = s.stat_range();
+                check_range(
+                    &format!("{what} mean"),
+                    rng.seed,
+                    &read(&mean),
+                    &want_mean,
+                    r,
+                    FWD,
+                );
+                check_range(
+                    &format!("{what} var"),
+                    rng.seed,
+                    &read(&var),
+                    &want_var,
+                    r,
+                    FWD,
+                );
+                check(
+                    &format!("{what} running_mean"),
+                    rng.seed,
+                    &read(&rm),
+                    &want_rm,
+                    FWD,
+                );
+                check(
+                    &format!("{what} running_var"),
+                    rng.seed,
+                    &read(&rv),
+                    &want_rv,
+                    FWD,
+                );
+            }
+        }
     }
 }
 
@@ -480,6 +569,7 @@ fn batchnorm_rejects_mismatched_buffers() {
             dx.view(),
             gamma.view(),
             short_gamma.view(),
+            None,
         ),
         "dbeta",
     );

@@ -8,13 +8,23 @@
 //! whole dense block (each channel's statistics are computed once, when it is produced).
 //! The variance stored is the biased one (it normalizes); the running variance takes the
 //! unbiased one, var * M / (M - 1), as in PyTorch.
+//!
+//! The training statistics and the backward come in two implementations: one workgroup per
+//! channel (batchnorm.wgsl, what CPU drivers run best) and many workgroups per channel
+//! ([`split`], what GPUs run best, with a small buffer of partial sums). The kernel policy
+//! picks one per launch of [`batchnorm_stats_update`] and [`batchnorm_backward`].
+
+pub mod split;
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
+use crate::kernels::{
+    read, write, DeviceClass, Dispatch, Entry, Grid, Kernels, Policy, Shader, Source, Variant,
+    PLAIN,
+};
 
 /// Shapes, offsets and constants of one batch norm, also its uniform (binding 0). Build with
 /// [`BatchNormParams::new`].
@@ -246,13 +256,41 @@ impl<'a> BnRelu<'a> {
     }
 }
 
+/// The shaders of this op: one workgroup per channel, then many ([`split`]).
+pub static SHADERS: [&Shader; 2] = [&SHADER, &split::SHADER];
+
+/// The implementation of a launch: the forced one, else split on GPUs and one workgroup per
+/// channel on CPU drivers.
+fn choose(policy: &Policy) -> &'static Variant {
+    let auto = match policy.class {
+        DeviceClass::Gpu => "split",
+        DeviceClass::Cpu => PLAIN.name,
+    };
+    policy.choose(&SHADERS, auto)
+}
+
+fn is_split(v: &'static Variant) -> bool {
+    split::SHADER.variants.iter().any(|s| std::ptr::eq(s, v))
+}
+
+/// Elements of partial sums enough for every launch of [`batchnorm_stats_update`] and
+/// [`batchnorm_backward`] over at most `channels` channels under `policy` (0 when the chosen
+/// implementation keeps none): a channel has at most about 512 / channels chunks.
+pub fn partials_bound(policy: &Policy, channels: u32) -> u64 {
+    match is_split(choose(policy)) {
+        true => 2 * (split::TARGET_WORKGROUPS + channels as u64),
+        false => 0,
+    }
+}
+
 pub static SHADER: Shader = Shader {
     op: OP,
     file: "batchnorm.wgsl",
-    source: Source::File(include_str!("../../shaders/batchnorm.wgsl")),
+    source: Source::File(include_str!("../../../shaders/batchnorm.wgsl")),
     entries: &[&STATS, &AFFINE, &UPDATE_RUNNING, &FORWARD, &BACKWARD],
     variants: &[PLAIN],
-    choice: "one variant",
+    choice: "GPUs: split (statistics and backward); CPU drivers: plain (one workgroup per \
+             channel)",
     dtypes: &[DType::F32],
 };
 
@@ -341,6 +379,58 @@ pub fn batchnorm_update_running(
         &views,
         grid,
     )?])
+}
+
+/// Training statistics of `p`'s channels of x into mean and var (at `p.stat_offset`), and the
+/// running update with them: [`batchnorm_stats`] and [`batchnorm_update_running`] on CPU
+/// drivers, or the split passes with their `partials` ([`partials_len`] elements).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_stats_update(
+    k: &Kernels,
+    p: &BatchNormParams,
+    x: View<'_>,
+    mean: View<'_>,
+    var: View<'_>,
+    running_mean: View<'_>,
+    running_var: View<'_>,
+    partials: Option<View<'_>>,
+) -> Result<Vec<Dispatch>> {
+    let v = choose(k.policy());
+    if !is_split(v) {
+        let mut all = batchnorm_stats(k, p, x, mean, var)?;
+        all.extend(batchnorm_update_running(
+            k,
+            p,
+            mean,
+            var,
+            running_mean,
+            running_var,
+        )?);
+        return Ok(all);
+    }
+    p.validate_train()?;
+    p.check("x", &x, p.x_len())?;
+    for (what, view) in [
+        ("mean", &mean),
+        ("var", &var),
+        ("running_mean", &running_mean),
+        ("running_var", &running_var),
+    ] {
+        p.check(what, view, p.stat_len())?;
+    }
+    super::float_dtype(OP, &[&x, &mean, &var, &running_mean, &running_var])?;
+    let partials = needs_partials(p, partials)?;
+    split::stats_update(k, v, p, [x, mean, var, running_mean, running_var, partials])
+}
+
+fn needs_partials<'a>(p: &BatchNormParams, partials: Option<View<'a>>) -> Result<View<'a>> {
+    partials.ok_or_else(|| {
+        let len = split::BatchNormSplitParams::new(p).partials_len();
+        crate::error::Error::shape(
+            OP,
+            format!("the split implementation needs {len} partial sums"),
+        )
+    })
 }
 
 /// Per channel c of this op, `affine[2c] = gamma / sqrt(var + eps)` and `affine[2c + 1] =
@@ -439,7 +529,7 @@ pub fn batchnorm_forward_eval(
 
 /// Training backward, with mean and var the batch statistics the forward used:
 /// dx (at `p.x_offset`) += gamma / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)),
-/// dgamma += sum(dy * xhat), dbeta += sum(dy).
+/// dgamma += sum(dy * xhat), dbeta += sum(dy). `partials` as for [`batchnorm_stats_update`].
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
     k: &Kernels,
@@ -453,6 +543,7 @@ pub fn batchnorm_backward(
     dx: View<'_>,
     dgamma: View<'_>,
     dbeta: View<'_>,
+    partials: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
     p.validate_train()?;
     p.check("beta", &beta, p.c as u64)?;
@@ -465,6 +556,12 @@ pub fn batchnorm_backward(
     p.check("dgamma", &dgamma, p.c as u64)?;
     p.check("dbeta", &dbeta, p.c as u64)?;
     let dtype = super::float_dtype(OP, &[&x, &dy, &mean, &var, &gamma, &beta, &dx])?;
+    let v = choose(k.policy());
+    if is_split(v) {
+        let partials = needs_partials(p, partials)?;
+        let views = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta, partials];
+        return split::backward(k, v, p, views);
+    }
     let views = [
         (1, x),
         (2, gamma),
