@@ -10,6 +10,7 @@
 // Entry points (params at binding 0, a Pool2dParams uniform):
 //   avgpool_forward   x(1) [mean(5) variance(6) gamma(7) beta(8)] -> y(2)   writes y
 //   avgpool_backward  dy(3) -> dx(4)   dx += sum over windows containing it of dy / (KH*KW)
+//                                     (dx = with overwrite)
 //
 // x / dx start at element x_offset and y / dy at y_offset (channel ranges of larger buffers).
 //
@@ -36,7 +37,7 @@ struct Pool2dParams {
     stat_offset: u32,
     eps: f32,
     save_argmax: u32,
-    _pad0: u32,
+    overwrite: u32,
     _pad1: u32,
 }
 
@@ -120,6 +121,11 @@ fn avgpool_backward(
                 sum += dy[out_plane + oh * p.out_w + ow];
             }
         }
-        dx[p.x_offset + row * p.w + w] += sum * scale;
+        let i = p.x_offset + row * p.w + w;
+        if p.overwrite != 0u {
+            dx[i] = sum * scale;
+        } else {
+            dx[i] += sum * scale;
+        }
     }
 }

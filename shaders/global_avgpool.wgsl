@@ -10,7 +10,7 @@
 // Entry points (params at binding 0, a GlobalAvgPoolParams uniform):
 //   global_avgpool_forward   x(1) [mean(5) variance(6) gamma(7) beta(8)] -> y(2)
 //                                             writes y (C, N)
-//   global_avgpool_backward  dy(3) -> dx(4)   dx += dy[c, n] / (H*W)
+//   global_avgpool_backward  dy(3) -> dx(4)   dx += dy[c, n] / (H*W)  (dx = with overwrite)
 //
 // x / dx start at element x_offset and y / dy at y_offset.
 // Geometry: one invocation per output element (forward: it sums its H*W plane) or per input
@@ -26,7 +26,7 @@ struct GlobalAvgPoolParams {
     input_bn_relu: u32,
     stat_offset: u32,
     eps: f32,
-    _pad0: u32,
+    overwrite: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -89,6 +89,10 @@ fn global_avgpool_backward(
     let v = dy[g.y_offset + plane] / f32(hw);
     let base = g.x_offset + plane * hw;
     for (var k = 0u; k < hw; k++) {
-        dx[base + k] += v;
+        if g.overwrite != 0u {
+            dx[base + k] = v;
+        } else {
+            dx[base + k] += v;
+        }
     }
 }

@@ -15,6 +15,7 @@
 //   maxpool_forward   x(1) [mean(7) variance(8) gamma(9) beta(10)] -> y(2) [argmax(3)]
 //                                                     writes y and argmax
 //   maxpool_backward  dy(4) argmax_in(5)  -> dx(6)    dx += dy at each window's argmax
+//                                                     (dx = with overwrite)
 //
 // x / dx start at element x_offset and y / dy at y_offset (channel ranges of larger
 // buffers); argmax is its own (C, N, P, Q) tensor starting at element 0.
@@ -44,7 +45,7 @@ struct Pool2dParams {
     stat_offset: u32,
     eps: f32,
     save_argmax: u32,
-    _pad0: u32,
+    overwrite: u32,
     _pad1: u32,
 }
 
@@ -148,6 +149,11 @@ fn maxpool_backward(
                 }
             }
         }
-        dx[p.x_offset + row * p.w + w] += sum;
+        let i = p.x_offset + row * p.w + w;
+        if p.overwrite != 0u {
+            dx[i] = sum;
+        } else {
+            dx[i] += sum;
+        }
     }
 }

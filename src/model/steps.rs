@@ -146,9 +146,10 @@ fn stem_backward(b: &Bufs<'_>, node: &StemNode, stage: usize) -> Result<Vec<Cmd>
         let am_all = b.train_tensor(inet.argmax)?;
         let am = channels(am_all, am_all.len / node.channels as u64, g.g0, gc)?;
         let dpool = b.train_tensor(inet.dpool)?;
-        out.push(zero(dpool, g.pool.x_len()));
+        // The gather writes every element of dpool: no clearing first.
+        let pool = g.pool.overwriting();
         out.extend(cmds(maxpool::maxpool_backward(
-            b.k, &g.pool, g0_all, am, dpool,
+            b.k, &pool, g0_all, am, dpool,
         )?));
         out.push(zero(dconv, g.bn.len()));
         let bn = b.bn(inet.bn, g.g0, gc, true)?;
@@ -259,8 +260,8 @@ fn transition_backward(b: &Bufs<'_>, node: &TransitionNode, stage: usize) -> Res
     let g = b.block_grad(node.from)?;
     let dbn = b.train_tensor(node.dbn)?;
     let bn = b.bn_all(node.bn_slots, true)?;
-    let mut out = vec![zero(dbn, node.bn.len())];
-    out.extend(cmds(avgpool::avgpool_backward(b.k, &node.pool, dp, dbn)?));
+    let pool = node.pool.overwriting();
+    let mut out: Vec<Cmd> = cmds(avgpool::avgpool_backward(b.k, &pool, dp, dbn)?).collect();
     out.push(zero(g, g.len));
     out.extend(b.bn_relu_backward(&node.bn, a, dbn, g, &bn)?);
     Ok(out)
@@ -319,9 +320,9 @@ fn head_backward(b: &Bufs<'_>, node: &HeadNode) -> Result<Vec<Cmd>> {
         b.k, lin, feat, dlogits, dw,
     )?));
     out.extend(cmds(linear::linear_backward_bias(b.k, lin, dlogits, db)?));
-    out.push(zero(dbn, node.bn.len()));
+    let gap = node.gap.overwriting();
     out.extend(cmds(global_avgpool::global_avgpool_backward(
-        b.k, &node.gap, dfeat, dbn,
+        b.k, &gap, dfeat, dbn,
     )?));
     out.push(zero(g, g.len));
     out.extend(b.bn_relu_backward(&node.bn, a, dbn, g, &bn)?);

@@ -72,6 +72,6 @@ pub fn avgpool_backward(
     let d = k.dispatch(BACKWARD.kernel(dtype), p, &views, Grid::Threads(rows))?;
     Ok(vec![d.with_cost(
         p.x_len(),
-        dtype.size() * (p.y_len() + 2 * p.x_len()),
+        dtype.size() * (p.y_len() + (2 - p.overwrite as u64) * p.x_len()),
     )])
 }

@@ -27,7 +27,9 @@ pub struct GlobalAvgPoolParams {
     pub input_bn_relu: u32,
     pub stat_offset: u32,
     pub eps: f32,
-    pub _pad: [u32; 3],
+    /// Non-zero: the backward writes dx (`=`) instead of adding into it.
+    pub overwrite: u32,
+    pub _pad: [u32; 2],
 }
 
 const GLOBAL: &str = "global_avgpool";
@@ -58,7 +60,8 @@ impl GlobalAvgPoolParams {
             input_bn_relu: 0,
             stat_offset: 0,
             eps: 0.0,
-            _pad: [0; 3],
+            overwrite: 0,
+            _pad: [0; 2],
         })
     }
 
@@ -71,6 +74,13 @@ impl GlobalAvgPoolParams {
     /// Writes y (and reads dy) at feature `c` of a larger (C, N) buffer.
     pub fn with_y_channel_offset(mut self, c: u32) -> Self {
         self.y_offset = super::channel_offset(c, self.n as u64);
+        self
+    }
+
+    /// The backward writes dx (`=`) instead of adding into it: for a dx that holds nothing
+    /// yet, so it needs no clearing first.
+    pub fn overwriting(mut self) -> Self {
+        self.overwrite = 1;
         self
     }
 
@@ -146,6 +156,6 @@ pub fn global_avgpool_backward(
     let d = k.dispatch(BACKWARD.kernel(dtype), p, &[(3, dy), (4, dx)], grid)?;
     Ok(vec![d.with_cost(
         p.x_len(),
-        dtype.size() * (p.y_len() + 2 * p.x_len()),
+        dtype.size() * (p.y_len() + (2 - p.overwrite as u64) * p.x_len()),
     )])
 }

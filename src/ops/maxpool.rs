@@ -52,7 +52,10 @@ pub struct Pool2dParams {
     pub eps: f32,
     /// Set by [`maxpool_forward`]: non-zero writes the argmax (training), zero skips it.
     pub save_argmax: u32,
-    pub _pad: [u32; 2],
+    /// Non-zero: the backward writes dx (`=`) instead of adding into it; see
+    /// [`Pool2dParams::overwriting`].
+    pub overwrite: u32,
+    pub _pad: u32,
 }
 
 const OP: &str = "pool2d";
@@ -122,7 +125,8 @@ impl Pool2dParams {
             stat_offset: 0,
             eps: 0.0,
             save_argmax: 0,
-            _pad: [0; 2],
+            overwrite: 0,
+            _pad: 0,
         })
     }
 
@@ -142,6 +146,13 @@ impl Pool2dParams {
     pub fn x_len(&self) -> u64 {
         self.c as u64 * self.n as u64 * self.h as u64 * self.w as u64
     }
+    /// The backward writes dx (`=`) instead of adding into it: for a dx that holds nothing
+    /// yet, so it needs no clearing first. Every element of dx is written.
+    pub fn overwriting(mut self) -> Self {
+        self.overwrite = 1;
+        self
+    }
+
     /// Elements of y, dy and the argmax buffer.
     pub fn y_len(&self) -> u64 {
         self.c as u64 * self.n as u64 * self.out_h as u64 * self.out_w as u64
@@ -259,6 +270,6 @@ pub fn maxpool_backward(
     let d = k.dispatch(BACKWARD.kernel(dtype), p, &views, Grid::Threads(rows))?;
     Ok(vec![d.with_cost(
         0,
-        (dtype.size() + 4) * p.y_len() + 2 * dtype.size() * p.x_len(),
+        (dtype.size() + 4) * p.y_len() + (2 - p.overwrite as u64) * dtype.size() * p.x_len(),
     )])
 }

@@ -457,3 +457,51 @@ fn pool_rejects_mismatched_buffers_and_impossible_shapes() {
     assert!(Pool2dParams::new([1, 1, 3, 3], (3, 3), (1, 1), (1, 1)).is_ok());
     assert!(GlobalAvgPoolParams::new([2, 0, 3, 3]).is_err());
 }
+
+/// Overwriting backwards write every element of dx (NaN before), whatever it held.
+#[test]
+fn pool_backwards_overwrite_every_element() {
+    let mut rng = Rand::new();
+    for (i, c) in cases().iter().enumerate() {
+        let p = params(c).overwriting();
+        let (x_total, y_total) = totals(&p);
+        let x = rng.vec(x_total);
+        let mut y = vec![0.0; y_total as usize];
+        let mut argmax = vec![0; p.y_len() as usize];
+        cpu::maxpool_forward(&mut y, &mut argmax, &x, &p);
+        let dy = rng.vec(y_total);
+        let (dyb, arg) = (up(&dy), up_u32(&argmax));
+        let (dx_max, dx_avg) = (poisoned(x_total), poisoned(x_total));
+        let mut launches =
+            maxpool::maxpool_backward(k(), &p, dyb.view(), arg.view(), dx_max.view()).unwrap();
+        launches.extend(avgpool::avgpool_backward(k(), &p, dyb.view(), dx_avg.view()).unwrap());
+        run(launches);
+        let r = p.x_offset as usize..(p.x_offset as u64 + p.x_len()) as usize;
+        let mut want = vec![0.0; x_total as usize];
+        cpu::maxpool_backward(&mut want, &dy, &argmax, &p);
+        let what = format!("overwriting maxpool_backward case {i}");
+        check(
+            &what,
+            rng.seed,
+            &read(&dx_max)[r.clone()],
+            &want[r.clone()],
+            GRAD,
+        );
+        let mut want = vec![0.0; x_total as usize];
+        cpu::avgpool_backward(&mut want, &dy, &p);
+        let what = format!("overwriting avgpool_backward case {i}");
+        check(&what, rng.seed, &read(&dx_avg)[r.clone()], &want[r], GRAD);
+    }
+    for (i, (input, x_chan, y_chan)) in global_cases().into_iter().enumerate() {
+        let (p, x_total, y_total) = global_params(input, x_chan, y_chan);
+        let p = p.overwriting();
+        let dy = rng.vec(y_total);
+        let (dyb, dx) = (up(&dy), poisoned(x_total));
+        run(global_avgpool::global_avgpool_backward(k(), &p, dyb.view(), dx.view()).unwrap());
+        let mut want = vec![0.0; x_total as usize];
+        cpu::global_avgpool_backward(&mut want, &dy, &p);
+        let r = p.x_offset as usize..(p.x_offset as u64 + p.x_len()) as usize;
+        let what = format!("overwriting global_avgpool_backward case {i}");
+        check(&what, rng.seed, &read(&dx)[r.clone()], &want[r], GRAD);
+    }
+}
