@@ -8,12 +8,18 @@
 //   backward weight  dW[K, CRS] = dY[K, NPQ] x Xcol[CRS, NPQ]^T      split-K partial sums
 //
 // Entry points (params at binding 0, a Conv2dParams uniform; binding numbers as conv2d.wgsl):
-//   conv2d_forward          x(1) weight(2) bias(3) affine(14) -> y(4)     writes y
-//   conv2d_backward_data    dy(5) weight(2)                  -> dx(6)    dx = or += W^T * dy
+//   conv2d_forward          x(1) weight(2) bias(3) affine(14) -> y(4)     writes y, or with
+//                                      splits > 1 partial[split, k, npq] (7) over CRS / splits
+//   conv2d_forward_reduce   partial_in(8) bias(3)             -> y(4)     y = sum + bias
+//   conv2d_backward_data    dy(5) weight(2)                   -> dx(6)    dx = or += W^T * dy, or
+//                                      with splits > 1 partial[split, c, nhw] (7) over KRS / splits
+//   conv2d_backward_data_reduce  partial_in(8)               -> dx(6)    dx = or += sum
 //   conv2d_backward_weight  x(1) dy(5) affine(14)            -> partial(7)
 //                                                  partial[split, k, crs] over the split's pixels
-// (the split-K sum and the bias gradient are conv2d.wgsl's conv2d_backward_weight_reduce and
-// conv2d_backward_bias.) x / dx start at x_offset, y / dy at y_offset; x is read_write only
+// (the weight gradient's split-K sum and the bias gradient are conv2d.wgsl's
+// conv2d_backward_weight_reduce and conv2d_backward_bias.) The host splits the reduced
+// dimension (splits, chunk: a multiple of BK) where the output alone would leave the device
+// idle; the partial sums are then added in split order by the reduce kernels. x / dx start at x_offset, y / dy at y_offset; x is read_write only
 // so that it may alias y (a dense layer reads its block's first channels and writes its new
 // ones in place). With input_bn_relu, x is read as max(x * scale[c] + shift[c], 0) with
 // (scale, shift) = affine[c], applied as the tile is staged; padding stays zero.
@@ -58,6 +64,7 @@ struct Conv2dParams {
 @group(0) @binding(5) var<storage, read> dy: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(8) var<storage, read> partial_in: array<f32>;
 @group(0) @binding(14) var<storage, read> affine: array<vec2<f32>>;
 
 const BM: u32 = 32u;
@@ -136,8 +143,9 @@ fn tile_of(w: u32, m: u32, n: u32) -> vec3<u32> {
     return vec3<u32>((w % m_tiles) * BM, ((w / m_tiles) % n_tiles) * BN, w / (m_tiles * n_tiles));
 }
 
-// Fills the table for reduced rows [t0, t0 + BK) of the forward (t = c*R*S + r*S + s).
-fn forward_lut(lid: u32, t0: u32) {
+// Fills the table for reduced rows [t0, t0 + BK) of the forward (t = c*R*S + r*S + s); rows
+// at or past `t_end` (the split's end) do not exist.
+fn forward_lut(lid: u32, t0: u32, t_end: u32) {
     if lid < BK {
         let rs = p.kernel_h * p.kernel_w;
         let t = t0 + lid;
@@ -146,7 +154,7 @@ fn forward_lut(lid: u32, t0: u32) {
         lut_off[lid] = p.x_offset + min(c, p.c_in - 1u) * p.n * p.h * p.w;
         lut_tap[lid] = vec2<i32>(i32(tap / p.kernel_w), i32(tap % p.kernel_w));
         lut_ab[lid] = affine_of(c);
-        lut_ok[lid] = u32(t < p.c_in * rs);
+        lut_ok[lid] = u32(t < t_end);
     }
 }
 
@@ -170,16 +178,18 @@ fn conv2d_forward(
     let ih0 = i32(((jc % pq) / p.out_w) * p.stride_h) - i32(p.pad_h);
     let iw0 = i32((jc % p.out_w) * p.stride_w) - i32(p.pad_w);
     let plane = img * p.h * p.w;
+    let t_begin = tile.z * p.chunk;
+    let t_end = min(t_begin + p.chunk, crs);
     var acc = Acc();
-    for (var t0 = 0u; t0 < crs; t0 += BK) {
-        forward_lut(lid, t0);
+    for (var t0 = t_begin; t0 < t_end; t0 += BK) {
+        forward_lut(lid, t0, t_end);
         for (var q = 0u; q < 4u; q++) {
             let e = lid + q * THREADS;
             let m = e / BK;
             let kk = e % BK;
             let k = tile.x + m;
             let t = t0 + kk;
-            let ok = k < p.c_out && t < crs;
+            let ok = k < p.c_out && t < t_end;
             tile_a[kk * AS + m] = select(0.0, weight[min(k * crs + t, p.c_out * crs - 1u)], ok);
         }
         workgroupBarrier();
@@ -201,24 +211,52 @@ fn conv2d_forward(
         if k >= p.c_out {
             break;
         }
-        var b = 0.0;
-        if p.has_bias != 0u {
-            b = bias[k];
-        }
-        let v = acc_row(acc, i) + b;
-        let base = p.y_offset + k * npq;
+        let v = acc_row(acc, i);
         for (var l = 0u; l < 4u; l++) {
             let jj = tile.y + tx * 4u + l;
-            if jj < npq {
-                y[base + jj] = v[l];
+            if jj >= npq {
+                break;
+            }
+            if p.splits > 1u {
+                partial[(tile.z * p.c_out + k) * npq + jj] = v[l];
+            } else {
+                y[p.y_offset + k * npq + jj] = v[l] + bias_of(k);
             }
         }
     }
 }
 
+fn bias_of(k: u32) -> f32 {
+    if p.has_bias == 0u {
+        return 0.0;
+    }
+    return bias[k];
+}
+
+// y = the splits' partial sums (in split order) + bias: one invocation per output element.
+@compute @workgroup_size(128)
+fn conv2d_forward_reduce(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let npq = p.n * p.out_h * p.out_w;
+    let len = p.c_out * npq;
+    let i = flat_workgroup(wid, nwg) * THREADS + lid;
+    if i >= len {
+        return;
+    }
+    var s = 0.0;
+    for (var sp = 0u; sp < p.splits; sp++) {
+        s += partial_in[sp * len + i];
+    }
+    y[p.y_offset + i] = s + bias_of(i / npq);
+}
+
 // Fills the table for reduced rows [t0, t0 + BK) of the data gradient (t = k*R*S + r*S + s):
-// the output-gradient channel's offset, the tap, and the weight offset.
-fn data_lut(lid: u32, t0: u32) {
+// the output-gradient channel's offset, the tap, and the weight offset; rows at or past
+// `t_end` do not exist.
+fn data_lut(lid: u32, t0: u32, t_end: u32) {
     if lid < BK {
         let rs = p.kernel_h * p.kernel_w;
         let t = t0 + lid;
@@ -227,7 +265,7 @@ fn data_lut(lid: u32, t0: u32) {
         lut_off[lid] = p.y_offset + k * p.n * p.out_h * p.out_w;
         lut_tap[lid] = vec2<i32>(i32(tap / p.kernel_w), i32(tap % p.kernel_w));
         lut_w[lid] = k * p.c_in * rs + tap;
-        lut_ok[lid] = u32(t < p.c_out * rs);
+        lut_ok[lid] = u32(t < t_end);
     }
 }
 
@@ -254,9 +292,11 @@ fn conv2d_backward_data(
     let w = i32(ic % p.w);
     let sh = i32(p.stride_h);
     let sw = i32(p.stride_w);
+    let t_begin = tile.z * p.chunk;
+    let t_end = min(t_begin + p.chunk, krs);
     var acc = Acc();
-    for (var t0 = 0u; t0 < krs; t0 += BK) {
-        data_lut(lid, t0);
+    for (var t0 = t_begin; t0 < t_end; t0 += BK) {
+        data_lut(lid, t0, t_end);
         workgroupBarrier();
         for (var q = 0u; q < 4u; q++) {
             let e = lid + q * THREADS;
@@ -289,18 +329,45 @@ fn conv2d_backward_data(
             break;
         }
         let v = acc_row(acc, r);
-        let base = p.x_offset + c * nhw;
         for (var l = 0u; l < 4u; l++) {
             let ii = tile.y + tx * 4u + l;
-            if ii < nhw {
-                if p.overwrite != 0u {
-                    dx[base + ii] = v[l];
-                } else {
-                    dx[base + ii] += v[l];
-                }
+            if ii >= nhw {
+                break;
+            }
+            if p.splits > 1u {
+                partial[(tile.z * p.c_in + c) * nhw + ii] = v[l];
+            } else {
+                store_dx(p.x_offset + c * nhw + ii, v[l]);
             }
         }
     }
+}
+
+fn store_dx(i: u32, v: f32) {
+    if p.overwrite != 0u {
+        dx[i] = v;
+    } else {
+        dx[i] += v;
+    }
+}
+
+// dx = or += the splits' partial sums (in split order): one invocation per input element.
+@compute @workgroup_size(128)
+fn conv2d_backward_data_reduce(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let len = p.c_in * p.n * p.h * p.w;
+    let i = flat_workgroup(wid, nwg) * THREADS + lid;
+    if i >= len {
+        return;
+    }
+    var s = 0.0;
+    for (var sp = 0u; sp < p.splits; sp++) {
+        s += partial_in[sp * len + i];
+    }
+    store_dx(p.x_offset + i, s);
 }
 
 // Fills the table for the workgroup's BN columns [t0, t0 + BN) of the weight gradient

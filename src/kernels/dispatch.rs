@@ -145,9 +145,17 @@ impl Kernels {
         let mut bytes = 0;
         for (b, (binding, view)) in entry.bindings.iter().zip(views) {
             self.check_view(kernel, b.elem, *binding, view)?;
-            if !self.is_dummy(view) {
-                bytes += view.bytes();
-            }
+            let dummy = View {
+                buffer: self.dummy_for(b.access),
+                ..*view
+            };
+            let view = match self.is_dummy(view) {
+                true => &dummy,
+                false => {
+                    bytes += view.bytes();
+                    view
+                }
+            };
             bind.push(wgpu::BindGroupEntry {
                 binding: *binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {

@@ -27,24 +27,34 @@ pub struct Kernels {
     policy: Policy,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     modules: Mutex<HashMap<ModuleKey, Arc<wgpu::ShaderModule>>>,
-    /// Bound where an optional input (a missing bias, momentum without velocity) is unused.
+    /// Bound where an optional binding (a missing bias, momentum without velocity) is
+    /// unused: one for read-only bindings and one for written ones, since one dispatch may
+    /// not bind a buffer both ways.
     dummy: wgpu::Buffer,
+    dummy_out: wgpu::Buffer,
 }
 
 impl Kernels {
     pub fn new(gpu: Arc<Gpu>, policy: Policy) -> Kernels {
-        let dummy = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("unused optional binding"),
-            size: DUMMY_BYTES,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
+        let dummy = |label| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: DUMMY_BYTES,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (dummy, dummy_out) = (
+            dummy("unused optional input"),
+            dummy("unused optional output"),
+        );
         Kernels {
             gpu,
             policy,
             pipelines: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
             dummy,
+            dummy_out,
         }
     }
 
@@ -78,7 +88,15 @@ impl Kernels {
     }
 
     pub(super) fn is_dummy(&self, view: &View<'_>) -> bool {
-        view.buffer == &self.dummy
+        view.buffer == &self.dummy || view.buffer == &self.dummy_out
+    }
+
+    /// The unused-binding buffer for a binding of `access`.
+    pub(super) fn dummy_for(&self, access: super::Access) -> &wgpu::Buffer {
+        match access {
+            super::Access::Read => &self.dummy,
+            super::Access::ReadWrite => &self.dummy_out,
+        }
     }
 
     /// The pipeline of `kernel`, compiled on first use and cached.

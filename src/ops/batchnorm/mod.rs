@@ -288,9 +288,11 @@ pub static SHADER: Shader = Shader {
     file: "batchnorm.wgsl",
     source: Source::File(include_str!("../../../shaders/batchnorm.wgsl")),
     entries: &[&STATS, &AFFINE, &UPDATE_RUNNING, &FORWARD, &BACKWARD],
-    variants: &[PLAIN],
-    choice: "GPUs: split (statistics and backward); CPU drivers: plain (one workgroup per \
-             channel)",
+    variants: &[Variant {
+        name: PLAIN.name,
+        about: "one workgroup of 256 per channel, two passes",
+    }],
+    choice: "GPUs: split (statistics and backward); CPU drivers: plain",
     dtypes: &[DType::F32],
 };
 

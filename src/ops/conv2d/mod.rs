@@ -170,8 +170,11 @@ impl Conv2dParams {
     /// Elements of every workspace any implementation of this convolution may use: an upper
     /// bound of [`workspace`] for every policy.
     pub fn workspace_len(&self) -> u64 {
-        let r = regtile::workspace(self);
-        r.forward.max(r.data).max(r.packed_dy)
+        let (r, t) = (regtile::workspace(self), tiled::workspace(self));
+        [r.forward, r.data, r.packed_dy, t.forward, t.data]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
     }
 
     /// Elements of the weight gradient's split-K partial sums, for every implementation.
@@ -192,9 +195,10 @@ pub static SHADERS: [&Shader; 2] = [&regtile::SHADER, &tiled::SHADER];
 /// Elements of the workspaces a convolution's launchers use, for one implementation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Workspace {
-    /// Packed weights of the forward.
+    /// Of the forward: packed weights (register tiles) or split partial sums (workgroup
+    /// tiles on small layers).
     pub forward: u64,
-    /// Packed weights of the data gradient.
+    /// Of the data gradient: likewise.
     pub data: u64,
     /// Packed output gradient of the weight gradient.
     pub packed_dy: u64,
@@ -294,7 +298,11 @@ pub fn conv2d_forward(
     let (bias, affine) = (k.optional(bias, dtype), k.optional(affine, dtype));
     let v = choose(k.policy(), p.c_out);
     if is_tiled(v) {
-        return tiled::forward(k, v, &p, [x, affine, weight, bias, y]);
+        let p = tiled::forward_params(&p);
+        let partials = (p.splits > 1)
+            .then(|| region(&p, workspace, tiled::workspace(&p).forward))
+            .transpose()?;
+        return tiled::forward(k, v, &p, [x, affine, weight, bias, y], partials);
     }
     let packed = region(&p, workspace, regtile::workspace(&p).forward)?;
     regtile::forward(k, v, &p, [x, affine, weight, bias, y, packed])
@@ -316,7 +324,11 @@ pub fn conv2d_backward_data(
     super::float_dtype(OP, &[&dy, &weight, &dx])?;
     let v = choose(k.policy(), p.c_in);
     if is_tiled(v) {
-        return tiled::backward_data(k, v, p, [dy, weight, dx]);
+        let p = tiled::data_params(p);
+        let partials = (p.splits > 1)
+            .then(|| region(&p, workspace, tiled::workspace(&p).data))
+            .transpose()?;
+        return tiled::backward_data(k, v, &p, [dy, weight, dx], partials);
     }
     let packed = region(p, workspace, regtile::workspace(p).data)?;
     regtile::backward_data(k, v, p, [dy, weight, dx, packed])

@@ -1,6 +1,9 @@
 //! The workgroup-tiled implementation of conv2d (what GPUs run best): implicit GEMMs over
 //! 32 x 64 output tiles staged through workgroup memory, 4 x 4 outputs per invocation, no
-//! packing pass; the weight gradient walks output pixels with split-K.
+//! packing pass; the weight gradient walks output pixels with split-K. The forward and the
+//! data gradient split their reduced dimension too where their output alone would launch too
+//! few workgroups to fill a large GPU (the small late layers), the partial sums then added in
+//! order by a reduce pass.
 
 use super::{Conv2dParams, Workspace, OP};
 use crate::error::Result;
@@ -11,7 +14,13 @@ pub static SHADER: Shader = Shader {
     op: OP,
     file: "conv2d_tiled.wgsl",
     source: Source::File(include_str!("../../../shaders/conv2d_tiled.wgsl")),
-    entries: &[&FORWARD, &BACKWARD_DATA, &BACKWARD_WEIGHT],
+    entries: &[
+        &FORWARD,
+        &FORWARD_REDUCE,
+        &BACKWARD_DATA,
+        &BACKWARD_DATA_REDUCE,
+        &BACKWARD_WEIGHT,
+    ],
     variants: &[Variant {
         name: "wgtile",
         about: "32 x 64 output tiles through workgroup memory, 4 x 4 per invocation",
@@ -23,13 +32,25 @@ pub static SHADER: Shader = Shader {
 pub static FORWARD: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_forward",
-    &[write(1), read(2), read(3), write(4), read(14)],
+    &[write(1), read(2), read(3), write(4), write(7), read(14)],
+    128,
+);
+pub static FORWARD_REDUCE: Entry = Entry::new::<Conv2dParams>(
+    &SHADER,
+    "conv2d_forward_reduce",
+    &[read(3), write(4), read(8)],
     128,
 );
 pub static BACKWARD_DATA: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_backward_data",
-    &[read(2), read(5), write(6)],
+    &[read(2), read(5), write(6), write(7)],
+    128,
+);
+pub static BACKWARD_DATA_REDUCE: Entry = Entry::new::<Conv2dParams>(
+    &SHADER,
+    "conv2d_backward_data_reduce",
+    &[write(6), read(8)],
     128,
 );
 pub static BACKWARD_WEIGHT: Entry = Entry::new::<Conv2dParams>(
@@ -39,21 +60,69 @@ pub static BACKWARD_WEIGHT: Entry = Entry::new::<Conv2dParams>(
     128,
 );
 
-/// The output tile of a workgroup (conv2d_tiled.wgsl's BM x BN).
+/// The output tile of a workgroup and the reduced rows per step (conv2d_tiled.wgsl's BM x BN,
+/// BK).
 const BM: u32 = 32;
 const BN: u32 = 64;
+const BK: u64 = 16;
+/// Workgroups a launch should have to fill a large GPU (about two per compute unit).
+const TARGET_WORKGROUPS: u64 = 256;
 
 /// Workgroups covering an M x N output in tiles.
 fn tiles(m: u64, n: u64) -> u64 {
     m.div_ceil(BM as u64) * n.div_ceil(BN as u64)
 }
 
-/// This implementation packs nothing: its only workspace is the split-K partial sums.
+/// (splits, rows per split) of a reduced dimension of `len` rows for an output of `tiles`
+/// tiles: enough splits to reach the target number of workgroups, each at least 4 steps.
+fn split(tiles: u64, len: u64) -> (u32, u32) {
+    let wanted = TARGET_WORKGROUPS
+        .div_ceil(tiles)
+        .min(len.div_ceil(4 * BK))
+        .max(1);
+    let chunk = len.div_ceil(wanted).next_multiple_of(BK);
+    (len.div_ceil(chunk) as u32, chunk as u32)
+}
+
+/// The forward's params with its split of C*R*S.
+pub(super) fn forward_params(p: &Conv2dParams) -> Conv2dParams {
+    let (splits, chunk) = split(tiles(p.c_out as u64, p.npq()), p.taps());
+    Conv2dParams {
+        splits,
+        chunk,
+        ..*p
+    }
+}
+
+/// The data gradient's params with its split of K*R*S.
+pub(super) fn data_params(p: &Conv2dParams) -> Conv2dParams {
+    let nhw = p.x_len() / p.c_in as u64;
+    let krs = p.c_out as u64 * p.kernel_h as u64 * p.kernel_w as u64;
+    let (splits, chunk) = split(tiles(p.c_in as u64, nhw), krs);
+    Conv2dParams {
+        splits,
+        chunk,
+        ..*p
+    }
+}
+
+/// This implementation packs nothing: its workspaces are partial sums, of the forward and
+/// the data gradient where they split, and of the weight gradient.
 pub(super) fn workspace(p: &Conv2dParams) -> Workspace {
     let splits = p.with_splits_for(weight_workgroups(p)).splits as u64;
+    let (f, d) = (forward_params(p), data_params(p));
+    let if_split = |q: &Conv2dParams, len: u64| {
+        if q.splits > 1 {
+            q.splits as u64 * len
+        } else {
+            0
+        }
+    };
     Workspace {
+        forward: if_split(&f, p.y_len()),
+        data: if_split(&d, p.x_len()),
+        packed_dy: 0,
         partials: splits * p.weight_len(),
-        ..Workspace::default()
     }
 }
 
@@ -62,40 +131,62 @@ pub(super) fn weight_workgroups(p: &Conv2dParams) -> u64 {
     tiles(p.c_out as u64, p.taps())
 }
 
-/// [x, affine, weight, bias, y] -> y.
+/// [x, affine, weight, bias, y] -> y, through `partials` (the params' forward split times
+/// y's elements) where C*R*S is split ([`forward_params`]).
 pub(super) fn forward(
     k: &Kernels,
     v: &'static Variant,
     p: &Conv2dParams,
     [x, affine, weight, bias, y]: [View<'_>; 5],
+    partials: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
     let (dtype, e) = (x.dtype, x.dtype.size());
-    let views = [(1, x), (2, weight), (3, bias), (4, y), (14, affine)];
-    let grid = Grid::Workgroups(tiles(p.c_out as u64, p.npq()));
+    let partials = k.optional(partials, dtype);
+    let views = [
+        (1, x),
+        (2, weight),
+        (3, bias),
+        (4, y),
+        (7, partials),
+        (14, affine),
+    ];
+    let grid = Grid::Workgroups(tiles(p.c_out as u64, p.npq()) * p.splits as u64);
     let d = k.dispatch(FORWARD.variant(v, dtype), p, &views, grid)?;
-    Ok(vec![d.with_cost(
-        2 * p.macs(),
-        e * (p.x_len() + p.y_len() + p.weight_len()),
-    )])
+    let out_bytes = e * p.y_len() * p.splits as u64;
+    let mut all = vec![d.with_cost(2 * p.macs(), e * (p.x_len() + p.weight_len()) + out_bytes)];
+    if p.splits > 1 {
+        let views = [(3, bias), (4, y), (8, partials)];
+        let grid = Grid::Threads(p.y_len());
+        all.push(k.dispatch(FORWARD_REDUCE.variant(v, dtype), p, &views, grid)?);
+    }
+    Ok(all)
 }
 
-/// [dy, weight, dx] -> dx (`=` or `+=` as the params say).
+/// [dy, weight, dx] -> dx (`=` or `+=` as the params say), through `partials` (the params'
+/// data split times dx's elements) where K*R*S is split ([`data_params`]).
 pub(super) fn backward_data(
     k: &Kernels,
     v: &'static Variant,
     p: &Conv2dParams,
     [dy, weight, dx]: [View<'_>; 3],
+    partials: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
     let (dtype, e) = (dy.dtype, dy.dtype.size());
+    let partials = k.optional(partials, dtype);
     let nhw = p.x_len() / p.c_in as u64;
-    let grid = Grid::Workgroups(tiles(p.c_in as u64, nhw));
-    let views = [(2, weight), (5, dy), (6, dx)];
+    let grid = Grid::Workgroups(tiles(p.c_in as u64, nhw) * p.splits as u64);
+    let views = [(2, weight), (5, dy), (6, dx), (7, partials)];
     let d = k.dispatch(BACKWARD_DATA.variant(v, dtype), p, &views, grid)?;
     let dx_bytes = e * p.x_len() * (2 - p.overwrite as u64);
-    Ok(vec![d.with_cost(
-        2 * p.macs(),
-        e * (p.y_len() + p.weight_len()) + dx_bytes,
-    )])
+    let bytes = e * (p.y_len() + p.weight_len());
+    if p.splits == 1 {
+        return Ok(vec![d.with_cost(2 * p.macs(), bytes + dx_bytes)]);
+    }
+    let views = [(6, dx), (8, partials)];
+    let grid = Grid::Threads(p.x_len());
+    let reduce = k.dispatch(BACKWARD_DATA_REDUCE.variant(v, dtype), p, &views, grid)?;
+    let split_bytes = e * p.x_len() * p.splits as u64;
+    Ok(vec![d.with_cost(2 * p.macs(), bytes + split_bytes), reduce])
 }
 
 /// [x, affine, dy, partials, dweight] with the params' splits: split-K partial sums over
@@ -115,4 +206,29 @@ pub(super) fn backward_weight(
         d.with_cost(2 * p.macs(), bytes),
         super::regtile::reduce(k, v, p, partials, dweight)?,
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The d2l network's last block at batch 256 (3x3 pixels): its output alone would be 36
+    /// workgroups, so the reduced dimension is split until the launch fills a large GPU; its
+    /// first block (24x24) is large enough whole.
+    #[test]
+    fn small_layers_split_to_fill_the_device() {
+        let small = Conv2dParams::new([256, 216, 3, 3], 32, (3, 3), (1, 1), (1, 1), true).unwrap();
+        let f = forward_params(&small);
+        assert!(
+            tiles(32, small.npq()) * f.splits as u64 >= TARGET_WORKGROUPS,
+            "{f:?}"
+        );
+        assert_eq!(f.chunk as u64 % BK, 0);
+        assert!(f.splits as u64 * f.chunk as u64 >= small.taps());
+        let d = data_params(&small);
+        assert!(tiles(216, small.x_len() / 216) * d.splits as u64 >= TARGET_WORKGROUPS);
+        let big = Conv2dParams::new([256, 64, 24, 24], 32, (3, 3), (1, 1), (1, 1), true).unwrap();
+        assert_eq!(forward_params(&big).splits, 1);
+        assert_eq!(workspace(&big).forward, 0);
+    }
 }
