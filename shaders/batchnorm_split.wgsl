@@ -137,9 +137,35 @@ fn batchnorm_stats_combine(
     running_var[at] = keep * running_var[at] + p.momentum * (sigma2 * m / (m - 1.0));
 }
 
-// dy at element i of channel c, masked where the fused ReLU's output was not positive.
-fn masked_dy(i: u32, xhat: f32, g: f32, b: f32) -> f32 {
-    return select(dy[i], 0.0, p.relu != 0u && xhat * g + b <= 0.0);
+// What the backward needs of channel c: its statistics, where its x and dy start, its BN
+// scale and shift.
+struct Channel {
+    mu: f32,
+    invstd: f32,
+    xb: u32,
+    yb: u32,
+    gamma: f32,
+    beta: f32,
+}
+
+fn channel(c: u32) -> Channel {
+    let s = p.stat_offset + c;
+    return Channel(
+        mean_in[s],
+        inverseSqrt(variance_in[s] + p.eps),
+        p.x_offset + c * p.m,
+        p.y_offset + c * p.m,
+        gamma[c],
+        beta[c],
+    );
+}
+
+// (xhat, dy) at value i of channel ch, dy masked where the fused ReLU's output was not
+// positive.
+fn xhat_dy(ch: Channel, i: u32) -> vec2<f32> {
+    let xhat = (x[ch.xb + i] - ch.mu) * ch.invstd;
+    let g = select(dy[ch.yb + i], 0.0, p.relu != 0u && xhat * ch.gamma + ch.beta <= 0.0);
+    return vec2<f32>(xhat, g);
 }
 
 @compute @workgroup_size(256)
@@ -151,18 +177,12 @@ fn batchnorm_backward_partial(
     let ch = chunk_of(flat_workgroup(wid, nwg));
     let live = ch.x < p.c;
     let c = min(ch.x, p.c - 1u);
-    let mu = mean_in[p.stat_offset + c];
-    let invstd = inverseSqrt(variance_in[p.stat_offset + c] + p.eps);
-    let xb = p.x_offset + c * p.m;
-    let yb = p.y_offset + c * p.m;
-    let g_c = gamma[c];
-    let b_c = beta[c];
+    let cb = channel(c);
     var s = vec2<f32>(0.0);
     if live {
         for (var i = ch.z + lid; i < ch.w; i += WG) {
-            let xhat = (x[xb + i] - mu) * invstd;
-            let g = masked_dy(yb + i, xhat, g_c, b_c);
-            s += vec2<f32>(g, g * xhat);
+            let v = xhat_dy(cb, i);
+            s += vec2<f32>(v.y, v.y * v.x);
         }
     }
     let total = workgroup_sum(lid, s);
@@ -189,19 +209,13 @@ fn batchnorm_backward_apply(
     if !live {
         return;
     }
-    let mu = mean_in[p.stat_offset + c];
-    let invstd = inverseSqrt(variance_in[p.stat_offset + c] + p.eps);
-    let xb = p.x_offset + c * p.m;
-    let yb = p.y_offset + c * p.m;
-    let g_c = gamma[c];
-    let b_c = beta[c];
+    let cb = channel(c);
     let mean_dy = total.x / f32(p.m);
     let mean_dy_xhat = total.y / f32(p.m);
-    let scale = g_c * invstd;
+    let scale = cb.gamma * cb.invstd;
     for (var i = ch.z + lid; i < ch.w; i += WG) {
-        let xhat = (x[xb + i] - mu) * invstd;
-        let g = masked_dy(yb + i, xhat, g_c, b_c);
-        dx[xb + i] += scale * (g - mean_dy - xhat * mean_dy_xhat);
+        let v = xhat_dy(cb, i);
+        dx[cb.xb + i] += scale * (v.y - mean_dy - v.x * mean_dy_xhat);
     }
     if lid == 0u && ch.y == 0u {
         dgamma[c] += total.y;

@@ -143,10 +143,11 @@ fn tile_of(w: u32, m: u32, n: u32) -> vec3<u32> {
     return vec3<u32>((w % m_tiles) * BM, ((w / m_tiles) % n_tiles) * BN, w / (m_tiles * n_tiles));
 }
 
-// Fills the table for reduced rows [t0, t0 + BK) of the forward (t = c*R*S + r*S + s); rows
-// at or past `t_end` (the split's end) do not exist.
-fn forward_lut(lid: u32, t0: u32, t_end: u32) {
-    if lid < BK {
+// Fills the table for the `count` input taps [t0, t0 + count) (t = c*R*S + r*S + s): the
+// reduced rows of a forward step, or the output columns of a weight-gradient workgroup. Taps
+// at or past `t_end` (the split's or the tensor's end) do not exist.
+fn tap_lut(lid: u32, count: u32, t0: u32, t_end: u32) {
+    if lid < count {
         let rs = p.kernel_h * p.kernel_w;
         let t = t0 + lid;
         let c = t / rs;
@@ -182,7 +183,7 @@ fn conv2d_forward(
     let t_end = min(t_begin + p.chunk, crs);
     var acc = Acc();
     for (var t0 = t_begin; t0 < t_end; t0 += BK) {
-        forward_lut(lid, t0, t_end);
+        tap_lut(lid, BK, t0, t_end);
         for (var q = 0u; q < 4u; q++) {
             let e = lid + q * THREADS;
             let m = e / BK;
@@ -233,6 +234,15 @@ fn bias_of(k: u32) -> f32 {
     return bias[k];
 }
 
+// Element i of the splits' partial sums (each `len` long), added in split order.
+fn sum_splits(i: u32, len: u32) -> f32 {
+    var s = 0.0;
+    for (var sp = 0u; sp < p.splits; sp++) {
+        s += partial_in[sp * len + i];
+    }
+    return s;
+}
+
 // y = the splits' partial sums (in split order) + bias: one invocation per output element.
 @compute @workgroup_size(128)
 fn conv2d_forward_reduce(
@@ -246,11 +256,7 @@ fn conv2d_forward_reduce(
     if i >= len {
         return;
     }
-    var s = 0.0;
-    for (var sp = 0u; sp < p.splits; sp++) {
-        s += partial_in[sp * len + i];
-    }
-    y[p.y_offset + i] = s + bias_of(i / npq);
+    y[p.y_offset + i] = sum_splits(i, len) + bias_of(i / npq);
 }
 
 // Fills the table for reduced rows [t0, t0 + BK) of the data gradient (t = k*R*S + r*S + s):
@@ -363,26 +369,7 @@ fn conv2d_backward_data_reduce(
     if i >= len {
         return;
     }
-    var s = 0.0;
-    for (var sp = 0u; sp < p.splits; sp++) {
-        s += partial_in[sp * len + i];
-    }
-    store_dx(p.x_offset + i, s);
-}
-
-// Fills the table for the workgroup's BN columns [t0, t0 + BN) of the weight gradient
-// (t = c*R*S + r*S + s): the same fields as the forward's rows.
-fn weight_lut(lid: u32, t0: u32) {
-    if lid < BN {
-        let rs = p.kernel_h * p.kernel_w;
-        let t = t0 + lid;
-        let c = t / rs;
-        let tap = t % rs;
-        lut_off[lid] = p.x_offset + min(c, p.c_in - 1u) * p.n * p.h * p.w;
-        lut_tap[lid] = vec2<i32>(i32(tap / p.kernel_w), i32(tap % p.kernel_w));
-        lut_ab[lid] = affine_of(c);
-        lut_ok[lid] = u32(t < p.c_in * rs);
-    }
+    store_dx(p.x_offset + i, sum_splits(i, len));
 }
 
 // Split-K over output pixels: workgroup (k tile, crs tile, split) sums the pixels
@@ -403,7 +390,7 @@ fn conv2d_backward_weight(
     }
     let tx = lid % TX;
     let ty = lid / TX;
-    weight_lut(lid, tile.y);
+    tap_lut(lid, BN, tile.y, crs);
     workgroupBarrier();
     let j_begin = tile.z * p.chunk;
     let j_end = min(j_begin + p.chunk, npq);

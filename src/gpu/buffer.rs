@@ -33,11 +33,6 @@ impl DType {
         }
     }
 
-    /// Whether this is a floating-point type (a kernel's element type).
-    pub const fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16)
-    }
-
     /// The bytes of `elems` elements, rounded up to wgpu's 4-byte copy granularity.
     pub const fn bytes(self, elems: u64) -> u64 {
         (elems * self.size()).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)

@@ -68,10 +68,6 @@ impl Kernels {
         &self.gpu
     }
 
-    pub fn gpu_arc(&self) -> &Arc<Gpu> {
-        &self.gpu
-    }
-
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

@@ -99,36 +99,49 @@ fn tile(v: &Variant) -> u32 {
 /// accumulators, the multiply-adds from the packed operands, and the accessor.
 fn generate(variant: &Variant, _dtype: DType) -> String {
     let tm = tile(variant) as usize;
-    let lane = |m: usize| ["x", "y", "z", "w"][m % 4];
-    let mut code =
-        format!("const TM: u32 = {tm}u;\n\n// TM accumulators of TN values.\nstruct Acc {{\n");
-    for m in 0..tm {
-        code += &format!("    a{m}: vec4<f32>,\n");
-    }
-    code += "}\n";
-    for (name, array) in [("fma_w", "packed"), ("fma_dy", "packed_dy")] {
-        code += &format!(
-            "\n// acc.m += {array}[i .. i + TM / 4][m] * v for the TM channels.\n\
-             fn {name}(acc: ptr<function, Acc>, i: u32, v: vec4<f32>) {{\n"
-        );
-        for q in 0..tm / 4 {
-            code += &format!("    let w{q} = {array}[i + {q}u];\n");
-        }
-        for m in 0..tm {
-            code += &format!("    (*acc).a{m} += w{}.{} * v;\n", m / 4, lane(m));
-        }
-        code += "}\n";
-    }
-    code += "\nfn acc_get(acc: Acc, m: u32) -> vec4<f32> {\n    switch m {\n";
-    for m in 0..tm - 1 {
-        code += &format!("        case {m}u: {{ return acc.a{m}; }}\n");
-    }
-    code += &format!(
-        "        default: {{ return acc.a{}; }}\n    }}\n}}\n",
-        tm - 1
-    );
+    let code = [
+        format!("const TM: u32 = {tm}u;\n"),
+        acc_struct(tm),
+        fma_fn("fma_w", "packed", tm),
+        fma_fn("fma_dy", "packed_dy", tm),
+        acc_get_fn(tm),
+    ]
+    .join("\n");
     let template = include_str!("../../../shaders/conv2d.wgsl");
     template.replace("// @generated-tile-code\n", &code)
+}
+
+/// `struct Acc`: one vec4 accumulator (TN pixels) per channel of the tile.
+fn acc_struct(tm: usize) -> String {
+    let fields: String = (0..tm).map(|m| format!("    a{m}: vec4<f32>,\n")).collect();
+    format!("// TM accumulators of TN values.\nstruct Acc {{\n{fields}}}\n")
+}
+
+/// `fn name(acc, i, v)`: acc.m += array[i .. i + TM / 4][m] * v for the TM channels.
+fn fma_fn(name: &str, array: &str, tm: usize) -> String {
+    let lane = |m: usize| ["x", "y", "z", "w"][m % 4];
+    let loads: String = (0..tm / 4)
+        .map(|q| format!("    let w{q} = {array}[i + {q}u];\n"))
+        .collect();
+    let fmas: String = (0..tm)
+        .map(|m| format!("    (*acc).a{m} += w{}.{} * v;\n", m / 4, lane(m)))
+        .collect();
+    format!(
+        "// acc.m += {array}[i .. i + TM / 4][m] * v for the TM channels.\n\
+         fn {name}(acc: ptr<function, Acc>, i: u32, v: vec4<f32>) {{\n{loads}{fmas}}}\n"
+    )
+}
+
+/// `fn acc_get(acc, m)`: channel m's accumulator.
+fn acc_get_fn(tm: usize) -> String {
+    let cases: String = (0..tm - 1)
+        .map(|m| format!("        case {m}u: {{ return acc.a{m}; }}\n"))
+        .collect();
+    format!(
+        "fn acc_get(acc: Acc, m: u32) -> vec4<f32> {{\n    switch m {{\n{cases}        \
+         default: {{ return acc.a{}; }}\n    }}\n}}\n",
+        tm - 1
+    )
 }
 
 /// A channel count padded to the largest tile, as the packed operands are sized (so one
