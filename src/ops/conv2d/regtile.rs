@@ -126,10 +126,9 @@ fn fma_fn(name: &str, array: &str, tm: usize) -> String {
     let fmas: String = (0..tm)
         .map(|m| format!("    (*acc).a{m} += w{}.{} * v;\n", m / 4, lane(m)))
         .collect();
-    format!(
-        "// acc.m += {array}[i .. i + TM / 4][m] * v for the TM channels.\n\
-         fn {name}(acc: ptr<function, Acc>, i: u32, v: vec4<f32>) {{\n{loads}{fmas}}}\n"
-    )
+    let doc = format!("// acc.m += {array}[i .. i + TM / 4][m] * v for the TM channels.\n");
+    let signature = format!("fn {name}(acc: ptr<function, Acc>, i: u32, v: vec4<f32>)");
+    format!("{doc}{signature} {{\n{loads}{fmas}}}\n")
 }
 
 /// `fn acc_get(acc, m)`: channel m's accumulator.
@@ -137,11 +136,9 @@ fn acc_get_fn(tm: usize) -> String {
     let cases: String = (0..tm - 1)
         .map(|m| format!("        case {m}u: {{ return acc.a{m}; }}\n"))
         .collect();
-    format!(
-        "fn acc_get(acc: Acc, m: u32) -> vec4<f32> {{\n    switch m {{\n{cases}        \
-         default: {{ return acc.a{}; }}\n    }}\n}}\n",
-        tm - 1
-    )
+    let default = format!("        default: {{ return acc.a{}; }}\n", tm - 1);
+    let body = format!("    switch m {{\n{cases}{default}    }}\n");
+    format!("fn acc_get(acc: Acc, m: u32) -> vec4<f32> {{\n{body}}}\n")
 }
 
 /// A channel count padded to the largest tile, as the packed operands are sized (so one
