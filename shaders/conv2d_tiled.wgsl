@@ -19,19 +19,28 @@
 // (the weight gradient's split-K sum and the bias gradient are conv2d.wgsl's
 // conv2d_backward_weight_reduce and conv2d_backward_bias.) The host splits the reduced
 // dimension (splits, chunk: a multiple of BK) where the output alone would leave the device
-// idle; the partial sums are then added in split order by the reduce kernels. x / dx start at x_offset, y / dy at y_offset; x is read_write only
-// so that it may alias y (a dense layer reads its block's first channels and writes its new
-// ones in place). With input_bn_relu, x is read as max(x * scale[c] + shift[c], 0) with
-// (scale, shift) = affine[c], applied as the tile is staged; padding stays zero.
+// idle; the partial sums are then added in split order by the reduce kernels. x / dx
+// start at x_offset, y / dy at y_offset; x is read_write only so that it may alias y (a
+// dense layer reads its block's first channels and writes its new ones in place). With
+// input_bn_relu, x is read as max(x * scale[c] + shift[c], 0) with (scale, shift) =
+// affine[c], applied as the tile is staged; padding stays zero.
 //
 // Geometry: 128 invocations (8 x 16) per workgroup; a workgroup owns a BM x BN = 32 x 64 tile
-// of the output, each invocation a 4 x 4 sub-tile in registers. Per step of BK = 16 along the
-// reduced dimension, the workgroup stages the A (BM x BK) and B (BK x BN) tiles in workgroup
-// memory with coalesced loads (consecutive invocations read consecutive pixels or weights),
-// then every invocation does 4 x 4 x 16 multiply-adds from it. The im2col index of each
-// step's 16 reduced rows (channel, tap, fused BN) is computed once per workgroup into a
-// small table, so staging does no division. Workgroups cover the M tiles fastest, then the N
-// tiles (then the splits), in a folded 1-D grid.
+// of the output. Per step of BK = 16 along the reduced dimension, the workgroup stages the A
+// (BM x BK) and B (BK x BN) tiles in workgroup memory with coalesced loads (consecutive
+// invocations read consecutive pixels or weights). The im2col index of each step's 16
+// reduced rows (channel, tap, fused BN) is computed once per workgroup into a small table,
+// so staging does no division. Workgroups cover the M tiles fastest, then the N tiles (then
+// the splits), in a folded 1-D grid.
+//
+// This file is a template (tiled.rs fills the `@` markers) for two ways of multiplying the
+// staged tiles:
+//   wgtile   f32 tiles; every invocation keeps a 4 x 4 sub-tile in registers and does
+//            4 x 4 x 16 multiply-adds per step.
+//   coopN    f16 tiles (converted while staging, after BN -> ReLU); each subgroup multiplies
+//            two N x N fragments with cooperative matrices (f16 x f16 -> f32), and at the end
+//            stores them to a workgroup tile from which every invocation reads its 4 x 4
+//            share. The epilogue (bias, splits, = or +=) is the same for both.
 
 struct Conv2dParams {
     n: u32,
@@ -72,13 +81,10 @@ const BN: u32 = 64u;
 const BK: u32 = 16u;
 const TX: u32 = 16u; // invocations along N, 4 columns each
 const THREADS: u32 = 128u;
-// Row strides of the staged tiles, padded by one so that a column written by consecutive
-// invocations falls in different banks.
-const AS: u32 = BM + 1u;
-const BS: u32 = BN + 1u;
-
-var<workgroup> tile_a: array<f32, 528>; // BK x AS
-var<workgroup> tile_b: array<f32, 1040>; // BK x BS
+// The variant's code (tiled.rs generates it): the staged tiles' element type `tile_t` and
+// row strides AS, BS; tile_a (BK x AS, reduced index major) and tile_b (BK x BS); and the
+// multiply-adds of one step into the accumulators (`@acc-init`, `@mac`, `@acc-finish`).
+// @generated-tile-code
 // Per reduced row (or, in the weight gradient, per output column): the element offset of its
 // channel (or output channel), its tap (r, s), the fused BN (scale, shift), and whether it
 // exists.
@@ -105,26 +111,12 @@ fn affine_of(c: u32) -> vec2<f32> {
     return affine[min(c, p.c_in - 1u)];
 }
 
-// Row i of a 4 x 4 register tile after one step: rows ty*4.., columns tx*4.. of the staged
-// tiles, summed over the step's BK reduced indices.
+// An invocation's 4 x 4 share of the output tile: rows ty*4.., columns tx*4...
 struct Acc {
     r0: vec4<f32>,
     r1: vec4<f32>,
     r2: vec4<f32>,
     r3: vec4<f32>,
-}
-
-fn mac_step(acc: ptr<function, Acc>, tx: u32, ty: u32) {
-    for (var kk = 0u; kk < BK; kk++) {
-        let ai = kk * AS + ty * 4u;
-        let bi = kk * BS + tx * 4u;
-        let a = vec4<f32>(tile_a[ai], tile_a[ai + 1u], tile_a[ai + 2u], tile_a[ai + 3u]);
-        let b = vec4<f32>(tile_b[bi], tile_b[bi + 1u], tile_b[bi + 2u], tile_b[bi + 3u]);
-        (*acc).r0 += a.x * b;
-        (*acc).r1 += a.y * b;
-        (*acc).r2 += a.z * b;
-        (*acc).r3 += a.w * b;
-    }
 }
 
 fn acc_row(acc: Acc, i: u32) -> vec4<f32> {
@@ -164,6 +156,7 @@ fn conv2d_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
+    // @entry-builtins
 ) {
     let pq = p.out_h * p.out_w;
     let npq = p.n * pq;
@@ -182,6 +175,7 @@ fn conv2d_forward(
     let t_begin = tile.z * p.chunk;
     let t_end = min(t_begin + p.chunk, crs);
     var acc = Acc();
+    // @acc-init
     for (var t0 = t_begin; t0 < t_end; t0 += BK) {
         tap_lut(lid, BK, t0, t_end);
         for (var q = 0u; q < 4u; q++) {
@@ -191,7 +185,7 @@ fn conv2d_forward(
             let k = tile.x + m;
             let t = t0 + kk;
             let ok = k < p.c_out && t < t_end;
-            tile_a[kk * AS + m] = select(0.0, weight[min(k * crs + t, p.c_out * crs - 1u)], ok);
+            tile_a[kk * AS + m] = tile_t(select(0.0, weight[min(k * crs + t, p.c_out * crs - 1u)], ok));
         }
         workgroupBarrier();
         for (var q = 0u; q < 8u; q++) {
@@ -201,12 +195,13 @@ fn conv2d_forward(
             let ok = j < npq && lut_ok[kk] != 0u && ih >= 0 && ih < i32(p.h) && iw >= 0
                 && iw < i32(p.w);
             let i = select(0u, lut_off[kk] + plane + u32(ih) * p.w + u32(iw), ok);
-            tile_b[kk * BS + nb] = select(0.0, transform(x[i], lut_ab[kk]), ok);
+            tile_b[kk * BS + nb] = tile_t(select(0.0, transform(x[i], lut_ab[kk]), ok));
         }
         workgroupBarrier();
-        mac_step(&acc, tx, ty);
+        // @mac
         workgroupBarrier();
     }
+    // @acc-finish
     for (var i = 0u; i < 4u; i++) {
         let k = tile.x + ty * 4u + i;
         if k >= p.c_out {
@@ -280,6 +275,7 @@ fn conv2d_backward_data(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
+    // @entry-builtins
 ) {
     let hw = p.h * p.w;
     let nhw = p.n * hw;
@@ -301,6 +297,7 @@ fn conv2d_backward_data(
     let t_begin = tile.z * p.chunk;
     let t_end = min(t_begin + p.chunk, krs);
     var acc = Acc();
+    // @acc-init
     for (var t0 = t_begin; t0 < t_end; t0 += BK) {
         data_lut(lid, t0, t_end);
         workgroupBarrier();
@@ -311,7 +308,7 @@ fn conv2d_backward_data(
             let c = tile.x + m;
             let ok = c < p.c_in && lut_ok[kk] != 0u;
             let wi = select(0u, lut_w[kk] + c * rs, ok);
-            tile_a[kk * AS + m] = select(0.0, weight[wi], ok);
+            tile_a[kk * AS + m] = tile_t(select(0.0, weight[wi], ok));
         }
         for (var q = 0u; q < 8u; q++) {
             let kk = lid / BN + 2u * q;
@@ -323,12 +320,13 @@ fn conv2d_backward_data(
             let ok = i < nhw && lut_ok[kk] != 0u && oh_s >= 0 && ow_s >= 0 && oh * sh == oh_s
                 && ow * sw == ow_s && oh < i32(p.out_h) && ow < i32(p.out_w);
             let di = select(0u, lut_off[kk] + img_base + u32(oh) * p.out_w + u32(ow), ok);
-            tile_b[kk * BS + nb] = select(0.0, dy[di], ok);
+            tile_b[kk * BS + nb] = tile_t(select(0.0, dy[di], ok));
         }
         workgroupBarrier();
-        mac_step(&acc, tx, ty);
+        // @mac
         workgroupBarrier();
     }
+    // @acc-finish
     for (var r = 0u; r < 4u; r++) {
         let c = tile.x + ty * 4u + r;
         if c >= p.c_in {
@@ -380,6 +378,7 @@ fn conv2d_backward_weight(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
+    // @entry-builtins
 ) {
     let pq = p.out_h * p.out_w;
     let npq = p.n * pq;
@@ -397,6 +396,7 @@ fn conv2d_backward_weight(
     // Staging B: this invocation's pixel row lid % BK, columns lid / BK + 8q.
     let jb = lid % BK;
     var acc = Acc();
+    // @acc-init
     for (var j0 = j_begin; j0 < j_end; j0 += BK) {
         for (var q = 0u; q < 4u; q++) {
             let e = lid + q * THREADS;
@@ -406,7 +406,7 @@ fn conv2d_backward_weight(
             let j = j0 + jj;
             let ok = k < p.c_out && j < j_end;
             let di = select(0u, p.y_offset + k * npq + j, ok);
-            tile_a[jj * AS + m] = select(0.0, dy[di], ok);
+            tile_a[jj * AS + m] = tile_t(select(0.0, dy[di], ok));
         }
         let j = j0 + jb;
         let jc = min(j, npq - 1u);
@@ -420,12 +420,13 @@ fn conv2d_backward_weight(
             let ok = j < j_end && lut_ok[n] != 0u && ih >= 0 && ih < i32(p.h) && iw >= 0
                 && iw < i32(p.w);
             let xi = select(0u, lut_off[n] + plane + u32(ih) * p.w + u32(iw), ok);
-            tile_b[jb * BS + n] = select(0.0, transform(x[xi], lut_ab[n]), ok);
+            tile_b[jb * BS + n] = tile_t(select(0.0, transform(x[xi], lut_ab[n]), ok));
         }
         workgroupBarrier();
-        mac_step(&acc, tx, ty);
+        // @mac
         workgroupBarrier();
     }
+    // @acc-finish
     let base = tile.z * p.c_out * crs;
     for (var r = 0u; r < 4u; r++) {
         let k = tile.x + ty * 4u + r;

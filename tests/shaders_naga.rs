@@ -35,11 +35,63 @@ fn each_source(
     }
 }
 
+/// Every kernel validates and goes through naga's SPIR-V writer with the options of wgpu's
+/// Vulkan backend: the writer can fail (or, in naga 30, panic: a coopLoad pointer indexed by
+/// an inline expression was seen to) where validation passes.
 #[test]
-fn every_kernel_validates() {
+fn every_kernel_validates_and_writes_spirv() {
     let mut count = 0;
-    each_source(|_, _, _, _| count += 1);
+    each_source(|_, what, module, info| {
+        // wgpu's Vulkan backend writes with bounds checks and SPIR-V 1.6 on Vulkan 1.3.
+        use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy::Restrict};
+        let options = naga::back::spv::Options {
+            lang_version: (1, 6),
+            bounds_check_policies: BoundsCheckPolicies {
+                index: Restrict,
+                buffer: Restrict,
+                image_load: Restrict,
+                binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+            },
+            ..Default::default()
+        };
+        let words =
+            std::panic::catch_unwind(|| naga::back::spv::write_vec(module, info, &options, None));
+        match words {
+            Ok(Ok(words)) => assert!(words.len() > 5, "{what}: empty SPIR-V"),
+            Ok(Err(e)) => panic!("{what}: SPIR-V: {e}"),
+            Err(_) => panic!("{what}: naga's SPIR-V writer panicked"),
+        }
+        count += 1;
+    });
     assert!(count > SHADERS.len(), "conv2d has more than one variant");
+}
+
+/// The cooperative-matrix convolution is generated for each fragment shape an adapter may
+/// report (8x8x8 on Mesa's lavapipe, 16x16x16 on NVIDIA); both validate (above) without a
+/// GPU, and each uses its own shape only.
+#[test]
+fn coop_variants_use_their_fragment_shape() {
+    let shader = SHADERS
+        .iter()
+        .find(|s| s.file == "conv2d_tiled.wgsl")
+        .unwrap();
+    for (name, mine, other) in [
+        ("coop8", "coop_mat8x8", "coop_mat16x16"),
+        ("coop16", "coop_mat16x16", "coop_mat8x8"),
+    ] {
+        let v = shader.find_variant(name).unwrap();
+        let source = shader.full_source(v, densenet_wgpu::gpu::DType::F32);
+        assert!(source.starts_with("enable f16;"), "{name}: enables first");
+        assert!(source.contains(&format!("{mine}<f16, A>")), "{name}");
+        assert!(source.contains(&format!("{mine}<f32, C>")), "{name}");
+        assert!(!source.contains(other), "{name}");
+    }
+    let plain = shader.find_variant("wgtile").unwrap();
+    let source = shader.full_source(plain, densenet_wgpu::gpu::DType::F32);
+    assert!(
+        !source.contains("coop_mat") && !source.contains("enable f16"),
+        "wgtile stays f32"
+    );
 }
 
 #[test]

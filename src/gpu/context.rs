@@ -16,7 +16,37 @@ pub struct GpuOptions {
 pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::TIMESTAMP_QUERY)
-    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+
+/// A cooperative-matrix shape the adapter runs with f16 operands and f32 accumulators (what
+/// the convolutions' cooperative-matrix variants use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoopShape {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+}
+
+impl std::fmt::Display for CoopShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.m, self.n, self.k)
+    }
+}
+
+/// The f16 x f16 -> f32 shapes among an adapter's cooperative-matrix configurations.
+pub fn coop_shapes(configs: &[wgpu::CooperativeMatrixProperties]) -> Vec<CoopShape> {
+    use wgpu::CooperativeScalarType::{F16, F32};
+    configs
+        .iter()
+        .filter(|c| c.ab_type == F16 && c.cr_type == F32)
+        .map(|c| CoopShape {
+            m: c.m_size,
+            n: c.n_size,
+            k: c.k_size,
+        })
+        .collect()
+}
 
 /// One device and its queue, with the facts about its adapter that the layers above use.
 pub struct Gpu {
@@ -25,6 +55,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// Cooperative-matrix shapes (f16 x f16 -> f32), where the device has them enabled.
+    pub coop: Vec<CoopShape>,
     /// Why this adapter was chosen, for `info` and logs.
     pub reason: String,
 }
@@ -121,11 +153,24 @@ impl Gpu {
         let info = adapter.get_info();
         let features = adapter.features() & OPTIONAL_FEATURES;
         let limits = adapter.limits();
+        let coop_enabled = features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        let experimental = match coop_enabled {
+            // SAFETY: the one experimental feature requested is cooperative matrices, used
+            // only by the convolutions' coop variants; their WGSL is validated by naga (and
+            // written to SPIR-V) in the tests, and each variant runs only on an adapter that
+            // reports its shape and subgroup size (`Needs`).
+            true => unsafe { wgpu::ExperimentalFeatures::enabled() },
+            false => wgpu::ExperimentalFeatures::disabled(),
+        };
+        let coop = match coop_enabled {
+            true => coop_shapes(&adapter.cooperative_matrix_properties()),
+            false => Vec::new(),
+        };
         let desc = wgpu::DeviceDescriptor {
             label: Some("densenet-wgpu"),
             required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: experimental,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
@@ -137,6 +182,7 @@ impl Gpu {
             info,
             features,
             limits,
+            coop,
             reason,
         })
     }

@@ -71,20 +71,27 @@ pub fn report(opts: &GpuOptions) -> Result<String> {
         .find(|(name, _)| *name == gpu.info.name)
         .map(|(_, c)| c.as_slice())
         .unwrap_or(&[]);
-    if configs.is_empty() {
-        let _ = writeln!(out, "  cooperative matrix: no");
-    } else {
+    let usable = match gpu.coop.is_empty() {
+        true => "none usable: the conv2d coop variants need f16 x f16 -> f32".to_string(),
+        false => {
+            let shapes: Vec<String> = gpu.coop.iter().map(|s| s.to_string()).collect();
+            format!("enabled; f16 x f16 -> f32 {}", shapes.join(", "))
+        }
+    };
+    match configs.is_empty() {
+        true => {
+            let _ = writeln!(out, "  cooperative matrix: no");
+        }
+        false => {
+            let _ = writeln!(out, "  cooperative matrix: yes ({usable})");
+        }
+    }
+    for c in configs {
         let _ = writeln!(
             out,
-            "  cooperative matrix: yes (not requested; f32 path used)"
+            "    {}x{}x{} {:?} inputs, {:?} accumulators",
+            c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type
         );
-        for c in configs {
-            let _ = writeln!(
-                out,
-                "    {}x{}x{} {:?} inputs, {:?} accumulators",
-                c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type
-            );
-        }
     }
     limits(&mut out, l);
     Ok(out)

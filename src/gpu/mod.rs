@@ -7,5 +7,7 @@ mod inflight;
 pub mod info;
 
 pub use buffer::{DType, Element, GpuBuffer, View};
-pub use context::{ranked_adapters, resolve_backends, Gpu, GpuOptions, OPTIONAL_FEATURES};
+pub use context::{
+    coop_shapes, ranked_adapters, resolve_backends, CoopShape, Gpu, GpuOptions, OPTIONAL_FEATURES,
+};
 pub use inflight::InFlight;

@@ -23,7 +23,7 @@ pub use dispatch::{fold_grid, submit, Cost, Dispatch, Grid};
 pub use policy::{DeviceClass, Policy};
 pub use registry::{Kernels, Pipeline};
 
-use crate::gpu::DType;
+use crate::gpu::{CoopShape, DType, Gpu};
 
 /// How an entry point uses a storage binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,13 +139,70 @@ pub struct Variant {
     pub name: &'static str,
     /// One line for `info` and `--kernels` errors.
     pub about: &'static str,
+    /// What the adapter must have to run it.
+    pub needs: Needs,
 }
 
 /// The only variant of a shader that has one.
 pub const PLAIN: Variant = Variant {
     name: "plain",
     about: "the one implementation",
+    needs: Needs::Nothing,
 };
+
+/// What an adapter must have to run a variant, beyond what every kernel needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    Nothing,
+    /// Cooperative matrices of `size` x `size` x `size` with f16 operands and f32
+    /// accumulators, and subgroups of exactly `subgroup` invocations: the kernel lays its
+    /// fragments out for the number of subgroups a workgroup then has.
+    CoopMatrix {
+        size: u32,
+        subgroup: u32,
+    },
+}
+
+impl Needs {
+    /// Why `gpu` cannot run a variant with these needs, or `None` if it can.
+    pub fn unmet(self, gpu: &Gpu) -> Option<String> {
+        let Needs::CoopMatrix { size, subgroup } = self else {
+            return None;
+        };
+        let shape = CoopShape {
+            m: size,
+            n: size,
+            k: size,
+        };
+        let (lo, hi) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
+        let f16_subgroups = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        if !gpu.features.contains(f16_subgroups) {
+            return Some(format!(
+                "needs SHADER_F16 and SUBGROUP; {} has {:?}",
+                gpu.info.name,
+                gpu.features & f16_subgroups
+            ));
+        }
+        if !gpu.coop.contains(&shape) {
+            let have: Vec<String> = gpu.coop.iter().map(|s| s.to_string()).collect();
+            let have = match have.is_empty() {
+                true => "none".to_string(),
+                false => have.join(", "),
+            };
+            return Some(format!(
+                "needs {shape} f16 x f16 -> f32 cooperative matrices; {} has {have}",
+                gpu.info.name
+            ));
+        }
+        if (lo, hi) != (subgroup, subgroup) {
+            return Some(format!(
+                "needs subgroups of exactly {subgroup} invocations; {} has {lo}..{hi}",
+                gpu.info.name
+            ));
+        }
+        None
+    }
+}
 
 /// Where a shader's WGSL comes from.
 #[derive(Debug)]
@@ -177,14 +234,21 @@ pub struct Shader {
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 
 impl Shader {
-    /// The source as compiled for `variant` and `dtype`: the common helpers, then the op's own
-    /// code.
+    /// The source as compiled for `variant` and `dtype`: the op's `enable` directives (which
+    /// WGSL wants before any declaration), the common helpers, then the op's own code.
     pub fn full_source(&self, variant: &Variant, dtype: DType) -> String {
         let own = match self.source {
             Source::File(text) => text.to_string(),
             Source::Generated(generate) => generate(variant, dtype),
         };
-        format!("{COMMON_WGSL}\n{own}")
+        let is_enable = |l: &&str| l.trim_start().starts_with("enable ");
+        let enables: String = own
+            .lines()
+            .filter(is_enable)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let rest: Vec<&str> = own.lines().filter(|l| !is_enable(l)).collect();
+        format!("{enables}{COMMON_WGSL}\n{}\n", rest.join("\n"))
     }
 
     /// The variant called `name`, if the shader has it.

@@ -121,6 +121,12 @@ impl Kernels {
                 have.join(", ")
             )));
         }
+        if let Some(why) = kernel.variant.needs.unmet(&self.gpu) {
+            return Err(Error::Device(format!(
+                "{} variant {} {why}; choose another with --kernels",
+                shader.op, kernel.variant.name
+            )));
+        }
         let module = self.module(shader, kernel.variant, kernel.dtype)?;
         let pipeline = Arc::new(self.create_pipeline(&module, kernel)?);
         self.pipelines

@@ -1,10 +1,11 @@
-//! conv2d on the GPU against the CPU reference: every entry point of every variant (register
-//! tile of 16 or 8 channels), uneven shapes (channel counts that fill no tile), channel
+//! conv2d on the GPU against the CPU reference: every entry point of every variant the
+//! adapter runs (register tiles of 16 or 8 channels, workgroup tiles, and cooperative
+//! matrices where the adapter has them), uneven shapes (channel counts that fill no tile), channel
 //! offsets on both sides, the fused input BN -> ReLU, NaN-poisoned outputs and accumulation
 //! onto non-zero gradients.
 
 use crate::support::*;
-use densenet_wgpu::kernels::DeviceClass;
+use densenet_wgpu::kernels::{DeviceClass, Needs, Variant};
 use densenet_wgpu::ops::conv2d::{self, Conv2dParams};
 use densenet_wgpu::reference as cpu;
 use densenet_wgpu::{Kernels, Policy};
@@ -60,9 +61,12 @@ struct Setup {
     y_total: u64,
     /// The fused input BN -> ReLU's (scale, shift) per input channel, on odd cases.
     affine: Option<Vec<f32>>,
+    /// The variant multiplies f16 operands: x, w and dy are drawn f16-exact, and the
+    /// reference sees the fused BN -> ReLU's output rounded to f16 too.
+    f16: bool,
 }
 
-fn setup(i: usize, c: &Case, rng: &mut Rand) -> Setup {
+fn setup(i: usize, c: &Case, rng: &mut Rand, variant: &str) -> Setup {
     let p = Conv2dParams::new(c.input, c.c_out, c.kernel, c.stride, c.pad, c.bias)
         .unwrap()
         .with_x_channel_offset(c.x_chan)
@@ -75,13 +79,16 @@ fn setup(i: usize, c: &Case, rng: &mut Rand) -> Setup {
             .flat_map(|_| [rng.range(1, 0.5, 1.5)[0], rng.range(1, -0.5, 0.5)[0]])
             .collect()
     });
+    let f16 = rounds_to_f16("conv2d", variant);
+    let operand = |v: Vec<f32>| if f16 { f16_rounded(&v) } else { v };
     Setup {
-        x: rng.vec(x_total),
-        w: rng.vec(p.weight_len()),
+        x: operand(rng.vec(x_total)),
+        w: operand(rng.vec(p.weight_len())),
         b: rng.vec(p.c_out as u64),
         y_total,
         p,
         affine,
+        f16,
     }
 }
 
@@ -99,7 +106,23 @@ impl Setup {
                 }
             }
         }
-        x
+        self.operand(x)
+    }
+
+    /// A multiplied operand as the variant sees it: rounded to f16 for the f16 variants.
+    fn operand(&self, v: Vec<f32>) -> Vec<f32> {
+        match self.f16 {
+            true => f16_rounded(&v),
+            false => v,
+        }
+    }
+
+    /// The tolerance of a check that is `tol` for f32 variants.
+    fn tol(&self, tol: (f64, f64)) -> (f64, f64) {
+        match self.f16 {
+            true => F16_OPERANDS,
+            false => tol,
+        }
     }
 
     fn affine_buffer(&self) -> Option<densenet_wgpu::GpuBuffer> {
@@ -112,7 +135,7 @@ fn conv2d_forward_matches_reference() {
     let mut rng = Rand::new();
     for (variant, k) in each_variant("conv2d") {
         for (i, c) in cases().iter().enumerate() {
-            let s = setup(i, c, &mut rng);
+            let s = setup(i, c, &mut rng, variant);
             let (x, w, b, y) = (up(&s.x), up(&s.w), up(&s.b), poisoned(s.y_total));
             let bias = c.bias.then(|| b.view());
             let aff = s.affine_buffer();
@@ -136,7 +159,7 @@ fn conv2d_forward_matches_reference() {
             let lo = s.p.y_offset as usize;
             let hi = (s.p.y_offset as u64 + s.p.y_len()) as usize;
             let what = format!("conv2d_forward[{variant}] case {i}");
-            check(&what, rng.seed, &got[lo..hi], &want[lo..hi], FWD);
+            check(&what, rng.seed, &got[lo..hi], &want[lo..hi], s.tol(FWD));
             assert!(
                 got[..lo].iter().chain(&got[hi..]).all(|v| v.is_nan()),
                 "{what} wrote outside its channel range (seed {})",
@@ -151,8 +174,8 @@ fn conv2d_backward_data_matches_reference() {
     let mut rng = Rand::new();
     for (variant, k) in each_variant("conv2d") {
         for (i, c) in cases().iter().enumerate() {
-            let s = setup(i, c, &mut rng);
-            let dy = rng.vec(s.y_total);
+            let s = setup(i, c, &mut rng, variant);
+            let dy = s.operand(rng.vec(s.y_total));
             let dx0 = rng.vec(s.x.len() as u64);
             let (dyb, w, dx) = (up(&dy), up(&s.w), up(&dx0));
             let ws = poisoned(s.p.workspace_len());
@@ -162,7 +185,7 @@ fn conv2d_backward_data_matches_reference() {
             let mut want = dx0.clone();
             cpu::conv2d_backward_data(&mut want, &dy, &s.w, &s.p);
             let what = format!("conv2d_backward_data[{variant}] case {i}");
-            check(&what, rng.seed, &read(&dx), &want, GRAD);
+            check(&what, rng.seed, &read(&dx), &want, s.tol(GRAD));
             // Overwriting: dx = the gradient, whatever dx held (NaN here).
             let dx = poisoned(s.x.len() as u64);
             let p = s.p.overwriting();
@@ -175,7 +198,7 @@ fn conv2d_backward_data_matches_reference() {
                 (s.p.x_offset as u64 + s.p.x_len()) as usize,
             );
             let what = format!("overwriting conv2d_backward_data[{variant}] case {i}");
-            check(&what, rng.seed, &got[lo..hi], &want[lo..hi], GRAD);
+            check(&what, rng.seed, &got[lo..hi], &want[lo..hi], s.tol(GRAD));
         }
     }
 }
@@ -185,8 +208,8 @@ fn conv2d_backward_weight_matches_reference() {
     let mut rng = Rand::new();
     for (variant, k) in each_variant("conv2d") {
         for (i, c) in cases().iter().enumerate() {
-            let s = setup(i, c, &mut rng);
-            let dy = rng.vec(s.y_total);
+            let s = setup(i, c, &mut rng, variant);
+            let dy = s.operand(rng.vec(s.y_total));
             let dw0 = rng.vec(s.p.weight_len());
             let (x, dyb, dw) = (up(&s.x), up(&dy), up(&dw0));
             let ws = poisoned(s.p.workspace_len());
@@ -206,7 +229,7 @@ fn conv2d_backward_weight_matches_reference() {
             let mut want = dw0.clone();
             cpu::conv2d_backward_weight(&mut want, &s.input(), &dy, &s.p);
             let what = format!("conv2d_backward_weight[{variant}] case {i}");
-            check(&what, rng.seed, &read(&dw), &want, GRAD);
+            check(&what, rng.seed, &read(&dw), &want, s.tol(GRAD));
         }
     }
 }
@@ -216,8 +239,8 @@ fn conv2d_backward_bias_matches_reference() {
     let mut rng = Rand::new();
     for (variant, k) in each_variant("conv2d") {
         for (i, c) in cases().iter().enumerate() {
-            let s = setup(i, c, &mut rng);
-            let dy = rng.vec(s.y_total);
+            let s = setup(i, c, &mut rng, variant);
+            let dy = s.operand(rng.vec(s.y_total));
             let db0 = rng.vec(s.p.c_out as u64);
             let (dyb, db) = (up(&dy), up(&db0));
             run(conv2d::conv2d_backward_bias(k, &s.p, dyb.view(), db.view()).unwrap());
@@ -304,4 +327,44 @@ fn conv2d_rejects_mismatched_buffers() {
     .expect("a short weight buffer must be refused");
     assert!(err.to_string().contains("weight"), "{err}");
     assert!(Conv2dParams::new([1, 1, 2, 2], 1, (5, 5), (1, 1), (0, 0), false).is_err());
+}
+
+/// The cooperative-matrix variants run where the adapter has their fragment shape and
+/// subgroup size (the tests above then cover them). Where DENSENET_EXPECT_COOP is set
+/// (scripts/lavapipe-coop, the GPU report) one of them must run; elsewhere, forcing one the
+/// adapter cannot run is a one-line error that says what is missing.
+#[test]
+fn conv2d_coop_variants_run_where_expected() {
+    let coop: Vec<&Variant> = variants_of("conv2d")
+        .filter(|v| matches!(v.needs, Needs::CoopMatrix { .. }))
+        .collect();
+    assert_eq!(coop.len(), 2, "coop8 and coop16");
+    let unmet: Vec<String> = coop
+        .iter()
+        .filter_map(|v| v.needs.unmet(gpu()).map(|why| format!("{}: {why}", v.name)))
+        .collect();
+    if std::env::var_os("DENSENET_EXPECT_COOP").is_some() {
+        assert!(
+            unmet.len() < coop.len(),
+            "DENSENET_EXPECT_COOP is set, but no cooperative-matrix variant runs here: {}",
+            unmet.join("; ")
+        );
+    }
+    let p = Conv2dParams::new([1, 3, 4, 4], 2, (3, 3), (1, 1), (1, 1), false).unwrap();
+    let (x, w, y) = (
+        poisoned(p.x_len()),
+        poisoned(p.weight_len()),
+        poisoned(p.y_len()),
+    );
+    for v in coop.iter().filter(|v| v.needs.unmet(gpu()).is_some()) {
+        let k = kernels_for(&format!("conv2d={}", v.name));
+        let err = conv2d::conv2d_forward(k, &p, x.view(), None, w.view(), None, y.view(), None)
+            .err()
+            .unwrap_or_else(|| panic!("{} ran on an adapter that lacks it", v.name));
+        let msg = err.to_string();
+        assert!(
+            msg.contains(v.name) && msg.contains("needs") && !msg.contains('\n'),
+            "{msg}"
+        );
+    }
 }

@@ -7,13 +7,18 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use densenet_wgpu::kernels::{submit, DeviceClass, Dispatch};
+use densenet_wgpu::kernels::{submit, DeviceClass, Dispatch, Needs, Variant};
 use densenet_wgpu::{Gpu, GpuBuffer, GpuOptions, Kernels, Policy};
 
 /// Forward outputs: atol 1e-5 + rtol 1e-4 (docs/DESIGN.md).
 pub const FWD: (f64, f64) = (1e-5, 1e-4);
 /// Gradients: atol 1e-4 + rtol 1e-3 (docs/DESIGN.md).
 pub const GRAD: (f64, f64) = (1e-4, 1e-3);
+/// Kernels with f16 operands and f32 accumulation against the reference on the same
+/// f16-rounded operands: atol 1e-3 + rtol 1e-3 (docs/DESIGN.md). What is left is the order
+/// of the f32 sums, and an operand computed on the GPU (BN -> ReLU) that rounds to the
+/// neighbouring f16.
+pub const F16_OPERANDS: (f64, f64) = (1e-3, 1e-3);
 
 /// The device shared by every test of this binary. No adapter is a failure, never a skip.
 pub fn gpu_arc() -> &'static Arc<Gpu> {
@@ -46,14 +51,36 @@ pub fn kernels_for(spec: &str) -> &'static Kernels {
     })
 }
 
-/// One registry per variant of `op` (across its shaders), each forcing it: run a launch
-/// through each to test every variant.
+/// One registry per variant of `op` (across its shaders) that this adapter can run, each
+/// forcing it: run a launch through each to test every variant. (A variant with unmet needs,
+/// e.g. cooperative matrices on an adapter without them, is left out; the cooperative-matrix
+/// tests fail instead when DENSENET_EXPECT_COOP is set.)
 pub fn each_variant(op: &str) -> Vec<(&'static str, &'static Kernels)> {
+    variants_of(op)
+        .filter(|v| v.needs.unmet(gpu()).is_none())
+        .map(|v| (v.name, kernels_for(&format!("{op}={}", v.name))))
+        .collect()
+}
+
+/// Every variant of `op`, across its shaders.
+pub fn variants_of(op: &str) -> impl Iterator<Item = &'static Variant> + use<'_> {
     densenet_wgpu::ops::SHADERS
         .iter()
-        .filter(|s| s.op == op)
+        .filter(move |s| s.op == op)
         .flat_map(|s| s.variants.iter())
-        .map(|v| (v.name, kernels_for(&format!("{op}={}", v.name))))
+}
+
+/// Whether `op`'s `variant` multiplies f16 operands (the cooperative-matrix ones): its tests
+/// compare with the reference on operands rounded to f16 first.
+pub fn rounds_to_f16(op: &str, variant: &str) -> bool {
+    variants_of(op).any(|v| v.name == variant && matches!(v.needs, Needs::CoopMatrix { .. }))
+}
+
+/// `values` rounded to the nearest f16, as a kernel with f16 operands sees them.
+pub fn f16_rounded(values: &[f32]) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
         .collect()
 }
 

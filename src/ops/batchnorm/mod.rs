@@ -22,8 +22,8 @@ use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
-    read, write, DeviceClass, Dispatch, Entry, Grid, Kernels, Policy, Shader, Source, Variant,
-    PLAIN,
+    read, write, DeviceClass, Dispatch, Entry, Grid, Kernels, Needs, Policy, Shader, Source,
+    Variant, PLAIN,
 };
 
 /// Shapes, offsets and constants of one batch norm, also its uniform (binding 0). Build with
@@ -291,6 +291,7 @@ pub static SHADER: Shader = Shader {
     variants: &[Variant {
         name: PLAIN.name,
         about: "one workgroup of 256 per channel, two passes",
+        needs: Needs::Nothing,
     }],
     choice: "GPUs: split (statistics and backward); CPU drivers: plain",
     dtypes: &[DType::F32],

@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{BatchNormParams, OP};
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, Variant};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source, Variant};
 
 /// A [`BatchNormParams`] with its chunking, the uniform of batchnorm_split.wgsl.
 #[repr(C)]
@@ -63,6 +63,7 @@ pub static SHADER: Shader = Shader {
     variants: &[Variant {
         name: "split",
         about: "many workgroups per channel, chunks combined in order",
+        needs: Needs::Nothing,
     }],
     choice: "see the per-channel shader",
     dtypes: &[DType::F32],

@@ -13,6 +13,7 @@
 //! Shapes (channel-major): x (C_in, N, H, W), weight (C_out, C_in, KH, KW) as in PyTorch,
 //! bias (C_out), y (C_out, N, P, Q) with P = (H + 2 PH - KH) / SH + 1, Q likewise.
 
+mod coop;
 pub mod regtile;
 pub mod tiled;
 

@@ -6,7 +6,7 @@
 use super::{Conv2dParams, Workspace, OP};
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, Variant};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source, Variant};
 
 /// The register-tile variants (conv2d.wgsl is a template; see `generate`).
 pub static SHADER: Shader = Shader {
@@ -27,10 +27,12 @@ pub static SHADER: Shader = Shader {
         Variant {
             name: "tile16",
             about: "16 channels x 4 pixels per invocation, no workgroup memory",
+            needs: Needs::Nothing,
         },
         Variant {
             name: "tile8",
             about: "8 channels x 4 pixels per invocation, no workgroup memory",
+            needs: Needs::Nothing,
         },
     ],
     choice: "GPUs: wgtile; CPU drivers: tile8 where the tiled channels (output channels \

@@ -3,17 +3,19 @@
 //! packing pass; the weight gradient walks output pixels with split-K. The forward and the
 //! data gradient split their reduced dimension too where their output alone would launch too
 //! few workgroups to fill a large GPU (the small late layers), the partial sums then added in
-//! order by a reduce pass.
+//! order by a reduce pass. The staged tiles are multiplied either by every invocation in f32
+//! registers (`wgtile`) or by subgroups with f16 cooperative matrices (`coop8`, `coop16`;
+//! see [`coop`](super::coop)).
 
-use super::{Conv2dParams, Workspace, OP};
+use super::{coop, Conv2dParams, Workspace, OP};
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, Variant};
+use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source, Variant};
 
 pub static SHADER: Shader = Shader {
     op: OP,
     file: "conv2d_tiled.wgsl",
-    source: Source::File(include_str!("../../../shaders/conv2d_tiled.wgsl")),
+    source: Source::Generated(generate),
     entries: &[
         &FORWARD,
         &FORWARD_REDUCE,
@@ -21,13 +23,90 @@ pub static SHADER: Shader = Shader {
         &BACKWARD_DATA_REDUCE,
         &BACKWARD_WEIGHT,
     ],
-    variants: &[Variant {
-        name: "wgtile",
-        about: "32 x 64 output tiles through workgroup memory, 4 x 4 per invocation",
-    }],
+    variants: &[
+        Variant {
+            name: "wgtile",
+            about: "32 x 64 output tiles through workgroup memory, 4 x 4 per invocation",
+            needs: Needs::Nothing,
+        },
+        Variant {
+            name: "coop8",
+            about: "wgtile's tiles in f16, multiplied by 8x8x8 cooperative matrices into f32 \
+                    (Mesa lavapipe 26.1)",
+            needs: Needs::CoopMatrix {
+                size: 8,
+                subgroup: coop::subgroup_for(8),
+            },
+        },
+        Variant {
+            name: "coop16",
+            about: "wgtile's tiles in f16, multiplied by 16x16x16 cooperative matrices into \
+                    f32 (NVIDIA tensor cores)",
+            needs: Needs::CoopMatrix {
+                size: 16,
+                subgroup: coop::subgroup_for(16),
+            },
+        },
+    ],
     choice: "see the register-tile shader",
     dtypes: &[DType::F32],
 };
+
+/// conv2d_tiled.wgsl with `variant`'s code at each marker line (a comment `// @name`), the
+/// code indented as the marker.
+fn generate(variant: &Variant, _dtype: DType) -> String {
+    let markers = match variant.needs {
+        Needs::CoopMatrix { size, .. } => coop::markers(size),
+        Needs::Nothing => wgtile_markers(),
+    };
+    let template = include_str!("../../../shaders/conv2d_tiled.wgsl");
+    let mut out = String::with_capacity(template.len() + 4096);
+    for line in template.lines() {
+        let marker = line.trim().strip_prefix("// ");
+        match marker.and_then(|m| markers.iter().find(|(name, _)| *name == m)) {
+            Some((_, code)) => {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                for l in code.lines() {
+                    out.push_str(&format!("{indent}{l}\n"));
+                }
+            }
+            None => out.push_str(&format!("{line}\n")),
+        }
+    }
+    out
+}
+
+/// The f32 register-tile multiply: padded rows, so that a column written by consecutive
+/// invocations falls in different banks, and 4 x 4 x BK multiply-adds per invocation.
+fn wgtile_markers() -> [(&'static str, String); 5] {
+    let code = [
+        "alias tile_t = f32;",
+        "const AS: u32 = BM + 1u;",
+        "const BS: u32 = BN + 1u;",
+        "var<workgroup> tile_a: array<tile_t, BK * AS>;",
+        "var<workgroup> tile_b: array<tile_t, BK * BS>;",
+        "",
+        "fn mac_step(acc: ptr<function, Acc>, tx: u32, ty: u32) {",
+        "    for (var kk = 0u; kk < BK; kk++) {",
+        "        let ai = kk * AS + ty * 4u;",
+        "        let bi = kk * BS + tx * 4u;",
+        "        let a = vec4<f32>(tile_a[ai], tile_a[ai + 1u], tile_a[ai + 2u], tile_a[ai + 3u]);",
+        "        let b = vec4<f32>(tile_b[bi], tile_b[bi + 1u], tile_b[bi + 2u], tile_b[bi + 3u]);",
+        "        (*acc).r0 += a.x * b;",
+        "        (*acc).r1 += a.y * b;",
+        "        (*acc).r2 += a.z * b;",
+        "        (*acc).r3 += a.w * b;",
+        "    }",
+        "}",
+    ];
+    [
+        ("@generated-tile-code", code.join("\n")),
+        ("@entry-builtins", String::new()),
+        ("@acc-init", String::new()),
+        ("@mac", "mac_step(&acc, tx, ty);".into()),
+        ("@acc-finish", String::new()),
+    ]
+}
 
 pub static FORWARD: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
