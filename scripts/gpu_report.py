@@ -5,9 +5,11 @@ On a Linux machine with an NVIDIA GPU and PyTorch but no Rust toolchain, with bi
 elsewhere (`scripts/gpu-report --build` on the build machine puts them in
 target/gpu-report/bin), it runs, in under 5 minutes:
 
-  1. the kernel and network test binaries on the real adapter;
+  1. the kernel and network test binaries on the real adapter (where it has cooperative
+     matrices, with DENSENET_EXPECT_COOP=1: the coop variants must run);
   2. `densenet-wgpu bench` of the d2l network (batch 256) with the roofline profile, while
-     nvidia-smi samples the GPU memory in use;
+     nvidia-smi samples the GPU memory in use; again with the convolutions on cooperative
+     matrices (`--kernels conv2d=coop16` or coop8) where the adapter has them;
   3. `densenet-wgpu plan` of the same network (the planned bytes);
   4. the same step in PyTorch (scripts/torch_densenet.py: fp32, fp32 channels_last, TF32 and
      autocast f16 channels_last) with torch.cuda.max_memory_allocated;
@@ -19,6 +21,7 @@ included) at batch 4 and skips, saying so, what needs PyTorch, CUDA or nvidia-sm
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -64,11 +67,13 @@ def build(bin_dir):
     print(f"binaries in {bin_dir} ({size:.0f} MiB): {sorted(p.name for p in files)}")
 
 
-def run(cmd, out_dir, name, timeout=240):
-    """Runs cmd, saving its output as name.log; returns (status, stdout, stderr)."""
+def run(cmd, out_dir, name, timeout=240, env=None):
+    """Runs cmd (with env added to ours), saving its output as name.log; returns (status,
+    stdout, stderr)."""
     start = time.time()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, **(env or {})})
         status, out, err = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired as e:
         status, out, err = "timeout", (e.stdout or b"").decode(errors="replace"), ""
@@ -114,27 +119,43 @@ def tests(bin_dir, out_dir, results):
         results["tests"] = f"skipped: no test binaries in {bin_dir / 'tests'} (build them with --build)"
         return
     results["tests"] = {}
+    # Where the adapter has cooperative matrices, the tests must run the coop variants.
+    env = {"DENSENET_EXPECT_COOP": "1"} if results["coop_shapes"] else {}
     for exe in found:
-        status, text, _ = run([str(exe), "--test-threads=1"], out_dir, f"test-{exe.name}", timeout=180)
+        status, text, _ = run([str(exe), "--test-threads=1"], out_dir, f"test-{exe.name}",
+                              timeout=180, env=env)
         counts = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", text)
         passed, failed = (sum(int(c[i]) for c in counts) for i in (0, 1))
         results["tests"][exe.name] = {"status": status, "passed": passed, "failed": failed}
 
 
-def densenet(bin_dir, out_dir, args, results):
-    exe = str(bin_dir / "densenet-wgpu")
-    status, text, _ = run([exe, "info"], out_dir, "info", timeout=60)
+def adapter(bin_dir, out_dir, results):
+    """The adapter `info` chooses, and the cooperative-matrix shapes it enabled (e.g. 16x16x16)."""
+    status, text, _ = run([str(bin_dir / "densenet-wgpu"), "info"], out_dir, "info", timeout=60)
     chosen = [l for l in text.splitlines() if l.startswith("chosen:")]
     results["adapter"] = chosen[0][8:] if chosen else f"no adapter (status {status})"
+    coop = re.search(r"cooperative matrix: yes \(enabled; f16 x f16 -> f32 ([0-9x, ]+)\)", text)
+    results["coop_shapes"] = [s.strip() for s in coop.group(1).split(",")] if coop else []
+
+
+def densenet(bin_dir, out_dir, args, results):
+    exe = str(bin_dir / "densenet-wgpu")
     shape = ["--preset", "d2l", "--dataset", "fashion-mnist", "--batch-size", str(args.batch)]
-    bench_json = out_dir / "bench.json"
-    with GpuMemory() as mem:
-        status, _, _ = run(
-            [exe, "bench", *shape, "--steps", str(args.steps), "--profile", "--json", str(bench_json)],
-            out_dir, "bench",
-        )
-    results["bench"] = json.loads(bench_json.read_text()) if bench_json.exists() else f"failed: {status}"
-    results["bench_gpu_memory_mib"] = mem.peak if mem.available else "skipped: no nvidia-smi"
+    # The f32 step with the adapter's policy, then with the convolutions on cooperative
+    # matrices (f16 operands, f32 accumulators) for each fragment shape the adapter has.
+    runs = [("bench", [])]
+    runs += [(f"bench-coop{s.split('x')[0]}", ["--kernels", f"conv2d=coop{s.split('x')[0]}"])
+             for s in results["coop_shapes"] if s in ("8x8x8", "16x16x16")]
+    for name, extra in runs:
+        bench_json = out_dir / f"{name}.json"
+        with GpuMemory() as mem:
+            status, _, _ = run(
+                [exe, "bench", *shape, *extra, "--steps", str(args.steps), "--profile",
+                 "--json", str(bench_json)],
+                out_dir, name,
+            )
+        results[name] = json.loads(bench_json.read_text()) if bench_json.exists() else f"failed: {status}"
+        results[f"{name}_gpu_memory_mib"] = mem.peak if mem.available else "skipped: no nvidia-smi"
     status, text, _ = run([exe, "plan", *shape, "--json"], out_dir, "plan", timeout=60)
     results["plan"] = json.loads(text) if status == 0 else f"failed: {status}"
 
@@ -153,16 +174,21 @@ def pytorch(out_dir, args, results):
 
 def table(results):
     rows = ["| run | ms per step | images/s | peak MiB |", "|---|---|---|---|"]
-    b = results.get("bench")
-    if isinstance(b, dict):
-        plan = results.get("plan")
-        planned = plan["training"]["total_bytes"] / 2**20 if isinstance(plan, dict) else None
-        mem = results.get("bench_gpu_memory_mib")
+    plan = results.get("plan")
+    planned = plan["training"]["total_bytes"] / 2**20 if isinstance(plan, dict) else 0
+    for name in [k for k in results if k.startswith("bench") and not k.endswith("_mib")]:
+        r = results[name]
+        if not isinstance(r, dict):
+            rows.append(f"| densenet-wgpu {name} | {r} | | |")
+            continue
+        mem = results.get(f"{name}_gpu_memory_mib")
         seen = f"{mem:.0f} seen by nvidia-smi, " if isinstance(mem, float) else ""
+        what = "f32" if name == "bench" else "f32 storage, convs f16 x f16 -> f32"
         rows.append(
-            f"| densenet-wgpu f32 ({b['kernel_policy']}) | {b['step_ms']:.2f} | "
-            f"{b['images_per_sec']:.0f} | {seen}{planned:.0f} planned |"
+            f"| densenet-wgpu {what} ({r['kernel_policy']}) | {r['step_ms']:.2f} | "
+            f"{r['images_per_sec']:.0f} | {seen}{planned:.0f} planned |"
         )
+    b = results.get("bench")
     p = results.get("pytorch")
     if isinstance(p, dict):
         for mode, r in p["modes"].items():
@@ -202,6 +228,7 @@ def main():
     results = {"date": stamp, "batch": args.batch, "dry_run": args.dry_run}
     start = time.time()
     print(f"gpu-report: binaries from {args.bin}, results in {out}")
+    adapter(args.bin, out, results)
     tests(args.bin, out, results)
     densenet(args.bin, out, args, results)
     pytorch(out, args, results)
