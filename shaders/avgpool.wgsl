@@ -42,10 +42,10 @@ struct Pool2dParams {
 }
 
 @group(0) @binding(0) var<uniform> p: Pool2dParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<storage, read> dy: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
+@group(0) @binding(2) var<storage, read_write> y: array<act>;
+@group(0) @binding(3) var<storage, read> dy: array<act>;
+@group(0) @binding(4) var<storage, read_write> dx: array<act>;
 @group(0) @binding(5) var<storage, read> mean: array<f32>;
 @group(0) @binding(6) var<storage, read> variance: array<f32>;
 @group(0) @binding(7) var<storage, read> gamma: array<f32>;
@@ -84,16 +84,16 @@ fn avgpool_forward(
                 sum += load(base + ih * p.w + iw, bn);
             }
         }
-        y[p.y_offset + row * p.out_w + ow] = sum * scale;
+        y[p.y_offset + row * p.out_w + ow] = act(sum * scale);
     }
 }
 
 // x[i], or BN -> ReLU of it with bn = (mean, invstd, gamma, beta).
 fn load(i: u32, bn: vec4<f32>) -> f32 {
     if p.input_bn_relu == 0u {
-        return x[i];
+        return f32(x[i]);
     }
-    return max(normalize(x[i], bn.x, bn.y, bn.z, bn.w), 0.0);
+    return max(normalize(f32(x[i]), bn.x, bn.y, bn.z, bn.w), 0.0);
 }
 
 // One invocation per input row, gathering from the windows that contain each element.
@@ -118,14 +118,14 @@ fn avgpool_backward(
         var sum = 0.0;
         for (var oh = out_rows.x; oh < out_rows.y; oh++) {
             for (var ow = range.x; ow < range.y; ow++) {
-                sum += dy[out_plane + oh * p.out_w + ow];
+                sum += f32(dy[out_plane + oh * p.out_w + ow]);
             }
         }
         let i = p.x_offset + row * p.w + w;
         if p.overwrite != 0u {
-            dx[i] = sum * scale;
+            dx[i] = act(sum * scale);
         } else {
-            dx[i] += sum * scale;
+            dx[i] = act(f32(dx[i]) + sum * scale);
         }
     }
 }

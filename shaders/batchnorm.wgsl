@@ -51,18 +51,18 @@ struct BatchNormParams {
 }
 
 @group(0) @binding(0) var<uniform> p: BatchNormParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<act>;
 @group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> variance_out: array<f32>;
 @group(0) @binding(7) var<storage, read> mean: array<f32>;
 @group(0) @binding(8) var<storage, read> variance: array<f32>;
 @group(0) @binding(9) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(10) var<storage, read_write> running_var: array<f32>;
-@group(0) @binding(11) var<storage, read> dy: array<f32>;
-@group(0) @binding(12) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(11) var<storage, read> dy: array<act>;
+@group(0) @binding(12) var<storage, read_write> dx: array<act>;
 @group(0) @binding(13) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dbeta: array<f32>;
 @group(0) @binding(15) var<storage, read_write> affine_out: array<f32>;
@@ -100,14 +100,14 @@ fn batchnorm_stats(
     var sum = 0.0;
     if live {
         for (var i = lid; i < p.m; i += RED) {
-            sum += x[base + i];
+            sum += f32(x[base + i]);
         }
     }
     let mu = workgroup_sum(lid, vec2<f32>(sum, 0.0)).x / f32(p.m);
     var sq = 0.0;
     if live {
         for (var i = lid; i < p.m; i += RED) {
-            let d = x[base + i] - mu;
+            let d = f32(x[base + i]) - mu;
             sq += d * d;
         }
     }
@@ -167,13 +167,13 @@ fn batchnorm_forward(
     let c = i / p.m;
     let s = p.stat_offset + c;
     let invstd = inverseSqrt(variance[s] + p.eps);
-    let v = normalize(x[p.x_offset + i], mean[s], invstd, gamma[c], beta[c]);
-    y[p.y_offset + i] = select(v, max(v, 0.0), p.relu != 0u);
+    let v = normalize(f32(x[p.x_offset + i]), mean[s], invstd, gamma[c], beta[c]);
+    y[p.y_offset + i] = act(select(v, max(v, 0.0), p.relu != 0u));
 }
 
 // dy, or with the fused ReLU, dy where the forward's output xhat * gamma + beta was positive.
 fn masked_dy(i: u32, xhat: f32, g: f32, b: f32) -> f32 {
-    return select(dy[i], 0.0, p.relu != 0u && xhat * g + b <= 0.0);
+    return select(f32(dy[i]), 0.0, p.relu != 0u && xhat * g + b <= 0.0);
 }
 
 // One workgroup per channel: both sums in one tree, then dx for the channel's run.
@@ -195,7 +195,7 @@ fn batchnorm_backward(
     var sums = vec2<f32>(0.0);
     if live {
         for (var i = lid; i < p.m; i += RED) {
-            let xhat = (x[xbase + i] - mu) * invstd;
+            let xhat = (f32(x[xbase + i]) - mu) * invstd;
             let g = masked_dy(ybase + i, xhat, g_c, b_c);
             sums += vec2<f32>(g, g * xhat);
         }
@@ -208,9 +208,9 @@ fn batchnorm_backward(
     let mean_dy_xhat = total.y / f32(p.m);
     let scale = g_c * invstd;
     for (var i = lid; i < p.m; i += RED) {
-        let xhat = (x[xbase + i] - mu) * invstd;
+        let xhat = (f32(x[xbase + i]) - mu) * invstd;
         let g = masked_dy(ybase + i, xhat, g_c, b_c);
-        dx[xbase + i] += scale * (g - mean_dy - xhat * mean_dy_xhat);
+        dx[xbase + i] = act(f32(dx[xbase + i]) + scale * (g - mean_dy - xhat * mean_dy_xhat));
     }
     if lid == 0u {
         dgamma[c] += total.y;

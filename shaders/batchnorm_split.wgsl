@@ -43,7 +43,7 @@ struct BatchNormSplitParams {
 }
 
 @group(0) @binding(0) var<uniform> p: BatchNormSplitParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partial: array<vec2<f32>>;
@@ -52,10 +52,10 @@ struct BatchNormSplitParams {
 @group(0) @binding(8) var<storage, read_write> variance: array<f32>;
 @group(0) @binding(9) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(10) var<storage, read_write> running_var: array<f32>;
-@group(0) @binding(11) var<storage, read> dy: array<f32>;
+@group(0) @binding(11) var<storage, read> dy: array<act>;
 @group(0) @binding(12) var<storage, read> mean_in: array<f32>;
 @group(0) @binding(13) var<storage, read> variance_in: array<f32>;
-@group(0) @binding(14) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(14) var<storage, read_write> dx: array<act>;
 @group(0) @binding(15) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(16) var<storage, read_write> dbeta: array<f32>;
 
@@ -95,11 +95,11 @@ fn batchnorm_stats_partial(
     let ch = chunk_of(flat_workgroup(wid, nwg));
     let live = ch.x < p.c;
     let base = p.x_offset + min(ch.x, p.c - 1u) * p.m;
-    let shift = x[base];
+    let shift = f32(x[base]);
     var s = vec2<f32>(0.0);
     if live {
         for (var i = ch.z + lid; i < ch.w; i += WG) {
-            let d = x[base + i] - shift;
+            let d = f32(x[base + i]) - shift;
             s += vec2<f32>(d, d * d);
         }
     }
@@ -127,7 +127,7 @@ fn batchnorm_stats_combine(
     }
     let m = f32(p.m);
     let shifted = s.x / m;
-    let mu = x[p.x_offset + c * p.m] + shifted;
+    let mu = f32(x[p.x_offset + c * p.m]) + shifted;
     let sigma2 = max(s.y / m - shifted * shifted, 0.0);
     let at = p.stat_offset + c;
     mean[at] = mu;
@@ -163,8 +163,8 @@ fn channel(c: u32) -> Channel {
 // (xhat, dy) at value i of channel ch, dy masked where the fused ReLU's output was not
 // positive.
 fn xhat_dy(ch: Channel, i: u32) -> vec2<f32> {
-    let xhat = (x[ch.xb + i] - ch.mu) * ch.invstd;
-    let g = select(dy[ch.yb + i], 0.0, p.relu != 0u && xhat * ch.gamma + ch.beta <= 0.0);
+    let xhat = (f32(x[ch.xb + i]) - ch.mu) * ch.invstd;
+    let g = select(f32(dy[ch.yb + i]), 0.0, p.relu != 0u && xhat * ch.gamma + ch.beta <= 0.0);
     return vec2<f32>(xhat, g);
 }
 
@@ -215,7 +215,7 @@ fn batchnorm_backward_apply(
     let scale = cb.gamma * cb.invstd;
     for (var i = ch.z + lid; i < ch.w; i += WG) {
         let v = xhat_dy(cb, i);
-        dx[cb.xb + i] += scale * (v.y - mean_dy - v.x * mean_dy_xhat);
+        dx[cb.xb + i] = act(f32(dx[cb.xb + i]) + scale * (v.y - mean_dy - v.x * mean_dy_xhat));
     }
     if lid == 0u && ch.y == 0u {
         dgamma[c] += total.y;

@@ -18,10 +18,10 @@ struct ConcatParams {
 }
 
 @group(0) @binding(0) var<uniform> p: ConcatParams;
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-@group(0) @binding(2) var<storage, read_write> whole: array<f32>;
-@group(0) @binding(3) var<storage, read> dwhole: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dpart: array<f32>;
+@group(0) @binding(1) var<storage, read> part: array<act>;
+@group(0) @binding(2) var<storage, read_write> whole: array<act>;
+@group(0) @binding(3) var<storage, read> dwhole: array<act>;
+@group(0) @binding(4) var<storage, read_write> dpart: array<act>;
 
 @compute @workgroup_size(256)
 fn concat_forward(
@@ -46,5 +46,5 @@ fn concat_backward(
     if i >= p.count {
         return;
     }
-    dpart[i] += dwhole[p.offset + i];
+    dpart[i] = act(f32(dpart[i]) + f32(dwhole[p.offset + i]));
 }

@@ -57,12 +57,12 @@ struct Conv2dParams {
 @group(0) @binding(0) var<uniform> p: Conv2dParams;
 // read_write only so that it may alias y: a dense layer reads its block's first channels
 // and writes its new ones into the same buffer, in one dispatch.
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> x: array<act>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read> dy: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<act>;
+@group(0) @binding(5) var<storage, read> dy: array<act>;
+@group(0) @binding(6) var<storage, read_write> dx: array<act>;
 @group(0) @binding(7) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(8) var<storage, read> partial_in: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dweight: array<f32>;
@@ -89,11 +89,11 @@ const LANES = vec4<u32>(0u, 1u, 2u, 3u);
 // @generated-tile-code
 
 fn gather_x(i: vec4<u32>, ok: vec4<bool>) -> vec4<f32> {
-    return select(vec4<f32>(0.0), vec4<f32>(x[i.x], x[i.y], x[i.z], x[i.w]), ok);
+    return select(vec4<f32>(0.0), vec4<f32>(f32(x[i.x]), f32(x[i.y]), f32(x[i.z]), f32(x[i.w])), ok);
 }
 
 fn gather_dy(i: vec4<u32>, ok: vec4<bool>) -> vec4<f32> {
-    return select(vec4<f32>(0.0), vec4<f32>(dy[i.x], dy[i.y], dy[i.z], dy[i.w]), ok);
+    return select(vec4<f32>(0.0), vec4<f32>(f32(dy[i.x]), f32(dy[i.y]), f32(dy[i.z]), f32(dy[i.w])), ok);
 }
 
 // The conv's input as loaded: x itself, or BN -> ReLU of it (ab = (scale, shift) per lane);
@@ -172,7 +172,7 @@ fn conv2d_pack_dy(
     }
     let k = o % kp;
     let j = o / kp;
-    packed_out[o] = select(0.0, dy[p.y_offset + min(k, p.c_out - 1u) * npq + j], k < p.c_out);
+    packed_out[o] = select(0.0, f32(dy[p.y_offset + min(k, p.c_out - 1u) * npq + j]), k < p.c_out);
 }
 
 @compute @workgroup_size(64)
@@ -239,7 +239,7 @@ fn conv2d_forward(
         let base = p.y_offset + k * npq + j0;
         for (var l = 0u; l < TN; l++) {
             if j0 + l < npq {
-                y[base + l] = v[l] + b;
+                y[base + l] = act(v[l] + b);
             }
         }
     }
@@ -301,9 +301,9 @@ fn conv2d_backward_data(
         for (var l = 0u; l < TN; l++) {
             if i0 + l < nhw {
                 if p.overwrite != 0u {
-                    dx[base + l] = v[l];
+                    dx[base + l] = act(v[l]);
                 } else {
-                    dx[base + l] += v[l];
+                    dx[base + l] = act(f32(dx[base + l]) + v[l]);
                 }
             }
         }
@@ -427,7 +427,7 @@ fn conv2d_backward_bias(
     var sum = 0.0;
     if k < p.c_out {
         for (var j = lid; j < npq; j += RED) {
-            sum += dy[base + j];
+            sum += f32(dy[base + j]);
         }
     }
     red[lid] = sum;

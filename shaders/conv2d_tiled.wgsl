@@ -66,12 +66,12 @@ struct Conv2dParams {
 }
 
 @group(0) @binding(0) var<uniform> p: Conv2dParams;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> x: array<act>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read> dy: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<act>;
+@group(0) @binding(5) var<storage, read> dy: array<act>;
+@group(0) @binding(6) var<storage, read_write> dx: array<act>;
 @group(0) @binding(7) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(8) var<storage, read> partial_in: array<f32>;
 @group(0) @binding(14) var<storage, read> affine: array<vec2<f32>>;
@@ -195,7 +195,7 @@ fn conv2d_forward(
             let ok = j < npq && lut_ok[kk] != 0u && ih >= 0 && ih < i32(p.h) && iw >= 0
                 && iw < i32(p.w);
             let i = select(0u, lut_off[kk] + plane + u32(ih) * p.w + u32(iw), ok);
-            tile_b[kk * BS + nb] = tile_t(select(0.0, transform(x[i], lut_ab[kk]), ok));
+            tile_b[kk * BS + nb] = tile_t(select(0.0, transform(f32(x[i]), lut_ab[kk]), ok));
         }
         workgroupBarrier();
         // @mac
@@ -216,7 +216,7 @@ fn conv2d_forward(
             if p.splits > 1u {
                 partial[(tile.z * p.c_out + k) * npq + jj] = v[l];
             } else {
-                y[p.y_offset + k * npq + jj] = v[l] + bias_of(k);
+                y[p.y_offset + k * npq + jj] = act(v[l] + bias_of(k));
             }
         }
     }
@@ -251,7 +251,7 @@ fn conv2d_forward_reduce(
     if i >= len {
         return;
     }
-    y[p.y_offset + i] = sum_splits(i, len) + bias_of(i / npq);
+    y[p.y_offset + i] = act(sum_splits(i, len) + bias_of(i / npq));
 }
 
 // Fills the table for reduced rows [t0, t0 + BK) of the data gradient (t = k*R*S + r*S + s):
@@ -320,7 +320,7 @@ fn conv2d_backward_data(
             let ok = i < nhw && lut_ok[kk] != 0u && oh_s >= 0 && ow_s >= 0 && oh * sh == oh_s
                 && ow * sw == ow_s && oh < i32(p.out_h) && ow < i32(p.out_w);
             let di = select(0u, lut_off[kk] + img_base + u32(oh) * p.out_w + u32(ow), ok);
-            tile_b[kk * BS + nb] = tile_t(select(0.0, dy[di], ok));
+            tile_b[kk * BS + nb] = tile_t(select(0.0, f32(dy[di]), ok));
         }
         workgroupBarrier();
         // @mac
@@ -349,9 +349,9 @@ fn conv2d_backward_data(
 
 fn store_dx(i: u32, v: f32) {
     if p.overwrite != 0u {
-        dx[i] = v;
+        dx[i] = act(v);
     } else {
-        dx[i] += v;
+        dx[i] = act(f32(dx[i]) + v);
     }
 }
 
@@ -406,7 +406,7 @@ fn conv2d_backward_weight(
             let j = j0 + jj;
             let ok = k < p.c_out && j < j_end;
             let di = select(0u, p.y_offset + k * npq + j, ok);
-            tile_a[jj * AS + m] = tile_t(select(0.0, dy[di], ok));
+            tile_a[jj * AS + m] = tile_t(select(0.0, f32(dy[di]), ok));
         }
         let j = j0 + jb;
         let jc = min(j, npq - 1u);
@@ -420,7 +420,7 @@ fn conv2d_backward_weight(
             let ok = j < j_end && lut_ok[n] != 0u && ih >= 0 && ih < i32(p.h) && iw >= 0
                 && iw < i32(p.w);
             let xi = select(0u, lut_off[n] + plane + u32(ih) * p.w + u32(iw), ok);
-            tile_b[jb * BS + n] = tile_t(select(0.0, transform(x[xi], lut_ab[n]), ok));
+            tile_b[jb * BS + n] = tile_t(select(0.0, transform(f32(x[xi]), lut_ab[n]), ok));
         }
         workgroupBarrier();
         // @mac

@@ -24,9 +24,9 @@ struct CrossEntropyParams {
 }
 
 @group(0) @binding(0) var<uniform> p: CrossEntropyParams;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> logits: array<act>;
 @group(0) @binding(2) var<storage, read> labels: array<u32>;
-@group(0) @binding(3) var<storage, read_write> dlogits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dlogits: array<act>;
 @group(0) @binding(4) var<storage, read_write> loss_sum: array<f32>;
 @group(0) @binding(5) var<storage, read_write> correct: array<u32>;
 
@@ -66,10 +66,10 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) lid: u32) {
             continue;
         }
         let row = n * p.classes;
-        var best = logits[row];
+        var best = f32(logits[row]);
         var arg = 0u;
         for (var o = 1u; o < p.classes; o++) {
-            let v = logits[row + o];
+            let v = f32(logits[row + o]);
             if v > best {
                 best = v;
                 arg = o;
@@ -77,14 +77,14 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) lid: u32) {
         }
         var sum = 0.0;
         for (var o = 0u; o < p.classes; o++) {
-            sum += exp(logits[row + o] - best);
+            sum += exp(f32(logits[row + o]) - best);
         }
         let lse = best + log(sum);
-        losses += lse - logits[row + label];
+        losses += lse - f32(logits[row + label]);
         hits += u32(arg == label);
         for (var o = 0u; o < p.classes; o++) {
-            let prob = exp(logits[row + o] - lse);
-            dlogits[row + o] += (prob - select(0.0, 1.0, o == label)) * scale;
+            let prob = exp(f32(logits[row + o]) - lse);
+            dlogits[row + o] = act(f32(dlogits[row + o]) + (prob - select(0.0, 1.0, o == label)) * scale);
         }
     }
     red_f[lid] = losses;

@@ -32,10 +32,10 @@ struct GlobalAvgPoolParams {
 }
 
 @group(0) @binding(0) var<uniform> g: GlobalAvgPoolParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<storage, read> dy: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
+@group(0) @binding(2) var<storage, read_write> y: array<act>;
+@group(0) @binding(3) var<storage, read> dy: array<act>;
+@group(0) @binding(4) var<storage, read_write> dx: array<act>;
 @group(0) @binding(5) var<storage, read> mean: array<f32>;
 @group(0) @binding(6) var<storage, read> variance: array<f32>;
 @group(0) @binding(7) var<storage, read> gamma: array<f32>;
@@ -58,7 +58,7 @@ fn global_avgpool_forward(
     var sum = 0.0;
     if g.input_bn_relu == 0u {
         for (var k = 0u; k < hw; k++) {
-            sum += x[base + k];
+            sum += f32(x[base + k]);
         }
     } else {
         let c = i / g.n;
@@ -68,10 +68,10 @@ fn global_avgpool_forward(
         let gc = gamma[c];
         let bc = beta[c];
         for (var k = 0u; k < hw; k++) {
-            sum += max(normalize(x[base + k], mu, invstd, gc, bc), 0.0);
+            sum += max(normalize(f32(x[base + k]), mu, invstd, gc, bc), 0.0);
         }
     }
-    y[g.y_offset + i] = sum / f32(hw);
+    y[g.y_offset + i] = act(sum / f32(hw));
 }
 
 // One invocation per (c, n) plane.
@@ -86,13 +86,13 @@ fn global_avgpool_backward(
         return;
     }
     let hw = g.h * g.w;
-    let v = dy[g.y_offset + plane] / f32(hw);
+    let v = f32(dy[g.y_offset + plane]) / f32(hw);
     let base = g.x_offset + plane * hw;
     for (var k = 0u; k < hw; k++) {
         if g.overwrite != 0u {
-            dx[base + k] = v;
+            dx[base + k] = act(v);
         } else {
-            dx[base + k] += v;
+            dx[base + k] = act(f32(dx[base + k]) + v);
         }
     }
 }

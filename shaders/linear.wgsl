@@ -19,12 +19,12 @@ struct LinearParams {
 }
 
 @group(0) @binding(0) var<uniform> p: LinearParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read> dy: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<act>;
+@group(0) @binding(5) var<storage, read> dy: array<act>;
+@group(0) @binding(6) var<storage, read_write> dx: array<act>;
 @group(0) @binding(7) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dbias: array<f32>;
 
@@ -49,9 +49,9 @@ fn linear_forward(
         acc = bias[o];
     }
     for (var i = 0u; i < p.in_features; i++) {
-        acc += weight[o * p.in_features + i] * x[i * p.n + n];
+        acc += weight[o * p.in_features + i] * f32(x[i * p.n + n]);
     }
-    y[t] = acc;
+    y[t] = act(acc);
 }
 
 @compute @workgroup_size(64)
@@ -68,9 +68,9 @@ fn linear_backward_data(
     let n = t % p.n;
     var acc = 0.0;
     for (var o = 0u; o < p.out_features; o++) {
-        acc += weight[o * p.in_features + i] * dy[n * p.out_features + o];
+        acc += weight[o * p.in_features + i] * f32(dy[n * p.out_features + o]);
     }
-    dx[t] += acc;
+    dx[t] = act(f32(dx[t]) + acc);
 }
 
 @compute @workgroup_size(64)
@@ -87,7 +87,7 @@ fn linear_backward_weight(
     let i = t % p.in_features;
     var acc = 0.0;
     for (var n = 0u; n < p.n; n++) {
-        acc += dy[n * p.out_features + o] * x[i * p.n + n];
+        acc += f32(dy[n * p.out_features + o]) * f32(x[i * p.n + n]);
     }
     dweight[t] += acc;
 }
@@ -104,7 +104,7 @@ fn linear_backward_bias(
     }
     var acc = 0.0;
     for (var n = 0u; n < p.n; n++) {
-        acc += dy[n * p.out_features + o];
+        acc += f32(dy[n * p.out_features + o]);
     }
     dbias[o] += acc;
 }

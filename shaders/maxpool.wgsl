@@ -50,12 +50,12 @@ struct Pool2dParams {
 }
 
 @group(0) @binding(0) var<uniform> p: Pool2dParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
+@group(0) @binding(2) var<storage, read_write> y: array<act>;
 @group(0) @binding(3) var<storage, read_write> argmax: array<u32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<act>;
 @group(0) @binding(5) var<storage, read> argmax_in: array<u32>;
-@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<act>;
 @group(0) @binding(7) var<storage, read> mean: array<f32>;
 @group(0) @binding(8) var<storage, read> variance: array<f32>;
 @group(0) @binding(9) var<storage, read> gamma: array<f32>;
@@ -106,7 +106,7 @@ fn maxpool_forward(
             }
         }
         let o = row * p.out_w + ow;
-        y[p.y_offset + o] = best;
+        y[p.y_offset + o] = act(best);
         if p.save_argmax != 0u {
             argmax[o] = best_i;
         }
@@ -116,9 +116,9 @@ fn maxpool_forward(
 // x[i], or BN -> ReLU of it with bn = (mean, invstd, gamma, beta).
 fn load(i: u32, bn: vec4<f32>) -> f32 {
     if p.input_bn_relu == 0u {
-        return x[i];
+        return f32(x[i]);
     }
-    return max(normalize(x[i], bn.x, bn.y, bn.z, bn.w), 0.0);
+    return max(normalize(f32(x[i]), bn.x, bn.y, bn.z, bn.w), 0.0);
 }
 
 // One invocation per input row, gathering dy from the windows whose maximum it was.
@@ -145,15 +145,15 @@ fn maxpool_backward(
             for (var ow = range.x; ow < range.y; ow++) {
                 let j = out_plane + oh * p.out_w + ow;
                 if argmax_in[j] == k {
-                    sum += dy[p.y_offset + j];
+                    sum += f32(dy[p.y_offset + j]);
                 }
             }
         }
         let i = p.x_offset + row * p.w + w;
         if p.overwrite != 0u {
-            dx[i] = sum;
+            dx[i] = act(sum);
         } else {
-            dx[i] += sum;
+            dx[i] = act(f32(dx[i]) + sum);
         }
     }
 }

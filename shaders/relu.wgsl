@@ -16,11 +16,11 @@ struct ReluParams {
 }
 
 @group(0) @binding(0) var<uniform> p: ReluParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<storage, read> y_in: array<f32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
+@group(0) @binding(2) var<storage, read_write> y: array<act>;
+@group(0) @binding(3) var<storage, read> y_in: array<act>;
+@group(0) @binding(4) var<storage, read> dy: array<act>;
+@group(0) @binding(5) var<storage, read_write> dx: array<act>;
 
 @compute @workgroup_size(256)
 fn relu_forward(
@@ -32,7 +32,7 @@ fn relu_forward(
     if i >= p.count {
         return;
     }
-    y[p.y_offset + i] = max(x[p.x_offset + i], 0.0);
+    y[p.y_offset + i] = act(max(f32(x[p.x_offset + i]), 0.0));
 }
 
 @compute @workgroup_size(256)
@@ -46,5 +46,5 @@ fn relu_backward(
         return;
     }
     let j = p.y_offset + i;
-    dx[p.x_offset + i] += select(0.0, dy[j], y_in[j] > 0.0);
+    dx[p.x_offset + i] = act(f32(dx[p.x_offset + i]) + select(0.0, f32(dy[j]), f32(y_in[j]) > 0.0));
 }

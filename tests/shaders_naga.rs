@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use densenet_wgpu::gpu::DType;
 use densenet_wgpu::kernels::{Access, Elem, Shader};
 use densenet_wgpu::ops::SHADERS;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
@@ -22,14 +23,14 @@ fn parse(what: &str, source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
 
 /// Every (shader, variant, dtype) source, validated.
 fn each_source(
-    mut f: impl FnMut(&'static Shader, String, &naga::Module, &naga::valid::ModuleInfo),
+    mut f: impl FnMut(&'static Shader, DType, String, &naga::Module, &naga::valid::ModuleInfo),
 ) {
     for shader in SHADERS {
         for v in shader.variants {
             for &d in shader.dtypes {
                 let what = format!("{}[{},{}]", shader.file, v.name, d);
                 let (module, info) = parse(&what, &shader.full_source(v, d));
-                f(shader, what, &module, &info);
+                f(shader, d, what, &module, &info);
             }
         }
     }
@@ -41,7 +42,7 @@ fn each_source(
 #[test]
 fn every_kernel_validates_and_writes_spirv() {
     let mut count = 0;
-    each_source(|_, what, module, info| {
+    each_source(|_, _, what, module, info| {
         // wgpu's Vulkan backend writes with bounds checks and SPIR-V 1.6 on Vulkan 1.3.
         use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy::Restrict};
         let options = naga::back::spv::Options {
@@ -80,14 +81,14 @@ fn coop_variants_use_their_fragment_shape() {
         ("coop16", "coop_mat16x16", "coop_mat8x8"),
     ] {
         let v = shader.find_variant(name).unwrap();
-        let source = shader.full_source(v, densenet_wgpu::gpu::DType::F32);
+        let source = shader.full_source(v, DType::F32);
         assert!(source.starts_with("enable f16;"), "{name}: enables first");
         assert!(source.contains(&format!("{mine}<f16, A>")), "{name}");
         assert!(source.contains(&format!("{mine}<f32, C>")), "{name}");
         assert!(!source.contains(other), "{name}");
     }
     let plain = shader.find_variant("wgtile").unwrap();
-    let source = shader.full_source(plain, densenet_wgpu::gpu::DType::F32);
+    let source = shader.full_source(plain, DType::F32);
     assert!(
         !source.contains("coop_mat") && !source.contains("enable f16"),
         "wgtile stays f32"
@@ -96,7 +97,7 @@ fn coop_variants_use_their_fragment_shape() {
 
 #[test]
 fn declarations_match_the_wgsl() {
-    each_source(|shader, what, module, info| {
+    each_source(|shader, dtype, what, module, info| {
         let names: Vec<&str> = module
             .entry_points
             .iter()
@@ -125,11 +126,12 @@ fn declarations_match_the_wgsl() {
                 "{}",
                 entry.name
             );
-            let (storage, uniform) = bindings(module, info.get_entry_point(idx), entry.name);
+            let uses = info.get_entry_point(idx);
+            let (storage, uniform) = bindings(module, uses, entry.name, dtype);
             let declared: Vec<(u32, Access, Elem)> = entry
                 .bindings
                 .iter()
-                .map(|b| (b.index, b.access, b.elem))
+                .map(|b| (b.index, b.access, seen_as(b.elem, dtype)))
                 .collect();
             assert_eq!(storage, declared, "{what} {}: storage bindings", entry.name);
             assert_eq!(
@@ -148,6 +150,7 @@ fn bindings(
     module: &naga::Module,
     uses: &naga::valid::FunctionInfo,
     name: &str,
+    dtype: DType,
 ) -> (Vec<(u32, Access, Elem)>, Option<u32>) {
     let mut storage = Vec::new();
     let mut uniform = None;
@@ -169,7 +172,7 @@ fn bindings(
                     true => Access::ReadWrite,
                     false => Access::Read,
                 };
-                storage.push((binding.binding, a, elem(module, var.ty)));
+                storage.push((binding.binding, a, elem(module, var.ty, dtype)));
             }
             other => panic!("{name}: unexpected address space {other:?}"),
         }
@@ -178,8 +181,19 @@ fn bindings(
     (storage, uniform)
 }
 
-/// Float or u32: the scalar kind of an array's elements (vectors and atomics included).
-fn elem(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Elem {
+/// What a declared binding kind looks like in the WGSL of a `dtype` kernel: in an f32
+/// kernel `act` is f32, so the kernel's element type and f32 cannot be told apart there (the
+/// f16 kernels tell them apart).
+fn seen_as(elem: Elem, dtype: DType) -> Elem {
+    match (elem, dtype) {
+        (Elem::F32, DType::F32) => Elem::Float,
+        (e, _) => e,
+    }
+}
+
+/// The binding kind of an array's elements (vectors and atomics included) in a `dtype`
+/// kernel: floats of the kernel's width are its element type, other floats f32.
+fn elem(module: &naga::Module, ty: naga::Handle<naga::Type>, dtype: DType) -> Elem {
     let mut inner = &module.types[ty].inner;
     if let naga::TypeInner::Array { base, .. } = inner {
         inner = &module.types[*base].inner;
@@ -190,9 +204,10 @@ fn elem(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Elem {
         other => panic!("storage of {other:?}"),
     };
     match scalar.kind {
-        naga::ScalarKind::Float => Elem::Float,
+        naga::ScalarKind::Float if scalar.width as u64 == dtype.size() => Elem::Float,
+        naga::ScalarKind::Float if scalar.width == 4 => Elem::F32,
         naga::ScalarKind::Uint => Elem::U32,
-        k => panic!("storage of {k:?}"),
+        k => panic!("storage of {k:?} {}", scalar.width),
     }
 }
 

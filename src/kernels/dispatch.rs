@@ -188,6 +188,7 @@ impl Kernels {
         let label = kernel.label();
         let want = match elem {
             Elem::Float => kernel.dtype,
+            Elem::F32 => crate::gpu::DType::F32,
             Elem::U32 => crate::gpu::DType::U32,
         };
         if view.dtype != want && !self.is_dummy(view) {

@@ -32,11 +32,13 @@ pub enum Access {
     ReadWrite,
 }
 
-/// What a storage binding holds: values of the kernel's element type, or u32s (labels,
-/// indices, counters) whatever the kernel's type.
+/// What a storage binding holds: values of the kernel's element type (activations and
+/// their gradients: `act` in the WGSL), f32s whatever the kernel's type (parameters,
+/// statistics, partial sums), or u32s (labels, indices, counters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Elem {
     Float,
+    F32,
     U32,
 }
 
@@ -63,6 +65,24 @@ pub const fn write(index: u32) -> Binding {
         index,
         access: Access::ReadWrite,
         elem: Elem::Float,
+    }
+}
+
+/// Read-only f32s at `index` (parameters, statistics), whatever the kernel's element type.
+pub const fn read_f32(index: u32) -> Binding {
+    Binding {
+        index,
+        access: Access::Read,
+        elem: Elem::F32,
+    }
+}
+
+/// Written f32s at `index` (parameter gradients, statistics, partial sums).
+pub const fn write_f32(index: u32) -> Binding {
+    Binding {
+        index,
+        access: Access::ReadWrite,
+        elem: Elem::F32,
     }
 }
 
@@ -235,20 +255,31 @@ pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 
 impl Shader {
     /// The source as compiled for `variant` and `dtype`: the op's `enable` directives (which
-    /// WGSL wants before any declaration), the common helpers, then the op's own code.
+    /// WGSL wants before any declaration), `alias act` (the activations' element type:
+    /// `dtype`), the common helpers, then the op's own code.
     pub fn full_source(&self, variant: &Variant, dtype: DType) -> String {
         let own = match self.source {
             Source::File(text) => text.to_string(),
             Source::Generated(generate) => generate(variant, dtype),
         };
         let is_enable = |l: &&str| l.trim_start().starts_with("enable ");
-        let enables: String = own
-            .lines()
-            .filter(is_enable)
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let mut enables: Vec<&str> = own.lines().filter(is_enable).map(str::trim).collect();
+        // `act`: the element type of the activations and their gradients.
+        let act = match dtype {
+            DType::F16 => {
+                enables.insert(0, "enable f16;");
+                "alias act = f16;"
+            }
+            DType::F32 | DType::U32 => "alias act = f32;",
+        };
+        enables.sort_unstable();
+        enables.dedup();
         let rest: Vec<&str> = own.lines().filter(|l| !is_enable(l)).collect();
-        format!("{enables}{COMMON_WGSL}\n{}\n", rest.join("\n"))
+        format!(
+            "{}\n{act}\n{COMMON_WGSL}\n{}\n",
+            enables.join("\n"),
+            rest.join("\n")
+        )
     }
 
     /// The variant called `name`, if the shader has it.

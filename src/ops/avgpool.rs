@@ -8,7 +8,9 @@
 use super::batchnorm::BnRelu;
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
+use crate::kernels::{
+    read, read_f32, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN,
+};
 
 pub use super::maxpool::Pool2dParams;
 
@@ -21,13 +23,20 @@ pub static SHADER: Shader = Shader {
     entries: &[&FORWARD, &BACKWARD],
     variants: &[PLAIN],
     choice: "one variant",
-    dtypes: &[DType::F32],
+    dtypes: &[DType::F32, DType::F16],
 };
 
 pub static FORWARD: Entry = Entry::new::<Pool2dParams>(
     &SHADER,
     "avgpool_forward",
-    &[read(1), write(2), read(5), read(6), read(7), read(8)],
+    &[
+        read(1),
+        write(2),
+        read_f32(5),
+        read_f32(6),
+        read_f32(7),
+        read_f32(8),
+    ],
     64,
 );
 pub static BACKWARD: Entry =

@@ -61,7 +61,7 @@ pub static SHADER: Shader = Shader {
     entries: &[&FORWARD, &BACKWARD],
     variants: &[PLAIN],
     choice: "one variant",
-    dtypes: &[DType::F32],
+    dtypes: &[DType::F32, DType::F16],
 };
 
 pub static FORWARD: Entry =

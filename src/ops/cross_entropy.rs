@@ -10,7 +10,8 @@ use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
-    read, read_u32, write, write_u32, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN,
+    read, read_u32, write, write_f32, write_u32, Dispatch, Entry, Grid, Kernels, Shader, Source,
+    PLAIN,
 };
 
 /// The label of a padding sample (as PyTorch's ignore_index).
@@ -52,13 +53,13 @@ pub static SHADER: Shader = Shader {
     entries: &[&SOFTMAX_CROSS_ENTROPY],
     variants: &[PLAIN],
     choice: "one variant",
-    dtypes: &[DType::F32],
+    dtypes: &[DType::F32, DType::F16],
 };
 
 pub static SOFTMAX_CROSS_ENTROPY: Entry = Entry::new::<CrossEntropyParams>(
     &SHADER,
     "softmax_cross_entropy",
-    &[read(1), read_u32(2), write(3), write(4), write_u32(5)],
+    &[read(1), read_u32(2), write(3), write_f32(4), write_u32(5)],
     256,
 );
 
@@ -87,7 +88,7 @@ pub fn softmax_cross_entropy(
             "{what} has {have} elements but {p:?} needs {need}"
         );
     }
-    let dtype = super::float_dtype(OP, &[&logits, &dlogits, &loss_sum])?;
+    let dtype = super::float_dtype(OP, &[&logits, &dlogits])?;
     let views = [
         (1, logits),
         (2, labels),

@@ -8,7 +8,9 @@ use bytemuck::{Pod, Zeroable};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
+use crate::kernels::{
+    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -58,29 +60,33 @@ pub static SHADER: Shader = Shader {
     entries: &[&FORWARD, &BACKWARD_DATA, &BACKWARD_WEIGHT, &BACKWARD_BIAS],
     variants: &[PLAIN],
     choice: "one variant",
-    dtypes: &[DType::F32],
+    dtypes: &[DType::F32, DType::F16],
 };
 
 pub static FORWARD: Entry = Entry::new::<LinearParams>(
     &SHADER,
     "linear_forward",
-    &[read(1), read(2), read(3), write(4)],
+    &[read(1), read_f32(2), read_f32(3), write(4)],
     64,
 );
 pub static BACKWARD_DATA: Entry = Entry::new::<LinearParams>(
     &SHADER,
     "linear_backward_data",
-    &[read(2), read(5), write(6)],
+    &[read_f32(2), read(5), write(6)],
     64,
 );
 pub static BACKWARD_WEIGHT: Entry = Entry::new::<LinearParams>(
     &SHADER,
     "linear_backward_weight",
-    &[read(1), read(5), write(7)],
+    &[read(1), read(5), write_f32(7)],
     64,
 );
-pub static BACKWARD_BIAS: Entry =
-    Entry::new::<LinearParams>(&SHADER, "linear_backward_bias", &[read(5), write(8)], 64);
+pub static BACKWARD_BIAS: Entry = Entry::new::<LinearParams>(
+    &SHADER,
+    "linear_backward_bias",
+    &[read(5), write_f32(8)],
+    64,
+);
 
 /// y (N, O) = x^T W^T + b.
 pub fn linear_forward(
@@ -104,7 +110,7 @@ pub fn linear_forward(
     if let Some(b) = &bias {
         p.check("bias", b, p.out_features as u64)?;
     }
-    let dtype = super::float_dtype(OP, &[&x, &weight, &y])?;
+    let dtype = super::float_dtype(OP, &[&x, &y])?;
     let views = [(1, x), (2, weight), (3, k.optional(bias, dtype)), (4, y)];
     let grid = Grid::Threads(p.y_len());
     let d = k.dispatch(FORWARD.kernel(dtype), p, &views, grid)?;
@@ -122,7 +128,7 @@ pub fn linear_backward_data(
     p.check("dy", &dy, p.y_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("dx", &dx, p.x_len())?;
-    let dtype = super::float_dtype(OP, &[&dy, &weight, &dx])?;
+    let dtype = super::float_dtype(OP, &[&dy, &dx])?;
     let views = [(2, weight), (5, dy), (6, dx)];
     let grid = Grid::Threads(p.x_len());
     let d = k.dispatch(BACKWARD_DATA.kernel(dtype), p, &views, grid)?;
@@ -140,7 +146,7 @@ pub fn linear_backward_weight(
     p.check("x", &x, p.x_len())?;
     p.check("dy", &dy, p.y_len())?;
     p.check("dweight", &dweight, p.weight_len())?;
-    let dtype = super::float_dtype(OP, &[&x, &dy, &dweight])?;
+    let dtype = super::float_dtype(OP, &[&x, &dy])?;
     let views = [(1, x), (5, dy), (7, dweight)];
     let grid = Grid::Threads(p.weight_len());
     let d = k.dispatch(BACKWARD_WEIGHT.kernel(dtype), p, &views, grid)?;
@@ -156,7 +162,7 @@ pub fn linear_backward_bias(
 ) -> Result<Vec<Dispatch>> {
     p.check("dy", &dy, p.y_len())?;
     p.check("dbias", &dbias, p.out_features as u64)?;
-    let dtype = super::float_dtype(OP, &[&dy, &dbias])?;
+    let dtype = super::float_dtype(OP, &[&dy])?;
     let grid = Grid::Threads(p.out_features as u64);
     Ok(vec![k.dispatch(
         BACKWARD_BIAS.kernel(dtype),

@@ -20,7 +20,8 @@ use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
-    read, read_u32, write, write_u32, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN,
+    read, read_f32, read_u32, write, write_u32, Dispatch, Entry, Grid, Kernels, Shader, Source,
+    PLAIN,
 };
 
 /// Shapes of one max or average pooling, also its uniform (binding 0). Build with
@@ -190,7 +191,7 @@ pub static SHADER: Shader = Shader {
     entries: &[&FORWARD, &BACKWARD],
     variants: &[PLAIN],
     choice: "one variant",
-    dtypes: &[DType::F32],
+    dtypes: &[DType::F32, DType::F16],
 };
 
 pub static FORWARD: Entry = Entry::new::<Pool2dParams>(
@@ -200,10 +201,10 @@ pub static FORWARD: Entry = Entry::new::<Pool2dParams>(
         read(1),
         write(2),
         write_u32(3),
-        read(7),
-        read(8),
-        read(9),
-        read(10),
+        read_f32(7),
+        read_f32(8),
+        read_f32(9),
+        read_f32(10),
     ],
     64,
 );

@@ -4,6 +4,7 @@
 //! non-zero gradients. Inputs have a non-zero mean and a non-unit scale, like activations.
 
 use crate::support::*;
+use densenet_wgpu::gpu::DType;
 use densenet_wgpu::ops::batchnorm::{self, BatchNormParams};
 use densenet_wgpu::reference as cpu;
 use densenet_wgpu::{GpuBuffer, Kernels};
@@ -56,6 +57,11 @@ struct Setup {
 }
 
 fn setup(c: &Case, rng: &mut Rand) -> Setup {
+    setup_as(c, rng, DType::F32)
+}
+
+/// [`setup`] with x as a `dtype` buffer holds it (the reference sees the same values).
+fn setup_as(c: &Case, rng: &mut Rand, dtype: DType) -> Setup {
     let p = BatchNormParams::new(c.input)
         .unwrap()
         .with_x_channel_offset(c.x_chan)
@@ -65,7 +71,7 @@ fn setup(c: &Case, rng: &mut Rand) -> Setup {
         .with_momentum(c.momentum)
         .with_relu(c.relu);
     Setup {
-        x: rng.range(p.x_len() + 7, 2.0, 5.0),
+        x: as_act(dtype, rng.range(p.x_len() + 7, 2.0, 5.0)),
         gamma: rng.range(p.c as u64, 0.5, 1.5),
         beta: rng.vec(p.c as u64),
         y_total: p.y_len() + 5,
@@ -120,12 +126,13 @@ fn check_range(
 #[test]
 fn batchnorm_stats_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
-        let s = setup(c, &mut rng);
-        let (x, mean, var) = (up(&s.x), poisoned(s.stat_total), poisoned(s.stat_total));
+    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+        let s = setup_as(c, &mut rng, dtype);
+        let x = up_act(dtype, &s.x);
+        let (mean, var) = (poisoned(s.stat_total), poisoned(s.stat_total));
         run(batchnorm::batchnorm_stats(k(), &s.p, x.view(), mean.view(), var.view()).unwrap());
         let (want_mean, want_var) = s.stats();
-        let what = format!("batchnorm_stats case {i}");
+        let what = format!("batchnorm_stats[{dtype}] case {i}");
         let r = s.stat_range();
         check_range(
             &format!("{what} mean"),
@@ -219,11 +226,11 @@ fn batchnorm_update_running_matches_reference() {
 #[test]
 fn batchnorm_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
-        let s = setup(c, &mut rng);
+    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+        let s = setup_as(c, &mut rng, dtype);
         let (mean, var) = s.stats();
-        let (x, mb, vb) = (up(&s.x), up(&mean), up(&var));
-        let (g, b, y) = (up(&s.gamma), up(&s.beta), poisoned(s.y_total));
+        let (x, mb, vb) = (up_act(dtype, &s.x), up(&mean), up(&var));
+        let (g, b, y) = (up(&s.gamma), up(&s.beta), poisoned_act(dtype, s.y_total));
         let launch = batchnorm::batchnorm_forward(
             k(),
             &s.p,
@@ -238,12 +245,12 @@ fn batchnorm_forward_matches_reference() {
         let mut want = vec![f32::NAN; s.y_total as usize];
         cpu::batchnorm_forward(&mut want, &s.x, &mean, &var, &s.gamma, &s.beta, &s.p);
         check_range(
-            &format!("batchnorm_forward case {i}"),
+            &format!("batchnorm_forward[{dtype}] case {i}"),
             rng.seed,
-            &read(&y),
+            &read_act(&y),
             &want,
             s.y_range(),
-            FWD,
+            tol_for(dtype, FWD),
         );
     }
 }
@@ -373,19 +380,19 @@ fn partials(k: &Kernels, p: &BatchNormParams) -> Option<GpuBuffer> {
 #[test]
 fn batchnorm_backward_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant("batchnorm") {
+    for (variant, k, dtype) in each_variant_and_act("batchnorm") {
         for (i, c) in cases().iter().enumerate() {
-            let s = setup(c, &mut rng);
+            let s = setup_as(c, &mut rng, dtype);
             let (mean, var) = s.stats();
-            let dy = rng.vec(s.y_total);
+            let dy = as_act(dtype, rng.vec(s.y_total));
             // Random starting gradients over the whole buffers: the kernel must add, and only
             // inside the op's channels.
-            let dx0 = rng.vec(s.x.len() as u64);
+            let dx0 = as_act(dtype, rng.vec(s.x.len() as u64));
             let dg0 = rng.vec(s.p.c as u64);
             let db0 = rng.vec(s.p.c as u64);
-            let (x, dyb, mb, vb, g) = (up(&s.x), up(&dy), up(&mean), up(&var), up(&s.gamma));
-            let b = up(&s.beta);
-            let (dx, dg, db) = (up(&dx0), up(&dg0), up(&db0));
+            let (x, dyb) = (up_act(dtype, &s.x), up_act(dtype, &dy));
+            let (mb, vb, g, b) = (up(&mean), up(&var), up(&s.gamma), up(&s.beta));
+            let (dx, dg, db) = (up_act(dtype, &dx0), up(&dg0), up(&db0));
             let part = partials(k, &s.p);
             let launch = batchnorm::batchnorm_backward(
                 k,
@@ -415,8 +422,15 @@ fn batchnorm_backward_matches_reference() {
                 &s.beta,
                 &s.p,
             );
-            let what = format!("batchnorm_backward[{variant}] case {i}");
-            check(&format!("{what} dx"), rng.seed, &read(&dx), &want_dx, GRAD);
+            let what = format!("batchnorm_backward[{variant},{dtype}] case {i}");
+            let tol = tol_for(dtype, GRAD);
+            check(
+                &format!("{what} dx"),
+                rng.seed,
+                &read_act(&dx),
+                &want_dx,
+                tol,
+            );
             check(
                 &format!("{what} dgamma"),
                 rng.seed,
@@ -440,14 +454,15 @@ fn batchnorm_backward_matches_reference() {
 #[test]
 fn batchnorm_stats_update_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant("batchnorm") {
+    for (variant, k, dtype) in each_variant_and_act("batchnorm") {
         for (i, c) in cases().iter().enumerate() {
             for large_mean in [false, true] {
-                let mut s = setup(c, &mut rng);
+                let mut s = setup_as(c, &mut rng, dtype);
                 if large_mean {
-                    s.x = rng.range(s.x.len() as u64, 20.0, 21.0);
+                    s.x = as_act(dtype, rng.range(s.x.len() as u64, 20.0, 21.0));
                 }
-                let (x, mean, var) = (up(&s.x), poisoned(s.stat_total), poisoned(s.stat_total));
+                let x = up_act(dtype, &s.x);
+                let (mean, var) = (poisoned(s.stat_total), poisoned(s.stat_total));
                 let (rm0, rv0) = s.running(&mut rng);
                 let (rm, rv) = (up(&rm0), up(&rv0));
                 let part = partials(k, &s.p);
@@ -473,8 +488,9 @@ fn batchnorm_stats_update_matches_reference() {
                     &want_var,
                     &s.p,
                 );
-                let what =
-                    format!("batchnorm_stats_update[{variant}] case {i} (large mean {large_mean})");
+                let what = format!(
+                    "batchnorm_stats_update[{variant},{dtype}] case {i} (large mean {large_mean})"
+                );
                 let r = s.stat_range();
                 check_range(
                     &format!("{what} mean"),

@@ -5,6 +5,7 @@
 //! onto non-zero gradients.
 
 use crate::support::*;
+use densenet_wgpu::gpu::DType;
 use densenet_wgpu::kernels::{DeviceClass, Needs, Variant};
 use densenet_wgpu::ops::conv2d::{self, Conv2dParams};
 use densenet_wgpu::reference as cpu;
@@ -64,9 +65,11 @@ struct Setup {
     /// The variant multiplies f16 operands: x, w and dy are drawn f16-exact, and the
     /// reference sees the fused BN -> ReLU's output rounded to f16 too.
     f16: bool,
+    /// The activations' element type (x, y, dy, dx; drawn f16-exact for f16).
+    dtype: DType,
 }
 
-fn setup(i: usize, c: &Case, rng: &mut Rand, variant: &str) -> Setup {
+fn setup(i: usize, c: &Case, rng: &mut Rand, variant: &str, dtype: DType) -> Setup {
     let p = Conv2dParams::new(c.input, c.c_out, c.kernel, c.stride, c.pad, c.bias)
         .unwrap()
         .with_x_channel_offset(c.x_chan)
@@ -82,13 +85,14 @@ fn setup(i: usize, c: &Case, rng: &mut Rand, variant: &str) -> Setup {
     let f16 = rounds_to_f16("conv2d", variant);
     let operand = |v: Vec<f32>| if f16 { f16_rounded(&v) } else { v };
     Setup {
-        x: operand(rng.vec(x_total)),
+        x: operand(as_act(dtype, rng.vec(x_total))),
         w: operand(rng.vec(p.weight_len())),
         b: rng.vec(p.c_out as u64),
         y_total,
         p,
         affine,
         f16,
+        dtype,
     }
 }
 
@@ -117,12 +121,23 @@ impl Setup {
         }
     }
 
-    /// The tolerance of a check that is `tol` for f32 variants.
+    /// An activation (gradient) drawn for this setup: f16-exact where the kernel stores or
+    /// multiplies f16.
+    fn act(&self, v: Vec<f32>) -> Vec<f32> {
+        self.operand(as_act(self.dtype, v))
+    }
+
+    /// The tolerance of a check that is `tol` for f32 variants and activations.
     fn tol(&self, tol: (f64, f64)) -> (f64, f64) {
+        let tol = tol_for(self.dtype, tol);
         match self.f16 {
-            true => F16_OPERANDS,
+            true => (tol.0.max(F16_OPERANDS.0), tol.1.max(F16_OPERANDS.1)),
             false => tol,
         }
+    }
+
+    fn up_act(&self, v: &[f32]) -> densenet_wgpu::GpuBuffer {
+        up_act(self.dtype, v)
     }
 
     fn affine_buffer(&self) -> Option<densenet_wgpu::GpuBuffer> {
@@ -133,10 +148,11 @@ impl Setup {
 #[test]
 fn conv2d_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant("conv2d") {
+    for (variant, k, dtype) in each_variant_and_act("conv2d") {
         for (i, c) in cases().iter().enumerate() {
-            let s = setup(i, c, &mut rng, variant);
-            let (x, w, b, y) = (up(&s.x), up(&s.w), up(&s.b), poisoned(s.y_total));
+            let s = setup(i, c, &mut rng, variant, dtype);
+            let (x, w, b) = (s.up_act(&s.x), up(&s.w), up(&s.b));
+            let y = poisoned_act(dtype, s.y_total);
             let bias = c.bias.then(|| b.view());
             let aff = s.affine_buffer();
             let ws = poisoned(s.p.workspace_len());
@@ -155,10 +171,10 @@ fn conv2d_forward_matches_reference() {
             let mut want = vec![f32::NAN; s.y_total as usize];
             let b = c.bias.then_some(&s.b[..]);
             cpu::conv2d_forward(&mut want, &s.input(), &s.w, b, &s.p);
-            let got = read(&y);
+            let got = read_act(&y);
             let lo = s.p.y_offset as usize;
             let hi = (s.p.y_offset as u64 + s.p.y_len()) as usize;
-            let what = format!("conv2d_forward[{variant}] case {i}");
+            let what = format!("conv2d_forward[{variant},{dtype}] case {i}");
             check(&what, rng.seed, &got[lo..hi], &want[lo..hi], s.tol(FWD));
             assert!(
                 got[..lo].iter().chain(&got[hi..]).all(|v| v.is_nan()),
@@ -172,32 +188,32 @@ fn conv2d_forward_matches_reference() {
 #[test]
 fn conv2d_backward_data_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant("conv2d") {
+    for (variant, k, dtype) in each_variant_and_act("conv2d") {
         for (i, c) in cases().iter().enumerate() {
-            let s = setup(i, c, &mut rng, variant);
-            let dy = s.operand(rng.vec(s.y_total));
-            let dx0 = rng.vec(s.x.len() as u64);
-            let (dyb, w, dx) = (up(&dy), up(&s.w), up(&dx0));
+            let s = setup(i, c, &mut rng, variant, dtype);
+            let dy = s.act(rng.vec(s.y_total));
+            let dx0 = as_act(dtype, rng.vec(s.x.len() as u64));
+            let (dyb, w, dx) = (s.up_act(&dy), up(&s.w), s.up_act(&dx0));
             let ws = poisoned(s.p.workspace_len());
             let ws = Some(ws.view());
             let launch = conv2d::conv2d_backward_data(k, &s.p, dyb.view(), w.view(), dx.view(), ws);
             run(launch.unwrap());
             let mut want = dx0.clone();
             cpu::conv2d_backward_data(&mut want, &dy, &s.w, &s.p);
-            let what = format!("conv2d_backward_data[{variant}] case {i}");
-            check(&what, rng.seed, &read(&dx), &want, s.tol(GRAD));
+            let what = format!("conv2d_backward_data[{variant},{dtype}] case {i}");
+            check(&what, rng.seed, &read_act(&dx), &want, s.tol(GRAD));
             // Overwriting: dx = the gradient, whatever dx held (NaN here).
-            let dx = poisoned(s.x.len() as u64);
+            let dx = poisoned_act(dtype, s.x.len() as u64);
             let p = s.p.overwriting();
             run(conv2d::conv2d_backward_data(k, &p, dyb.view(), w.view(), dx.view(), ws).unwrap());
             let mut want = vec![0.0; s.x.len()];
             cpu::conv2d_backward_data(&mut want, &dy, &s.w, &s.p);
-            let got = read(&dx);
+            let got = read_act(&dx);
             let (lo, hi) = (
                 s.p.x_offset as usize,
                 (s.p.x_offset as u64 + s.p.x_len()) as usize,
             );
-            let what = format!("overwriting conv2d_backward_data[{variant}] case {i}");
+            let what = format!("overwriting conv2d_backward_data[{variant},{dtype}] case {i}");
             check(&what, rng.seed, &got[lo..hi], &want[lo..hi], s.tol(GRAD));
         }
     }
@@ -206,12 +222,12 @@ fn conv2d_backward_data_matches_reference() {
 #[test]
 fn conv2d_backward_weight_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant("conv2d") {
+    for (variant, k, dtype) in each_variant_and_act("conv2d") {
         for (i, c) in cases().iter().enumerate() {
-            let s = setup(i, c, &mut rng, variant);
-            let dy = s.operand(rng.vec(s.y_total));
+            let s = setup(i, c, &mut rng, variant, dtype);
+            let dy = s.act(rng.vec(s.y_total));
             let dw0 = rng.vec(s.p.weight_len());
-            let (x, dyb, dw) = (up(&s.x), up(&dy), up(&dw0));
+            let (x, dyb, dw) = (s.up_act(&s.x), s.up_act(&dy), up(&dw0));
             let ws = poisoned(s.p.workspace_len());
             let partials = poisoned(s.p.partials_len());
             let aff = s.affine_buffer();
@@ -228,7 +244,7 @@ fn conv2d_backward_weight_matches_reference() {
             run(launch.unwrap());
             let mut want = dw0.clone();
             cpu::conv2d_backward_weight(&mut want, &s.input(), &dy, &s.p);
-            let what = format!("conv2d_backward_weight[{variant}] case {i}");
+            let what = format!("conv2d_backward_weight[{variant},{dtype}] case {i}");
             check(&what, rng.seed, &read(&dw), &want, s.tol(GRAD));
         }
     }
@@ -237,16 +253,16 @@ fn conv2d_backward_weight_matches_reference() {
 #[test]
 fn conv2d_backward_bias_matches_reference() {
     let mut rng = Rand::new();
-    for (variant, k) in each_variant("conv2d") {
+    for (variant, k, dtype) in each_variant_and_act("conv2d") {
         for (i, c) in cases().iter().enumerate() {
-            let s = setup(i, c, &mut rng, variant);
-            let dy = s.operand(rng.vec(s.y_total));
+            let s = setup(i, c, &mut rng, variant, dtype);
+            let dy = s.act(rng.vec(s.y_total));
             let db0 = rng.vec(s.p.c_out as u64);
-            let (dyb, db) = (up(&dy), up(&db0));
+            let (dyb, db) = (s.up_act(&dy), up(&db0));
             run(conv2d::conv2d_backward_bias(k, &s.p, dyb.view(), db.view()).unwrap());
             let mut want = db0.clone();
             cpu::conv2d_backward_bias(&mut want, &dy, &s.p);
-            let what = format!("conv2d_backward_bias[{variant}] case {i}");
+            let what = format!("conv2d_backward_bias[{variant},{dtype}] case {i}");
             check(&what, rng.seed, &read(&db), &want, GRAD);
         }
     }

@@ -10,20 +10,21 @@ fn softmax_cross_entropy_matches_reference() {
     let mut rng = Rand::new();
     // (batch, classes, padding samples): one sample, the d2l head, a batch wider than the
     // workgroup, padding labels in the last batch.
-    for (i, &(n, classes, pad)) in [(1, 10, 0), (3, 13, 0), (256, 10, 0), (300, 7, 21)]
-        .iter()
-        .enumerate()
+    let cases = [(1, 10, 0), (3, 13, 0), (256, 10, 0), (300, 7, 21)];
+    for (dtype, (i, &(n, classes, pad))) in ACTS
+        .into_iter()
+        .flat_map(|d| cases.iter().enumerate().map(move |c| (d, c)))
     {
         let p = CrossEntropyParams::new(n, classes).unwrap();
         // Logits of a larger scale make the softmax sharp, some rows with exact ties.
-        let mut logits = rng.range(p.logits_len(), -6.0, 6.0);
+        let mut logits = as_act(dtype, rng.range(p.logits_len(), -6.0, 6.0));
         logits[classes as usize - 1] = logits[0];
         let mut labels: Vec<u32> = (0..n).map(|_| rng.below(classes)).collect();
         for l in labels.iter_mut().rev().take(pad) {
             *l = IGNORE;
         }
-        let dl0 = rng.vec(p.logits_len());
-        let (lb, yb, db) = (up(&logits), up_u32(&labels), up(&dl0));
+        let dl0 = as_act(dtype, rng.vec(p.logits_len()));
+        let (lb, yb, db) = (up_act(dtype, &logits), up_u32(&labels), up_act(dtype, &dl0));
         let (loss, correct) = (up(&[0.5f32]), up_u32(&[7]));
         let launch = cross_entropy::softmax_cross_entropy(
             k(),
@@ -38,14 +39,14 @@ fn softmax_cross_entropy_matches_reference() {
         let mut want = dl0.clone();
         let (want_loss, want_correct) = cpu::softmax_cross_entropy(&mut want, &logits, &labels, &p);
         check(
-            &format!("softmax_cross_entropy dlogits case {i}"),
+            &format!("softmax_cross_entropy[{dtype}] dlogits case {i}"),
             rng.seed,
-            &read(&db),
+            &read_act(&db),
             &want,
-            GRAD,
+            tol_for(dtype, GRAD),
         );
         check(
-            &format!("softmax_cross_entropy loss case {i}"),
+            &format!("softmax_cross_entropy[{dtype}] loss case {i}"),
             rng.seed,
             &read(&loss),
             &[0.5 + want_loss],

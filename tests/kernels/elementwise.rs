@@ -17,22 +17,22 @@ const RELU_CASES: [(u32, u32, u32); 4] = [
 #[test]
 fn relu_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, &(count, xo, yo)) in RELU_CASES.iter().enumerate() {
+    for (dtype, (i, &(count, xo, yo))) in with_acts(RELU_CASES.iter().enumerate()) {
         let p = ReluParams::new(count).with_offsets(xo, yo);
-        let x = rng.vec((xo + count + 3) as u64);
+        let x = as_act(dtype, rng.vec((xo + count + 3) as u64));
         let y_len = (yo + count + 4) as u64;
-        let (xb, yb) = (up(&x), poisoned(y_len));
+        let (xb, yb) = (up_act(dtype, &x), poisoned_act(dtype, y_len));
         run(relu::relu_forward(k(), &p, xb.view(), yb.view()).unwrap());
         let mut want = vec![f32::NAN; y_len as usize];
         cpu::relu_forward(&mut want, &x, &p);
-        let got = read(&yb);
+        let got = read_act(&yb);
         let r = yo as usize..(yo + count) as usize;
         check(
-            &format!("relu_forward case {i}"),
+            &format!("relu_forward[{dtype}] case {i}"),
             rng.seed,
             &got[r.clone()],
             &want[r.clone()],
-            FWD,
+            tol_for(dtype, FWD),
         );
         assert!(got[..r.start]
             .iter()
@@ -44,25 +44,24 @@ fn relu_forward_matches_reference() {
 #[test]
 fn relu_backward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, &(count, xo, yo)) in RELU_CASES.iter().enumerate() {
+    for (dtype, (i, &(count, xo, yo))) in with_acts(RELU_CASES.iter().enumerate()) {
         let p = ReluParams::new(count).with_offsets(xo, yo);
-        let y: Vec<f32> = rng
-            .vec((yo + count) as u64)
+        let y: Vec<f32> = as_act(dtype, rng.vec((yo + count) as u64))
             .iter()
             .map(|v| v.max(0.0))
             .collect();
-        let dy = rng.vec((yo + count) as u64);
-        let dx0 = rng.vec((xo + count + 2) as u64);
-        let (yb, dyb, dxb) = (up(&y), up(&dy), up(&dx0));
+        let dy = as_act(dtype, rng.vec((yo + count) as u64));
+        let dx0 = as_act(dtype, rng.vec((xo + count + 2) as u64));
+        let (yb, dyb, dxb) = (up_act(dtype, &y), up_act(dtype, &dy), up_act(dtype, &dx0));
         run(relu::relu_backward(k(), &p, yb.view(), dyb.view(), dxb.view()).unwrap());
         let mut want = dx0.clone();
         cpu::relu_backward(&mut want, &y, &dy, &p);
         check(
-            &format!("relu_backward case {i}"),
+            &format!("relu_backward[{dtype}] case {i}"),
             rng.seed,
-            &read(&dxb),
+            &read_act(&dxb),
             &want,
-            GRAD,
+            tol_for(dtype, GRAD),
         );
     }
 }
@@ -76,21 +75,21 @@ const CONCAT_CASES: [([u32; 4], u32, u32); 3] = [
 #[test]
 fn concat_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, &(part, total, c0)) in CONCAT_CASES.iter().enumerate() {
+    for (dtype, (i, &(part, total, c0))) in with_acts(CONCAT_CASES.iter().enumerate()) {
         let p = ConcatParams::new(part, total, c0).unwrap();
-        let x = rng.vec(p.count as u64);
-        let (xb, wb) = (up(&x), poisoned(p.total as u64));
+        let x = as_act(dtype, rng.vec(p.count as u64));
+        let (xb, wb) = (up_act(dtype, &x), poisoned_act(dtype, p.total as u64));
         run(concat::concat_forward(k(), &p, xb.view(), wb.view()).unwrap());
         let mut want = vec![f32::NAN; p.total as usize];
         cpu::concat_forward(&mut want, &x, &p);
-        let got = read(&wb);
+        let got = read_act(&wb);
         let r = p.offset as usize..(p.offset + p.count) as usize;
         check(
-            &format!("concat_forward case {i}"),
+            &format!("concat_forward[{dtype}] case {i}"),
             rng.seed,
             &got[r.clone()],
             &want[r.clone()],
-            FWD,
+            tol_for(dtype, FWD),
         );
         assert!(got[..r.start]
             .iter()
@@ -102,20 +101,20 @@ fn concat_forward_matches_reference() {
 #[test]
 fn concat_backward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, &(part, total, c0)) in CONCAT_CASES.iter().enumerate() {
+    for (dtype, (i, &(part, total, c0))) in with_acts(CONCAT_CASES.iter().enumerate()) {
         let p = ConcatParams::new(part, total, c0).unwrap();
-        let dwhole = rng.vec(p.total as u64);
-        let dpart0 = rng.vec(p.count as u64);
-        let (dwb, dpb) = (up(&dwhole), up(&dpart0));
+        let dwhole = as_act(dtype, rng.vec(p.total as u64));
+        let dpart0 = as_act(dtype, rng.vec(p.count as u64));
+        let (dwb, dpb) = (up_act(dtype, &dwhole), up_act(dtype, &dpart0));
         run(concat::concat_backward(k(), &p, dwb.view(), dpb.view()).unwrap());
         let mut want = dpart0.clone();
         cpu::concat_backward(&mut want, &dwhole, &p);
         check(
-            &format!("concat_backward case {i}"),
+            &format!("concat_backward[{dtype}] case {i}"),
             rng.seed,
-            &read(&dpb),
+            &read_act(&dpb),
             &want,
-            GRAD,
+            tol_for(dtype, GRAD),
         );
     }
 }

@@ -14,24 +14,28 @@ const CASES: [(u32, u32, u32, bool); 4] = [
 #[test]
 fn linear_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, &(n, fi, fo, bias)) in CASES.iter().enumerate() {
+    for (dtype, (i, &(n, fi, fo, bias))) in ACTS
+        .into_iter()
+        .flat_map(|d| CASES.iter().enumerate().map(move |c| (d, c)))
+    {
         let p = LinearParams::new(n, fi, fo, bias).unwrap();
         let (x, w, b) = (
-            rng.vec(p.x_len()),
+            as_act(dtype, rng.vec(p.x_len())),
             rng.vec(p.weight_len()),
             rng.vec(fo as u64),
         );
-        let (xb, wb, bb, yb) = (up(&x), up(&w), up(&b), poisoned(p.y_len()));
+        let (xb, wb, bb) = (up_act(dtype, &x), up(&w), up(&b));
+        let yb = poisoned_act(dtype, p.y_len());
         let bias_view = bias.then(|| bb.view());
         run(linear::linear_forward(k(), &p, xb.view(), wb.view(), bias_view, yb.view()).unwrap());
         let mut want = vec![0.0; p.y_len() as usize];
         cpu::linear_forward(&mut want, &x, &w, bias.then_some(&b[..]), &p);
         check(
-            &format!("linear_forward case {i}"),
+            &format!("linear_forward[{dtype}] case {i}"),
             rng.seed,
-            &read(&yb),
+            &read_act(&yb),
             &want,
-            FWD,
+            tol_for(dtype, FWD),
         );
     }
 }
@@ -39,20 +43,23 @@ fn linear_forward_matches_reference() {
 #[test]
 fn linear_backward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, &(n, fi, fo, _)) in CASES.iter().enumerate() {
+    for (dtype, (i, &(n, fi, fo, _))) in ACTS
+        .into_iter()
+        .flat_map(|d| CASES.iter().enumerate().map(move |c| (d, c)))
+    {
         let p = LinearParams::new(n, fi, fo, true).unwrap();
         let (x, w, dy) = (
-            rng.vec(p.x_len()),
+            as_act(dtype, rng.vec(p.x_len())),
             rng.vec(p.weight_len()),
-            rng.vec(p.y_len()),
+            as_act(dtype, rng.vec(p.y_len())),
         );
         let (dx0, dw0, db0) = (
-            rng.vec(p.x_len()),
+            as_act(dtype, rng.vec(p.x_len())),
             rng.vec(p.weight_len()),
             rng.vec(fo as u64),
         );
-        let (xb, wb, dyb) = (up(&x), up(&w), up(&dy));
-        let (dxb, dwb, dbb) = (up(&dx0), up(&dw0), up(&db0));
+        let (xb, wb, dyb) = (up_act(dtype, &x), up(&w), up_act(dtype, &dy));
+        let (dxb, dwb, dbb) = (up_act(dtype, &dx0), up(&dw0), up(&db0));
         let mut launches =
             linear::linear_backward_data(k(), &p, dyb.view(), wb.view(), dxb.view()).unwrap();
         launches.extend(
@@ -65,21 +72,21 @@ fn linear_backward_matches_reference() {
         cpu::linear_backward_weight(&mut dw, &x, &dy, &p);
         cpu::linear_backward_bias(&mut db, &dy, &p);
         check(
-            &format!("linear_backward_data case {i}"),
+            &format!("linear_backward_data[{dtype}] case {i}"),
             rng.seed,
-            &read(&dxb),
+            &read_act(&dxb),
             &dx,
-            GRAD,
+            tol_for(dtype, GRAD),
         );
         check(
-            &format!("linear_backward_weight case {i}"),
+            &format!("linear_backward_weight[{dtype}] case {i}"),
             rng.seed,
             &read(&dwb),
             &dw,
             GRAD,
         );
         check(
-            &format!("linear_backward_bias case {i}"),
+            &format!("linear_backward_bias[{dtype}] case {i}"),
             rng.seed,
             &read(&dbb),
             &db,

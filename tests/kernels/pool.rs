@@ -4,6 +4,7 @@
 //! argmax, ties and NaN inputs, and accumulation onto non-zero gradients.
 
 use crate::support::*;
+use densenet_wgpu::gpu::DType;
 use densenet_wgpu::ops::avgpool;
 use densenet_wgpu::ops::global_avgpool::{self, GlobalAvgPoolParams};
 use densenet_wgpu::ops::maxpool::{self, Pool2dParams};
@@ -63,9 +64,16 @@ pub(crate) fn totals(p: &Pool2dParams) -> (u64, u64) {
 }
 
 /// Checks the written range of a forward output and that nothing else changed (NaN).
-fn check_written(what: &str, seed: u64, got: &[f32], want: &[f32], lo: usize, len: u64) {
-    let hi = lo + len as usize;
-    check(what, seed, &got[lo..hi], &want[lo..hi], FWD);
+fn check_written(
+    what: &str,
+    seed: u64,
+    got: &[f32],
+    want: &[f32],
+    range: (usize, u64),
+    dtype: DType,
+) {
+    let (lo, hi) = (range.0, range.0 + range.1 as usize);
+    check(what, seed, &got[lo..hi], &want[lo..hi], tol_for(dtype, FWD));
     assert!(
         got[..lo].iter().chain(&got[hi..]).all(|v| v.is_nan()),
         "{what} wrote outside its channel range; replay with DENSENET_SEED={seed}"
@@ -88,26 +96,28 @@ fn check_argmax(what: &str, seed: u64, got: &[u32], want: &[u32]) {
 }
 
 /// Runs maxpool_forward on the GPU and the reference on `x`; compares y and argmax.
-fn maxpool_forward_case(what: &str, seed: u64, p: &Pool2dParams, x: &[f32]) {
+fn maxpool_forward_case(what: &str, seed: u64, p: &Pool2dParams, x: &[f32], dtype: DType) {
     let (_, y_total) = totals(p);
     let arg_total = p.y_len() + 3;
-    let (xb, y) = (up(x), poisoned(y_total));
+    let (xb, y) = (up_act(dtype, x), poisoned_act(dtype, y_total));
     let arg = up_u32(&vec![UNWRITTEN; arg_total as usize]);
     run(maxpool::maxpool_forward(k(), p, xb.view(), None, y.view(), Some(arg.view())).unwrap());
     let mut want = vec![f32::NAN; y_total as usize];
     let mut want_arg = vec![UNWRITTEN; arg_total as usize];
     cpu::maxpool_forward(&mut want, &mut want_arg, x, p);
     check_argmax(what, seed, &read_u32(&arg), &want_arg);
-    check_written(what, seed, &read(&y), &want, p.y_offset as usize, p.y_len());
+    let range = (p.y_offset as usize, p.y_len());
+    check_written(what, seed, &read_act(&y), &want, range, dtype);
 }
 
 #[test]
 fn maxpool_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
         let p = params(c);
-        let x = rng.vec(totals(&p).0);
-        maxpool_forward_case(&format!("maxpool_forward case {i}"), rng.seed, &p, &x);
+        let x = as_act(dtype, rng.vec(totals(&p).0));
+        let what = format!("maxpool_forward[{dtype}] case {i}");
+        maxpool_forward_case(&what, rng.seed, &p, &x, dtype);
     }
 }
 
@@ -116,12 +126,13 @@ fn maxpool_forward_matches_reference() {
 #[test]
 fn maxpool_forward_ties_pick_the_first_maximum() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
         let p = params(c);
         let x: Vec<f32> = (0..totals(&p).0)
             .map(|_| rng.below(3) as f32 - 1.0)
             .collect();
-        maxpool_forward_case(&format!("maxpool_forward ties case {i}"), rng.seed, &p, &x);
+        let what = format!("maxpool_forward ties[{dtype}] case {i}");
+        maxpool_forward_case(&what, rng.seed, &p, &x, dtype);
     }
 }
 
@@ -160,26 +171,26 @@ fn maxpool_forward_propagates_nan_like_pytorch() {
 #[test]
 fn maxpool_backward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
         let p = params(c);
         let (x_total, y_total) = totals(&p);
         // A valid argmax from the reference forward.
-        let x = rng.vec(x_total);
+        let x = as_act(dtype, rng.vec(x_total));
         let mut y = vec![0.0; y_total as usize];
         let mut argmax = vec![0; p.y_len() as usize];
         cpu::maxpool_forward(&mut y, &mut argmax, &x, &p);
-        let dy = rng.vec(y_total);
-        let dx0 = rng.vec(x_total);
-        let (dyb, arg, dx) = (up(&dy), up_u32(&argmax), up(&dx0));
+        let dy = as_act(dtype, rng.vec(y_total));
+        let dx0 = as_act(dtype, rng.vec(x_total));
+        let (dyb, arg, dx) = (up_act(dtype, &dy), up_u32(&argmax), up_act(dtype, &dx0));
         run(maxpool::maxpool_backward(k(), &p, dyb.view(), arg.view(), dx.view()).unwrap());
         let mut want = dx0.clone();
         cpu::maxpool_backward(&mut want, &dy, &argmax, &p);
         check(
-            &format!("maxpool_backward case {i}"),
+            &format!("maxpool_backward[{dtype}] case {i}"),
             rng.seed,
-            &read(&dx),
+            &read_act(&dx),
             &want,
-            GRAD,
+            tol_for(dtype, GRAD),
         );
     }
 }
@@ -187,21 +198,21 @@ fn maxpool_backward_matches_reference() {
 #[test]
 fn avgpool_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
         let p = params(c);
         let (x_total, y_total) = totals(&p);
-        let x = rng.vec(x_total);
-        let (xb, y) = (up(&x), poisoned(y_total));
+        let x = as_act(dtype, rng.vec(x_total));
+        let (xb, y) = (up_act(dtype, &x), poisoned_act(dtype, y_total));
         run(avgpool::avgpool_forward(k(), &p, xb.view(), None, y.view()).unwrap());
         let mut want = vec![f32::NAN; y_total as usize];
         cpu::avgpool_forward(&mut want, &x, &p);
         check_written(
-            &format!("avgpool_forward case {i}"),
+            &format!("avgpool_forward[{dtype}] case {i}"),
             rng.seed,
-            &read(&y),
+            &read_act(&y),
             &want,
-            p.y_offset as usize,
-            p.y_len(),
+            (p.y_offset as usize, p.y_len()),
+            dtype,
         );
     }
 }
@@ -209,21 +220,21 @@ fn avgpool_forward_matches_reference() {
 #[test]
 fn avgpool_backward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
         let p = params(c);
         let (x_total, y_total) = totals(&p);
-        let dy = rng.vec(y_total);
-        let dx0 = rng.vec(x_total);
-        let (dyb, dx) = (up(&dy), up(&dx0));
+        let dy = as_act(dtype, rng.vec(y_total));
+        let dx0 = as_act(dtype, rng.vec(x_total));
+        let (dyb, dx) = (up_act(dtype, &dy), up_act(dtype, &dx0));
         run(avgpool::avgpool_backward(k(), &p, dyb.view(), dx.view()).unwrap());
         let mut want = dx0.clone();
         cpu::avgpool_backward(&mut want, &dy, &p);
         check(
-            &format!("avgpool_backward case {i}"),
+            &format!("avgpool_backward[{dtype}] case {i}"),
             rng.seed,
-            &read(&dx),
+            &read_act(&dx),
             &want,
-            GRAD,
+            tol_for(dtype, GRAD),
         );
     }
 }
@@ -294,20 +305,20 @@ pub(crate) fn global_params(
 #[test]
 fn global_avgpool_forward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, (input, x_chan, y_chan)) in global_cases().into_iter().enumerate() {
+    for (dtype, (i, (input, x_chan, y_chan))) in with_acts(global_cases().into_iter().enumerate()) {
         let (p, x_total, y_total) = global_params(input, x_chan, y_chan);
-        let x = rng.vec(x_total);
-        let (xb, y) = (up(&x), poisoned(y_total));
+        let x = as_act(dtype, rng.vec(x_total));
+        let (xb, y) = (up_act(dtype, &x), poisoned_act(dtype, y_total));
         run(global_avgpool::global_avgpool_forward(k(), &p, xb.view(), None, y.view()).unwrap());
         let mut want = vec![f32::NAN; y_total as usize];
         cpu::global_avgpool_forward(&mut want, &x, &p);
         check_written(
-            &format!("global_avgpool_forward case {i}"),
+            &format!("global_avgpool_forward[{dtype}] case {i}"),
             rng.seed,
-            &read(&y),
+            &read_act(&y),
             &want,
-            p.y_offset as usize,
-            p.y_len(),
+            (p.y_offset as usize, p.y_len()),
+            dtype,
         );
     }
 }
@@ -315,20 +326,20 @@ fn global_avgpool_forward_matches_reference() {
 #[test]
 fn global_avgpool_backward_matches_reference() {
     let mut rng = Rand::new();
-    for (i, (input, x_chan, y_chan)) in global_cases().into_iter().enumerate() {
+    for (dtype, (i, (input, x_chan, y_chan))) in with_acts(global_cases().into_iter().enumerate()) {
         let (p, x_total, y_total) = global_params(input, x_chan, y_chan);
-        let dy = rng.vec(y_total);
-        let dx0 = rng.vec(x_total);
-        let (dyb, dx) = (up(&dy), up(&dx0));
+        let dy = as_act(dtype, rng.vec(y_total));
+        let dx0 = as_act(dtype, rng.vec(x_total));
+        let (dyb, dx) = (up_act(dtype, &dy), up_act(dtype, &dx0));
         run(global_avgpool::global_avgpool_backward(k(), &p, dyb.view(), dx.view()).unwrap());
         let mut want = dx0.clone();
         cpu::global_avgpool_backward(&mut want, &dy, &p);
         check(
-            &format!("global_avgpool_backward case {i}"),
+            &format!("global_avgpool_backward[{dtype}] case {i}"),
             rng.seed,
-            &read(&dx),
+            &read_act(&dx),
             &want,
-            GRAD,
+            tol_for(dtype, GRAD),
         );
     }
 }

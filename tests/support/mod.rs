@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use densenet_wgpu::gpu::DType;
 use densenet_wgpu::kernels::{submit, DeviceClass, Dispatch, Needs, Variant};
 use densenet_wgpu::{Gpu, GpuBuffer, GpuOptions, Kernels, Policy};
 
@@ -60,6 +61,20 @@ pub fn each_variant(op: &str) -> Vec<(&'static str, &'static Kernels)> {
         .filter(|v| v.needs.unmet(gpu()).is_none())
         .map(|v| (v.name, kernels_for(&format!("{op}={}", v.name))))
         .collect()
+}
+
+/// [`each_variant`] in each activation element type of [`ACTS`].
+pub fn each_variant_and_act(op: &str) -> Vec<(&'static str, &'static Kernels, DType)> {
+    each_variant(op)
+        .into_iter()
+        .flat_map(|(v, k)| ACTS.map(|d| (v, k, d)))
+        .collect()
+}
+
+/// Each item of `cases` in each activation element type of [`ACTS`].
+pub fn with_acts<I: Iterator + Clone>(cases: I) -> impl Iterator<Item = (DType, I::Item)> {
+    ACTS.into_iter()
+        .flat_map(move |d| cases.clone().map(move |c| (d, c)))
 }
 
 /// Every variant of `op`, across its shaders.
@@ -166,6 +181,56 @@ pub fn check(what: &str, seed: u64, got: &[f32], want: &[f32], tol: (f64, f64)) 
     }
     println!("max-rel-err {what}: {worst:.3e}");
     worst
+}
+
+/// The element types of activations (and their gradients) every kernel is tested in.
+pub const ACTS: [DType; 2] = [DType::F32, DType::F16];
+
+/// Kernels storing f16 activations (arithmetic in f32) against the reference on the same
+/// f16-rounded inputs: what is left is the output's rounding, 2^-11 of it (docs/DESIGN.md).
+pub const F16_STORAGE: (f64, f64) = (1e-4, 1.5e-3);
+
+/// `tol` for an f32 kernel, widened for f16 activations.
+pub fn tol_for(dtype: DType, tol: (f64, f64)) -> (f64, f64) {
+    match dtype {
+        DType::F16 => (tol.0.max(F16_STORAGE.0), tol.1.max(F16_STORAGE.1)),
+        _ => tol,
+    }
+}
+
+/// Activation values as a `dtype` buffer holds them (rounded to f16 for f16).
+pub fn as_act(dtype: DType, values: Vec<f32>) -> Vec<f32> {
+    match dtype {
+        DType::F16 => f16_rounded(&values),
+        _ => values,
+    }
+}
+
+/// An activation buffer of `dtype` holding `data`.
+pub fn up_act(dtype: DType, data: &[f32]) -> GpuBuffer {
+    match dtype {
+        DType::F16 => {
+            let h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+            gpu().upload("test input", &h).unwrap()
+        }
+        _ => up(data),
+    }
+}
+
+/// An activation buffer of `dtype` and `len` elements filled with NaN.
+pub fn poisoned_act(dtype: DType, len: u64) -> GpuBuffer {
+    up_act(dtype, &vec![f32::NAN; len as usize])
+}
+
+/// A float buffer's values as f32, whatever its element type.
+pub fn read_act(buf: &GpuBuffer) -> Vec<f32> {
+    match buf.dtype {
+        DType::F16 => {
+            let h: Vec<half::f16> = gpu().read_all(buf).unwrap();
+            h.iter().map(|v| v.to_f32()).collect()
+        }
+        _ => read(buf),
+    }
 }
 
 /// A new empty folder under the system's temporary folder.

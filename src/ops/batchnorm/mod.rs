@@ -22,8 +22,8 @@ use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
-    read, write, DeviceClass, Dispatch, Entry, Grid, Kernels, Needs, Policy, Shader, Source,
-    Variant, PLAIN,
+    read, read_f32, write, write_f32, DeviceClass, Dispatch, Entry, Grid, Kernels, Needs, Policy,
+    Shader, Source, Variant, PLAIN,
 };
 
 /// Shapes, offsets and constants of one batch norm, also its uniform (binding 0). Build with
@@ -294,31 +294,44 @@ pub static SHADER: Shader = Shader {
         needs: Needs::Nothing,
     }],
     choice: "GPUs: split (statistics and backward); CPU drivers: plain",
-    dtypes: &[DType::F32],
+    dtypes: &[DType::F32, DType::F16],
 };
 
 pub static STATS: Entry = Entry::new::<BatchNormParams>(
     &SHADER,
     "batchnorm_stats",
-    &[read(1), write(5), write(6)],
+    &[read(1), write_f32(5), write_f32(6)],
     256,
 );
 pub static AFFINE: Entry = Entry::new::<BatchNormParams>(
     &SHADER,
     "batchnorm_affine",
-    &[read(2), read(3), read(7), read(8), write(15)],
+    &[
+        read_f32(2),
+        read_f32(3),
+        read_f32(7),
+        read_f32(8),
+        write_f32(15),
+    ],
     64,
 );
 pub static UPDATE_RUNNING: Entry = Entry::new::<BatchNormParams>(
     &SHADER,
     "batchnorm_update_running",
-    &[read(7), read(8), write(9), write(10)],
+    &[read_f32(7), read_f32(8), write_f32(9), write_f32(10)],
     64,
 );
 pub static FORWARD: Entry = Entry::new::<BatchNormParams>(
     &SHADER,
     "batchnorm_forward",
-    &[read(1), read(2), read(3), write(4), read(7), read(8)],
+    &[
+        read(1),
+        read_f32(2),
+        read_f32(3),
+        write(4),
+        read_f32(7),
+        read_f32(8),
+    ],
     64,
 );
 pub static BACKWARD: Entry = Entry::new::<BatchNormParams>(
@@ -326,14 +339,14 @@ pub static BACKWARD: Entry = Entry::new::<BatchNormParams>(
     "batchnorm_backward",
     &[
         read(1),
-        read(2),
-        read(3),
-        read(7),
-        read(8),
+        read_f32(2),
+        read_f32(3),
+        read_f32(7),
+        read_f32(8),
         read(11),
         write(12),
-        write(13),
-        write(14),
+        write_f32(13),
+        write_f32(14),
     ],
     256,
 );
@@ -350,7 +363,7 @@ pub fn batchnorm_stats(
     p.check("x", &x, p.x_len())?;
     p.check("mean", &mean, p.stat_len())?;
     p.check("var", &var, p.stat_len())?;
-    let dtype = super::float_dtype(OP, &[&x, &mean, &var])?;
+    let dtype = super::float_dtype(OP, &[&x])?;
     let views = [(1, x), (5, mean), (6, var)];
     let grid = Grid::Workgroups(p.c as u64);
     // Two passes over x: the mean, then the squared deviations.
@@ -421,7 +434,7 @@ pub fn batchnorm_stats_update(
     ] {
         p.check(what, view, p.stat_len())?;
     }
-    super::float_dtype(OP, &[&x, &mean, &var, &running_mean, &running_var])?;
+    super::float_dtype(OP, &[&x])?;
     let partials = needs_partials(p, partials)?;
     split::stats_update(k, v, p, [x, mean, var, running_mean, running_var, partials])
 }
@@ -480,7 +493,7 @@ pub fn batchnorm_forward(
     p.check("gamma", &gamma, p.c as u64)?;
     p.check("beta", &beta, p.c as u64)?;
     p.check("y", &y, p.y_len())?;
-    let dtype = super::float_dtype(OP, &[&x, &mean, &var, &gamma, &beta, &y])?;
+    let dtype = super::float_dtype(OP, &[&x, &y])?;
     let views = [(1, x), (2, gamma), (3, beta), (4, y), (7, mean), (8, var)];
     let grid = Grid::Threads(p.len());
     let d = k.dispatch(FORWARD.kernel(dtype), p, &views, grid)?;
@@ -558,7 +571,7 @@ pub fn batchnorm_backward(
     p.check("dx", &dx, p.x_len())?;
     p.check("dgamma", &dgamma, p.c as u64)?;
     p.check("dbeta", &dbeta, p.c as u64)?;
-    let dtype = super::float_dtype(OP, &[&x, &dy, &mean, &var, &gamma, &beta, &dx])?;
+    let dtype = super::float_dtype(OP, &[&x, &dy, &dx])?;
     let v = choose(k.policy());
     if is_split(v) {
         let partials = needs_partials(p, partials)?;

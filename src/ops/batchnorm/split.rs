@@ -7,7 +7,10 @@ use bytemuck::{Pod, Zeroable};
 use super::{BatchNormParams, OP};
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source, Variant};
+use crate::kernels::{
+    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source,
+    Variant,
+};
 
 /// A [`BatchNormParams`] with its chunking, the uniform of batchnorm_split.wgsl.
 #[repr(C)]
@@ -66,19 +69,26 @@ pub static SHADER: Shader = Shader {
         needs: Needs::Nothing,
     }],
     choice: "see the per-channel shader",
-    dtypes: &[DType::F32],
+    dtypes: &[DType::F32, DType::F16],
 };
 
 pub static STATS_PARTIAL: Entry = Entry::new::<BatchNormSplitParams>(
     &SHADER,
     "batchnorm_stats_partial",
-    &[read(1), write(5)],
+    &[read(1), write_f32(5)],
     256,
 );
 pub static STATS_COMBINE: Entry = Entry::new::<BatchNormSplitParams>(
     &SHADER,
     "batchnorm_stats_combine",
-    &[read(1), read(6), write(7), write(8), write(9), write(10)],
+    &[
+        read(1),
+        read_f32(6),
+        write_f32(7),
+        write_f32(8),
+        write_f32(9),
+        write_f32(10),
+    ],
     64,
 );
 pub static BACKWARD_PARTIAL: Entry = Entry::new::<BatchNormSplitParams>(
@@ -86,12 +96,12 @@ pub static BACKWARD_PARTIAL: Entry = Entry::new::<BatchNormSplitParams>(
     "batchnorm_backward_partial",
     &[
         read(1),
-        read(2),
-        read(3),
-        write(5),
+        read_f32(2),
+        read_f32(3),
+        write_f32(5),
         read(11),
-        read(12),
-        read(13),
+        read_f32(12),
+        read_f32(13),
     ],
     256,
 );
@@ -100,15 +110,15 @@ pub static BACKWARD_APPLY: Entry = Entry::new::<BatchNormSplitParams>(
     "batchnorm_backward_apply",
     &[
         read(1),
-        read(2),
-        read(3),
-        read(6),
+        read_f32(2),
+        read_f32(3),
+        read_f32(6),
         read(11),
-        read(12),
-        read(13),
+        read_f32(12),
+        read_f32(13),
         write(14),
-        write(15),
-        write(16),
+        write_f32(15),
+        write_f32(16),
     ],
     256,
 );

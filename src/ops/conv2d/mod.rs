@@ -295,7 +295,7 @@ pub fn conv2d_forward(
     if let Some(b) = &bias {
         p.check("bias", b, p.c_out as u64)?;
     }
-    let dtype = super::float_dtype(OP, &[&x, &weight, &y])?;
+    let dtype = super::float_dtype(OP, &[&x, &y])?;
     let (bias, affine) = (k.optional(bias, dtype), k.optional(affine, dtype));
     let v = choose(k.policy(), p.c_out);
     if is_tiled(v) {
@@ -322,7 +322,7 @@ pub fn conv2d_backward_data(
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
-    super::float_dtype(OP, &[&dy, &weight, &dx])?;
+    super::float_dtype(OP, &[&dy, &dx])?;
     let v = choose(k.policy(), p.c_in);
     if is_tiled(v) {
         let p = tiled::data_params(p);
@@ -353,7 +353,7 @@ pub fn conv2d_backward_weight(
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("dweight", &dweight, p.weight_len())?;
-    let dtype = super::float_dtype(OP, &[&x, &dy, &partials, &dweight])?;
+    let dtype = super::float_dtype(OP, &[&x, &dy])?;
     let affine = k.optional(affine, dtype);
     let v = choose(k.policy(), p.c_out);
     if is_tiled(v) {
@@ -376,6 +376,6 @@ pub fn conv2d_backward_bias(
 ) -> Result<Vec<Dispatch>> {
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("dbias", &dbias, p.c_out as u64)?;
-    let dtype = super::float_dtype(OP, &[&dy, &dbias])?;
+    let dtype = super::float_dtype(OP, &[&dy])?;
     regtile::backward_bias(k, dtype, p, dy, dbias)
 }

@@ -6,7 +6,10 @@
 use super::{Conv2dParams, Workspace, OP};
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source, Variant};
+use crate::kernels::{
+    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source,
+    Variant,
+};
 
 /// The register-tile variants (conv2d.wgsl is a template; see `generate`).
 pub static SHADER: Shader = Shader {
@@ -38,49 +41,53 @@ pub static SHADER: Shader = Shader {
     choice: "GPUs: wgtile; CPU drivers: tile8 where the tiled channels (output channels \
              forward and for the weight gradient, input channels for the data gradient) number \
              at most 8, else tile16",
-    dtypes: &[DType::F32],
+    dtypes: &[DType::F32, DType::F16],
 };
 
 pub static PACK_WEIGHT_FORWARD: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_pack_weight_forward",
-    &[read(2), write(12)],
+    &[read_f32(2), write_f32(12)],
     64,
 );
 pub static FORWARD: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_forward",
-    &[write(1), read(3), write(4), read(11), read(14)],
+    &[write(1), read_f32(3), write(4), read_f32(11), read_f32(14)],
     64,
 );
 pub static PACK_WEIGHT_DATA: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_pack_weight_data",
-    &[read(2), write(12)],
+    &[read_f32(2), write_f32(12)],
     64,
 );
 pub static BACKWARD_DATA: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_backward_data",
-    &[read(5), write(6), read(11)],
+    &[read(5), write(6), read_f32(11)],
     64,
 );
 pub static PACK_DY: Entry =
-    Entry::new::<Conv2dParams>(&SHADER, "conv2d_pack_dy", &[read(5), write(12)], 64);
+    Entry::new::<Conv2dParams>(&SHADER, "conv2d_pack_dy", &[read(5), write_f32(12)], 64);
 pub static BACKWARD_WEIGHT: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_backward_weight",
-    &[write(1), write(7), read(13), read(14)],
+    &[write(1), write_f32(7), read_f32(13), read_f32(14)],
     64,
 );
 pub static BACKWARD_WEIGHT_REDUCE: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_backward_weight_reduce",
-    &[read(8), write(9)],
+    &[read_f32(8), write_f32(9)],
     64,
 );
-pub static BACKWARD_BIAS: Entry =
-    Entry::new::<Conv2dParams>(&SHADER, "conv2d_backward_bias", &[read(5), write(10)], 256);
+pub static BACKWARD_BIAS: Entry = Entry::new::<Conv2dParams>(
+    &SHADER,
+    "conv2d_backward_bias",
+    &[read(5), write_f32(10)],
+    256,
+);
 
 /// The channels of the largest register tile: packed operands are padded to it, whatever the
 /// variant, so one workspace size serves all.

@@ -10,7 +10,10 @@
 use super::{coop, Conv2dParams, Workspace, OP};
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source, Variant};
+use crate::kernels::{
+    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source,
+    Variant,
+};
 
 pub static SHADER: Shader = Shader {
     op: OP,
@@ -49,7 +52,7 @@ pub static SHADER: Shader = Shader {
         },
     ],
     choice: "see the register-tile shader",
-    dtypes: &[DType::F32],
+    dtypes: &[DType::F32, DType::F16],
 };
 
 /// conv2d_tiled.wgsl with `variant`'s code at each marker line (a comment `// @name`), the
@@ -111,31 +114,38 @@ fn wgtile_markers() -> [(&'static str, String); 5] {
 pub static FORWARD: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_forward",
-    &[write(1), read(2), read(3), write(4), write(7), read(14)],
+    &[
+        write(1),
+        read_f32(2),
+        read_f32(3),
+        write(4),
+        write_f32(7),
+        read_f32(14),
+    ],
     128,
 );
 pub static FORWARD_REDUCE: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_forward_reduce",
-    &[read(3), write(4), read(8)],
+    &[read_f32(3), write(4), read_f32(8)],
     128,
 );
 pub static BACKWARD_DATA: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_backward_data",
-    &[read(2), read(5), write(6), write(7)],
+    &[read_f32(2), read(5), write(6), write_f32(7)],
     128,
 );
 pub static BACKWARD_DATA_REDUCE: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_backward_data_reduce",
-    &[write(6), read(8)],
+    &[write(6), read_f32(8)],
     128,
 );
 pub static BACKWARD_WEIGHT: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_backward_weight",
-    &[write(1), read(5), write(7), read(14)],
+    &[write(1), read(5), write_f32(7), read_f32(14)],
     128,
 );
 
