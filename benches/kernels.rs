@@ -389,6 +389,7 @@ fn head_and_optimizer(c: &mut Criterion) {
             dy.view(),
             loss.view(),
             correct.view(),
+            None,
         )
         .expect("launch"),
     );
@@ -399,7 +400,7 @@ fn head_and_optimizer(c: &mut Criterion) {
         c,
         "sgd_update 758,226 parameters",
         Throughput::Elements(count as u64),
-        sgd::sgd_update(k(), &sp, p.view(), g.view(), Some(v.view())).expect("launch"),
+        sgd::sgd_update(k(), &sp, p.view(), g.view(), Some(v.view()), None).expect("launch"),
     );
 }
 

@@ -8,7 +8,7 @@
 //   conv2d_pack_weight_data        weight(2)                -> packed_out(12)  W as [r,s][k][c]
 //   conv2d_backward_data           dy(5) packed(11)         -> dx(6)           dx += W^T * dy
 //                                                                            (dx = with overwrite)
-//   conv2d_pack_dy                 dy(5)                    -> packed_out(12)  dy as [n,p,q][k]
+//   conv2d_pack_dy                 dy(5)                    -> packed_dy_out(15) dy as [n,p,q][k]
 //   conv2d_backward_weight         x(1) packed_dy(13) affine(14) -> partial(7) split-K sums
 //   conv2d_backward_weight_reduce  partial_in(8)            -> dweight(9)      dweight += sums
 //   conv2d_backward_bias           dy(5)                    -> dbias(10)       dbias += sum N,P,Q
@@ -69,8 +69,9 @@ struct Conv2dParams {
 @group(0) @binding(10) var<storage, read_write> dbias: array<f32>;
 @group(0) @binding(11) var<storage, read> packed: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read_write> packed_out: array<f32>;
-@group(0) @binding(13) var<storage, read> packed_dy: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read> packed_dy: array<vec4<act>>;
 @group(0) @binding(14) var<storage, read> affine: array<vec2<f32>>;
+@group(0) @binding(15) var<storage, read_write> packed_dy_out: array<act>;
 
 // Register tiles: each invocation owns TM channels (the same for the whole workgroup) by
 // TN = 4 pixels or taps (its own). Per step of the reduction it does 4 gathered loads of its
@@ -157,7 +158,8 @@ fn conv2d_pack_weight_data(
 }
 
 // Transposes the output gradient for the weight gradient:
-// packed_out[j * Kp + k] = dy[y_offset + k * N*P*Q + j], zero for k >= K.
+// packed_dy_out[j * Kp + k] = dy[y_offset + k * N*P*Q + j], zero for k >= K (a copy of dy,
+// so of its element type).
 @compute @workgroup_size(64)
 fn conv2d_pack_dy(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -172,7 +174,7 @@ fn conv2d_pack_dy(
     }
     let k = o % kp;
     let j = o / kp;
-    packed_out[o] = select(0.0, f32(dy[p.y_offset + min(k, p.c_out - 1u) * npq + j]), k < p.c_out);
+    packed_dy_out[o] = act(select(0.0, f32(dy[p.y_offset + min(k, p.c_out - 1u) * npq + j]), k < p.c_out));
 }
 
 @compute @workgroup_size(64)

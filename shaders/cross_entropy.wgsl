@@ -3,7 +3,8 @@
 //
 //   loss_n    = logsumexp(logits[n, :]) - logits[n, label[n]]     the loss is mean(loss_n)
 //   loss_sum += sum over valid n of loss_n      (the host divides by the samples it counted)
-//   dlogits  += (softmax(logits[n, :]) - onehot(label[n])) / valid     (gradient of the mean)
+//   dlogits  += (softmax(logits[n, :]) - onehot(label[n])) / valid     (gradient of the mean,
+//               times the loss scale of scale_state with loss_scaled: f16 training)
 //   correct  += count of valid n with argmax(logits[n, :]) == label[n]   (first maximum wins)
 //
 // A label >= classes (IGNORE = 0xffffffff by convention) marks a padding sample: it adds
@@ -12,15 +13,16 @@
 // and read them once.
 //
 // Entry point (params at binding 0, a CrossEntropyParams uniform):
-//   softmax_cross_entropy   logits(1) labels(2) -> dlogits(3) loss_sum(4) correct(5)
+//   softmax_cross_entropy   logits(1) labels(2) scale_state(6) -> dlogits(3) loss_sum(4)
+//                                                                  correct(5)
 // Geometry: ONE workgroup of 256 invocations; invocation t handles samples t, t + 256, ...
 // The valid count is reduced first, so the gradient can be scaled in the same pass.
 
 struct CrossEntropyParams {
     n: u32,
     classes: u32,
+    loss_scaled: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: CrossEntropyParams;
@@ -29,6 +31,7 @@ struct CrossEntropyParams {
 @group(0) @binding(3) var<storage, read_write> dlogits: array<act>;
 @group(0) @binding(4) var<storage, read_write> loss_sum: array<f32>;
 @group(0) @binding(5) var<storage, read_write> correct: array<u32>;
+@group(0) @binding(6) var<storage, read> scale_state: array<u32>;
 
 const WG: u32 = 256u;
 var<workgroup> red_f: array<f32, WG>;
@@ -55,7 +58,10 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) lid: u32) {
     red_u[lid] = valid;
     reduce(lid);
     let total_valid = red_u[0];
-    let scale = 1.0 / f32(max(total_valid, 1u));
+    var scale = 1.0 / f32(max(total_valid, 1u));
+    if p.loss_scaled != 0u {
+        scale *= bitcast<f32>(scale_state[0]);
+    }
     workgroupBarrier();
 
     var losses = 0.0;

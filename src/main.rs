@@ -37,6 +37,11 @@ struct Cli {
     /// VARIANT or OP=VARIANT (e.g. tile8, conv2d=tile16); `info` lists them
     #[arg(long, global = true, value_name = "SPEC", default_value = "auto")]
     kernels: String,
+    /// Element type of activations and their gradients: f32, or f16 (half their memory;
+    /// arithmetic in f32, parameters, momentum and statistics kept in f32, the loss scaled
+    /// dynamically in training; needs SHADER_F16). Checkpoints are f32 either way
+    #[arg(long, global = true, value_enum, default_value = "f32")]
+    precision: Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,11 +83,20 @@ struct RecipeArgs {
     schedule: Option<Schedule>,
 }
 
-/// The element type of activations (`plan` only: the kernels are f32 today).
+/// The element type of activations and their gradients.
 #[derive(Clone, Copy, ValueEnum)]
 enum Precision {
     F32,
     F16,
+}
+
+impl Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -177,9 +191,6 @@ struct PlanCmd {
     /// Examples per step [default: the preset's]
     #[arg(long)]
     batch_size: Option<u32>,
-    /// Element type of activations, their gradients and workspaces
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: Precision,
     /// Print one JSON object instead of the tables [default: off]
     #[arg(long)]
     json: bool,
@@ -219,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         adapter: cli.adapter,
     };
     let spec = cli.kernels.as_str();
+    let precision = cli.precision.dtype();
     match cli.command {
         Command::Info => {
             print!("{}", info::report(&opts)?);
@@ -226,8 +238,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", k.policy().describe(densenet_wgpu::ops::SHADERS));
             Ok(())
         }
-        Command::Train(c) => train(&opts, spec, c),
-        Command::Eval(c) => eval(&opts, spec, c),
+        Command::Train(c) => train(&opts, spec, precision, c),
+        Command::Eval(c) => eval(&opts, spec, precision, c),
         Command::Bench(c) => {
             let args = BenchArgs {
                 preset: c.preset,
@@ -235,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 batch_size: c.batch_size,
                 steps: c.steps,
                 profile: c.profile,
+                precision,
             };
             let report = bench(&kernels(&opts, spec)?, &args)?;
             print!("{}", report.text());
@@ -244,10 +257,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Plan(c) => plan(&opts, spec, c),
+        Command::Plan(c) => plan(&opts, spec, precision, c),
         Command::Predict(c) => {
             let k = kernels(&opts, spec)?;
-            for p in densenet_wgpu::predict::predict(&k, &c.checkpoint, &c.images)? {
+            let found = densenet_wgpu::predict::predict(&k, &c.checkpoint, &c.images, precision)?;
+            for p in found {
                 println!(
                     "{}: {} ({:.1}%)",
                     p.path.display(),
@@ -260,7 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn train(opts: &GpuOptions, spec: &str, c: TrainCmd) -> anyhow::Result<()> {
+fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow::Result<()> {
     let dataset = c.data.dataset.unwrap_or(DatasetKind::Synthetic);
     let out = c
         .out
@@ -284,6 +298,7 @@ fn train(opts: &GpuOptions, spec: &str, c: TrainCmd) -> anyhow::Result<()> {
         out: out.clone(),
         resume: c.resume,
         progress: std::io::stderr().is_terminal(),
+        precision,
     };
     let history = train::train(&kernels(opts, spec)?, &args)?;
     if let Some(last) = history.last() {
@@ -297,13 +312,9 @@ fn train(opts: &GpuOptions, spec: &str, c: TrainCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plan(opts: &GpuOptions, spec: &str, c: PlanCmd) -> anyhow::Result<()> {
+fn plan(opts: &GpuOptions, spec: &str, precision: DType, c: PlanCmd) -> anyhow::Result<()> {
     let gpu = Gpu::new(opts)?;
     let policy = Policy::parse(spec, DeviceClass::of(&gpu), densenet_wgpu::ops::SHADERS)?;
-    let precision = match c.precision {
-        Precision::F32 => DType::F32,
-        Precision::F16 => DType::F16,
-    };
     let args = PlanArgs {
         preset: c.preset,
         dataset: c.dataset,
@@ -323,7 +334,7 @@ fn plan(opts: &GpuOptions, spec: &str, c: PlanCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn eval(opts: &GpuOptions, spec: &str, c: EvalCmd) -> anyhow::Result<()> {
+fn eval(opts: &GpuOptions, spec: &str, precision: DType, c: EvalCmd) -> anyhow::Result<()> {
     let (checkpoint, data) = (c.checkpoint, c.data);
     let ck = Checkpoint::load(&checkpoint)?;
     let dataset = data.dataset.unwrap_or(ck.dataset);
@@ -345,11 +356,11 @@ fn eval(opts: &GpuOptions, spec: &str, c: EvalCmd) -> anyhow::Result<()> {
         );
     }
     let k = kernels(opts, spec)?;
-    let plan = Plan::eval(&k, &ck.config, ck.recipe.batch_size)?;
+    let plan = Plan::eval_in(&k, &ck.config, ck.recipe.batch_size, precision)?;
     ck.restore(k.gpu(), &plan)?;
     let (loss, acc) = evaluate(k.gpu(), &plan, &Arc::new(splits.test))?;
     println!(
-        "{} on {} (epoch {}): test loss {loss:.4} acc {:.2}%",
+        "{} on {} (epoch {}, {precision}): test loss {loss:.4} acc {:.2}%",
         checkpoint.display(),
         dataset.name(),
         ck.epoch,

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use image::imageops::FilterType;
 
 use crate::checkpoint::Checkpoint;
+use crate::gpu::DType;
 use crate::kernels::Kernels;
 use crate::model::Plan;
 use crate::ops::cross_entropy::IGNORE;
@@ -39,12 +40,17 @@ pub fn load_image(path: &Path, channels: u32, size: u32) -> Result<Vec<f32>> {
 }
 
 /// Classifies `images` with the network of `checkpoint`, on an evaluation-only plan.
-pub fn predict(k: &Kernels, checkpoint: &Path, images: &[PathBuf]) -> Result<Vec<Prediction>> {
+pub fn predict(
+    k: &Kernels,
+    checkpoint: &Path,
+    images: &[PathBuf],
+    precision: DType,
+) -> Result<Vec<Prediction>> {
     let gpu = k.gpu();
     let ck = Checkpoint::load(checkpoint)?;
     let cfg = &ck.config;
     let batch = (images.len() as u32).clamp(1, 64);
-    let plan = Plan::eval(k, cfg, batch)?;
+    let plan = Plan::eval_in(k, cfg, batch, precision)?;
     ck.restore(gpu, &plan)?;
     let names = ck.dataset.class_names();
     let (c, size) = (cfg.in_channels, cfg.image_size);
@@ -61,7 +67,7 @@ pub fn predict(k: &Kernels, checkpoint: &Path, images: &[PathBuf]) -> Result<Vec
         }
         plan.upload(gpu, &x, &vec![IGNORE; batch as usize])?;
         plan.submit_eval(gpu);
-        let logits: Vec<f32> = gpu.read_all(&plan.buffers.logits)?;
+        let logits = plan.read_logits(gpu)?;
         for (slot, path) in chunk.iter().enumerate() {
             let row = &logits[slot * cfg.classes as usize..][..cfg.classes as usize];
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

@@ -27,6 +27,12 @@ pub struct EpochMetrics {
     pub images_per_sec: f64,
     /// Learning rate at the epoch's last step.
     pub lr: f64,
+    /// f16 training: steps of this epoch skipped for inf or NaN gradients, and the loss
+    /// scale at its end (absent in f32 runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
 }
 
 /// Reads the epochs already in `metrics.jsonl` (a resumed run appends to them).

@@ -15,7 +15,7 @@ pub use profile::{profile, KernelTime};
 pub use roofline::Ceilings;
 
 use crate::data::DatasetKind;
-use crate::gpu::Gpu;
+use crate::gpu::{DType, Gpu};
 use crate::kernels::Kernels;
 use crate::model::memory::MemoryReport;
 use crate::model::plan::{Cmd, Plan};
@@ -32,6 +32,8 @@ pub struct BenchArgs {
     pub steps: u32,
     /// Also measure the ceilings and time every kernel of one step.
     pub profile: bool,
+    /// Element type of activations and their gradients.
+    pub precision: DType,
 }
 
 /// A bench run: the step, and with the profile the ceilings and every kernel.
@@ -45,6 +47,8 @@ pub struct BenchReport {
     pub images_per_sec: f64,
     pub dispatches: usize,
     pub kernel_policy: String,
+    /// Element type of activations and their gradients.
+    pub precision: DType,
     pub memory: MemoryReport,
     pub ceilings: Option<Ceilings>,
     /// Slowest first.
@@ -59,7 +63,7 @@ pub fn bench(k: &Kernels, a: &BenchArgs) -> Result<BenchReport> {
         .config(a.dataset, a.dataset.class_names().len() as u32);
     let recipe = a.preset.recipe();
     let batch = a.batch_size.unwrap_or(recipe.batch_size);
-    let plan = Plan::train(k, &cfg, batch, recipe.sgd())?;
+    let plan = Plan::train_in(k, &cfg, batch, recipe.sgd(), a.precision)?;
     plan.write_params(gpu, &plan.layout.init_params(cfg.init, 0))?;
     let mut rng = fastrand::Rng::with_seed(0);
     let x: Vec<f32> = (0..plan.buffers.input.len).map(|_| rng.f32()).collect();
@@ -80,6 +84,7 @@ pub fn bench(k: &Kernels, a: &BenchArgs) -> Result<BenchReport> {
         images_per_sec: batch as f64 / secs,
         dispatches: cmds.iter().filter(|c| matches!(c, Cmd::Run(_))).count(),
         kernel_policy: k.policy().origin.clone(),
+        precision: a.precision,
         memory: plan.memory.report.clone(),
         ceilings,
         kernels,
@@ -107,7 +112,7 @@ impl BenchReport {
     pub fn text(&self) -> String {
         let mut out = format!(
             "{} on {} ({}), batch {}: {:.2} ms per training step, {:.0} images/s, {} dispatches \
-             per step; kernels {}; memory: {}\n",
+             per step; kernels {}; activations {}; memory: {}\n",
             self.preset,
             self.adapter,
             self.backend,
@@ -116,6 +121,7 @@ impl BenchReport {
             self.images_per_sec,
             self.dispatches,
             self.kernel_policy,
+            self.precision,
             self.memory
         );
         let Some(c) = self.ceilings else {

@@ -58,6 +58,9 @@ impl Checkpoint {
         meta.insert("recipe".to_string(), serde_json::to_string(&self.recipe)?);
         meta.insert("dataset".to_string(), self.dataset.name().to_string());
         meta.insert("epoch".to_string(), self.epoch.to_string());
+        if let Some(s) = &self.loss_scale {
+            meta.insert("loss_scale".to_string(), serde_json::to_string(s)?);
+        }
         meta.insert("step".to_string(), self.step.to_string());
         let data = safetensors::serialize(views, Some(meta))?;
         write_atomic(path, &data)
@@ -106,6 +109,11 @@ impl Checkpoint {
             epoch: get("epoch")?.parse().context("checkpoint epoch")?,
             step: get("step")?.parse().context("checkpoint step")?,
             tensors,
+            loss_scale: meta
+                .get("loss_scale")
+                .map(|s| serde_json::from_str(s))
+                .transpose()
+                .context("checkpoint loss_scale")?,
         })
     }
 }

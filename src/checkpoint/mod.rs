@@ -17,6 +17,7 @@ use crate::data::DatasetKind;
 use crate::gpu::Gpu;
 use crate::model::layout::Arena;
 use crate::model::{DenseNetConfig, Layout, Plan};
+use crate::ops::loss_scale::LossScaleState;
 use crate::recipe::Recipe;
 
 pub use file::FORMAT;
@@ -32,6 +33,9 @@ pub struct Checkpoint {
     pub step: u64,
     /// Named tensors: (shape, values).
     pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// The dynamic loss scale of an f16 run (metadata `loss_scale`), so that resuming in f16
+    /// goes on with it; None from f32 runs.
+    pub loss_scale: Option<LossScaleState>,
 }
 
 /// The running statistics and momentum of a plan, in arena layout, as [`Checkpoint::new`]
@@ -93,6 +97,7 @@ impl Checkpoint {
             epoch,
             step,
             tensors,
+            loss_scale: None,
         }
     }
 

@@ -275,4 +275,27 @@ impl Gpu {
     pub fn read_all<T: Element>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
         self.read(buf.view())
     }
+
+    /// Overwrites the start of a float buffer (f32 or f16) with `data`, converted to its type
+    /// (f16: rounded to nearest, with `half`).
+    pub fn write_floats(&self, buf: &GpuBuffer, data: &[f32]) -> Result<()> {
+        match buf.dtype {
+            DType::F16 => {
+                let h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                self.write(buf, &h)
+            }
+            _ => self.write(buf, data),
+        }
+    }
+
+    /// A float buffer's values (f32 or f16) as f32.
+    pub fn read_floats(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        match buf.dtype {
+            DType::F16 => {
+                let h: Vec<half::f16> = self.read_all(buf)?;
+                Ok(h.iter().map(|v| v.to_f32()).collect())
+            }
+            _ => self.read_all(buf),
+        }
+    }
 }

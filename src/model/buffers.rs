@@ -17,7 +17,7 @@ use crate::model::memory::{
     place, BufferSpec, Category, MemoryReport, Placement, TensorId, TensorSpec,
 };
 use crate::model::nodes::{nodes, Mode, Nodes, PlanTarget};
-use crate::ops::batchnorm;
+use crate::ops::{batchnorm, loss_scale};
 
 /// The buffers that live across steps.
 #[derive(Debug, Serialize)]
@@ -48,6 +48,8 @@ pub struct Buffers<B> {
     /// (1) summed loss and (1) u32 correct predictions since the last zeroing.
     pub loss_sum: B,
     pub correct: B,
+    /// (4) u32 dynamic loss-scale state (training in f16; see `ops::loss_scale`).
+    pub loss_scale: Option<B>,
 }
 
 impl<B> Buffers<B> {
@@ -68,6 +70,7 @@ impl<B> Buffers<B> {
             Some(&self.logits),
             Some(&self.loss_sum),
             Some(&self.correct),
+            self.loss_scale.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -82,6 +85,7 @@ impl<B> Buffers<B> {
             batch_mean: opt(&self.batch_mean)?,
             batch_var: opt(&self.batch_var)?,
             bn_partials: opt(&self.bn_partials)?,
+            loss_scale: opt(&self.loss_scale)?,
             params: f(&self.params)?,
             running_mean: f(&self.running_mean)?,
             running_var: f(&self.running_var)?,
@@ -217,6 +221,14 @@ fn buffer_specs(
         logits: spec("logits", &[n, k], dtype, Outputs),
         loss_sum: spec("loss_sum", &[1], DType::F32, Outputs),
         correct: spec("correct", &[1], DType::U32, Outputs),
+        loss_scale: (train && dtype == DType::F16).then(|| {
+            spec(
+                "loss_scale",
+                &[loss_scale::STATE_LEN],
+                DType::U32,
+                Statistics,
+            )
+        }),
     }
 }
 

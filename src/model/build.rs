@@ -10,7 +10,7 @@
 //! is applied by the op after it as it loads its input (the convs from (scale, shift)
 //! pairs, the pools exactly as batch norm computes it), so no normalized copy is stored.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{DType, GpuBuffer};
 use crate::kernels::Kernels;
 use crate::model::buffers::{Buffers, MemoryPlan, Tensors};
@@ -20,6 +20,7 @@ use crate::model::layout::Layout;
 use crate::model::nodes::{Mode, PlanLimits, PlanTarget};
 use crate::model::plan::{Cmd, Plan, SgdConfig, Training};
 use crate::model::steps::node_cmds;
+use crate::ops::loss_scale::{self, LossScaleParams, LossScaleState, GROWTH_INTERVAL};
 use crate::ops::sgd::{self, SgdParams};
 
 impl Plan {
@@ -27,7 +28,21 @@ impl Plan {
     /// the same buffers). Parameters start at zero: write them with [`Plan::write_params`]
     /// (e.g. from [`Layout::init_params`]).
     pub fn train(k: &Kernels, cfg: &DenseNetConfig, batch: u32, opt: SgdConfig) -> Result<Plan> {
-        Self::build(k, cfg, batch, Some(opt), PlanLimits::of(k.gpu()))
+        Self::train_in(k, cfg, batch, opt, DType::F32)
+    }
+
+    /// As [`Plan::train`] with activations and their gradients stored as `precision` (f32 or
+    /// f16). Parameters, their gradients, momentum and statistics stay f32; in f16 the loss
+    /// is scaled dynamically ([`crate::ops::loss_scale`]).
+    pub fn train_in(
+        k: &Kernels,
+        cfg: &DenseNetConfig,
+        batch: u32,
+        opt: SgdConfig,
+        precision: DType,
+    ) -> Result<Plan> {
+        let limits = PlanLimits::of(k.gpu());
+        Self::build(k, cfg, batch, Some(opt), limits, precision)
     }
 
     /// As [`Plan::train`], planning as if no binding could exceed `max_binding` bytes (at
@@ -42,13 +57,23 @@ impl Plan {
     ) -> Result<Plan> {
         let mut limits = PlanLimits::of(k.gpu());
         limits.max_binding = limits.max_binding.min(max_binding);
-        Self::build(k, cfg, batch, Some(opt), limits)
+        Self::build(k, cfg, batch, Some(opt), limits, DType::F32)
     }
 
     /// An evaluation-only plan: the forward with running statistics and the loss, with no
     /// gradients, batch statistics, optimizer state or backward workspaces.
     pub fn eval(k: &Kernels, cfg: &DenseNetConfig, batch: u32) -> Result<Plan> {
-        Self::build(k, cfg, batch, None, PlanLimits::of(k.gpu()))
+        Self::eval_in(k, cfg, batch, DType::F32)
+    }
+
+    /// As [`Plan::eval`] with activations stored as `precision`.
+    pub fn eval_in(
+        k: &Kernels,
+        cfg: &DenseNetConfig,
+        batch: u32,
+        precision: DType,
+    ) -> Result<Plan> {
+        Self::build(k, cfg, batch, None, PlanLimits::of(k.gpu()), precision)
     }
 
     fn build(
@@ -57,7 +82,19 @@ impl Plan {
         batch: u32,
         opt: Option<SgdConfig>,
         limits: PlanLimits,
+        precision: DType,
     ) -> Result<Plan> {
+        if !matches!(precision, DType::F32 | DType::F16) {
+            return Err(Error::Usage(format!(
+                "precision {precision}: activations are stored as f32 or f16"
+            )));
+        }
+        if precision == DType::F16 && !k.gpu().features.contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::Device(format!(
+                "{} has no SHADER_F16: use --precision f32",
+                k.gpu().info.name
+            )));
+        }
         let gpu = k.gpu();
         let layout = Layout::new(cfg, limits.align());
         let mode = match opt {
@@ -67,12 +104,15 @@ impl Plan {
         let momentum = opt.is_some_and(|o| o.momentum > 0.0);
         let target = PlanTarget {
             limits,
-            dtype: DType::F32,
+            dtype: precision,
             policy: k.policy().clone(),
         };
         let memory = MemoryPlan::new(cfg, &layout, batch, mode, momentum, &target)?;
         let buffers = Buffers::allocate(gpu, &memory.buffers)?;
         gpu.write(&buffers.running_var, &vec![1f32; layout.stats.len as usize])?;
+        if let Some(s) = &buffers.loss_scale {
+            gpu.write(s, &LossScaleState::initial().to_words())?;
+        }
         let tensors = Tensors::allocate(gpu, &memory)?;
         let bufs = Bufs::new(k, &layout, &buffers, &tensors, &memory.nodes);
         let (mut eval, mut forward, mut backward) = (Vec::new(), Vec::new(), Vec::new());
@@ -115,9 +155,24 @@ fn sgd_step(
     opt: SgdConfig,
 ) -> Result<Training> {
     let n = b.params.len as u32;
-    let p = SgdParams::new(n, opt.lr, opt.momentum, opt.weight_decay, opt.nesterov)?;
+    let mut p = SgdParams::new(n, opt.lr, opt.momentum, opt.weight_decay, opt.nesterov)?;
     let grads = b.grads.as_ref().expect("a training plan has gradients");
     let velocity = b.velocity.as_ref().map(|v| v.view());
+    let scale = b.loss_scale.as_ref().map(|s| s.view());
+    // A scaled loss: the gradients are checked for inf and NaN before the update, which
+    // then unscales them or skips the step, and the scale follows afterwards.
+    let scaling = scale
+        .map(|s| Ok::<_, crate::Error>((LossScaleParams::new(n, GROWTH_INTERVAL)?, s)))
+        .transpose()?;
+    if let Some((lp, s)) = &scaling {
+        step.push(Cmd::Run(loss_scale::loss_scale_check(
+            k,
+            lp,
+            grads.view(),
+            *s,
+        )?));
+        p = p.with_loss_scale();
+    }
     let sgd_index = step.len();
     step.extend(cmds(sgd::sgd_update(
         k,
@@ -125,7 +180,11 @@ fn sgd_step(
         b.params.view(),
         grads.view(),
         velocity,
+        scale,
     )?));
+    if let Some((lp, s)) = &scaling {
+        step.push(Cmd::Run(loss_scale::loss_scale_update(k, lp, *s)?));
+    }
     Ok(Training {
         cmds: step,
         sgd_index,

@@ -164,9 +164,13 @@ pub(super) fn head(ctx: &mut Ctx<'_>, i: usize) -> Result<HeadNode> {
     let b0 = ctx.train().then(|| ctx.timeline.bwd(i, 0));
     let keep = (f, b0.unwrap_or(f));
     let features = ctx.tensor("head.features", &[c as u64, n as u64], Activations, keep);
-    // The loss kernel writes the loss gradient in evaluation too, where it is scratch.
+    // The loss kernel writes the loss gradient in evaluation too, where it is scratch (of
+    // the activations' type all the same).
     let cat = if ctx.train() { Gradients } else { Scratch };
-    let dlogits = ctx.tensor("head.logits.grad", &[n as u64, classes as u64], cat, keep);
+    let shape = [n as u64, classes as u64];
+    let dlogits = ctx
+        .tensors
+        .add("head.logits.grad", &shape, ctx.dtype, cat, keep);
     let dfeatures = b0.map(|b| {
         ctx.tensor(
             "head.features.grad",

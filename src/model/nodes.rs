@@ -283,7 +283,8 @@ impl Ctx<'_> {
         self.mode == Mode::Train
     }
 
-    /// Declares a tensor of the plan's element type.
+    /// Declares a tensor: activations and their gradients of the plan's element type,
+    /// scratch (partial sums, packed operands) in f32, as the kernels keep them.
     pub(super) fn tensor(
         &mut self,
         name: impl Into<String>,
@@ -291,7 +292,11 @@ impl Ctx<'_> {
         category: Category,
         live: (Stage, Stage),
     ) -> TensorId {
-        self.tensors.add(name, shape, self.dtype, category, live)
+        let dtype = match category {
+            Scratch => DType::F32,
+            _ => self.dtype,
+        };
+        self.tensors.add(name, shape, dtype, category, live)
     }
 
     pub(super) fn stat(&self, slot: SlotId) -> u32 {
@@ -325,8 +330,14 @@ impl Ctx<'_> {
         let grads = self.train().then(|| {
             let b = self.timeline.bwd(node, bwd);
             let partials = &[ws.partials];
+            // The packed dy is a copy of dy, so of the activations' type.
+            let packed_dy = (ws.packed_dy > 0).then(|| {
+                let (name, dtype) = (format!("{name}.packed_dy"), self.dtype);
+                self.tensors
+                    .add(name, &[ws.packed_dy], dtype, Scratch, (b, b))
+            });
             ConvGrads {
-                packed_dy: scratch(self, "packed_dy", ws.packed_dy, b),
+                packed_dy,
                 partials: self.tensor(format!("{name}.weight_partials"), partials, Scratch, (b, b)),
                 data_ws: scratch(self, "packed_weight_t", if dx { ws.data } else { 0 }, b),
             }

@@ -10,6 +10,7 @@ use crate::model::buffers::{Buffers, MemoryPlan, Tensors};
 use crate::model::config::DenseNetConfig;
 use crate::model::layout::{Layout, SlotId};
 use crate::model::nodes::Mode;
+use crate::ops::loss_scale::LossScaleState;
 use crate::ops::sgd::SgdParams;
 
 /// One command of a recorded pass.
@@ -136,7 +137,8 @@ impl Plan {
         gpu.write(&self.buffers.params, values)
     }
 
-    /// Uploads a batch: x (C, N, H, W) and labels (N), padded with IGNORE.
+    /// Uploads a batch: x (C, N, H, W; converted to the plan's precision) and labels (N),
+    /// padded with IGNORE.
     pub fn upload(&self, gpu: &Gpu, x: &[f32], labels: &[u32]) -> Result<()> {
         let (input, lab) = (&self.buffers.input, &self.buffers.labels);
         if x.len() as u64 != input.len || labels.len() as u64 != lab.len {
@@ -151,7 +153,7 @@ impl Plan {
                 ),
             ));
         }
-        gpu.write(input, x)?;
+        gpu.write_floats(input, x)?;
         gpu.write(lab, labels)
     }
 
@@ -204,6 +206,33 @@ impl Plan {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         record(self, &mut enc);
         gpu.queue.submit([enc.finish()])
+    }
+
+    /// The logits of the last batch (N, K), as f32 whatever the plan's precision.
+    pub fn read_logits(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.read_floats(&self.buffers.logits)
+    }
+
+    /// The activations' element type: f32, or f16 (`--precision f16`).
+    pub fn precision(&self) -> crate::gpu::DType {
+        self.memory.dtype
+    }
+
+    /// The dynamic loss scale's state (training in f16 only); waits for the GPU.
+    pub fn read_loss_scale(&self, gpu: &Gpu) -> Result<Option<LossScaleState>> {
+        let Some(s) = &self.buffers.loss_scale else {
+            return Ok(None);
+        };
+        let words: Vec<u32> = gpu.read_all(s)?;
+        Ok(Some(LossScaleState::from_words(&words)))
+    }
+
+    /// Restores the loss scale (a resumed run continues with the scale it had).
+    pub fn write_loss_scale(&self, gpu: &Gpu, state: LossScaleState) -> Result<()> {
+        match &self.buffers.loss_scale {
+            Some(s) => gpu.write(s, &state.to_words()),
+            None => Ok(()),
+        }
     }
 
     /// Reads (summed loss, correct predictions) since the last zeroing; waits for the GPU.

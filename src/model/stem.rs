@@ -75,14 +75,20 @@ pub(super) fn stem(ctx: &mut Ctx<'_>, i: usize) -> Result<StemNode> {
     })
 }
 
-/// Channels per group of the ImageNet stem: all of them, unless its conv output exceeds the
-/// adapter's binding limit (d2l at batch 256 on a 128 MiB-binding adapter); then groups of
-/// channels small enough, each bound as its own aligned range of the stem's tensors.
+/// Channels per group of the ImageNet stem, each group bound as its own aligned range of
+/// the stem's tensors: groups small enough for the adapter's binding limit (d2l at batch 256
+/// in f32 on a 128 MiB-binding adapter needs 2), and in training at least 2 where the
+/// alignment allows, since the BN's gradient is then a temporary of one group's size (18
+/// MiB less for d2l in f16, 36 in f32) for one more set of stem dispatches.
 fn group_channels(ctx: &Ctx<'_>, full: &Conv2dParams) -> Result<u32> {
     let limit = ctx.limits.max_binding.max(1);
     let c = full.c_out;
     let bytes = ctx.dtype.bytes(full.y_len());
-    let groups = bytes.div_ceil(limit);
+    let needed = bytes.div_ceil(limit);
+    let groups = match ctx.train() && c >= 2 {
+        true => needed.max(2),
+        false => needed,
+    };
     if groups <= 1 {
         return Ok(c);
     }
@@ -92,6 +98,9 @@ fn group_channels(ctx: &Ctx<'_>, full: &Conv2dParams) -> Result<u32> {
     let pooled = plane / 4;
     let aligned =
         plane % align == 0 && pooled % align == 0 && full.c_in as u64 * 49 * per % align == 0;
+    if needed <= 1 && (!aligned || per >= c as u64) {
+        return Ok(c); // grouping was only to save memory: go without
+    }
     if !aligned || ctx.dtype.bytes(per * plane) > limit {
         return Err(Error::Limit {
             what: format!("the stem's conv output ({c} x {plane} values)"),

@@ -291,14 +291,21 @@ fn head_forward(b: &Bufs<'_>, node: &HeadNode, eval: bool) -> Result<Vec<Cmd>> {
         logits,
     )?));
     f.push(zero(dlogits, dlogits.len));
+    // Training in f16: the loss gradient is scaled (the loss itself is not).
+    let scale = b.b.loss_scale.as_ref().map(|s| s.view());
+    let ce = match scale {
+        Some(_) => node.ce.with_loss_scale(),
+        None => node.ce,
+    };
     f.extend(cmds(cross_entropy::softmax_cross_entropy(
         b.k,
-        &node.ce,
+        &ce,
         logits,
         labels,
         dlogits,
         b.b.loss_sum.view(),
         b.b.correct.view(),
+        scale,
     )?));
     Ok(f)
 }

@@ -22,7 +22,9 @@ pub const IGNORE: u32 = u32::MAX;
 pub struct CrossEntropyParams {
     pub n: u32,
     pub classes: u32,
-    pub _pad: [u32; 2],
+    /// Non-zero: dlogits is of the loss times a loss scale ([`CrossEntropyParams::with_loss_scale`]).
+    pub loss_scaled: u32,
+    pub _pad: u32,
 }
 
 const OP: &str = "softmax_cross_entropy";
@@ -37,8 +39,16 @@ impl CrossEntropyParams {
         Ok(CrossEntropyParams {
             n,
             classes,
-            _pad: [0; 2],
+            loss_scaled: 0,
+            _pad: 0,
         })
+    }
+
+    /// dlogits is the gradient of the loss times the scale of a [`crate::ops::loss_scale`]
+    /// state (f16 training); the summed loss is not scaled.
+    pub fn with_loss_scale(mut self) -> Self {
+        self.loss_scaled = 1;
+        self
     }
 
     pub fn logits_len(&self) -> u64 {
@@ -59,12 +69,21 @@ pub static SHADER: Shader = Shader {
 pub static SOFTMAX_CROSS_ENTROPY: Entry = Entry::new::<CrossEntropyParams>(
     &SHADER,
     "softmax_cross_entropy",
-    &[read(1), read_u32(2), write(3), write_f32(4), write_u32(5)],
+    &[
+        read(1),
+        read_u32(2),
+        write(3),
+        write_f32(4),
+        write_u32(5),
+        read_u32(6),
+    ],
     256,
 );
 
-/// `loss_sum[0] +=` the batch's summed loss, `dlogits +=` the gradient of its MEAN loss,
+/// `loss_sum[0] +=` the batch's summed loss, `dlogits +=` the gradient of its MEAN loss
+/// (times the scale in `scale_state`, given exactly when the params say the loss is scaled),
 /// `correct[0] +=` (u32) correct predictions.
+#[allow(clippy::too_many_arguments)]
 pub fn softmax_cross_entropy(
     k: &Kernels,
     p: &CrossEntropyParams,
@@ -73,7 +92,15 @@ pub fn softmax_cross_entropy(
     dlogits: View<'_>,
     loss_sum: View<'_>,
     correct: View<'_>,
+    scale_state: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    ensure_shape!(
+        scale_state.is_some() == (p.loss_scaled != 0),
+        OP,
+        "a loss-scale state given: {}, but the params say loss_scaled = {}",
+        scale_state.is_some(),
+        p.loss_scaled
+    );
     let lens = [
         ("logits", logits.len, p.logits_len()),
         ("labels", labels.len, p.n as u64),
@@ -95,6 +122,7 @@ pub fn softmax_cross_entropy(
         (3, dlogits),
         (4, loss_sum),
         (5, correct),
+        (6, k.optional(scale_state, DType::U32)),
     ];
     let kernel = SOFTMAX_CROSS_ENTROPY.kernel(dtype);
     Ok(vec![k.dispatch(kernel, p, &views, Grid::Workgroups(1))?])

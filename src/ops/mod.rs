@@ -8,6 +8,7 @@ pub mod conv2d;
 pub mod cross_entropy;
 pub mod global_avgpool;
 pub mod linear;
+pub mod loss_scale;
 pub mod maxpool;
 pub mod relu;
 pub mod roofline;
@@ -32,6 +33,7 @@ pub static SHADERS: &[&Shader] = &[
     &linear::SHADER,
     &cross_entropy::SHADER,
     &sgd::SHADER,
+    &loss_scale::SHADER,
     &roofline::SHADER,
 ];
 

@@ -5,7 +5,9 @@ use bytemuck::{Pod, Zeroable};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{DType, View};
-use crate::kernels::{read, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN};
+use crate::kernels::{
+    read, read_u32, write, Dispatch, Entry, Grid, Kernels, Shader, Source, PLAIN,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
@@ -15,7 +17,9 @@ pub struct SgdParams {
     pub momentum: f32,
     pub weight_decay: f32,
     pub nesterov: u32,
-    pub _pad: [u32; 3],
+    /// Non-zero: the gradients are of a scaled loss; see [`SgdParams::with_loss_scale`].
+    pub loss_scaled: u32,
+    pub _pad: [u32; 2],
 }
 
 const OP: &str = "sgd_update";
@@ -54,8 +58,16 @@ impl SgdParams {
             momentum,
             weight_decay,
             nesterov: nesterov as u32,
-            _pad: [0; 3],
+            loss_scaled: 0,
+            _pad: [0; 2],
         })
+    }
+
+    /// The gradients are of a loss scaled by a [`crate::ops::loss_scale`] state: the update
+    /// divides them by its scale, and is skipped on a step whose gradients overflowed.
+    pub fn with_loss_scale(mut self) -> Self {
+        self.loss_scaled = 1;
+        self
     }
 }
 
@@ -69,17 +81,30 @@ pub static SHADER: Shader = Shader {
     dtypes: &[DType::F32],
 };
 
-pub static SGD_UPDATE: Entry =
-    Entry::new::<SgdParams>(&SHADER, "sgd_update", &[write(1), read(2), write(3)], 256);
+pub static SGD_UPDATE: Entry = Entry::new::<SgdParams>(
+    &SHADER,
+    "sgd_update",
+    &[write(1), read(2), write(3), read_u32(4)],
+    256,
+);
 
-/// param -= lr * step; `velocity` is needed (and updated) only when momentum > 0.
+/// param -= lr * step; `velocity` is needed (and updated) only when momentum > 0;
+/// `scale_state` (the loss-scale state) exactly when the params say the loss is scaled.
 pub fn sgd_update(
     k: &Kernels,
     p: &SgdParams,
     param: View<'_>,
     grad: View<'_>,
     velocity: Option<View<'_>>,
+    scale_state: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    ensure_shape!(
+        scale_state.is_some() == (p.loss_scaled != 0),
+        OP,
+        "a loss-scale state given: {}, but the params say loss_scaled = {}",
+        scale_state.is_some(),
+        p.loss_scaled
+    );
     let need = p.count as u64;
     ensure_shape!(
         param.len >= need && grad.len >= need,
@@ -104,7 +129,12 @@ pub fn sgd_update(
     }
     let dtype = super::float_dtype(OP, &[&param, &grad])?;
     let p_velocity = velocity.is_some() as u64;
-    let views = [(1, param), (2, grad), (3, k.optional(velocity, dtype))];
+    let views = [
+        (1, param),
+        (2, grad),
+        (3, k.optional(velocity, dtype)),
+        (4, k.optional(scale_state, DType::U32)),
+    ];
     let grid = Grid::Threads(need);
     // Parameters read and written, gradient read, velocity read and written.
     let d = k.dispatch(SGD_UPDATE.kernel(dtype), p, &views, grid)?;

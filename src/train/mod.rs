@@ -18,7 +18,7 @@ pub use setup::{setup, Setup, TrainArgs};
 use crate::checkpoint::Checkpoint;
 use crate::data::loader::{Loader, Order};
 use crate::evaluate::evaluate;
-use crate::gpu::{DType, InFlight};
+use crate::gpu::InFlight;
 use crate::kernels::Kernels;
 use crate::model::memory::mib;
 use crate::model::{MemoryPlan, Mode, Plan, PlanLimits, PlanTarget};
@@ -34,10 +34,13 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
     let gpu = k.gpu();
     let setup = setup(args)?;
     let (cfg, recipe) = (&setup.config, &setup.recipe);
-    let mut plan = Plan::train(k, cfg, recipe.batch_size, recipe.sgd())?;
+    let mut plan = Plan::train_in(k, cfg, recipe.batch_size, recipe.sgd(), args.precision)?;
     let (first_epoch, mut step) = match &setup.resume {
         Some(ck) => {
             ck.restore(gpu, &plan)?;
+            if let Some(s) = ck.loss_scale {
+                plan.write_loss_scale(gpu, s)?;
+            }
             (ck.epoch, ck.step)
         }
         None => {
@@ -72,8 +75,9 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
         report::write_metrics(&metrics_path, &history)?;
         let title = format!("{} on {}", args.preset.name(), args.dataset.name());
         report::plot(&args.out.join("curves.png"), &history, &title)?;
-        Checkpoint::capture(gpu, &plan, recipe, args.dataset, (epoch, step))?
-            .save(&checkpoint_path(&args.out))?;
+        let mut ck = Checkpoint::capture(gpu, &plan, recipe, args.dataset, (epoch, step))?;
+        ck.loss_scale = plan.read_loss_scale(gpu)?;
+        ck.save(&checkpoint_path(&args.out))?;
     }
     Ok(history)
 }
@@ -85,15 +89,15 @@ fn announce(k: &Kernels, plan: &Plan, setup: &Setup, args: &TrainArgs) -> Result
     let recipe = &setup.recipe;
     let target = PlanTarget {
         limits: PlanLimits::of(gpu),
-        dtype: DType::F32,
+        dtype: plan.precision(),
         policy: k.policy().clone(),
     };
     let (cfg, layout) = (&plan.cfg, &plan.layout);
     let eval = MemoryPlan::new(cfg, layout, plan.batch, Mode::Eval, false, &target)?;
     eprintln!(
         "densenet-wgpu: {} on {} ({} train / {} test), {} parameters, batch {}, {} epochs; \
-         device {} ({:?}); kernels {}; memory: training plan {:.1} MiB ({}), evaluation plan \
-         {:.1} MiB",
+         device {} ({:?}); kernels {}; activations {}; memory: training plan {:.1} MiB ({}), \
+         evaluation plan {:.1} MiB",
         args.preset.name(),
         args.dataset.name(),
         setup.train.len(),
@@ -104,6 +108,7 @@ fn announce(k: &Kernels, plan: &Plan, setup: &Setup, args: &TrainArgs) -> Result
         gpu.info.name,
         gpu.info.backend,
         k.policy().origin,
+        plan.precision(),
         mib(plan.memory.report.total()),
         plan.memory.report,
         mib(eval.report.total()),
@@ -134,6 +139,7 @@ fn run_epoch(
         format!("epoch {epoch}/{}", recipe.epochs),
     );
     plan.reset_metrics(gpu);
+    let skipped_before = plan.read_loss_scale(gpu)?.map(|s| s.skipped);
     let mut inflight = InFlight::new(2);
     let mut probe = progress::Probe::new(gpu);
     let mut lr = recipe.lr;
@@ -160,6 +166,7 @@ fn run_epoch(
         pb.inc(1);
     }
     let (loss_sum, correct) = plan.read_metrics(gpu)?;
+    let scale = plan.read_loss_scale(gpu)?;
     let train_secs = start.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let seen = (batches * recipe.batch_size as u64).max(1) as f64;
@@ -173,5 +180,7 @@ fn run_epoch(
         seconds: start.elapsed().as_secs_f64(),
         images_per_sec: seen / train_secs,
         lr: lr as f64,
+        skipped_steps: scale.map(|s| (s.skipped - skipped_before.unwrap_or(0)) as u64),
+        loss_scale: scale.map(|s| s.scale as f64),
     })
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 
 use crate::checkpoint::Checkpoint;
 use crate::data::{self, Dataset, DatasetKind};
+use crate::gpu::DType;
 use crate::model::DenseNetConfig;
 use crate::recipe::{Overrides, Preset, Recipe};
 
@@ -26,6 +27,8 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     /// Draw progress bars (off in tests and when stderr is not a terminal).
     pub progress: bool,
+    /// Element type of activations and their gradients (f32 or f16).
+    pub precision: DType,
 }
 
 /// The network, recipe and data of a run.

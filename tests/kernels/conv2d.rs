@@ -228,7 +228,8 @@ fn conv2d_backward_weight_matches_reference() {
             let dy = s.act(rng.vec(s.y_total));
             let dw0 = rng.vec(s.p.weight_len());
             let (x, dyb, dw) = (s.up_act(&s.x), s.up_act(&dy), up(&dw0));
-            let ws = poisoned(s.p.workspace_len());
+            // The weight gradient's workspace holds a packed copy of dy (register tiles).
+            let ws = poisoned_act(dtype, s.p.workspace_len());
             let partials = poisoned(s.p.partials_len());
             let aff = s.affine_buffer();
             let launch = conv2d::conv2d_backward_weight(

@@ -34,6 +34,7 @@ fn softmax_cross_entropy_matches_reference() {
             db.view(),
             loss.view(),
             correct.view(),
+            None,
         );
         run(launch.unwrap());
         let mut want = dl0.clone();
@@ -82,7 +83,7 @@ fn sgd_update_matches_reference() {
             let grad = rng.vec(count as u64);
             let gb = up(&grad);
             let velocity = (mom > 0.0).then(|| vb.view());
-            run(sgd::sgd_update(k(), &p, pb.view(), gb.view(), velocity).unwrap());
+            run(sgd::sgd_update(k(), &p, pb.view(), gb.view(), velocity, None).unwrap());
             cpu::sgd_update(&mut param, &grad, &mut vel, &p);
             check(
                 &format!("sgd_update case {i} step {step}"),

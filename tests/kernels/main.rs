@@ -11,6 +11,7 @@ mod cross_entropy;
 mod elementwise;
 mod fused_pool;
 mod linear;
+mod loss_scale;
 mod pool;
 mod registry;
 mod shapes;

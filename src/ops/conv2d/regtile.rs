@@ -69,11 +69,11 @@ pub static BACKWARD_DATA: Entry = Entry::new::<Conv2dParams>(
     64,
 );
 pub static PACK_DY: Entry =
-    Entry::new::<Conv2dParams>(&SHADER, "conv2d_pack_dy", &[read(5), write_f32(12)], 64);
+    Entry::new::<Conv2dParams>(&SHADER, "conv2d_pack_dy", &[read(5), write(15)], 64);
 pub static BACKWARD_WEIGHT: Entry = Entry::new::<Conv2dParams>(
     &SHADER,
     "conv2d_backward_weight",
-    &[write(1), write_f32(7), read_f32(13), read_f32(14)],
+    &[write(1), write_f32(7), read(13), read_f32(14)],
     64,
 );
 pub static BACKWARD_WEIGHT_REDUCE: Entry = Entry::new::<Conv2dParams>(
@@ -130,7 +130,7 @@ fn acc_struct(tm: usize) -> String {
 fn fma_fn(name: &str, array: &str, tm: usize) -> String {
     let lane = |m: usize| ["x", "y", "z", "w"][m % 4];
     let loads: String = (0..tm / 4)
-        .map(|q| format!("    let w{q} = {array}[i + {q}u];\n"))
+        .map(|q| format!("    let w{q} = vec4<f32>({array}[i + {q}u]);\n"))
         .collect();
     let fmas: String = (0..tm)
         .map(|m| format!("    (*acc).a{m} += w{}.{} * v;\n", m / 4, lane(m)))
@@ -248,7 +248,7 @@ pub(super) fn backward_weight(
         k.dispatch(
             PACK_DY.variant(v, dtype),
             p,
-            &[(5, dy), (12, packed)],
+            &[(5, dy), (15, packed)],
             Grid::Threads(packed.len),
         )?
         .with_cost(0, e * (p.y_len() + packed.len)),

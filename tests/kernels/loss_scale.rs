@@ -1,0 +1,169 @@
+//! Dynamic loss scaling on the GPU: the check flags exactly inf and NaN, the update halves
+//! the scale on overflow and doubles it after the interval, the loss gradient is scaled, and
+//! the optimizer unscales the gradients or skips the step.
+
+use crate::support::*;
+use densenet_wgpu::ops::cross_entropy::{self, CrossEntropyParams};
+use densenet_wgpu::ops::loss_scale::{self, LossScaleParams, LossScaleState};
+use densenet_wgpu::ops::sgd::{self, SgdParams};
+use densenet_wgpu::reference as cpu;
+use densenet_wgpu::GpuBuffer;
+
+fn state_buffer(s: LossScaleState) -> GpuBuffer {
+    up_u32(&s.to_words())
+}
+
+fn state_of(b: &GpuBuffer) -> LossScaleState {
+    LossScaleState::from_words(&read_u32(b))
+}
+
+/// One step of check + update on `grads` from `state`.
+fn step(p: &LossScaleParams, grads: &GpuBuffer, state: &GpuBuffer) {
+    let check = loss_scale::loss_scale_check(k(), p, grads.view(), state.view()).unwrap();
+    let update = loss_scale::loss_scale_update(k(), p, state.view()).unwrap();
+    run(vec![check, update]);
+}
+
+#[test]
+fn loss_scale_flags_exactly_inf_and_nan() {
+    let mut rng = Rand::new();
+    let count = 70_001; // past one workgroup row of the folded grid
+    let p = LossScaleParams::new(count, 1000).unwrap();
+    let start = LossScaleState {
+        scale: 1024.0,
+        ..LossScaleState::initial()
+    };
+    for (what, bad) in [
+        ("finite", None),
+        ("largest finite", Some(f32::MAX)),
+        ("+inf", Some(f32::INFINITY)),
+        ("-inf", Some(f32::NEG_INFINITY)),
+        ("NaN", Some(f32::NAN)),
+    ] {
+        let mut g = rng.vec(count as u64);
+        if let Some(v) = bad {
+            g[rng.below(count) as usize] = v;
+        }
+        let (grads, state) = (up(&g), state_buffer(start));
+        step(&p, &grads, &state);
+        let s = state_of(&state);
+        let overflow = bad.is_some_and(|v| !v.is_finite());
+        let want = match overflow {
+            true => (512.0, 0, 1),
+            false => (1024.0, 1, 0),
+        };
+        assert_eq!((s.scale, s.clean, s.skipped), want, "{what}: {s:?}");
+        assert!(!s.overflow, "{what}: the update clears the flag");
+    }
+}
+
+#[test]
+fn loss_scale_doubles_after_the_interval_of_clean_steps() {
+    let p = LossScaleParams::new(4, 3).unwrap();
+    let grads = up(&[1.0, -2.0, 0.0, 3.0]);
+    let state = state_buffer(LossScaleState {
+        scale: 8.0,
+        ..LossScaleState::initial()
+    });
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        step(&p, &grads, &state);
+        let s = state_of(&state);
+        seen.push((s.scale, s.clean));
+    }
+    let want = [
+        (8.0, 1),
+        (8.0, 2),
+        (16.0, 0),
+        (16.0, 1),
+        (16.0, 2),
+        (32.0, 0),
+        (32.0, 1),
+    ];
+    assert_eq!(seen, want);
+    assert!(LossScaleParams::new(4, 0).is_err());
+}
+
+/// The loss gradient times the scale (the summed loss unscaled); SGD divides by the scale,
+/// and leaves parameters and velocity alone on a flagged step.
+#[test]
+fn scaled_loss_gradient_and_unscaled_update() {
+    let mut rng = Rand::new();
+    let ce = CrossEntropyParams::new(6, 5).unwrap();
+    let logits = rng.range(ce.logits_len(), -3.0, 3.0);
+    let labels: Vec<u32> = (0..6).map(|_| rng.below(5)).collect();
+    let state = state_buffer(LossScaleState {
+        scale: 1024.0,
+        ..LossScaleState::initial()
+    });
+    let (lb, yb, db) = (up(&logits), up_u32(&labels), up(&[0.0; 30]));
+    let (loss, correct) = (up(&[0.0f32]), up_u32(&[0]));
+    let scaled = ce.with_loss_scale();
+    let views = (lb.view(), yb.view(), db.view(), loss.view(), correct.view());
+    let launch = cross_entropy::softmax_cross_entropy(
+        k(),
+        &scaled,
+        views.0,
+        views.1,
+        views.2,
+        views.3,
+        views.4,
+        Some(state.view()),
+    );
+    run(launch.unwrap());
+    let mut want = vec![0.0; 30];
+    let (want_loss, _) = cpu::softmax_cross_entropy(&mut want, &logits, &labels, &ce);
+    let want: Vec<f32> = want.iter().map(|v| v * 1024.0).collect();
+    check("scaled dlogits", rng.seed, &read(&db), &want, GRAD);
+    check("unscaled loss", rng.seed, &read(&loss), &[want_loss], FWD);
+    // The state must be given exactly when the params say so.
+    let unscaled = cross_entropy::softmax_cross_entropy(
+        k(),
+        &ce,
+        views.0,
+        views.1,
+        views.2,
+        views.3,
+        views.4,
+        Some(state.view()),
+    );
+    assert!(unscaled.is_err());
+
+    let count = 500;
+    let p = SgdParams::new(count, 0.1, 0.9, 1e-3, false)
+        .unwrap()
+        .with_loss_scale();
+    let param = rng.vec(count as u64);
+    let grad = rng.vec(count as u64);
+    let (pb, gb, vb) = (up(&param), up(&grad), up(&vec![0.0; count as usize]));
+    run(sgd::sgd_update(
+        k(),
+        &p,
+        pb.view(),
+        gb.view(),
+        Some(vb.view()),
+        Some(state.view()),
+    )
+    .unwrap());
+    let (mut want, mut vel) = (param.clone(), vec![0.0; count as usize]);
+    let unscaled: Vec<f32> = grad.iter().map(|g| g / 1024.0).collect();
+    cpu::sgd_update(&mut want, &unscaled, &mut vel, &p);
+    check("unscaled update", rng.seed, &read(&pb), &want, FWD);
+    check("unscaled velocity", rng.seed, &read(&vb), &vel, FWD);
+    // A flagged step changes nothing.
+    let flagged = state_buffer(LossScaleState {
+        overflow: true,
+        ..LossScaleState::initial()
+    });
+    let before = (read(&pb), read(&vb));
+    run(sgd::sgd_update(
+        k(),
+        &p,
+        pb.view(),
+        gb.view(),
+        Some(vb.view()),
+        Some(flagged.view()),
+    )
+    .unwrap());
+    assert_eq!((read(&pb), read(&vb)), before, "a skipped step");
+}
