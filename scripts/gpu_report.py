@@ -8,9 +8,10 @@ target/gpu-report/bin), it runs, in under 5 minutes:
   1. the kernel and network test binaries on the real adapter (where it has cooperative
      matrices, with DENSENET_EXPECT_COOP=1: the coop variants must run);
   2. `densenet-wgpu bench` of the d2l network (batch 256) with the roofline profile, while
-     nvidia-smi samples the GPU memory in use; again with the convolutions on cooperative
-     matrices (`--kernels conv2d=coop16` or coop8) where the adapter has them;
-  3. `densenet-wgpu plan` of the same network (the planned bytes);
+     nvidia-smi samples the GPU memory in use; again in f16 (`--precision f16`: on an
+     adapter with cooperative matrices the convolutions run on them), and in f32 with the
+     convolutions forced onto cooperative matrices (`--kernels conv2d=coop16` or coop8);
+  3. `densenet-wgpu plan` of the same network in f32 and f16 (the planned bytes);
   4. the same step in PyTorch (scripts/torch_densenet.py: fp32, fp32 channels_last, TF32 and
      autocast f16 channels_last) with torch.cuda.max_memory_allocated;
 
@@ -31,7 +32,7 @@ import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TEST_BINARIES = ("kernels", "network")
+TEST_BINARIES = ("kernels", "network", "precision")
 
 
 def parse_args():
@@ -141,9 +142,10 @@ def adapter(bin_dir, out_dir, results):
 def densenet(bin_dir, out_dir, args, results):
     exe = str(bin_dir / "densenet-wgpu")
     shape = ["--preset", "d2l", "--dataset", "fashion-mnist", "--batch-size", str(args.batch)]
-    # The f32 step with the adapter's policy, then with the convolutions on cooperative
-    # matrices (f16 operands, f32 accumulators) for each fragment shape the adapter has.
-    runs = [("bench", [])]
+    # The step with the adapter's policy in f32 and in f16 (where the adapter has cooperative
+    # matrices, f16 convolutions run on them), then f32 storage with the convolutions forced
+    # onto cooperative matrices (f16 operands, f32 accumulators) for each shape it has.
+    runs = [("bench", []), ("bench-f16", ["--precision", "f16"])]
     runs += [(f"bench-coop{s.split('x')[0]}", ["--kernels", f"conv2d=coop{s.split('x')[0]}"])
              for s in results["coop_shapes"] if s in ("8x8x8", "16x16x16")]
     for name, extra in runs:
@@ -156,8 +158,10 @@ def densenet(bin_dir, out_dir, args, results):
             )
         results[name] = json.loads(bench_json.read_text()) if bench_json.exists() else f"failed: {status}"
         results[f"{name}_gpu_memory_mib"] = mem.peak if mem.available else "skipped: no nvidia-smi"
-    status, text, _ = run([exe, "plan", *shape, "--json"], out_dir, "plan", timeout=60)
-    results["plan"] = json.loads(text) if status == 0 else f"failed: {status}"
+    for name, precision in [("plan", "f32"), ("plan-f16", "f16")]:
+        status, text, _ = run([exe, "plan", *shape, "--precision", precision, "--json"], out_dir,
+                              name, timeout=60)
+        results[name] = json.loads(text) if status == 0 else f"failed: {status}"
 
 
 def pytorch(out_dir, args, results):
@@ -174,8 +178,9 @@ def pytorch(out_dir, args, results):
 
 def table(results):
     rows = ["| run | ms per step | images/s | peak MiB |", "|---|---|---|---|"]
-    plan = results.get("plan")
-    planned = plan["training"]["total_bytes"] / 2**20 if isinstance(plan, dict) else 0
+    def planned(key):
+        plan = results.get(key)
+        return plan["training"]["total_bytes"] / 2**20 if isinstance(plan, dict) else 0
     for name in [k for k in results if k.startswith("bench") and not k.endswith("_mib")]:
         r = results[name]
         if not isinstance(r, dict):
@@ -183,10 +188,11 @@ def table(results):
             continue
         mem = results.get(f"{name}_gpu_memory_mib")
         seen = f"{mem:.0f} seen by nvidia-smi, " if isinstance(mem, float) else ""
-        what = "f32" if name == "bench" else "f32 storage, convs f16 x f16 -> f32"
+        what = {"bench": "f32", "bench-f16": "f16"}.get(name, "f32 storage, convs f16 x f16 -> f32")
+        plan_mib = planned("plan-f16" if name == "bench-f16" else "plan")
         rows.append(
             f"| densenet-wgpu {what} ({r['kernel_policy']}) | {r['step_ms']:.2f} | "
-            f"{r['images_per_sec']:.0f} | {seen}{planned:.0f} planned |"
+            f"{r['images_per_sec']:.0f} | {seen}{plan_mib:.0f} planned |"
         )
     b = results.get("bench")
     p = results.get("pytorch")

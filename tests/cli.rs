@@ -138,6 +138,93 @@ fn train_eval_resume_and_predict() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// f16 training: metrics carry the skipped steps and the loss scale; the checkpoint is f32
+/// with the scale in its metadata; eval reproduces the figures in f16 and evaluates the same
+/// checkpoint in f32; a 2-epoch f16 run resumed to 3 equals a 3-epoch one.
+#[test]
+fn f16_training_resumes_exactly_and_evaluates_in_either_precision() {
+    let dir = temp_dir("f16");
+    let f16 = [
+        "--precision",
+        "f16",
+        "--seed",
+        "5",
+        "--schedule",
+        "constant",
+    ];
+    let printed = train(&dir, "2", &f16);
+    assert!(printed.contains("epoch   2/2"), "{printed}");
+    let metrics = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics
+            .iter()
+            .all(|m| m.skipped_steps.is_some() && m.loss_scale.is_some_and(|s| s > 0.0)),
+        "{metrics:?}"
+    );
+    let ck_path = dir.join("checkpoint.safetensors");
+    let ck = Checkpoint::load(&ck_path).unwrap();
+    assert!(ck.loss_scale.is_some(), "the scale is kept for resuming");
+    let raw = std::fs::read(&ck_path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
+    assert!(st
+        .tensors()
+        .iter()
+        .all(|(_, v)| v.dtype() == safetensors::Dtype::F32));
+
+    let ck_arg = ck_path.to_str().unwrap();
+    let last = metrics.last().unwrap();
+    let want = format!(
+        "test loss {:.4} acc {:.2}%",
+        last.test_loss,
+        100.0 * last.test_acc
+    );
+    let eval16 = ok(&[
+        "eval",
+        "--checkpoint",
+        ck_arg,
+        "--limit-test",
+        "200",
+        "--precision",
+        "f16",
+    ]);
+    assert!(
+        eval16.contains(&want) && eval16.contains("f16"),
+        "{eval16:?} vs {want:?}"
+    );
+    let eval32 = ok(&["eval", "--checkpoint", ck_arg, "--limit-test", "200"]);
+    let acc = |text: &str| -> f64 {
+        let at = text.find(" acc ").expect("an accuracy");
+        text[at + 5..]
+            .trim_end()
+            .trim_end_matches('%')
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        (acc(&eval32) - 100.0 * last.test_acc).abs() <= 2.0,
+        "f32 eval of an f16 run: {eval32:?} vs {want:?}"
+    );
+
+    train(&dir, "3", &["--resume", ck_arg, "--precision", "f16"]);
+    let resumed = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    let straight_dir = temp_dir("f16-straight");
+    train(&straight_dir, "3", &f16);
+    let straight = read_metrics(&straight_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        figures(&resumed),
+        figures(&straight),
+        "resumed vs uninterrupted"
+    );
+    let skips = |m: &[EpochMetrics]| {
+        m.iter()
+            .map(|m| (m.skipped_steps, m.loss_scale))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(skips(&resumed), skips(&straight));
+    std::fs::remove_dir_all(&straight_dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// 64 steps on the synthetic set lower the loss and beat chance (10 classes) by twice.
 #[test]
 fn training_lowers_the_loss_and_beats_chance() {

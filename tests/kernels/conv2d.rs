@@ -304,6 +304,39 @@ fn conv2d_policy_picks_the_implementation() {
     );
     // A small output: the reduced dimension is split, then summed by a second pass.
     assert_eq!(variants(&gpu, &narrow), ["wgtile"; 4]);
+    // In f16, a GPU multiplies on cooperative matrices where the adapter has a shape of
+    // theirs (the largest), else on the workgroup tiles; CPU drivers keep register tiles.
+    let runs = |name: &str| {
+        variants_of("conv2d")
+            .find(|v| v.name == name)
+            .is_some_and(|v| v.needs.unmet(gpu_arc()).is_none())
+    };
+    let f16_gpu = match (runs("coop16"), runs("coop8")) {
+        (true, _) => "coop16",
+        (false, true) => "coop8",
+        _ => "wgtile",
+    };
+    let (x, w, y) = (
+        poisoned_act(DType::F16, wide.x_len()),
+        poisoned(wide.weight_len()),
+        poisoned_act(DType::F16, wide.y_len()),
+    );
+    for (k, want) in [(&gpu, f16_gpu), (&cpu, "tile16")] {
+        let ws = poisoned(wide.workspace_len());
+        let d = conv2d::conv2d_forward(
+            k,
+            &wide,
+            x.view(),
+            None,
+            w.view(),
+            None,
+            y.view(),
+            Some(ws.view()),
+        );
+        let labels: Vec<String> = d.unwrap().iter().map(|d| d.kernel().label()).collect();
+        let want = format!("conv2d_forward[{want},f16]");
+        assert!(labels.contains(&want), "{labels:?}: {want}");
+    }
     assert!(conv2d::workspace(gpu.policy(), &narrow).forward > 0);
     let forced = kernels_for("conv2d=tile16");
     assert!(variants(forced, &narrow).iter().all(|v| v == "tile16"));

@@ -21,7 +21,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::{Error, Result};
-use crate::gpu::View;
+use crate::gpu::{DType, View};
 use crate::kernels::{DeviceClass, Dispatch, Kernels, Policy, Shader, Variant};
 
 /// Shapes of one convolution, also its uniform (binding 0). Build with [`Conv2dParams::new`].
@@ -219,6 +219,22 @@ fn choose(policy: &Policy, channels: u32) -> &'static Variant {
     policy.choose(&SHADERS, auto)
 }
 
+/// The variant of a launch on `k`'s device with `dtype` activations: as [`choose`], but a GPU
+/// training in f16 multiplies on cooperative matrices where it has a shape of theirs (the
+/// operands are f16 already, so nothing is lost); they share the workgroup tiles' split and
+/// workspaces, so the plan is the same.
+fn choose_for(k: &Kernels, channels: u32, dtype: DType) -> &'static Variant {
+    let policy = k.policy();
+    let gpu_f16 = policy.class == DeviceClass::Gpu && dtype == DType::F16;
+    if policy.forced(OP).is_none() && gpu_f16 {
+        let runs = |v: &&'static Variant| v.needs.unmet(k.gpu()).is_none();
+        if let Some(v) = tiled::coop_variants().find(runs) {
+            return v;
+        }
+    }
+    choose(policy, channels)
+}
+
 fn is_tiled(v: &'static Variant) -> bool {
     tiled::SHADER.variants.iter().any(|t| std::ptr::eq(t, v))
 }
@@ -297,7 +313,7 @@ pub fn conv2d_forward(
     }
     let dtype = super::float_dtype(OP, &[&x, &y])?;
     let (bias, affine) = (k.optional(bias, dtype), k.optional(affine, dtype));
-    let v = choose(k.policy(), p.c_out);
+    let v = choose_for(k, p.c_out, dtype);
     if is_tiled(v) {
         let p = tiled::forward_params(&p);
         let partials = (p.splits > 1)
@@ -322,8 +338,8 @@ pub fn conv2d_backward_data(
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
-    super::float_dtype(OP, &[&dy, &dx])?;
-    let v = choose(k.policy(), p.c_in);
+    let dtype = super::float_dtype(OP, &[&dy, &dx])?;
+    let v = choose_for(k, p.c_in, dtype);
     if is_tiled(v) {
         let p = tiled::data_params(p);
         let partials = (p.splits > 1)
@@ -355,7 +371,7 @@ pub fn conv2d_backward_weight(
     p.check("dweight", &dweight, p.weight_len())?;
     let dtype = super::float_dtype(OP, &[&x, &dy])?;
     let affine = k.optional(affine, dtype);
-    let v = choose(k.policy(), p.c_out);
+    let v = choose_for(k, p.c_out, dtype);
     if is_tiled(v) {
         let p = p.with_splits_for(tiled::weight_workgroups(&p));
         p.check("partials", &partials, tiled::workspace(&p).partials)?;

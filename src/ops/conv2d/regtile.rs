@@ -38,9 +38,9 @@ pub static SHADER: Shader = Shader {
             needs: Needs::Nothing,
         },
     ],
-    choice: "GPUs: wgtile; CPU drivers: tile8 where the tiled channels (output channels \
-             forward and for the weight gradient, input channels for the data gradient) number \
-             at most 8, else tile16",
+    choice: "GPUs: wgtile, in f16 coop16 or coop8 where the adapter runs one; CPU drivers: \
+             tile8 where the tiled channels (output channels forward and for the weight \
+             gradient, input channels for the data gradient) number at most 8, else tile16",
     dtypes: &[DType::F32, DType::F16],
 };
 

@@ -51,9 +51,18 @@ pub static SHADER: Shader = Shader {
             },
         },
     ],
-    choice: "see the register-tile shader",
+    choice: "see the register-tile shader; GPUs in f16 take a coop variant the adapter runs",
     dtypes: &[DType::F32, DType::F16],
 };
+
+/// The cooperative-matrix variants, largest fragments first.
+pub(super) fn coop_variants() -> impl Iterator<Item = &'static Variant> {
+    SHADER
+        .variants
+        .iter()
+        .rev()
+        .filter(|v| matches!(v.needs, Needs::CoopMatrix { .. }))
+}
 
 /// conv2d_tiled.wgsl with `variant`'s code at each marker line (a comment `// @name`), the
 /// code indented as the marker.
