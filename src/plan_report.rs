@@ -64,6 +64,8 @@ pub struct PlanReport {
     /// A naive DenseNet's training step: every concatenation, BN, ReLU, conv and pool output
     /// kept for the backward, plus the parameter state.
     pub naive_training_bytes: u64,
+    /// The training plan's total in each precision (f32 and f16), for comparison.
+    pub training_bytes_by_precision: BTreeMap<DType, u64>,
 }
 
 fn row(b: &BufferSpec, live: String, slot: Option<usize>) -> Row {
@@ -118,6 +120,15 @@ pub fn plan_report(args: &PlanArgs, limits: PlanLimits, policy: &Policy) -> Resu
     };
     let plan = |mode| MemoryPlan::new(&cfg, &layout, batch, mode, momentum, &target);
     let (train, eval) = (plan(Mode::Train)?, plan(Mode::Eval)?);
+    let mut by_precision = BTreeMap::new();
+    for dtype in [DType::F32, DType::F16] {
+        let t = PlanTarget {
+            dtype,
+            ..target.clone()
+        };
+        let m = MemoryPlan::new(&cfg, &layout, batch, Mode::Train, momentum, &t)?;
+        by_precision.insert(dtype, m.report.total());
+    }
     Ok(PlanReport {
         preset: args.preset.name(),
         dataset: args.dataset.name(),
@@ -128,6 +139,7 @@ pub fn plan_report(args: &PlanArgs, limits: PlanLimits, policy: &Policy) -> Resu
         evaluation: side(&eval),
         naive_training_bytes: naive_training_bytes(&cfg, &layout, batch, momentum, args.precision)
             .total(),
+        training_bytes_by_precision: by_precision,
     })
 }
 
@@ -184,6 +196,16 @@ impl PlanReport {
             mib(self.evaluation.total_bytes),
             mib(self.naive_training_bytes)
         );
+        let by = &self.training_bytes_by_precision;
+        if let (Some(&f32_bytes), Some(&f16_bytes)) = (by.get(&DType::F32), by.get(&DType::F16)) {
+            let _ = writeln!(
+                out,
+                "training plan by precision (--precision): f32 {:.1} MiB, f16 {:.1} MiB ({:.1}%)",
+                mib(f32_bytes),
+                mib(f16_bytes),
+                100.0 * f16_bytes as f64 / f32_bytes as f64
+            );
+        }
         out
     }
 }
