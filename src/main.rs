@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -16,7 +17,7 @@ use densenet_wgpu::kernels::DeviceClass;
 use densenet_wgpu::model::{Plan, PlanLimits};
 use densenet_wgpu::plan_report::{plan_report, PlanArgs};
 use densenet_wgpu::recipe::{Overrides, Preset, Schedule};
-use densenet_wgpu::train::{self, TrainArgs};
+use densenet_wgpu::train::{self, Interrupted, TrainArgs};
 use densenet_wgpu::{DType, Gpu, GpuOptions, Kernels, Policy};
 
 #[derive(Parser)]
@@ -61,11 +62,11 @@ struct DataArgs {
 /// Recipe values; each replaces the preset's (or, resuming, the checkpoint's).
 #[derive(Args)]
 struct RecipeArgs {
-    /// Epochs to train in all [default: the preset's: d2l 10, small 5, tiny 3]
-    #[arg(long)]
+    /// Epochs to train in all, at least 1 [default: the preset's: d2l 10, small 5, tiny 3]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     epochs: Option<u32>,
-    /// Examples per step [default: the preset's: d2l 256, small and tiny 64]
-    #[arg(long)]
+    /// Examples per step, at least 1 [default: the preset's: d2l 256, small and tiny 64]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: Option<u32>,
     /// Base learning rate [default: the preset's: 0.1]
     #[arg(long)]
@@ -210,11 +211,39 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(i) => {
+                eprintln!("{}", interrupted_line(i));
+                ExitCode::from(130)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// What Ctrl-C leaves: one line naming the checkpoint that holds the run and how to go on.
+fn interrupted_line(i: &Interrupted) -> String {
+    match &i.checkpoint {
+        Some(ck) => format!(
+            "{i}; the run is in {} (its last finished epoch): continue with \
+             `densenet-wgpu train --resume {}` and the same --out",
+            ck.display(),
+            ck.display()
+        ),
+        None => format!("{i}; no epoch had finished, so nothing was saved"),
+    }
+}
+
+/// A flag that Ctrl-C sets: training stops after its current step.
+fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    ctrlc::set_handler(move || set.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    Ok(flag)
 }
 
 /// The device and the kernels `--kernels` asks for.
@@ -299,6 +328,7 @@ fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow
         resume: c.resume,
         progress: std::io::stderr().is_terminal(),
         precision,
+        interrupt: Some(interrupt_flag()?),
     };
     let history = train::train(&kernels(opts, spec)?, &args)?;
     if let Some(last) = history.last() {

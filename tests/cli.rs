@@ -225,6 +225,95 @@ fn f16_training_resumes_exactly_and_evaluates_in_either_precision() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A loss that stops being a number ends the run with the epoch and step, and leaves the
+/// last good checkpoint as it was.
+#[test]
+fn a_diverging_run_stops_and_keeps_its_checkpoint() {
+    let dir = temp_dir("diverge");
+    train(&dir, "1", &[]);
+    let ck_path = dir.join("checkpoint.safetensors");
+    let before = std::fs::read(&ck_path).unwrap();
+    let ck = ck_path.to_str().unwrap();
+    let out = cli(&[
+        "train",
+        "--limit-train",
+        "384",
+        "--limit-test",
+        "200",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "3",
+        "--out",
+        dir.to_str().unwrap(),
+        "--resume",
+        ck,
+        "--lr",
+        "1e30",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("diverged") && err.contains("epoch 2") && err.contains("untouched"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&ck_path).unwrap(),
+        before,
+        "the checkpoint is untouched"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Ctrl-C stops training after a step with one line that names the checkpoint holding the
+/// run and how to resume it, and exit status 130.
+#[test]
+fn ctrl_c_says_where_the_run_is() {
+    let dir = temp_dir("ctrl-c");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
+        .args([
+            "train",
+            "--limit-train",
+            "128",
+            "--limit-test",
+            "50",
+            "--epochs",
+            "500",
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ck = dir.join("checkpoint.safetensors");
+    let start = std::time::Instant::now();
+    while !ck.exists() {
+        assert!(
+            start.elapsed().as_secs() < 300,
+            "no checkpoint after 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .rfind(|l| l.starts_with("interrupted"))
+        .unwrap_or_default();
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        line.contains(ck.to_str().unwrap()) && line.contains("--resume"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// 64 steps on the synthetic set lower the loss and beat chance (10 classes) by twice.
 #[test]
 fn training_lowers_the_loss_and_beats_chance() {
@@ -403,6 +492,13 @@ fn user_errors_are_one_line_and_fail() {
         ),
         (&["info", "--kernels", "conv2d=tile99"], "tile99"),
     ];
+    // Counts of zero are usage errors (status 2), caught before any device is opened.
+    for flag in ["--epochs", "--batch-size"] {
+        let out = cli(&["train", flag, "0"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} 0: {err}");
+        assert!(err.contains(flag), "{err}");
+    }
     for (args, needle) in cases {
         let out = cli(args);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -61,10 +61,15 @@ pub fn parse(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<(Vec<
         );
     }
     let shape: Vec<u32> = (0..dims).map(|d| be_u32(bytes, 4 + 4 * d)).collect();
-    let len: usize = shape.iter().map(|&d| d as usize).product();
-    if bytes.len() != header + len {
+    if shape.contains(&0) {
+        bail!("{}: IDX dimensions {shape:?} hold nothing", path.display());
+    }
+    let len = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize));
+    if len != Some(bytes.len() - header) {
         bail!(
-            "{}: header says {shape:?} ({len} bytes of data) but the file has {}",
+            "{}: header says {shape:?} but the file has {} bytes of data",
             path.display(),
             bytes.len() - header
         );

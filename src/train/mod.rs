@@ -29,6 +29,51 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join("checkpoint.safetensors")
 }
 
+/// A run stopped on request (Ctrl-C) after a step: where its last checkpoint is, if any.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub epoch: u32,
+    pub step: u64,
+    /// The last checkpoint written (or resumed from), which holds the run.
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted in epoch {} after step {}",
+            self.epoch, self.step
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// The checkpoint that holds a run now: the output folder's, else the one it resumed from.
+fn last_checkpoint(args: &TrainArgs) -> Option<PathBuf> {
+    let own = checkpoint_path(&args.out);
+    match own.exists() {
+        true => Some(own),
+        false => args.resume.clone(),
+    }
+}
+
+/// A loss that is no longer a number stops the run: the last checkpoint stays as it was.
+fn check_finite(args: &TrainArgs, loss: f64, epoch: u32, step: u64) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    let kept = match last_checkpoint(args) {
+        Some(p) => format!("{} is untouched; resume from it", p.display()),
+        None => "no checkpoint was written; start again".to_string(),
+    };
+    anyhow::bail!(
+        "the training loss became {loss} in epoch {epoch} by step {step}: the run diverged; \
+         {kept} with a lower --lr"
+    )
+}
+
 /// Trains as `args` says; returns every epoch's metrics (earlier ones too when resuming).
 pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
     let gpu = k.gpu();
@@ -152,7 +197,21 @@ fn run_epoch(
         if i % 8 == 7 {
             probe.request(gpu, plan);
         }
+        if args
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            gpu.wait()?;
+            return Err(Interrupted {
+                epoch,
+                step: *step,
+                checkpoint: last_checkpoint(args),
+            }
+            .into());
+        }
         if let Some((loss, correct)) = probe.take(gpu) {
+            check_finite(args, loss, epoch, *step)?;
             // The copy was queued after step `seen`; close enough for a progress bar.
             let seen = ((i as u64 + 1) / 8 * 8).max(1) as f64 * recipe.batch_size as f64;
             let secs = start.elapsed().as_secs_f64();
@@ -166,6 +225,7 @@ fn run_epoch(
         pb.inc(1);
     }
     let (loss_sum, correct) = plan.read_metrics(gpu)?;
+    check_finite(args, loss_sum, epoch, *step)?;
     let scale = plan.read_loss_scale(gpu)?;
     let train_secs = start.elapsed().as_secs_f64();
     pb.finish_and_clear();

@@ -2,6 +2,7 @@
 //! or from the checkpoint it resumes.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -29,6 +30,8 @@ pub struct TrainArgs {
     pub progress: bool,
     /// Element type of activations and their gradients (f32 or f16).
     pub precision: DType,
+    /// Set (by a Ctrl-C handler) to stop after the current step.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 /// The network, recipe and data of a run.
