@@ -270,7 +270,7 @@ fn a_diverging_run_stops_and_keeps_its_checkpoint() {
 #[test]
 fn ctrl_c_says_where_the_run_is() {
     let dir = temp_dir("ctrl-c");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
+    let child = Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
         .args([
             "train",
             "--limit-train",
