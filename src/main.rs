@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use densenet_wgpu::bench::{bench, BenchArgs};
 use densenet_wgpu::checkpoint::Checkpoint;
+use densenet_wgpu::data::augment::AugmentSpec;
 use densenet_wgpu::data::{self, DatasetKind};
 use densenet_wgpu::evaluate::evaluate;
 use densenet_wgpu::gpu::info;
@@ -82,6 +83,12 @@ struct RecipeArgs {
     /// tiny cosine]
     #[arg(long, value_enum)]
     schedule: Option<Schedule>,
+    /// Input augmentation: none, or a list of crop (zero-pad 4, random crop), crop=PIXELS,
+    /// flip (random left-right mirror), normalize (per-channel mean and std of the training
+    /// set, also at evaluation) [default: the dataset's: cifar10 crop,flip,normalize;
+    /// fashion-mnist and mnist crop=2; synthetic none; resuming: the checkpoint's]
+    #[arg(long, value_parser = AugmentSpec::parse, value_name = "LIST")]
+    augment: Option<AugmentSpec>,
 }
 
 /// The element type of activations and their gradients.
@@ -320,6 +327,7 @@ fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow
             momentum: r.momentum,
             weight_decay: r.weight_decay,
             schedule: r.schedule,
+            augment: r.augment,
         },
         seed: c.seed,
         limit_train: c.limit_train,
@@ -388,7 +396,7 @@ fn eval(opts: &GpuOptions, spec: &str, precision: DType, c: EvalCmd) -> anyhow::
     let k = kernels(opts, spec)?;
     let plan = Plan::eval_in(&k, &ck.config, ck.recipe.batch_size, precision)?;
     ck.restore(k.gpu(), &plan)?;
-    let (loss, acc) = evaluate(k.gpu(), &plan, &Arc::new(splits.test))?;
+    let (loss, acc) = evaluate(k.gpu(), &plan, &Arc::new(splits.test), &ck.recipe.augment)?;
     println!(
         "{} on {} (epoch {}, {precision}): test loss {loss:.4} acc {:.2}%",
         checkpoint.display(),

@@ -59,7 +59,8 @@ pub fn predict(
     for chunk in images.chunks(batch as usize) {
         let mut x = vec![0f32; (c * batch) as usize * plane];
         for (slot, path) in chunk.iter().enumerate() {
-            let img = load_image(path, c, size)?;
+            let mut img = load_image(path, c, size)?;
+            ck.recipe.augment.normalize_planes(&mut img, plane);
             for ch in 0..c as usize {
                 let dst = (ch * batch as usize + slot) * plane;
                 x[dst..dst + plane].copy_from_slice(&img[ch * plane..][..plane]);

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::{Augment, AugmentSpec};
 use crate::data::DatasetKind;
 use crate::model::{DenseNetConfig, SgdConfig};
 
@@ -51,6 +52,10 @@ pub struct Recipe {
     /// Seeds the synthetic data, the initial weights and the shuffling (`--seed`).
     #[serde(default)]
     pub seed: u64,
+    /// Training-time crop and flip, and the input normalization of every pass (set from the
+    /// dataset when a run starts: [`crate::data::augment::AugmentSpec::default_for`]).
+    #[serde(default)]
+    pub augment: Augment,
 }
 
 /// Recipe values given on the command line; `None` keeps the preset's (or the checkpoint's).
@@ -62,6 +67,8 @@ pub struct Overrides {
     pub momentum: Option<f32>,
     pub weight_decay: Option<f32>,
     pub schedule: Option<Schedule>,
+    /// `--augment`; applied by the run's setup, which has the training data.
+    pub augment: Option<AugmentSpec>,
 }
 
 impl Recipe {
@@ -138,6 +145,7 @@ impl Preset {
                 nesterov: false,
                 schedule: Schedule::Constant,
                 seed: 0,
+                augment: Augment::default(),
             },
             Preset::Small => Recipe {
                 epochs: 5,
@@ -148,6 +156,7 @@ impl Preset {
                 nesterov: true,
                 schedule: Schedule::Cosine,
                 seed: 0,
+                augment: Augment::default(),
             },
             Preset::Tiny => Recipe {
                 epochs: 3,
@@ -158,6 +167,7 @@ impl Preset {
                 nesterov: true,
                 schedule: Schedule::Cosine,
                 seed: 0,
+                augment: Augment::default(),
             },
         }
     }

@@ -57,7 +57,17 @@ fn train_eval_resume_and_predict() {
     // A non-default seed: eval and resume must find the same synthetic data without it.
     // A constant rate: the schedule does not depend on the epoch count, so a 2-epoch run
     // resumed to 3 must equal a 3-epoch run.
-    let printed = train(&dir, "2", &["--seed", "5", "--schedule", "constant"]);
+    // Augmented (the crops and flips seeded, the normalization kept in the checkpoint for
+    // eval, predict and the resumed run).
+    let run = [
+        "--seed",
+        "5",
+        "--schedule",
+        "constant",
+        "--augment",
+        "crop=2,flip,normalize",
+    ];
+    let printed = train(&dir, "2", &run);
     assert!(printed.contains("epoch   2/2"), "{printed}");
     let metrics = read_metrics(&dir.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.len(), 2);
@@ -70,6 +80,8 @@ fn train_eval_resume_and_predict() {
     let ck_path = dir.join("checkpoint.safetensors");
     let ck = Checkpoint::load(&ck_path).unwrap();
     assert_eq!(ck.epoch, 2);
+    let aug = &ck.recipe.augment;
+    assert!(aug.pad == 2 && aug.flip && aug.normalize.as_ref().is_some_and(|n| n.len() == 1));
     assert!(ck.tensors.contains_key("blocks.0.layers.1.conv.weight"));
     assert!(ck.tensors.contains_key("blocks.0.running_mean"));
     assert!(ck
@@ -100,11 +112,7 @@ fn train_eval_resume_and_predict() {
     );
     assert_eq!(Checkpoint::load(&ck_path).unwrap().epoch, 3);
     let straight_dir = temp_dir("straight");
-    train(
-        &straight_dir,
-        "3",
-        &["--seed", "5", "--schedule", "constant"],
-    );
+    train(&straight_dir, "3", &run);
     let straight = read_metrics(&straight_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(
         figures(&resumed),
@@ -469,7 +477,7 @@ fn every_flag_documents_its_default() {
 
 #[test]
 fn user_errors_are_one_line_and_fail() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["info", "--adapter", "no-such-gpu"], "no-such-gpu"),
         (&["train", "--dataset", "mnist"], "--data-dir"),
         (
@@ -491,6 +499,7 @@ fn user_errors_are_one_line_and_fail() {
             "--batch-size",
         ),
         (&["info", "--kernels", "conv2d=tile99"], "tile99"),
+        (&["train", "--augment", "rotate"], "rotate"),
     ];
     // Counts of zero are usage errors (status 2), caught before any device is opened.
     for flag in ["--epochs", "--batch-size"] {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use densenet_wgpu::data::augment::{crop_flip, Augment, AugmentSpec};
 use densenet_wgpu::data::loader::{Loader, Order};
 use densenet_wgpu::data::{self, idx, synthetic, Dataset, DatasetKind};
 use densenet_wgpu::ops::cross_entropy::IGNORE;
@@ -278,5 +279,142 @@ fn loader_resizes_bilinearly() {
     assert!(
         row[0] < row[1] && row[1] < row[2] && row[2] < row[3],
         "{row:?}"
+    );
+}
+
+/// Zero-pad, crop at an offset, mirror: exact pixels of a 3x3 plane.
+#[test]
+fn crop_and_flip_move_exact_pixels() {
+    let plane: Vec<f32> = (1..=9).map(|v| v as f32).collect(); // rows 1 2 3 / 4 5 6 / 7 8 9
+                                                               // Offset (pad, pad) is the identity; flipping mirrors each row.
+    assert_eq!(crop_flip(&plane, (3, 3), 1, (1, 1), false), plane);
+    assert_eq!(
+        crop_flip(&plane, (3, 3), 1, (1, 1), true),
+        [3., 2., 1., 6., 5., 4., 9., 8., 7.]
+    );
+    // Offset (0, 0): the image moves down-right by one, zeros come in from the top-left.
+    assert_eq!(
+        crop_flip(&plane, (3, 3), 1, (0, 0), false),
+        [0., 0., 0., 0., 1., 2., 0., 4., 5.]
+    );
+    // Offset (2, 1) then mirror: moved up by one, the bottom row zero, rows mirrored.
+    assert_eq!(
+        crop_flip(&plane, (3, 3), 1, (2, 1), true),
+        [6., 5., 4., 9., 8., 7., 0., 0., 0.]
+    );
+    // A 2x3 plane, pad 2, offset (4, 0): only the bottom-left corner's source survives.
+    let wide: Vec<f32> = (1..=6).map(|v| v as f32).collect();
+    assert_eq!(
+        crop_flip(&wide, (2, 3), 2, (4, 0), false),
+        [0., 0., 0., 0., 0., 0.]
+    );
+    assert_eq!(
+        crop_flip(&wide, (2, 3), 2, (2, 0), false),
+        [0., 0., 1., 0., 0., 4.]
+    );
+}
+
+/// Random choices depend only on the epoch's seed and the example: all offsets and both
+/// flips occur, the same seed repeats them, and another seed changes them.
+#[test]
+fn augmentation_choices_are_seeded() {
+    let aug = Augment {
+        pad: 2,
+        flip: true,
+        normalize: None,
+    };
+    let draws: Vec<_> = (0..400).map(|i| aug.choices(7, i)).collect();
+    assert_eq!(
+        draws,
+        (0..400).map(|i| aug.choices(7, i)).collect::<Vec<_>>()
+    );
+    assert_ne!(
+        draws,
+        (0..400).map(|i| aug.choices(8, i)).collect::<Vec<_>>()
+    );
+    for o in 0..5 {
+        assert!(draws.iter().any(|d| d.0 == o) && draws.iter().any(|d| d.1 == o));
+    }
+    assert!(draws.iter().any(|d| d.2) && draws.iter().any(|d| !d.2));
+    assert!(draws.iter().all(|d| d.0 <= 4 && d.1 <= 4));
+    let no_flip = Augment { flip: false, ..aug };
+    assert!((0..100).all(|i| !no_flip.choices(7, i).2));
+}
+
+#[test]
+fn augment_flag_and_dataset_defaults() {
+    let spec = AugmentSpec::parse("crop=3,flip,normalize").unwrap();
+    assert_eq!((spec.pad, spec.flip, spec.normalize), (3, true, true));
+    assert_eq!(AugmentSpec::parse("none").unwrap(), AugmentSpec::NONE);
+    assert_eq!(AugmentSpec::parse("crop").unwrap().pad, 4);
+    assert!(AugmentSpec::parse("crop=x").unwrap_err().contains("crop=x"));
+    assert!(AugmentSpec::parse("rotate").unwrap_err().contains("rotate"));
+    let cifar = AugmentSpec::default_for(DatasetKind::Cifar10);
+    assert_eq!((cifar.pad, cifar.flip, cifar.normalize), (4, true, true));
+    let digits = AugmentSpec::default_for(DatasetKind::FashionMnist);
+    assert_eq!((digits.pad, digits.flip), (2, false));
+    assert_eq!(
+        AugmentSpec::default_for(DatasetKind::Synthetic),
+        AugmentSpec::NONE
+    );
+}
+
+/// The loader: a shuffled (training) epoch crops, flips and normalizes each example as its
+/// seeded choices say; a sequential (evaluation) pass only normalizes.
+#[test]
+fn loader_augments_training_batches_only() {
+    // Two 2-channel 3x3 images: channel c of image i holds i*100 + c*10 + pixel.
+    let images: Vec<u8> = (0..2u8)
+        .flat_map(|i| (0..2u8).flat_map(move |c| (0..9u8).map(move |p| i * 100 + c * 10 + p)))
+        .collect();
+    let ds = Arc::new(Dataset {
+        images,
+        labels: vec![0, 1],
+        channels: 2,
+        height: 3,
+        width: 3,
+        class_names: vec!["a".into(), "b".into()],
+    });
+    let aug = AugmentSpec::parse("crop=1,flip,normalize")
+        .unwrap()
+        .build(&ds);
+    let stats = aug.normalize.clone().unwrap();
+    let plane = |i: usize, c: usize| -> Vec<f32> {
+        (0..9)
+            .map(|p| (i * 100 + c * 10 + p) as f32 / 255.0)
+            .collect()
+    };
+    // The statistics are the training set's per channel.
+    let mean0: f32 = (0..2).flat_map(|i| plane(i, 0)).sum::<f32>() / 18.0;
+    assert!((stats[0].0 - mean0).abs() < 1e-6);
+    let aug = Arc::new(aug);
+    let shuffled = Loader::with_augment(ds.clone(), 2, Order::Shuffled(3), (3, 3), aug.clone());
+    let batch = shuffled.into_iter().next().unwrap();
+    for slot in 0..2 {
+        let i = batch.labels[slot] as usize;
+        let (oy, ox, flip) = aug.choices(3, i);
+        for c in 0..2 {
+            let want: Vec<f32> = crop_flip(&plane(i, c), (3, 3), 1, (oy, ox), flip)
+                .iter()
+                .map(|v| (v - stats[c].0) / stats[c].1)
+                .collect();
+            assert_eq!(
+                batch.x[(c * 2 + slot) * 9..][..9],
+                want[..],
+                "image {i} channel {c}"
+            );
+        }
+    }
+    let eval = Loader::with_augment(ds, 2, Order::Sequential, (3, 3), aug)
+        .next()
+        .unwrap();
+    let want: Vec<f32> = plane(1, 1)
+        .iter()
+        .map(|v| (v - stats[1].0) / stats[1].1)
+        .collect();
+    assert_eq!(
+        eval.x[(2 + 1) * 9..][..9],
+        want[..],
+        "evaluation: normalized only"
     );
 }

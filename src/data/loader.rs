@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use image::imageops::{resize, FilterType};
 use image::{ImageBuffer, Luma};
 
+use super::augment::{crop_flip, Augment};
 use super::Dataset;
 use crate::ops::cross_entropy::IGNORE;
 
@@ -42,21 +43,40 @@ pub fn resize_plane(plane: &[u8], h: u32, w: u32, out_h: u32, out_w: u32) -> Vec
     out.into_raw().iter().map(|&v| v as f32 / 255.0).collect()
 }
 
-/// Fills `x` (C, n, H, W) with example `src` at batch position `slot`.
-fn put(ds: &Dataset, src: usize, slot: usize, n: usize, out: (u32, u32), x: &mut [f32]) {
+/// Example `src` as the network sees it: resized, then (`random`: its crop offsets and flip)
+/// augmented, then normalized; planes (C, H, W).
+fn example(
+    ds: &Dataset,
+    src: usize,
+    out: (u32, u32),
+    aug: &Augment,
+    random: Option<(u32, u32, bool)>,
+) -> Vec<f32> {
     let (oh, ow) = out;
-    let plane = (oh * ow) as usize;
     let img = ds.image(src);
     let in_plane = (ds.height * ds.width) as usize;
+    let mut v = Vec::with_capacity((oh * ow * ds.channels) as usize);
     for c in 0..ds.channels as usize {
-        let v = resize_plane(
+        let p = resize_plane(
             &img[c * in_plane..][..in_plane],
             ds.height,
             ds.width,
             oh,
             ow,
         );
-        x[(c * n + slot) * plane..][..plane].copy_from_slice(&v);
+        match random {
+            Some((oy, ox, flip)) => v.extend(crop_flip(&p, out, aug.pad, (oy, ox), flip)),
+            None => v.extend(p),
+        }
+    }
+    aug.normalize_planes(&mut v, (oh * ow) as usize);
+    v
+}
+
+/// Fills `x` (C, n, H, W) with one example's planes (C, H, W) at batch position `slot`.
+fn put(planes: &[f32], plane: usize, slot: usize, n: usize, x: &mut [f32]) {
+    for (c, p) in planes.chunks(plane).enumerate() {
+        x[(c * n + slot) * plane..][..plane].copy_from_slice(p);
     }
 }
 
@@ -68,7 +88,20 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// Batches of `ds` as they are: no augmentation, no normalization.
     pub fn new(ds: Arc<Dataset>, batch: usize, order: Order, out: (u32, u32)) -> Loader {
+        Self::with_augment(ds, batch, order, out, Arc::new(Augment::default()))
+    }
+
+    /// Batches with `aug`'s normalization, and in a shuffled (training) epoch its random
+    /// crop and flip, drawn from the epoch's seed and each example's index.
+    pub fn with_augment(
+        ds: Arc<Dataset>,
+        batch: usize,
+        order: Order,
+        out: (u32, u32),
+        aug: Arc<Augment>,
+    ) -> Loader {
         let mut indices: Vec<usize> = (0..ds.len()).collect();
         let batches = match order {
             Order::Shuffled(seed) => {
@@ -85,7 +118,12 @@ impl Loader {
                 let mut x = vec![0f32; per_example * batch];
                 let mut labels = vec![IGNORE; batch];
                 for (slot, &src) in chunk.iter().enumerate() {
-                    put(&ds, src, slot, batch, out, &mut x);
+                    let random = match order {
+                        Order::Shuffled(seed) if aug.is_random() => Some(aug.choices(seed, src)),
+                        _ => None,
+                    };
+                    let planes = example(&ds, src, out, &aug, random);
+                    put(&planes, (out.0 * out.1) as usize, slot, batch, &mut x);
                     labels[slot] = ds.labels[src] as u32;
                 }
                 let ready = Batch {

@@ -5,6 +5,7 @@
 //! - [`idx`]: MNIST and Fashion-MNIST (the four standard IDX files, gzipped or not).
 //! - [`cifar`]: CIFAR-10 binary batches.
 
+pub mod augment;
 pub mod cifar;
 pub mod idx;
 pub mod loader;

@@ -9,6 +9,7 @@ mod progress;
 mod setup;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -141,8 +142,8 @@ fn announce(k: &Kernels, plan: &Plan, setup: &Setup, args: &TrainArgs) -> Result
     let eval = MemoryPlan::new(cfg, layout, plan.batch, Mode::Eval, false, &target)?;
     eprintln!(
         "densenet-wgpu: {} on {} ({} train / {} test), {} parameters, batch {}, {} epochs; \
-         device {} ({:?}); kernels {}; activations {}; memory: training plan {:.1} MiB ({}), \
-         evaluation plan {:.1} MiB",
+         augment {}; device {} ({:?}); kernels {}; activations {}; memory: training plan \
+         {:.1} MiB ({}), evaluation plan {:.1} MiB",
         args.preset.name(),
         args.dataset.name(),
         setup.train.len(),
@@ -150,6 +151,7 @@ fn announce(k: &Kernels, plan: &Plan, setup: &Setup, args: &TrainArgs) -> Result
         plan.layout.parameter_count(),
         recipe.batch_size,
         recipe.epochs,
+        recipe.augment.describe(),
         gpu.info.name,
         gpu.info.backend,
         k.policy().origin,
@@ -174,7 +176,14 @@ fn run_epoch(
     let start = Instant::now();
     let size = (plan.cfg.image_size, plan.cfg.image_size);
     let order = Order::Shuffled(recipe.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let loader = Loader::new(setup.train.clone(), recipe.batch_size as usize, order, size);
+    let aug = Arc::new(recipe.augment.clone());
+    let loader = Loader::with_augment(
+        setup.train.clone(),
+        recipe.batch_size as usize,
+        order,
+        size,
+        aug,
+    );
     let batches = loader.batches as u64;
     let total_steps =
         (setup.train.len() / recipe.batch_size as usize) as u64 * recipe.epochs as u64;
@@ -230,7 +239,7 @@ fn run_epoch(
     let train_secs = start.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let seen = (batches * recipe.batch_size as u64).max(1) as f64;
-    let (test_loss, test_acc) = evaluate(gpu, plan, &setup.test)?;
+    let (test_loss, test_acc) = evaluate(gpu, plan, &setup.test, &recipe.augment)?;
     Ok(EpochMetrics {
         epoch,
         train_loss: loss_sum / seen,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use crate::checkpoint::Checkpoint;
+use crate::data::augment::AugmentSpec;
 use crate::data::{self, Dataset, DatasetKind};
 use crate::gpu::DType;
 use crate::model::DenseNetConfig;
@@ -80,7 +81,17 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
             (args.preset.config(args.dataset, classes), recipe)
         }
     };
-    let recipe = recipe.with(&args.overrides);
+    let mut recipe = recipe.with(&args.overrides);
+    // A fresh run takes the dataset's augmentation unless --augment says otherwise; a resumed
+    // one keeps its own (normalization statistics included) unless --augment is given.
+    let spec = match (&resume, args.overrides.augment) {
+        (_, Some(spec)) => Some(spec),
+        (None, None) => Some(AugmentSpec::default_for(args.dataset)),
+        (Some(_), None) => None,
+    };
+    if let Some(spec) = spec {
+        recipe.augment = spec.build(&splits.train);
+    }
     let batch = recipe.batch_size as usize;
     if splits.train.len() < batch {
         bail!(
