@@ -393,10 +393,10 @@ fn loader_augments_training_batches_only() {
     for slot in 0..2 {
         let i = batch.labels[slot] as usize;
         let (oy, ox, flip) = aug.choices(3, i);
-        for c in 0..2 {
+        for (c, &(mean, std)) in stats.iter().enumerate() {
             let want: Vec<f32> = crop_flip(&plane(i, c), (3, 3), 1, (oy, ox), flip)
                 .iter()
-                .map(|v| (v - stats[c].0) / stats[c].1)
+                .map(|v| (v - mean) / std)
                 .collect();
             assert_eq!(
                 batch.x[(c * 2 + slot) * 9..][..9],
