@@ -63,26 +63,35 @@ struct DataArgs {
 /// Recipe values; each replaces the preset's (or, resuming, the checkpoint's).
 #[derive(Args)]
 struct RecipeArgs {
-    /// Epochs to train in all, at least 1 [default: the preset's: d2l 10, small 5, tiny 3]
+    /// Epochs to train in all, at least 1 [default: the preset's: d2l 10, small 5, tiny 3,
+    /// densenet40 and bc100 300]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     epochs: Option<u32>,
-    /// Examples per step, at least 1 [default: the preset's: d2l 256, small and tiny 64]
+    /// Examples per step, at least 1 [default: the preset's: d2l 256, the others 64]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: Option<u32>,
     /// Base learning rate [default: the preset's: 0.1]
     #[arg(long)]
     lr: Option<f32>,
-    /// SGD momentum (Nesterov in small and tiny) [default: the preset's: d2l 0, small and
-    /// tiny 0.9]
+    /// SGD momentum (Nesterov in all presets but d2l) [default: the preset's: d2l 0, the
+    /// others 0.9]
     #[arg(long)]
     momentum: Option<f32>,
-    /// L2 weight decay [default: the preset's: d2l 0, small 5e-4, tiny 1e-4]
+    /// L2 weight decay [default: the preset's: d2l 0, small 5e-4, tiny, densenet40 and bc100
+    /// 1e-4]
     #[arg(long)]
     weight_decay: Option<f32>,
     /// Learning-rate schedule over the run [default: the preset's: d2l constant, small and
-    /// tiny cosine]
+    /// tiny cosine, densenet40 and bc100 step]
     #[arg(long, value_enum)]
     schedule: Option<Schedule>,
+    /// Fractions of the run where the step schedule multiplies the rate by 0.1, comma
+    /// separated [default: 0.5,0.75]
+    #[arg(long, value_delimiter = ',', value_name = "FRACTIONS")]
+    milestones: Option<Vec<f32>>,
+    /// Epochs of linear learning-rate warm-up at the start [default: 0]
+    #[arg(long, value_name = "N")]
+    warmup_epochs: Option<u32>,
     /// Input augmentation: none, or a list of crop (zero-pad 4, random crop), crop=PIXELS,
     /// flip (random left-right mirror), normalize (per-channel mean and std of the training
     /// set, also at evaluation) [default: the dataset's: cifar10 crop,flip,normalize;
@@ -127,7 +136,8 @@ enum Command {
 struct TrainCmd {
     #[command(flatten)]
     data: DataArgs,
-    /// Network and recipe: d2l (the lecture, 96x96), small (28x28 on a CPU), tiny (demo)
+    /// Network and recipe: d2l (the lecture, 96x96), small (28x28 on a CPU), tiny (demo),
+    /// densenet40 and bc100 (the DenseNet paper's CIFAR networks and recipe)
     #[arg(long, value_enum, default_value = "tiny")]
     preset: Preset,
     #[command(flatten)]
@@ -327,6 +337,8 @@ fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow
             momentum: r.momentum,
             weight_decay: r.weight_decay,
             schedule: r.schedule,
+            milestones: r.milestones,
+            warmup_epochs: r.warmup_epochs,
             augment: r.augment,
         },
         seed: c.seed,

@@ -322,6 +322,35 @@ fn ctrl_c_says_where_the_run_is() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The DenseNet paper's CIFAR networks: parameter counts as the paper gives them (1.0M and
+/// 0.8M), the plan at the recipe's batch 64, and training steps on CIFAR-10 shapes (at batch
+/// 2: a step at 64 takes minutes on a CPU driver).
+#[test]
+fn paper_presets_plan_and_train() {
+    for (preset, paper) in [("densenet40", 1.0e6), ("bc100", 0.8e6)] {
+        let args = ["plan", "--preset", preset, "--dataset", "cifar10", "--json"];
+        let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        let params = v["parameters"].as_f64().unwrap();
+        assert!(
+            (params / paper - 1.0).abs() < 0.05,
+            "{preset}: {params} parameters"
+        );
+        assert_eq!(v["batch"], 64, "{preset}: the paper's batch");
+        let bench = ok(&[
+            "bench",
+            "--preset",
+            preset,
+            "--dataset",
+            "cifar10",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+        ]);
+        assert!(bench.contains(&format!("{preset} on")), "{bench}");
+    }
+}
+
 /// 64 steps on the synthetic set lower the loss and beat chance (10 classes) by twice.
 #[test]
 fn training_lowers_the_loss_and_beats_chance() {

@@ -104,6 +104,36 @@ impl DenseNetConfig {
         }
     }
 
+    /// DenseNet (L=40, k=12) of Huang et al. for 32x32 CIFAR images: a 16-channel stem, three
+    /// blocks of 12 layers, no bottleneck or compression (about 1.0M parameters).
+    pub fn densenet40() -> Self {
+        DenseNetConfig {
+            in_channels: 3,
+            image_size: 32,
+            classes: 10,
+            stem: Stem::Cifar { channels: 16 },
+            blocks: vec![12, 12, 12],
+            growth_rate: 12,
+            bottleneck: None,
+            compression: 1.0,
+            conv_bias: false,
+            init: Init::KaimingNormal,
+        }
+    }
+
+    /// DenseNet-BC (L=100, k=12) of Huang et al.: a 2k-channel stem, three blocks of 16
+    /// bottleneck layers (1x1 to 4k channels, then 3x3), transitions halving the channels
+    /// (about 0.8M parameters).
+    pub fn bc100() -> Self {
+        DenseNetConfig {
+            stem: Stem::Cifar { channels: 24 },
+            blocks: vec![16, 16, 16],
+            bottleneck: Some(4),
+            compression: 0.5,
+            ..Self::densenet40()
+        }
+    }
+
     /// The built-in demo's network: two short blocks on the synthetic images.
     pub fn tiny() -> Self {
         DenseNetConfig {

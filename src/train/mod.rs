@@ -198,7 +198,7 @@ fn run_epoch(
     let mut probe = progress::Probe::new(gpu);
     let mut lr = recipe.lr;
     for (i, batch) in loader.enumerate() {
-        lr = recipe.schedule.lr(recipe.lr, *step, total_steps);
+        lr = recipe.lr_at(*step, total_steps, batches);
         plan.set_lr(gpu, lr);
         plan.upload(gpu, &batch.x, &batch.labels)?;
         inflight.push(gpu, plan.submit_train(gpu)?)?;
