@@ -1,9 +1,10 @@
 // cross_entropy.wgsl: softmax cross-entropy (mean over the batch) fused with its gradient,
 // plus the number of correct predictions.
 //
-//   loss_n    = logsumexp(logits[n, :]) - logits[n, label[n]]     the loss is mean(loss_n)
+//   loss_n    = sum_o t[o] (logsumexp(logits[n, :]) - logits[n, o])   the loss is mean(loss_n),
+//               t = (1 - e) onehot(label[n]) + e / classes (label smoothing e; 0: plain)
 //   loss_sum += sum over valid n of loss_n      (the host divides by the samples it counted)
-//   dlogits  += (softmax(logits[n, :]) - onehot(label[n])) / valid     (gradient of the mean,
+//   dlogits  += (softmax(logits[n, :]) - t) / valid                     (gradient of the mean,
 //               times the loss scale of scale_state with loss_scaled: f16 training)
 //   correct  += count of valid n with argmax(logits[n, :]) == label[n]   (first maximum wins)
 //
@@ -22,7 +23,7 @@ struct CrossEntropyParams {
     n: u32,
     classes: u32,
     loss_scaled: u32,
-    _pad0: u32,
+    smoothing: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: CrossEntropyParams;
@@ -82,15 +83,22 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) lid: u32) {
             }
         }
         var sum = 0.0;
+        var total = 0.0;
         for (var o = 0u; o < p.classes; o++) {
-            sum += exp(f32(logits[row + o]) - best);
+            let v = f32(logits[row + o]);
+            sum += exp(v - best);
+            total += v;
         }
         let lse = best + log(sum);
-        losses += lse - f32(logits[row + label]);
+        let e = p.smoothing;
+        let spread = e / f32(p.classes);
+        // sum_o t[o] (lse - z[o]) with t = (1 - e) onehot + e / classes.
+        losses += (1.0 - e) * (lse - f32(logits[row + label])) + e * lse - spread * total;
         hits += u32(arg == label);
         for (var o = 0u; o < p.classes; o++) {
             let prob = exp(f32(logits[row + o]) - lse);
-            dlogits[row + o] = act(f32(dlogits[row + o]) + (prob - select(0.0, 1.0, o == label)) * scale);
+            let goal = select(0.0, 1.0 - e, o == label) + spread;
+            dlogits[row + o] = act(f32(dlogits[row + o]) + (prob - goal) * scale);
         }
     }
     red_f[lid] = losses;

@@ -89,6 +89,10 @@ struct RecipeArgs {
     /// separated [default: 0.5,0.75]
     #[arg(long, value_delimiter = ',', value_name = "FRACTIONS")]
     milestones: Option<Vec<f32>>,
+    /// Label smoothing of the training loss, in [0, 1): targets (1 - e) onehot + e / classes
+    /// [default: 0]
+    #[arg(long, value_name = "E")]
+    label_smoothing: Option<f32>,
     /// Epochs of linear learning-rate warm-up at the start [default: 0]
     #[arg(long, value_name = "N")]
     warmup_epochs: Option<u32>,
@@ -339,6 +343,7 @@ fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow
             schedule: r.schedule,
             milestones: r.milestones,
             warmup_epochs: r.warmup_epochs,
+            label_smoothing: r.label_smoothing,
             augment: r.augment,
         },
         seed: c.seed,

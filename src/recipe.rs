@@ -73,6 +73,9 @@ pub struct Recipe {
     /// Epochs over which the rate rises linearly from base / steps to base first.
     #[serde(default)]
     pub warmup_epochs: u32,
+    /// Label smoothing e of the training loss: targets (1 - e) onehot + e / classes.
+    #[serde(default)]
+    pub label_smoothing: f32,
     /// Training-time crop and flip, and the input normalization of every pass (set from the
     /// dataset when a run starts: [`crate::data::augment::AugmentSpec::default_for`]).
     #[serde(default)]
@@ -90,6 +93,7 @@ pub struct Overrides {
     pub schedule: Option<Schedule>,
     pub milestones: Option<Vec<f32>>,
     pub warmup_epochs: Option<u32>,
+    pub label_smoothing: Option<f32>,
     /// `--augment`; applied by the run's setup, which has the training data.
     pub augment: Option<AugmentSpec>,
 }
@@ -122,6 +126,9 @@ impl Recipe {
         }
         if let Some(v) = o.warmup_epochs {
             self.warmup_epochs = v;
+        }
+        if let Some(v) = o.label_smoothing {
+            self.label_smoothing = v;
         }
         self
     }
@@ -191,6 +198,7 @@ impl Preset {
                 seed: 0,
                 milestones: default_milestones(),
                 warmup_epochs: 0,
+                label_smoothing: 0.0,
                 augment: Augment::default(),
             },
             Preset::Small => Recipe {
@@ -204,6 +212,7 @@ impl Preset {
                 seed: 0,
                 milestones: default_milestones(),
                 warmup_epochs: 0,
+                label_smoothing: 0.0,
                 augment: Augment::default(),
             },
             // Huang et al.: SGD with Nesterov momentum 0.9, weight decay 1e-4, rate 0.1,
@@ -219,6 +228,7 @@ impl Preset {
                 seed: 0,
                 milestones: default_milestones(),
                 warmup_epochs: 0,
+                label_smoothing: 0.0,
                 augment: Augment::default(),
             },
             Preset::Tiny => Recipe {
@@ -232,6 +242,7 @@ impl Preset {
                 seed: 0,
                 milestones: default_milestones(),
                 warmup_epochs: 0,
+                label_smoothing: 0.0,
                 augment: Augment::default(),
             },
         }
@@ -247,7 +258,10 @@ mod tests {
     #[test]
     fn step_schedule_and_warmup() {
         let r = Preset::Bc100.recipe();
-        assert_eq!((r.schedule, r.epochs, r.batch_size), (Schedule::Step, 300, 64));
+        assert_eq!(
+            (r.schedule, r.epochs, r.batch_size),
+            (Schedule::Step, 300, 64)
+        );
         let (total, per_epoch) = (3000, 10);
         let at = |r: &Recipe, step| r.lr_at(step, total, per_epoch);
         assert_eq!(at(&r, 0), 0.1);

@@ -215,7 +215,8 @@ pub fn linear_backward_bias(dbias: &mut [f32], dy: &[f32], p: &LinearParams) {
 // softmax cross-entropy
 
 /// Returns (summed loss over valid samples, correct predictions) and adds the gradient of
-/// the MEAN loss to dlogits. Labels >= classes are padding and count for nothing.
+/// the MEAN loss to dlogits. Labels >= classes are padding and count for nothing. With label
+/// smoothing e the target is (1 - e) onehot + e / classes, as PyTorch's `label_smoothing`.
 pub fn softmax_cross_entropy(
     dlogits: &mut [f32],
     logits: &[f32],
@@ -246,11 +247,17 @@ pub fn softmax_cross_entropy(
                 .map(|&v| (v as f64 - best as f64).exp())
                 .sum::<f64>()
                 .ln();
-        loss += lse - row[label] as f64;
+        let e = p.smoothing as f64;
+        let target = |o: usize| (1.0 - e) * (o == label) as u8 as f64 + e / c as f64;
+        loss += row
+            .iter()
+            .enumerate()
+            .map(|(o, &v)| target(o) * (lse - v as f64))
+            .sum::<f64>();
         correct += (arg == label) as u32;
         for (o, &v) in row.iter().enumerate() {
             let prob = (v as f64 - lse).exp();
-            let g = (prob - (o == label) as u8 as f64) * scale;
+            let g = (prob - target(o)) * scale;
             dlogits[ni * c + o] = (dlogits[ni * c + o] as f64 + g) as f32;
         }
     }

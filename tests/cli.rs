@@ -506,7 +506,7 @@ fn every_flag_documents_its_default() {
 
 #[test]
 fn user_errors_are_one_line_and_fail() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["info", "--adapter", "no-such-gpu"], "no-such-gpu"),
         (&["train", "--dataset", "mnist"], "--data-dir"),
         (
@@ -529,6 +529,7 @@ fn user_errors_are_one_line_and_fail() {
         ),
         (&["info", "--kernels", "conv2d=tile99"], "tile99"),
         (&["train", "--augment", "rotate"], "rotate"),
+        (&["train", "--label-smoothing", "1.5"], "label smoothing"),
     ];
     // Counts of zero are usage errors (status 2), caught before any device is opened.
     for flag in ["--epochs", "--batch-size"] {

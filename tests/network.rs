@@ -371,3 +371,43 @@ fn d2l_has_the_lectures_parameter_count() {
     let channels: Vec<(u32, u32)> = shapes.iter().map(|b| (b.c_in, b.c_out)).collect();
     assert_eq!(channels, [(64, 192), (96, 224), (112, 240), (120, 248)]);
 }
+
+/// Label smoothing set on a training plan reaches its loss dispatch: the step's loss is the
+/// smoothed loss of the logits it computed.
+#[test]
+fn label_smoothing_reaches_the_training_loss() {
+    use densenet_wgpu::ops::cross_entropy::CrossEntropyParams;
+    let cfg = small(Stem::Cifar { channels: 4 }, 8, None);
+    let mut plan = Plan::train(k(), &cfg, 4, PLAIN_SGD).unwrap();
+    let seed = seed();
+    plan.write_params(gpu(), &params(&plan.layout, &cfg, seed))
+        .unwrap();
+    plan.set_label_smoothing(gpu(), 0.2).unwrap();
+    assert!(plan.set_label_smoothing(gpu(), 1.0).is_err());
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let x: Vec<f32> = (0..plan.buffers.input.len).map(|_| rng.f32()).collect();
+    let labels: Vec<u32> = (0..4).map(|_| rng.u32(..cfg.classes)).collect();
+    plan.upload(gpu(), &x, &labels).unwrap();
+    plan.reset_metrics(gpu());
+    plan.submit_train(gpu()).unwrap();
+    let (loss, _) = plan.read_metrics(gpu()).unwrap();
+    let logits = plan.read_logits(gpu()).unwrap();
+    let ce = CrossEntropyParams::new(4, cfg.classes)
+        .unwrap()
+        .with_smoothing(0.2)
+        .unwrap();
+    let mut d = vec![0.0; logits.len()];
+    let (want, _) = cpu::softmax_cross_entropy(&mut d, &logits, &labels, &ce);
+    let plain = cpu::softmax_cross_entropy(
+        &mut d,
+        &logits,
+        &labels,
+        &CrossEntropyParams::new(4, cfg.classes).unwrap(),
+    )
+    .0;
+    assert!(
+        (loss - want as f64).abs() <= 1e-4 * want as f64,
+        "{loss} vs {want} (plain {plain})"
+    );
+    assert!((want - plain).abs() > 1e-3, "smoothing changes the loss");
+}

@@ -17,9 +17,10 @@ use crate::model::buffers::{Buffers, MemoryPlan, Tensors};
 use crate::model::config::DenseNetConfig;
 use crate::model::dispatches::{cmds, zero, Bufs};
 use crate::model::layout::Layout;
-use crate::model::nodes::{Mode, PlanLimits, PlanTarget};
+use crate::model::nodes::{Mode, Node, Nodes, PlanLimits, PlanTarget};
 use crate::model::plan::{Cmd, Plan, SgdConfig, Training};
 use crate::model::steps::node_cmds;
+use crate::ops::cross_entropy::CrossEntropyParams;
 use crate::ops::loss_scale::{self, LossScaleParams, LossScaleState, GROWTH_INTERVAL};
 use crate::ops::sgd::{self, SgdParams};
 
@@ -130,7 +131,15 @@ impl Plan {
                 }
                 cmds.extend(forward);
                 cmds.extend(backward.into_iter().rev().flatten());
-                Some(sgd_step(k, &buffers, cmds, opt)?)
+                let (cmds, sgd_index, sgd) = sgd_step(k, &buffers, cmds, opt)?;
+                let (loss_index, loss) = loss_dispatch(&cmds, &memory.nodes, &buffers)?;
+                Some(Training {
+                    cmds,
+                    sgd_index,
+                    sgd,
+                    loss_index,
+                    loss,
+                })
             }
             None => None,
         };
@@ -147,13 +156,40 @@ impl Plan {
     }
 }
 
-/// Appends the SGD update of every parameter to a step's commands.
+/// Where a training step's loss dispatch is, and the params it was created with.
+fn loss_dispatch(
+    cmds: &[Cmd],
+    nodes: &Nodes,
+    b: &Buffers<GpuBuffer>,
+) -> Result<(usize, CrossEntropyParams)> {
+    let index = cmds
+        .iter()
+        .position(|c| c.name() == "softmax_cross_entropy")
+        .ok_or_else(|| Error::Device("plan error: a training step without a loss".into()))?;
+    let ce = nodes
+        .list
+        .iter()
+        .find_map(|n| match n {
+            Node::Head(h) => Some(h.ce),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Device("plan error: a network without a head".into()))?;
+    // As the head's forward built it: scaled where the loss is (training in f16).
+    let ce = match b.loss_scale {
+        Some(_) => ce.with_loss_scale(),
+        None => ce,
+    };
+    Ok((index, ce))
+}
+
+/// Appends the SGD update of every parameter to a step's commands; returns them, the SGD
+/// dispatch's index and its params.
 fn sgd_step(
     k: &Kernels,
     b: &Buffers<GpuBuffer>,
     mut step: Vec<Cmd>,
     opt: SgdConfig,
-) -> Result<Training> {
+) -> Result<(Vec<Cmd>, usize, SgdParams)> {
     let n = b.params.len as u32;
     let mut p = SgdParams::new(n, opt.lr, opt.momentum, opt.weight_decay, opt.nesterov)?;
     let grads = b.grads.as_ref().expect("a training plan has gradients");
@@ -185,9 +221,5 @@ fn sgd_step(
     if let Some((lp, s)) = &scaling {
         step.push(Cmd::Run(loss_scale::loss_scale_update(k, lp, *s)?));
     }
-    Ok(Training {
-        cmds: step,
-        sgd_index,
-        sgd: p,
-    })
+    Ok((step, sgd_index, p))
 }

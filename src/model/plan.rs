@@ -10,6 +10,7 @@ use crate::model::buffers::{Buffers, MemoryPlan, Tensors};
 use crate::model::config::DenseNetConfig;
 use crate::model::layout::{Layout, SlotId};
 use crate::model::nodes::Mode;
+use crate::ops::cross_entropy::CrossEntropyParams;
 use crate::ops::loss_scale::LossScaleState;
 use crate::ops::sgd::SgdParams;
 
@@ -77,6 +78,9 @@ pub(crate) struct Training {
     /// Index of the SGD dispatch in `cmds`, and its params (rewritten for a new rate).
     pub(crate) sgd_index: usize,
     pub(crate) sgd: SgdParams,
+    /// Index of the loss dispatch in `cmds`, and its params (rewritten for label smoothing).
+    pub(crate) loss_index: usize,
+    pub(crate) loss: CrossEntropyParams,
 }
 
 /// A DenseNet on the device: its buffers and its command lists.
@@ -165,6 +169,18 @@ impl Plan {
                 d.set_params(gpu, &t.sgd);
             }
         }
+    }
+
+    /// Trains against (1 - e) onehot + e / classes from now on (label smoothing `e` in
+    /// [0, 1); the evaluation loss stays plain). No effect on an evaluation plan.
+    pub fn set_label_smoothing(&mut self, gpu: &Gpu, e: f32) -> Result<()> {
+        if let Some(t) = &mut self.training {
+            t.loss = t.loss.with_smoothing(e)?;
+            if let Cmd::Run(d) = &t.cmds[t.loss_index] {
+                d.set_params(gpu, &t.loss);
+            }
+        }
+        Ok(())
     }
 
     pub fn encode_train(&self, enc: &mut wgpu::CommandEncoder) {

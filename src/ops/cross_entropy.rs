@@ -18,13 +18,14 @@ use crate::kernels::{
 pub const IGNORE: u32 = u32::MAX;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct CrossEntropyParams {
     pub n: u32,
     pub classes: u32,
     /// Non-zero: dlogits is of the loss times a loss scale ([`CrossEntropyParams::with_loss_scale`]).
     pub loss_scaled: u32,
-    pub _pad: u32,
+    /// Label smoothing e: the target is (1 - e) onehot + e / classes.
+    pub smoothing: f32,
 }
 
 const OP: &str = "softmax_cross_entropy";
@@ -40,8 +41,19 @@ impl CrossEntropyParams {
             n,
             classes,
             loss_scaled: 0,
-            _pad: 0,
+            smoothing: 0.0,
         })
+    }
+
+    /// Label smoothing `e` in [0, 1), as PyTorch's `CrossEntropyLoss(label_smoothing=e)`.
+    pub fn with_smoothing(mut self, e: f32) -> Result<Self> {
+        ensure_shape!(
+            (0.0..1.0).contains(&e),
+            OP,
+            "label smoothing {e} must be in [0, 1)"
+        );
+        self.smoothing = e;
+        Ok(self)
     }
 
     /// dlogits is the gradient of the loss times the scale of a [`crate::ops::loss_scale`]

@@ -81,6 +81,7 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
     let setup = setup(args)?;
     let (cfg, recipe) = (&setup.config, &setup.recipe);
     let mut plan = Plan::train_in(k, cfg, recipe.batch_size, recipe.sgd(), args.precision)?;
+    plan.set_label_smoothing(gpu, recipe.label_smoothing)?;
     let (first_epoch, mut step) = match &setup.resume {
         Some(ck) => {
             ck.restore(gpu, &plan)?;

@@ -10,12 +10,17 @@ fn softmax_cross_entropy_matches_reference() {
     let mut rng = Rand::new();
     // (batch, classes, padding samples): one sample, the d2l head, a batch wider than the
     // workgroup, padding labels in the last batch.
+    // The last case also smooths its labels.
     let cases = [(1, 10, 0), (3, 13, 0), (256, 10, 0), (300, 7, 21)];
     for (dtype, (i, &(n, classes, pad))) in ACTS
         .into_iter()
         .flat_map(|d| cases.iter().enumerate().map(move |c| (d, c)))
     {
-        let p = CrossEntropyParams::new(n, classes).unwrap();
+        let smoothing = if i == 3 { 0.1 } else { 0.0 };
+        let p = CrossEntropyParams::new(n, classes)
+            .unwrap()
+            .with_smoothing(smoothing)
+            .unwrap();
         // Logits of a larger scale make the softmax sharp, some rows with exact ties.
         let mut logits = as_act(dtype, rng.range(p.logits_len(), -6.0, 6.0));
         logits[classes as usize - 1] = logits[0];
