@@ -50,11 +50,11 @@ struct Cli {
 
 #[derive(Args)]
 struct DataArgs {
-    /// Dataset: synthetic (built in, no files), fashion-mnist, mnist, cifar10 [default:
-    /// synthetic; eval: the checkpoint's]
+    /// Dataset: synthetic (built in, no files), fashion-mnist, mnist, cifar10, cifar100
+    /// (fine labels) [default: synthetic; eval: the checkpoint's]
     #[arg(long, value_enum)]
     dataset: Option<DatasetKind>,
-    /// Folder with the dataset's files (the four IDX files, or the CIFAR-10 binary batches)
+    /// Folder with the dataset's files (the four IDX files, or the CIFAR binary batches)
     /// [default: none; required by file datasets]
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -98,8 +98,9 @@ struct RecipeArgs {
     warmup_epochs: Option<u32>,
     /// Input augmentation: none, or a list of crop (zero-pad 4, random crop), crop=PIXELS,
     /// flip (random left-right mirror), normalize (per-channel mean and std of the training
-    /// set, also at evaluation) [default: the dataset's: cifar10 crop,flip,normalize;
-    /// fashion-mnist and mnist crop=2; synthetic none; resuming: the checkpoint's]
+    /// set, also at evaluation) [default: the dataset's: cifar10 and cifar100
+    /// crop,flip,normalize; fashion-mnist and mnist crop=2; synthetic none; resuming: the
+    /// checkpoint's]
     #[arg(long, value_parser = AugmentSpec::parse, value_name = "LIST")]
     augment: Option<AugmentSpec>,
 }

@@ -227,6 +227,38 @@ fn cifar10_batches_load() {
     assert!(err.contains("data_batch_3.bin"), "{err}");
 }
 
+/// CIFAR-100's binary version: coarse then fine label bytes; the fine label (100 classes)
+/// is used, with its class names.
+#[test]
+fn cifar100_uses_fine_labels() {
+    let dir = temp_dir("cifar100").join("cifar-100-binary");
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = |coarse: u8, fine: u8, fill: u8| {
+        let mut r = vec![coarse, fine];
+        r.extend(std::iter::repeat_n(fill, 3 * 1024));
+        r
+    };
+    let train = [record(4, 99, 1), record(19, 0, 2), record(1, 57, 3)].concat();
+    std::fs::write(dir.join("train.bin"), train).unwrap();
+    std::fs::write(dir.join("test.bin"), record(0, 42, 7)).unwrap();
+    let s = data::load(DatasetKind::Cifar100, dir.parent(), 0).unwrap();
+    assert_eq!(s.train.labels, [99, 0, 57]);
+    assert_eq!(s.train.classes(), 100);
+    assert_eq!(s.train.class_names[99], "worm");
+    assert_eq!(s.test.class_names[42], "leopard");
+    assert_eq!(s.test.image(0)[3071], 7);
+    // A fine label past 99 is refused by name.
+    std::fs::write(dir.join("test.bin"), record(0, 100, 7)).unwrap();
+    let err = data::load(DatasetKind::Cifar100, Some(&dir), 0)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("label 100"), "{err}");
+    assert_eq!(
+        DatasetKind::from_name("cifar100"),
+        Some(DatasetKind::Cifar100)
+    );
+}
+
 #[test]
 fn loader_lays_batches_out_channel_major() {
     // 5 RGB 2x2 images whose values encode (image, channel, pixel).

@@ -38,12 +38,12 @@ impl AugmentSpec {
         normalize: false,
     };
 
-    /// Each dataset's default: CIFAR-10 as in the DenseNet paper (pad 4 and crop, flip,
+    /// Each dataset's default: CIFAR-10 and -100 as in the DenseNet paper (pad 4 and crop, flip,
     /// normalize); the digit sets crop only (pad 2: a mirrored digit or shoe is another
     /// thing); the synthetic set nothing (its shapes sit at random places already).
     pub fn default_for(kind: DatasetKind) -> AugmentSpec {
         match kind {
-            DatasetKind::Cifar10 => AugmentSpec {
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 => AugmentSpec {
                 pad: 4,
                 flip: true,
                 normalize: true,

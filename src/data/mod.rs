@@ -72,6 +72,7 @@ pub enum DatasetKind {
     FashionMnist,
     Mnist,
     Cifar10,
+    Cifar100,
 }
 
 impl DatasetKind {
@@ -81,6 +82,7 @@ impl DatasetKind {
             DatasetKind::FashionMnist => "fashion-mnist",
             DatasetKind::Mnist => "mnist",
             DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Cifar100 => "cifar100",
         }
     }
 
@@ -94,12 +96,13 @@ impl DatasetKind {
         match self {
             DatasetKind::Synthetic => (1, synthetic::SIZE, synthetic::SIZE),
             DatasetKind::FashionMnist | DatasetKind::Mnist => (1, 28, 28),
-            DatasetKind::Cifar10 => (3, 32, 32),
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 => (3, 32, 32),
         }
     }
 
     pub fn class_names(self) -> Vec<String> {
         let names: &[&str] = match self {
+            DatasetKind::Cifar100 => &CIFAR100_NAMES,
             DatasetKind::Synthetic => &synthetic::CLASS_NAMES,
             DatasetKind::FashionMnist => &[
                 "t-shirt",
@@ -131,6 +134,110 @@ impl DatasetKind {
     }
 }
 
+/// CIFAR-100's fine classes, in label order.
+const CIFAR100_NAMES: [&str; 100] = [
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
+];
+
 /// Loads a dataset's train and test splits. File datasets need `data_dir`.
 pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Splits> {
     let dir = || -> Result<PathBuf> {
@@ -146,5 +253,6 @@ pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Spl
         DatasetKind::Synthetic => Ok(synthetic::generate(seed)),
         DatasetKind::FashionMnist | DatasetKind::Mnist => idx::load(&dir()?, kind.class_names()),
         DatasetKind::Cifar10 => cifar::load(&dir()?),
+        DatasetKind::Cifar100 => cifar::load_100(&dir()?),
     }
 }
