@@ -400,7 +400,15 @@ fn head_and_optimizer(c: &mut Criterion) {
         c,
         "sgd_update 758,226 parameters",
         Throughput::Elements(count as u64),
-        sgd::sgd_update(k(), &sp, p.view(), g.view(), Some(v.view()), None).expect("launch"),
+        sgd::sgd_update(
+            k(),
+            &sp,
+            p.view(),
+            g.view(),
+            Some(v.view()),
+            Default::default(),
+        )
+        .expect("launch"),
     );
 }
 

@@ -6,7 +6,8 @@
 // inf or NaN in them, and grad is divided by the scale otherwise (loss_scale.wgsl's state).
 //
 // Entry point (params at binding 0, an SgdParams uniform):
-//   sgd_update   grad(2) scale_state(4) -> param(1) velocity(3)
+//   sgd_update   grad(2) scale_state(4) clip(5) -> param(1) velocity(3)
+// With clipped, the gradients are first multiplied by clip[1] (grad_clip.wgsl's factor).
 // Geometry: one invocation per parameter, 256 per workgroup, folded 1-D grid. All of a
 // model's parameters live in one buffer, so one dispatch updates them all.
 
@@ -17,8 +18,8 @@ struct SgdParams {
     weight_decay: f32,
     nesterov: u32,
     loss_scaled: u32,
+    clipped: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: SgdParams;
@@ -26,6 +27,7 @@ struct SgdParams {
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 @group(0) @binding(3) var<storage, read_write> velocity: array<f32>;
 @group(0) @binding(4) var<storage, read> scale_state: array<u32>;
+@group(0) @binding(5) var<storage, read> clip: array<f32>;
 
 @compute @workgroup_size(256)
 fn sgd_update(
@@ -43,6 +45,9 @@ fn sgd_update(
             return; // inf or NaN somewhere in this step's gradients: skip it
         }
         unscale = 1.0 / bitcast<f32>(scale_state[0]);
+    }
+    if p.clipped != 0u {
+        unscale *= clip[1];
     }
     var g = grad[i] * unscale + p.weight_decay * param[i];
     if p.momentum != 0.0 {

@@ -93,6 +93,10 @@ struct RecipeArgs {
     /// [default: 0]
     #[arg(long, value_name = "E")]
     label_smoothing: Option<f32>,
+    /// Clip the gradients to this global L2 norm before each update, as
+    /// torch.nn.utils.clip_grad_norm_ [default: no clipping]
+    #[arg(long, value_name = "MAX")]
+    clip_grad_norm: Option<f32>,
     /// Epochs of linear learning-rate warm-up at the start [default: 0]
     #[arg(long, value_name = "N")]
     warmup_epochs: Option<u32>,
@@ -345,6 +349,7 @@ fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow
             milestones: r.milestones,
             warmup_epochs: r.warmup_epochs,
             label_smoothing: r.label_smoothing,
+            clip_grad_norm: r.clip_grad_norm,
             augment: r.augment,
         },
         seed: c.seed,

@@ -76,6 +76,9 @@ pub struct Recipe {
     /// Label smoothing e of the training loss: targets (1 - e) onehot + e / classes.
     #[serde(default)]
     pub label_smoothing: f32,
+    /// Clip the gradients to this global L2 norm before each update (None: no clipping).
+    #[serde(default)]
+    pub clip_grad_norm: Option<f32>,
     /// Training-time crop and flip, and the input normalization of every pass (set from the
     /// dataset when a run starts: [`crate::data::augment::AugmentSpec::default_for`]).
     #[serde(default)]
@@ -94,6 +97,7 @@ pub struct Overrides {
     pub milestones: Option<Vec<f32>>,
     pub warmup_epochs: Option<u32>,
     pub label_smoothing: Option<f32>,
+    pub clip_grad_norm: Option<f32>,
     /// `--augment`; applied by the run's setup, which has the training data.
     pub augment: Option<AugmentSpec>,
 }
@@ -130,6 +134,9 @@ impl Recipe {
         if let Some(v) = o.label_smoothing {
             self.label_smoothing = v;
         }
+        if let Some(v) = o.clip_grad_norm {
+            self.clip_grad_norm = Some(v);
+        }
         self
     }
 
@@ -151,6 +158,7 @@ impl Recipe {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             nesterov: self.nesterov,
+            clip_norm: self.clip_grad_norm,
         }
     }
 }
@@ -199,6 +207,7 @@ impl Preset {
                 milestones: default_milestones(),
                 warmup_epochs: 0,
                 label_smoothing: 0.0,
+                clip_grad_norm: None,
                 augment: Augment::default(),
             },
             Preset::Small => Recipe {
@@ -213,6 +222,7 @@ impl Preset {
                 milestones: default_milestones(),
                 warmup_epochs: 0,
                 label_smoothing: 0.0,
+                clip_grad_norm: None,
                 augment: Augment::default(),
             },
             // Huang et al.: SGD with Nesterov momentum 0.9, weight decay 1e-4, rate 0.1,
@@ -229,6 +239,7 @@ impl Preset {
                 milestones: default_milestones(),
                 warmup_epochs: 0,
                 label_smoothing: 0.0,
+                clip_grad_norm: None,
                 augment: Augment::default(),
             },
             Preset::Tiny => Recipe {
@@ -243,6 +254,7 @@ impl Preset {
                 milestones: default_milestones(),
                 warmup_epochs: 0,
                 label_smoothing: 0.0,
+                clip_grad_norm: None,
                 augment: Augment::default(),
             },
         }

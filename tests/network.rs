@@ -38,6 +38,7 @@ const PLAIN_SGD: SgdConfig = SgdConfig {
     momentum: 0.0,
     weight_decay: 0.0,
     nesterov: false,
+    clip_norm: None,
 };
 
 const NESTEROV: SgdConfig = SgdConfig {
@@ -45,6 +46,7 @@ const NESTEROV: SgdConfig = SgdConfig {
     momentum: 0.9,
     weight_decay: 1e-3,
     nesterov: true,
+    clip_norm: None,
 };
 
 /// Parameters from `seed`, with batch-norm scales and shifts away from 1 and 0: with a zero
@@ -410,4 +412,39 @@ fn label_smoothing_reaches_the_training_loss() {
         "{loss} vs {want} (plain {plain})"
     );
     assert!((want - plain).abs() > 1e-3, "smoothing changes the loss");
+}
+
+/// A training plan that clips: the update is the reference's with every gradient scaled by
+/// max_norm / |grad| (the limit is far below this step's norm).
+#[test]
+fn clipped_step_matches_the_reference() {
+    let cfg = small(Stem::Cifar { channels: 4 }, 8, None);
+    let opt = SgdConfig {
+        clip_norm: Some(1e-3),
+        ..NESTEROV
+    };
+    let plan = Plan::train(k(), &cfg, 4, opt).unwrap();
+    let seed = seed();
+    let params = params(&plan.layout, &cfg, seed);
+    plan.write_params(gpu(), &params).unwrap();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let x: Vec<f32> = (0..plan.buffers.input.len).map(|_| rng.f32()).collect();
+    let labels: Vec<u32> = (0..4).map(|_| rng.u32(..cfg.classes)).collect();
+    plan.upload(gpu(), &x, &labels).unwrap();
+    plan.submit_train(gpu()).unwrap();
+    let want = reference_step(&cfg, &plan.layout, &params, &x, &labels);
+    let norm = want
+        .grads
+        .iter()
+        .map(|g| *g as f64 * *g as f64)
+        .sum::<f64>()
+        .sqrt();
+    let clip: Vec<f32> = gpu().read_all(plan.buffers.clip.as_ref().unwrap()).unwrap();
+    assert!(
+        (clip[0] as f64 - norm).abs() <= 1e-3 * norm,
+        "{clip:?} vs {norm}"
+    );
+    let factor = (1e-3 / (norm + 1e-6)) as f32;
+    let clipped: Vec<f32> = want.grads.iter().map(|g| g * factor).collect();
+    check_update(&plan, &params, &clipped, opt, seed);
 }

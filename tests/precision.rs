@@ -36,6 +36,7 @@ const OPT: SgdConfig = SgdConfig {
     momentum: 0.9,
     weight_decay: 1e-4,
     nesterov: false,
+    clip_norm: None,
 };
 
 /// A plan's loss scale set to `scale` (nothing skipped yet).

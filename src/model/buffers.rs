@@ -50,6 +50,10 @@ pub struct Buffers<B> {
     pub correct: B,
     /// (4) u32 dynamic loss-scale state (training in f16; see `ops::loss_scale`).
     pub loss_scale: Option<B>,
+    /// (2) [norm, factor] of gradient clipping, and its partial sums (training with a norm
+    /// limit; see `ops::grad_clip`).
+    pub clip: Option<B>,
+    pub clip_partials: Option<B>,
 }
 
 impl<B> Buffers<B> {
@@ -71,6 +75,8 @@ impl<B> Buffers<B> {
             Some(&self.loss_sum),
             Some(&self.correct),
             self.loss_scale.as_ref(),
+            self.clip.as_ref(),
+            self.clip_partials.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -86,6 +92,8 @@ impl<B> Buffers<B> {
             batch_var: opt(&self.batch_var)?,
             bn_partials: opt(&self.bn_partials)?,
             loss_scale: opt(&self.loss_scale)?,
+            clip: opt(&self.clip)?,
+            clip_partials: opt(&self.clip_partials)?,
             params: f(&self.params)?,
             running_mean: f(&self.running_mean)?,
             running_var: f(&self.running_var)?,
@@ -229,6 +237,9 @@ fn buffer_specs(
                 Statistics,
             )
         }),
+        // A few KiB, allocated by the training plan where it clips (the optimizer's choice).
+        clip: None,
+        clip_partials: None,
     }
 }
 

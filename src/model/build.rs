@@ -21,8 +21,9 @@ use crate::model::nodes::{Mode, Node, Nodes, PlanLimits, PlanTarget};
 use crate::model::plan::{Cmd, Plan, SgdConfig, Training};
 use crate::model::steps::node_cmds;
 use crate::ops::cross_entropy::CrossEntropyParams;
+use crate::ops::grad_clip::{self, GradClipParams};
 use crate::ops::loss_scale::{self, LossScaleParams, LossScaleState, GROWTH_INTERVAL};
-use crate::ops::sgd::{self, SgdParams};
+use crate::ops::sgd::{self, SgdInputs, SgdParams};
 
 impl Plan {
     /// A training plan of `cfg` at batch size `batch` (training step and evaluation pass on
@@ -109,7 +110,12 @@ impl Plan {
             policy: k.policy().clone(),
         };
         let memory = MemoryPlan::new(cfg, &layout, batch, mode, momentum, &target)?;
-        let buffers = Buffers::allocate(gpu, &memory.buffers)?;
+        let mut buffers = Buffers::allocate(gpu, &memory.buffers)?;
+        if let Some(max) = opt.and_then(|o| o.clip_norm) {
+            let p = GradClipParams::new(buffers.params.len as u32, max)?;
+            buffers.clip = Some(gpu.zeros("clip", 2)?);
+            buffers.clip_partials = Some(gpu.zeros("clip partials", p.partials_len())?);
+        }
         gpu.write(&buffers.running_var, &vec![1f32; layout.stats.len as usize])?;
         if let Some(s) = &buffers.loss_scale {
             gpu.write(s, &LossScaleState::initial().to_words())?;
@@ -209,14 +215,32 @@ fn sgd_step(
         )?));
         p = p.with_loss_scale();
     }
+    // Clipping: the global norm and its factor, which the update applies.
+    let clip = match (opt.clip_norm, &b.clip, &b.clip_partials) {
+        (Some(max), Some(c), Some(parts)) => {
+            let mut cp = GradClipParams::new(n, max)?;
+            if scale.is_some() {
+                cp = cp.with_loss_scale();
+            }
+            let d = grad_clip::grad_clip(k, &cp, grads.view(), parts.view(), c.view(), scale)?;
+            step.extend(cmds(d));
+            p = p.with_clip();
+            Some(c.view())
+        }
+        _ => None,
+    };
     let sgd_index = step.len();
+    let inputs = SgdInputs {
+        scale_state: scale,
+        clip,
+    };
     step.extend(cmds(sgd::sgd_update(
         k,
         &p,
         b.params.view(),
         grads.view(),
         velocity,
-        scale,
+        inputs,
     )?));
     if let Some((lp, s)) = &scaling {
         step.push(Cmd::Run(loss_scale::loss_scale_update(k, lp, *s)?));

@@ -70,6 +70,8 @@ pub struct SgdConfig {
     pub momentum: f32,
     pub weight_decay: f32,
     pub nesterov: bool,
+    /// Clip the gradients to this global L2 norm first (`torch.nn.utils.clip_grad_norm_`).
+    pub clip_norm: Option<f32>,
 }
 
 /// What only a training plan has: the step's commands and its SGD dispatch.

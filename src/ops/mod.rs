@@ -7,6 +7,7 @@ pub mod concat;
 pub mod conv2d;
 pub mod cross_entropy;
 pub mod global_avgpool;
+pub mod grad_clip;
 pub mod linear;
 pub mod loss_scale;
 pub mod maxpool;
@@ -34,6 +35,7 @@ pub static SHADERS: &[&Shader] = &[
     &cross_entropy::SHADER,
     &sgd::SHADER,
     &loss_scale::SHADER,
+    &grad_clip::SHADER,
     &roofline::SHADER,
 ];
 

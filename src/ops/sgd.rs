@@ -19,7 +19,9 @@ pub struct SgdParams {
     pub nesterov: u32,
     /// Non-zero: the gradients are of a scaled loss; see [`SgdParams::with_loss_scale`].
     pub loss_scaled: u32,
-    pub _pad: [u32; 2],
+    /// Non-zero: the gradients are clipped by a [`crate::ops::grad_clip`] factor.
+    pub clipped: u32,
+    pub _pad: u32,
 }
 
 const OP: &str = "sgd_update";
@@ -59,7 +61,8 @@ impl SgdParams {
             weight_decay,
             nesterov: nesterov as u32,
             loss_scaled: 0,
-            _pad: [0; 2],
+            clipped: 0,
+            _pad: 0,
         })
     }
 
@@ -67,6 +70,12 @@ impl SgdParams {
     /// divides them by its scale, and is skipped on a step whose gradients overflowed.
     pub fn with_loss_scale(mut self) -> Self {
         self.loss_scaled = 1;
+        self
+    }
+
+    /// The gradients are multiplied by a [`crate::ops::grad_clip`] factor first.
+    pub fn with_clip(mut self) -> Self {
+        self.clipped = 1;
         self
     }
 }
@@ -84,20 +93,35 @@ pub static SHADER: Shader = Shader {
 pub static SGD_UPDATE: Entry = Entry::new::<SgdParams>(
     &SHADER,
     "sgd_update",
-    &[write(1), read(2), write(3), read_u32(4)],
+    &[write(1), read(2), write(3), read_u32(4), read(5)],
     256,
 );
 
-/// param -= lr * step; `velocity` is needed (and updated) only when momentum > 0;
-/// `scale_state` (the loss-scale state) exactly when the params say the loss is scaled.
+/// The optional inputs of an update: the loss-scale state (exactly when the params say the
+/// loss is scaled) and the clip factors (exactly when they say the gradients are clipped).
+#[derive(Clone, Copy, Default)]
+pub struct SgdInputs<'a> {
+    pub scale_state: Option<View<'a>>,
+    pub clip: Option<View<'a>>,
+}
+
+/// param -= lr * step; `velocity` is needed (and updated) only when momentum > 0.
 pub fn sgd_update(
     k: &Kernels,
     p: &SgdParams,
     param: View<'_>,
     grad: View<'_>,
     velocity: Option<View<'_>>,
-    scale_state: Option<View<'_>>,
+    inputs: SgdInputs<'_>,
 ) -> Result<Vec<Dispatch>> {
+    let SgdInputs { scale_state, clip } = inputs;
+    ensure_shape!(
+        clip.is_some() == (p.clipped != 0),
+        OP,
+        "clip factors given: {}, but the params say clipped = {}",
+        clip.is_some(),
+        p.clipped
+    );
     ensure_shape!(
         scale_state.is_some() == (p.loss_scaled != 0),
         OP,
@@ -134,6 +158,7 @@ pub fn sgd_update(
         (2, grad),
         (3, k.optional(velocity, dtype)),
         (4, k.optional(scale_state, DType::U32)),
+        (5, k.optional(clip, dtype)),
     ];
     let grid = Grid::Threads(need);
     // Parameters read and written, gradient read, velocity read and written.

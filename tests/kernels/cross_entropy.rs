@@ -88,7 +88,8 @@ fn sgd_update_matches_reference() {
             let grad = rng.vec(count as u64);
             let gb = up(&grad);
             let velocity = (mom > 0.0).then(|| vb.view());
-            run(sgd::sgd_update(k(), &p, pb.view(), gb.view(), velocity, None).unwrap());
+            let none = sgd::SgdInputs::default();
+            run(sgd::sgd_update(k(), &p, pb.view(), gb.view(), velocity, none).unwrap());
             cpu::sgd_update(&mut param, &grad, &mut vel, &p);
             check(
                 &format!("sgd_update case {i} step {step}"),

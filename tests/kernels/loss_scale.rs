@@ -4,8 +4,9 @@
 
 use crate::support::*;
 use densenet_wgpu::ops::cross_entropy::{self, CrossEntropyParams};
+use densenet_wgpu::ops::grad_clip::{self, GradClipParams};
 use densenet_wgpu::ops::loss_scale::{self, LossScaleParams, LossScaleState};
-use densenet_wgpu::ops::sgd::{self, SgdParams};
+use densenet_wgpu::ops::sgd::{self, SgdInputs, SgdParams};
 use densenet_wgpu::reference as cpu;
 use densenet_wgpu::GpuBuffer;
 
@@ -142,7 +143,10 @@ fn scaled_loss_gradient_and_unscaled_update() {
         pb.view(),
         gb.view(),
         Some(vb.view()),
-        Some(state.view()),
+        SgdInputs {
+            scale_state: Some(state.view()),
+            clip: None,
+        },
     )
     .unwrap());
     let (mut want, mut vel) = (param.clone(), vec![0.0; count as usize]);
@@ -162,8 +166,74 @@ fn scaled_loss_gradient_and_unscaled_update() {
         pb.view(),
         gb.view(),
         Some(vb.view()),
-        Some(flagged.view()),
+        SgdInputs {
+            scale_state: Some(flagged.view()),
+            clip: None,
+        },
     )
     .unwrap());
     assert_eq!((read(&pb), read(&vb)), before, "a skipped step");
+}
+
+/// Gradient clipping: the global norm and factor against the CPU (a count past one
+/// workgroup chunk; a limit above the norm leaves the gradients alone), the norm of a scaled
+/// loss's gradients unscaled, and the update multiplied by the factor.
+#[test]
+fn gradient_clipping_by_global_norm() {
+    let mut rng = Rand::new();
+    let count = 70_001u32;
+    let grad = rng.vec(count as u64);
+    let norm = grad
+        .iter()
+        .map(|&g| g as f64 * g as f64)
+        .sum::<f64>()
+        .sqrt();
+    let gb = up(&grad);
+    for (max, scale) in [(1.0f32, None), (1e6, None), (2.0, Some(64.0f32))] {
+        let mut p = GradClipParams::new(count, max).unwrap();
+        let state = scale.map(|s| {
+            state_buffer(LossScaleState {
+                scale: s,
+                ..LossScaleState::initial()
+            })
+        });
+        if state.is_some() {
+            p = p.with_loss_scale();
+        }
+        let (parts, clip) = (poisoned(p.partials_len()), poisoned(2));
+        let sv = state.as_ref().map(|s| s.view());
+        run(grad_clip::grad_clip(k(), &p, gb.view(), parts.view(), clip.view(), sv).unwrap());
+        let got = read(&clip);
+        let want_norm = norm / scale.unwrap_or(1.0) as f64;
+        let want_factor = (max as f64 / (want_norm + 1e-6)).min(1.0);
+        check("clip norm", rng.seed, &got[..1], &[want_norm as f32], FWD);
+        check(
+            "clip factor",
+            rng.seed,
+            &got[1..],
+            &[want_factor as f32],
+            FWD,
+        );
+    }
+    assert!(GradClipParams::new(10, 0.0).is_err());
+
+    // The update applies the factor.
+    let (p, clip) = (GradClipParams::new(count, 1.0).unwrap(), poisoned(2));
+    let parts = poisoned(p.partials_len());
+    run(grad_clip::grad_clip(k(), &p, gb.view(), parts.view(), clip.view(), None).unwrap());
+    let factor = read(&clip)[1];
+    let sp = SgdParams::new(count, 0.1, 0.0, 0.0, false)
+        .unwrap()
+        .with_clip();
+    let param = rng.vec(count as u64);
+    let pb = up(&param);
+    let inputs = SgdInputs {
+        scale_state: None,
+        clip: Some(clip.view()),
+    };
+    run(sgd::sgd_update(k(), &sp, pb.view(), gb.view(), None, inputs).unwrap());
+    let clipped: Vec<f32> = grad.iter().map(|g| g * factor).collect();
+    let (mut want, mut vel) = (param, vec![0.0; count as usize]);
+    cpu::sgd_update(&mut want, &clipped, &mut vel, &sp);
+    check("clipped update", rng.seed, &read(&pb), &want, FWD);
 }
