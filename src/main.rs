@@ -97,6 +97,10 @@ struct RecipeArgs {
     /// torch.nn.utils.clip_grad_norm_ [default: no clipping]
     #[arg(long, value_name = "MAX")]
     clip_grad_norm: Option<f32>,
+    /// Stop when the test accuracy has not improved for N epochs (the best epoch's checkpoint
+    /// is kept as best.safetensors either way) [default: never]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    patience: Option<u32>,
     /// Epochs of linear learning-rate warm-up at the start [default: 0]
     #[arg(long, value_name = "N")]
     warmup_epochs: Option<u32>,
@@ -350,6 +354,7 @@ fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow
             warmup_epochs: r.warmup_epochs,
             label_smoothing: r.label_smoothing,
             clip_grad_norm: r.clip_grad_norm,
+            patience: r.patience,
             augment: r.augment,
         },
         seed: c.seed,

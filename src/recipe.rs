@@ -79,6 +79,9 @@ pub struct Recipe {
     /// Clip the gradients to this global L2 norm before each update (None: no clipping).
     #[serde(default)]
     pub clip_grad_norm: Option<f32>,
+    /// Stop when the test accuracy has not improved for this many epochs (None: never).
+    #[serde(default)]
+    pub patience: Option<u32>,
     /// Training-time crop and flip, and the input normalization of every pass (set from the
     /// dataset when a run starts: [`crate::data::augment::AugmentSpec::default_for`]).
     #[serde(default)]
@@ -98,6 +101,7 @@ pub struct Overrides {
     pub warmup_epochs: Option<u32>,
     pub label_smoothing: Option<f32>,
     pub clip_grad_norm: Option<f32>,
+    pub patience: Option<u32>,
     /// `--augment`; applied by the run's setup, which has the training data.
     pub augment: Option<AugmentSpec>,
 }
@@ -136,6 +140,9 @@ impl Recipe {
         }
         if let Some(v) = o.clip_grad_norm {
             self.clip_grad_norm = Some(v);
+        }
+        if let Some(v) = o.patience {
+            self.patience = Some(v);
         }
         self
     }
@@ -208,6 +215,7 @@ impl Preset {
                 warmup_epochs: 0,
                 label_smoothing: 0.0,
                 clip_grad_norm: None,
+                patience: None,
                 augment: Augment::default(),
             },
             Preset::Small => Recipe {
@@ -223,6 +231,7 @@ impl Preset {
                 warmup_epochs: 0,
                 label_smoothing: 0.0,
                 clip_grad_norm: None,
+                patience: None,
                 augment: Augment::default(),
             },
             // Huang et al.: SGD with Nesterov momentum 0.9, weight decay 1e-4, rate 0.1,
@@ -240,6 +249,7 @@ impl Preset {
                 warmup_epochs: 0,
                 label_smoothing: 0.0,
                 clip_grad_norm: None,
+                patience: None,
                 augment: Augment::default(),
             },
             Preset::Tiny => Recipe {
@@ -255,6 +265,7 @@ impl Preset {
                 warmup_epochs: 0,
                 label_smoothing: 0.0,
                 clip_grad_norm: None,
+                patience: None,
                 augment: Augment::default(),
             },
         }

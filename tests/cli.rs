@@ -351,6 +351,50 @@ fn paper_presets_plan_and_train() {
     }
 }
 
+/// The best epoch's checkpoint is kept beside the last; with a patience, a run whose test
+/// accuracy stops improving ends early (a rate of 1e-9 barely moves the weights).
+#[test]
+fn best_checkpoint_and_early_stopping() {
+    let dir = temp_dir("patience");
+    let printed = ok(&[
+        "train",
+        "--limit-train",
+        "256",
+        "--limit-test",
+        "20",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "6",
+        "--lr",
+        "1e-9",
+        "--patience",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let m = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    assert!(
+        m.len() < 6 && printed.contains("stopping early"),
+        "{printed}"
+    );
+    // The first best epoch, and no better one in the last epoch that ended the run.
+    let best = m
+        .iter()
+        .fold(&m[0], |b, x| if x.test_acc > b.test_acc { x } else { b });
+    assert!(m.last().unwrap().test_acc <= best.test_acc);
+    assert_eq!(
+        m.len() as u32,
+        best.epoch + 1,
+        "stopped one epoch after the best"
+    );
+    let best_ck = Checkpoint::load(&dir.join("best.safetensors")).unwrap();
+    assert_eq!(best_ck.epoch, best.epoch);
+    let last = Checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(last.epoch, m.len() as u32);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// 64 steps on the synthetic set lower the loss and beat chance (10 classes) by twice.
 #[test]
 fn training_lowers_the_loss_and_beats_chance() {

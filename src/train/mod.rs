@@ -125,8 +125,41 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
         let mut ck = Checkpoint::capture(gpu, &plan, recipe, args.dataset, (epoch, step))?;
         ck.loss_scale = plan.read_loss_scale(gpu)?;
         ck.save(&checkpoint_path(&args.out))?;
+        let best = best_epoch(&history);
+        if best == epoch {
+            ck.save(&best_checkpoint_path(&args.out))?;
+        }
+        if let Some(p) = recipe.patience.filter(|&p| epoch - best >= p) {
+            let acc = history
+                .iter()
+                .find(|m| m.epoch == best)
+                .map_or(0.0, |m| m.test_acc);
+            println!(
+                "stopping early: no better test accuracy for {p} epochs (best {:.2}% at epoch \
+                 {best}, in {})",
+                100.0 * acc,
+                best_checkpoint_path(&args.out).display()
+            );
+            break;
+        }
     }
     Ok(history)
+}
+
+/// Where a run keeps the checkpoint of its best test accuracy so far.
+pub fn best_checkpoint_path(out: &Path) -> PathBuf {
+    out.join("best.safetensors")
+}
+
+/// The epoch of the highest test accuracy (the first of equals).
+fn best_epoch(history: &[EpochMetrics]) -> u32 {
+    history
+        .iter()
+        .fold(None::<&EpochMetrics>, |b, m| match b {
+            Some(b) if b.test_acc >= m.test_acc => Some(b),
+            _ => Some(m),
+        })
+        .map_or(0, |m| m.epoch)
 }
 
 /// The run's one-line summary: data, network, device, kernels, and the memory of the
