@@ -33,3 +33,140 @@ pub fn evaluate(gpu: &Gpu, plan: &Plan, test: &Arc<Dataset>, aug: &Augment) -> R
     let n = test.len().max(1) as f64;
     Ok((loss / n, correct as f64 / n))
 }
+
+/// An evaluation pass class by class: what `eval` prints and draws.
+pub struct Breakdown {
+    /// Mean loss and accuracy, as [`evaluate`] gives them.
+    pub loss: f64,
+    pub accuracy: f64,
+    /// `confusion[label][predicted]`: examples of each class and what they were taken for.
+    pub confusion: Vec<Vec<u64>>,
+    /// Share of examples whose label is among the five largest logits (where there are more
+    /// than 10 classes).
+    pub top5: Option<f64>,
+}
+
+/// The predicted class of a row of logits (the first maximum, as argmax) and whether
+/// `label` is among its five largest (ties broken by order).
+fn rank(row: &[f32], label: usize) -> (usize, bool) {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    (order[0], order.iter().take(5).any(|&o| o == label))
+}
+
+/// [`evaluate`], reading each batch's logits back (so it waits for every batch) to count
+/// the confusion matrix and the top-5 accuracy.
+pub fn evaluate_breakdown(
+    gpu: &Gpu,
+    plan: &Plan,
+    test: &Arc<Dataset>,
+    aug: &Augment,
+) -> Result<Breakdown> {
+    let size = (plan.cfg.image_size, plan.cfg.image_size);
+    let classes = plan.cfg.classes as usize;
+    let loader = Loader::with_augment(
+        test.clone(),
+        plan.batch as usize,
+        Order::Sequential,
+        size,
+        Arc::new(aug.clone()),
+    );
+    plan.reset_metrics(gpu);
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    let mut in_top5 = 0u64;
+    for batch in loader {
+        plan.upload(gpu, &batch.x, &batch.labels)?;
+        plan.submit_eval(gpu);
+        let logits = plan.read_logits(gpu)?;
+        for (row, &label) in logits.chunks(classes).zip(&batch.labels).take(batch.count) {
+            let (predicted, top5) = rank(row, label as usize);
+            confusion[label as usize][predicted] += 1;
+            in_top5 += top5 as u64;
+        }
+    }
+    let (loss, correct) = plan.read_metrics(gpu)?;
+    let n = test.len().max(1) as f64;
+    Ok(Breakdown {
+        loss: loss / n,
+        accuracy: correct as f64 / n,
+        confusion,
+        top5: (classes > 10).then_some(in_top5 as f64 / n),
+    })
+}
+
+impl Breakdown {
+    /// Each class's accuracy (NaN for a class without examples).
+    pub fn per_class(&self) -> Vec<f64> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| row[c] as f64 / row.iter().sum::<u64>() as f64)
+            .collect()
+    }
+
+    /// One line per class: name, accuracy, examples.
+    pub fn text(&self, names: &[String]) -> String {
+        let mut out = String::new();
+        for ((name, acc), row) in names.iter().zip(self.per_class()).zip(&self.confusion) {
+            let n: u64 = row.iter().sum();
+            out.push_str(&format!("  {name:<16} {:>6.2}% of {n}\n", 100.0 * acc));
+        }
+        if let Some(t) = self.top5 {
+            out.push_str(&format!("  top-5 accuracy {:.2}%\n", 100.0 * t));
+        }
+        out
+    }
+
+    /// The confusion matrix as a PNG: row = true class, column = predicted class, each row
+    /// shaded by its share (white 0 to dark blue 1), cells of at least 4 pixels.
+    pub fn confusion_png(&self, path: &std::path::Path) -> Result<()> {
+        let k = self.confusion.len().max(1);
+        let cell = (640 / k).max(4) as u32;
+        let side = cell * k as u32;
+        let mut img = image::RgbImage::from_pixel(side, side, image::Rgb([255, 255, 255]));
+        for (r, row) in self.confusion.iter().enumerate() {
+            let total = row.iter().sum::<u64>().max(1) as f64;
+            for (c, &count) in row.iter().enumerate() {
+                let share = count as f64 / total;
+                let shade = |full: f64| (255.0 - share * (255.0 - full)) as u8;
+                let color = image::Rgb([shade(20.0), shade(50.0), shade(140.0)]);
+                for y in 0..cell {
+                    for x in 0..cell {
+                        img.put_pixel(c as u32 * cell + x, r as u32 * cell + y, color);
+                    }
+                }
+            }
+        }
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        crate::atomic_file::write_atomic(path, &png)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_takes_the_first_maximum_and_the_top_five() {
+        let row = [0.5, 2.0, 2.0, -1.0, 0.0, 1.0, 0.1];
+        assert_eq!(rank(&row, 1), (1, true));
+        assert_eq!(rank(&row, 2).0, 1, "ties go to the first");
+        assert!(rank(&row, 6).1, "0.1 is fifth");
+        assert!(!rank(&row, 3).1 && !rank(&row, 4).1);
+        let b = Breakdown {
+            loss: 0.0,
+            accuracy: 0.5,
+            confusion: vec![vec![3, 1], vec![2, 2]],
+            top5: None,
+        };
+        assert_eq!(b.per_class(), [0.75, 0.5]);
+        let text = b.text(&["cat".into(), "dog".into()]);
+        assert!(
+            text.contains("cat") && text.contains("75.00% of 4"),
+            "{text}"
+        );
+    }
+}

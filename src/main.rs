@@ -12,7 +12,7 @@ use densenet_wgpu::bench::{bench, BenchArgs};
 use densenet_wgpu::checkpoint::Checkpoint;
 use densenet_wgpu::data::augment::AugmentSpec;
 use densenet_wgpu::data::{self, DatasetKind};
-use densenet_wgpu::evaluate::evaluate;
+use densenet_wgpu::evaluate::evaluate_breakdown;
 use densenet_wgpu::gpu::info;
 use densenet_wgpu::kernels::DeviceClass;
 use densenet_wgpu::model::{Plan, PlanLimits};
@@ -186,6 +186,10 @@ struct EvalCmd {
     /// Seed of the synthetic data [default: the checkpoint's]
     #[arg(long)]
     seed: Option<u64>,
+    /// Where to draw the confusion matrix (PNG; rows true classes, columns predictions)
+    /// [default: confusion.png beside the checkpoint]
+    #[arg(long, value_name = "FILE")]
+    confusion: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -424,13 +428,23 @@ fn eval(opts: &GpuOptions, spec: &str, precision: DType, c: EvalCmd) -> anyhow::
     let k = kernels(opts, spec)?;
     let plan = Plan::eval_in(&k, &ck.config, ck.recipe.batch_size, precision)?;
     ck.restore(k.gpu(), &plan)?;
-    let (loss, acc) = evaluate(k.gpu(), &plan, &Arc::new(splits.test), &ck.recipe.augment)?;
+    let names = splits.test.class_names.clone();
+    let b = evaluate_breakdown(k.gpu(), &plan, &Arc::new(splits.test), &ck.recipe.augment)?;
     println!(
-        "{} on {} (epoch {}, {precision}): test loss {loss:.4} acc {:.2}%",
+        "{} on {} (epoch {}, {precision}): test loss {:.4} acc {:.2}%",
         checkpoint.display(),
         dataset.name(),
         ck.epoch,
-        100.0 * acc
+        b.loss,
+        100.0 * b.accuracy
     );
+    print!("{}", b.text(&names));
+    let png = c.confusion.unwrap_or_else(|| {
+        let dir = checkpoint.parent().unwrap_or(std::path::Path::new("."));
+        dir.join("confusion.png")
+    });
+    b.confusion_png(&png)
+        .with_context(|| format!("writing {}", png.display()))?;
+    println!("confusion matrix: {}", png.display());
     Ok(())
 }

@@ -101,6 +101,18 @@ fn train_eval_resume_and_predict() {
         eval.contains(&want),
         "eval printed {eval:?}, training reported {want:?}"
     );
+    // Per class: every class named with its accuracy; the confusion matrix drawn beside the
+    // checkpoint (10 classes of 64-pixel cells).
+    for name in synthetic::CLASS_NAMES {
+        assert!(
+            eval.lines()
+                .any(|l| l.trim_start().starts_with(name) && l.contains("% of ")),
+            "{eval}"
+        );
+    }
+    assert!(!eval.contains("top-5"), "top-5 only past 10 classes");
+    let confusion = image::open(dir.join("confusion.png")).unwrap();
+    assert_eq!((confusion.width(), confusion.height()), (640, 640));
 
     // Resume to 3 epochs: the history keeps the first two and gains a third, and every
     // figure equals that of a run that trained 3 epochs without stopping.
