@@ -409,12 +409,13 @@ fn eval(opts: &GpuOptions, spec: &str, precision: DType, c: EvalCmd) -> anyhow::
     let ck = Checkpoint::load(&checkpoint)?;
     let dataset = data.dataset.unwrap_or(ck.dataset);
     let seed = c.seed.unwrap_or(ck.recipe.seed);
-    let mut splits = data::load(dataset, data.data_dir.as_deref(), seed)
+    let dir = data.data_dir.as_deref();
+    let mut splits = data::load_sized(dataset, dir, seed, ck.config.image_size)
         .with_context(|| format!("loading {} for {}", dataset.name(), checkpoint.display()))?;
     if let Some(n) = c.limit_test {
         splits.test.truncate(n);
     }
-    let (channels, _, _) = dataset.image_shape();
+    let channels = splits.test.channels;
     if channels != ck.config.in_channels || splits.test.classes() as u32 != ck.config.classes {
         bail!(
             "{} has {} input channels and {} classes; {} has {channels} and {}",

@@ -106,6 +106,9 @@ fn side(m: &MemoryPlan) -> Side {
 /// Plans `args`' network for training and evaluation on an adapter with `limits`, with the
 /// workspaces `policy`'s kernels need.
 pub fn plan_report(args: &PlanArgs, limits: PlanLimits, policy: &Policy) -> Result<PlanReport> {
+    if args.dataset == DatasetKind::Folder {
+        anyhow::bail!("--dataset folder has no fixed shape to plan; give the shapes of another dataset (e.g. cifar10)");
+    }
     let cfg = args
         .preset
         .config(args.dataset, args.dataset.class_names().len() as u32);

@@ -52,7 +52,7 @@ pub fn predict(
     let batch = (images.len() as u32).clamp(1, 64);
     let plan = Plan::eval_in(k, cfg, batch, precision)?;
     ck.restore(gpu, &plan)?;
-    let names = ck.dataset.class_names();
+    let names = ck.class_names.clone();
     let (c, size) = (cfg.in_channels, cfg.image_size);
     let plane = (size * size) as usize;
     let mut out = Vec::new();

@@ -194,7 +194,8 @@ impl Preset {
         };
         cfg.in_channels = channels;
         cfg.classes = classes;
-        if self != Preset::D2l {
+        // d2l resizes to its own 96; a folder's images are resized to the preset's size.
+        if self != Preset::D2l && dataset != DatasetKind::Folder {
             cfg.image_size = size;
         }
         cfg

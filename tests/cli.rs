@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use densenet_wgpu::checkpoint::Checkpoint;
-use densenet_wgpu::data::synthetic;
+use densenet_wgpu::data::{synthetic, DatasetKind};
 use densenet_wgpu::report::{read_metrics, EpochMetrics};
 use support::temp_dir;
 
@@ -404,6 +404,101 @@ fn best_checkpoint_and_early_stopping() {
     assert_eq!(best_ck.epoch, best.epoch);
     let last = Checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
     assert_eq!(last.epoch, m.len() as u32);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes `n` 32x32 PNGs of stripes per class into `dir/CLASS/`: horizontal or vertical,
+/// at a random phase, gray or (`color`) red on blue.
+fn stripes(dir: &Path, n: usize, color: bool, rng: &mut fastrand::Rng) {
+    for class in ["horizontal", "vertical"] {
+        let d = dir.join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..n {
+            let phase = rng.u32(..4);
+            let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                let t = if class == "horizontal" { y } else { x };
+                let on = (t + phase) % 4 < 2;
+                match (on, color) {
+                    (true, true) => image::Rgb([220, 30, 30]),
+                    (false, true) => image::Rgb([20, 20, 200]),
+                    (true, false) => image::Rgb([230, 230, 230]),
+                    (false, false) => image::Rgb([20, 20, 20]),
+                }
+            });
+            img.save(d.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+/// A folder of generated PNGs trains, keeps its class names in the checkpoint, and predict
+/// prints them; one tree without train/ and test/ is split by the seed; color is kept.
+#[test]
+fn image_folders_train_and_predict_with_class_names() {
+    let dir = temp_dir("folder");
+    let mut rng = fastrand::Rng::with_seed(3);
+    stripes(&dir.join("train"), 16, false, &mut rng);
+    stripes(&dir.join("test"), 4, false, &mut rng);
+    let out = dir.join("run");
+    ok(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--schedule",
+        "constant",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let ck_path = out.join("checkpoint.safetensors");
+    let ck = Checkpoint::load(&ck_path).unwrap();
+    assert_eq!(ck.class_names, ["horizontal", "vertical"]);
+    assert_eq!(
+        (ck.config.in_channels, ck.config.image_size),
+        (1, 24),
+        "gray, tiny's size"
+    );
+    let probe = dir.join("test/vertical/0.png");
+    let printed = ok(&[
+        "predict",
+        "--checkpoint",
+        ck_path.to_str().unwrap(),
+        probe.to_str().unwrap(),
+    ]);
+    assert!(
+        printed.contains("horizontal") || printed.contains("vertical"),
+        "{printed}"
+    );
+    let eval = ok(&[
+        "eval",
+        "--checkpoint",
+        ck_path.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        eval.contains("horizontal") && eval.contains("% of 4"),
+        "{eval}"
+    );
+
+    let tree = dir.join("tree");
+    stripes(&tree, 10, true, &mut rng);
+    let s = densenet_wgpu::data::load_sized(DatasetKind::Folder, Some(&tree), 1, 16).unwrap();
+    assert_eq!(
+        (s.train.len(), s.test.len()),
+        (16, 4),
+        "20% of each class to test"
+    );
+    assert_eq!((s.train.channels, s.train.height), (3, 16));
+    let again = densenet_wgpu::data::load_sized(DatasetKind::Folder, Some(&tree), 1, 16).unwrap();
+    assert_eq!(
+        s.test.images, again.test.images,
+        "the split follows the seed"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

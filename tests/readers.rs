@@ -1,6 +1,6 @@
 //! The file readers against arbitrary bytes (proptest, a fixed number of cases per run, so CI
 //! spends a bounded time): IDX files (raw and gzipped, any header), CIFAR-10 batches of any
-//! length and content, and checkpoints (random bytes, and a real checkpoint truncated or with
+//! length and content, image folders of arbitrary files, and checkpoints (random bytes, and a real checkpoint truncated or with
 //! bytes flipped). Each either loads something consistent or returns an error; none panics.
 
 mod support;
@@ -91,6 +91,20 @@ proptest! {
             prop_assert!(extra == 0 && records > 0 && fill < 10);
             prop_assert_eq!(s.test.len(), records);
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Image folders whose files are arbitrary bytes named .png or .jpg.
+    #[test]
+    fn image_folders_of_any_bytes(files in vec(vec(any::<u8>(), 0..120), 1..4), jpg in any::<bool>()) {
+        let dir = temp_dir("fuzz-folder");
+        for (i, bytes) in files.iter().enumerate() {
+            let class = dir.join(format!("class{}", i % 2));
+            std::fs::create_dir_all(&class).unwrap();
+            let ext = if jpg { "jpg" } else { "png" };
+            std::fs::write(class.join(format!("{i}.{ext}")), bytes).unwrap();
+        }
+        let _ = densenet_wgpu::data::load_sized(DatasetKind::Folder, Some(&dir), 0, 8);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

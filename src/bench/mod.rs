@@ -57,6 +57,9 @@ pub struct BenchReport {
 
 /// Times training steps of a preset's network on random data.
 pub fn bench(k: &Kernels, a: &BenchArgs) -> Result<BenchReport> {
+    if a.dataset == DatasetKind::Folder {
+        anyhow::bail!("--dataset folder has no fixed shape to time; give the shapes of another dataset (e.g. cifar10)");
+    }
     let gpu = k.gpu();
     let cfg = a
         .preset

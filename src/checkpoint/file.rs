@@ -61,6 +61,10 @@ impl Checkpoint {
         if let Some(s) = &self.loss_scale {
             meta.insert("loss_scale".to_string(), serde_json::to_string(s)?);
         }
+        meta.insert(
+            "class_names".to_string(),
+            serde_json::to_string(&self.class_names)?,
+        );
         meta.insert("step".to_string(), self.step.to_string());
         let data = safetensors::serialize(views, Some(meta))?;
         write_atomic(path, &data)
@@ -114,6 +118,10 @@ impl Checkpoint {
                 .map(|s| serde_json::from_str(s))
                 .transpose()
                 .context("checkpoint loss_scale")?,
+            class_names: match meta.get("class_names") {
+                Some(s) => serde_json::from_str(s).context("checkpoint class_names")?,
+                None => dataset.class_names(),
+            },
         })
     }
 }

@@ -36,6 +36,9 @@ pub struct Checkpoint {
     /// The dynamic loss scale of an f16 run (metadata `loss_scale`), so that resuming in f16
     /// goes on with it; None from f32 runs.
     pub loss_scale: Option<LossScaleState>,
+    /// The classes' names in label order (metadata `class_names`; an image folder's are its
+    /// folders).
+    pub class_names: Vec<String>,
 }
 
 /// The running statistics and momentum of a plan, in arena layout, as [`Checkpoint::new`]
@@ -98,6 +101,7 @@ impl Checkpoint {
             step,
             tensors,
             loss_scale: None,
+            class_names: dataset.class_names(),
         }
     }
 

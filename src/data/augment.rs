@@ -52,7 +52,7 @@ impl AugmentSpec {
                 pad: 2,
                 ..Self::NONE
             },
-            DatasetKind::Synthetic => Self::NONE,
+            DatasetKind::Synthetic | DatasetKind::Folder => Self::NONE,
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod synthetic;
@@ -73,6 +74,8 @@ pub enum DatasetKind {
     Mnist,
     Cifar10,
     Cifar100,
+    /// Image folders (`--data-dir DIR`: DIR/train/CLASS/*.png|jpg and DIR/test/CLASS/...).
+    Folder,
 }
 
 impl DatasetKind {
@@ -83,6 +86,7 @@ impl DatasetKind {
             DatasetKind::Mnist => "mnist",
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Cifar100 => "cifar100",
+            DatasetKind::Folder => "folder",
         }
     }
 
@@ -91,18 +95,21 @@ impl DatasetKind {
         serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
     }
 
-    /// (channels, height, width) of the raw images.
+    /// (channels, height, width) of the raw images (a folder's: nominal; its images are
+    /// resized to the network's input, and their channels known once loaded).
     pub fn image_shape(self) -> (u32, u32, u32) {
         match self {
             DatasetKind::Synthetic => (1, synthetic::SIZE, synthetic::SIZE),
             DatasetKind::FashionMnist | DatasetKind::Mnist => (1, 28, 28),
-            DatasetKind::Cifar10 | DatasetKind::Cifar100 => (3, 32, 32),
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Folder => (3, 32, 32),
         }
     }
 
     pub fn class_names(self) -> Vec<String> {
         let names: &[&str] = match self {
             DatasetKind::Cifar100 => &CIFAR100_NAMES,
+            // A folder's names are its class folders: known once loaded.
+            DatasetKind::Folder => &[],
             DatasetKind::Synthetic => &synthetic::CLASS_NAMES,
             DatasetKind::FashionMnist => &[
                 "t-shirt",
@@ -238,6 +245,20 @@ const CIFAR100_NAMES: [&str; 100] = [
     "worm",
 ];
 
+/// Loads a dataset's train and test splits. File datasets need `data_dir`; a folder's images
+/// are resized to `size` (the network's input) and split by `seed` when it is one tree.
+pub fn load_sized(
+    kind: DatasetKind,
+    data_dir: Option<&Path>,
+    seed: u64,
+    size: u32,
+) -> Result<Splits> {
+    match (kind, data_dir) {
+        (DatasetKind::Folder, Some(d)) => folder::load(d, size, seed),
+        _ => load(kind, data_dir, seed),
+    }
+}
+
 /// Loads a dataset's train and test splits. File datasets need `data_dir`.
 pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Splits> {
     let dir = || -> Result<PathBuf> {
@@ -254,5 +275,6 @@ pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Spl
         DatasetKind::FashionMnist | DatasetKind::Mnist => idx::load(&dir()?, kind.class_names()),
         DatasetKind::Cifar10 => cifar::load(&dir()?),
         DatasetKind::Cifar100 => cifar::load_100(&dir()?),
+        DatasetKind::Folder => folder::load(&dir()?, 32, seed),
     }
 }

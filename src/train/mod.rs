@@ -124,6 +124,7 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
         report::plot(&args.out.join("curves.png"), &history, &title)?;
         let mut ck = Checkpoint::capture(gpu, &plan, recipe, args.dataset, (epoch, step))?;
         ck.loss_scale = plan.read_loss_scale(gpu)?;
+        ck.class_names = setup.train.class_names.clone();
         ck.save(&checkpoint_path(&args.out))?;
         let best = best_epoch(&history);
         if best == epoch {

@@ -51,7 +51,12 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
     };
     // A resumed run keeps its seed: the same synthetic data, the same shuffling sequence.
     let seed = resume.as_ref().map_or(args.seed, |ck| ck.recipe.seed);
-    let mut splits = data::load(args.dataset, args.data_dir.as_deref(), seed)?;
+    // Image folders are resized to the network's input size as they load.
+    let size = resume.as_ref().map_or_else(
+        || args.preset.config(args.dataset, 1).image_size,
+        |ck| ck.config.image_size,
+    );
+    let mut splits = data::load_sized(args.dataset, args.data_dir.as_deref(), seed, size)?;
     if let Some(n) = args.limit_train {
         splits.train.truncate(n);
     }
@@ -78,7 +83,9 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
                 seed: args.seed,
                 ..args.preset.recipe()
             };
-            (args.preset.config(args.dataset, classes), recipe)
+            let mut config = args.preset.config(args.dataset, classes);
+            config.in_channels = splits.train.channels;
+            (config, recipe)
         }
     };
     let mut recipe = recipe.with(&args.overrides);

@@ -1,0 +1,156 @@
+//! Image folders: `DIR/train/CLASS/*.png|jpg` and `DIR/test/CLASS/...`, or one tree
+//! `DIR/CLASS/...` split into train and test by a seeded fraction. Class names are the
+//! folder names, sorted; every image is resized to the network's input size and kept in
+//! color if any pixel of the set has color, else in gray.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use image::imageops::FilterType;
+
+use super::{Dataset, Splits};
+
+/// Each class's name and image files.
+type ClassFiles = Vec<(String, Vec<PathBuf>)>;
+
+/// The share of a single tree's images (per class) that goes to the test split.
+pub const TEST_FRACTION: f64 = 0.2;
+
+fn is_image(p: &Path) -> bool {
+    let ext = p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_lowercase);
+    matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    out.sort();
+    Ok(out)
+}
+
+/// (class name, image files) of every class folder under `dir`.
+fn classes(dir: &Path) -> Result<ClassFiles> {
+    let mut out = Vec::new();
+    for d in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
+        let name = d
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let files: Vec<PathBuf> = sorted_entries(&d)?
+            .into_iter()
+            .filter(|p| is_image(p))
+            .collect();
+        out.push((name, files));
+    }
+    if out.is_empty() {
+        bail!(
+            "{}: no class folders (DIR/CLASS/*.png or DIR/train/CLASS/...)",
+            dir.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Loads `dir` at `size` x `size` pixels; a single tree is split with `seed`.
+pub fn load(dir: &Path, size: u32, seed: u64) -> Result<Splits> {
+    let (train, test) = match (dir.join("train").is_dir(), dir.join("test").is_dir()) {
+        (true, true) => (classes(&dir.join("train"))?, classes(&dir.join("test"))?),
+        _ => split(classes(dir)?, seed),
+    };
+    let names: Vec<String> = train.iter().map(|(n, _)| n.clone()).collect();
+    if let Some((extra, _)) = test.iter().find(|(n, _)| !names.contains(n)) {
+        bail!(
+            "{}: test class {extra:?} has no training folder",
+            dir.display()
+        );
+    }
+    let images = |set: &[(String, Vec<PathBuf>)]| -> Result<Vec<(image::DynamicImage, u8)>> {
+        let mut out = Vec::new();
+        for (name, files) in set {
+            let label = names.iter().position(|n| n == name).unwrap_or(0) as u8;
+            for f in files {
+                let img =
+                    image::open(f).with_context(|| format!("reading image {}", f.display()))?;
+                out.push((img.resize_exact(size, size, FilterType::Triangle), label));
+            }
+        }
+        Ok(out)
+    };
+    if names.len() > 256 {
+        bail!(
+            "{}: {} classes; at most 256 are supported",
+            dir.display(),
+            names.len()
+        );
+    }
+    let (train, test) = (images(&train)?, images(&test)?);
+    if train.is_empty() || test.is_empty() {
+        bail!(
+            "{}: the training or the test split holds no PNG or JPEG image",
+            dir.display()
+        );
+    }
+    let color = train.iter().chain(&test).any(|(i, _)| has_color(i));
+    let dataset = |set: Vec<(image::DynamicImage, u8)>| to_dataset(set, color, size, &names);
+    Ok(Splits {
+        train: dataset(train),
+        test: dataset(test),
+    })
+}
+
+/// Whether an image shows color (an RGB file of gray pixels does not).
+fn has_color(img: &image::DynamicImage) -> bool {
+    img.color().has_color() && img.to_rgb8().pixels().any(|p| p[0] != p[1] || p[1] != p[2])
+}
+
+/// A single tree's images split per class: the first 20% of a seeded shuffle to test.
+fn split(all: ClassFiles, seed: u64) -> (ClassFiles, ClassFiles) {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5EED_F01D);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (name, mut files) in all {
+        rng.shuffle(&mut files);
+        let n_test = ((files.len() as f64 * TEST_FRACTION).round() as usize).min(files.len());
+        let rest = files.split_off(n_test);
+        test.push((name.clone(), files));
+        train.push((name, rest));
+    }
+    (train, test)
+}
+
+fn to_dataset(
+    set: Vec<(image::DynamicImage, u8)>,
+    color: bool,
+    size: u32,
+    names: &[String],
+) -> Dataset {
+    let channels = if color { 3 } else { 1 };
+    let plane = (size * size) as usize;
+    let mut images = Vec::with_capacity(set.len() * plane * channels);
+    let mut labels = Vec::with_capacity(set.len());
+    for (img, label) in set {
+        let raw = match color {
+            true => img.to_rgb8().into_raw(),
+            false => img.to_luma8().into_raw(),
+        };
+        // Interleaved pixels to channel planes.
+        for c in 0..channels {
+            images.extend(raw.iter().skip(c).step_by(channels));
+        }
+        labels.push(label);
+    }
+    Dataset {
+        images,
+        labels,
+        channels: channels as u32,
+        height: size,
+        width: size,
+        class_names: names.to_vec(),
+    }
+}
