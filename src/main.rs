@@ -51,10 +51,12 @@ struct Cli {
 #[derive(Args)]
 struct DataArgs {
     /// Dataset: synthetic (built in, no files), fashion-mnist, mnist, cifar10, cifar100
-    /// (fine labels) [default: synthetic; eval: the checkpoint's]
+    /// (fine labels), folder (DIR/train/CLASS/*.png and DIR/test/CLASS/..., or one tree
+    /// DIR/CLASS/...) [default: synthetic; eval: the checkpoint's]
     #[arg(long, value_enum)]
     dataset: Option<DatasetKind>,
-    /// Folder with the dataset's files (the four IDX files, or the CIFAR binary batches)
+    /// Folder with the dataset's files (the four IDX files, the CIFAR binary batches, or
+    /// class folders of images)
     /// [default: none; required by file datasets]
     #[arg(long)]
     data_dir: Option<PathBuf>,
