@@ -212,9 +212,14 @@ fn f16_training_resumes_exactly_and_evaluates_in_either_precision() {
         "{eval16:?} vs {want:?}"
     );
     let eval32 = ok(&["eval", "--checkpoint", ck_arg, "--limit-test", "200"]);
+    // The summary line's accuracy (per-class lines follow it).
     let acc = |text: &str| -> f64 {
-        let at = text.find(" acc ").expect("an accuracy");
-        text[at + 5..]
+        let line = text
+            .lines()
+            .find(|l| l.contains("test loss"))
+            .expect("a summary");
+        let at = line.find(" acc ").expect("an accuracy");
+        line[at + 5..]
             .trim_end()
             .trim_end_matches('%')
             .parse()
