@@ -11,18 +11,24 @@ use crate::data::Dataset;
 use crate::gpu::{Gpu, InFlight};
 use crate::model::Plan;
 
-/// (mean loss, accuracy) of `plan` (training or evaluation) over `test`, its inputs
-/// normalized as `aug` says (crop and flip are for training only).
-pub fn evaluate(gpu: &Gpu, plan: &Plan, test: &Arc<Dataset>, aug: &Augment) -> Result<(f64, f64)> {
+/// `test` in order, in batches of the plan's size, normalized as `aug` says (crop and flip
+/// are for training only).
+fn test_batches(plan: &Plan, test: &Arc<Dataset>, aug: &Augment) -> Loader {
     let size = (plan.cfg.image_size, plan.cfg.image_size);
     let aug = Arc::new(aug.clone());
-    let loader = Loader::with_augment(
+    Loader::with_augment(
         test.clone(),
         plan.batch as usize,
         Order::Sequential,
         size,
         aug,
-    );
+    )
+}
+
+/// (mean loss, accuracy) of `plan` (training or evaluation) over `test`, its inputs
+/// normalized as `aug` says (crop and flip are for training only).
+pub fn evaluate(gpu: &Gpu, plan: &Plan, test: &Arc<Dataset>, aug: &Augment) -> Result<(f64, f64)> {
+    let loader = test_batches(plan, test, aug);
     plan.reset_metrics(gpu);
     let mut inflight = InFlight::new(2);
     for batch in loader {
@@ -62,15 +68,8 @@ pub fn evaluate_breakdown(
     test: &Arc<Dataset>,
     aug: &Augment,
 ) -> Result<Breakdown> {
-    let size = (plan.cfg.image_size, plan.cfg.image_size);
     let classes = plan.cfg.classes as usize;
-    let loader = Loader::with_augment(
-        test.clone(),
-        plan.batch as usize,
-        Order::Sequential,
-        size,
-        Arc::new(aug.clone()),
-    );
+    let loader = test_batches(plan, test, aug);
     plan.reset_metrics(gpu);
     let mut confusion = vec![vec![0u64; classes]; classes];
     let mut in_top5 = 0u64;

@@ -208,13 +208,11 @@ pub fn as_act(dtype: DType, values: Vec<f32>) -> Vec<f32> {
 
 /// An activation buffer of `dtype` holding `data`.
 pub fn up_act(dtype: DType, data: &[f32]) -> GpuBuffer {
-    match dtype {
-        DType::F16 => {
-            let h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
-            gpu().upload("test input", &h).unwrap()
-        }
-        _ => up(data),
-    }
+    let buf = gpu()
+        .zeros_of("test input", dtype, data.len() as u64)
+        .unwrap();
+    gpu().write_floats(&buf, data).unwrap();
+    buf
 }
 
 /// An activation buffer of `dtype` and `len` elements filled with NaN.
@@ -224,13 +222,7 @@ pub fn poisoned_act(dtype: DType, len: u64) -> GpuBuffer {
 
 /// A float buffer's values as f32, whatever its element type.
 pub fn read_act(buf: &GpuBuffer) -> Vec<f32> {
-    match buf.dtype {
-        DType::F16 => {
-            let h: Vec<half::f16> = gpu().read_all(buf).unwrap();
-            h.iter().map(|v| v.to_f32()).collect()
-        }
-        _ => read(buf),
-    }
+    gpu().read_floats(buf).unwrap()
 }
 
 /// A new empty folder under the system's temporary folder.
