@@ -50,6 +50,10 @@ pub struct Breakdown {
     /// Share of examples whose label is among the five largest logits (where there are more
     /// than 10 classes).
     pub top5: Option<f64>,
+    /// Every example's logits in dataset order, `classes` per example.
+    pub logits: Vec<f32>,
+    /// Every example's label, in the same order.
+    pub labels: Vec<u32>,
 }
 
 /// The predicted class of a row of logits (the first maximum, as argmax) and whether
@@ -73,6 +77,7 @@ pub fn evaluate_breakdown(
     plan.reset_metrics(gpu);
     let mut confusion = vec![vec![0u64; classes]; classes];
     let mut in_top5 = 0u64;
+    let (mut all_logits, mut all_labels) = (Vec::new(), Vec::new());
     for batch in loader {
         plan.upload(gpu, &batch.x, &batch.labels)?;
         plan.submit_eval(gpu);
@@ -82,6 +87,8 @@ pub fn evaluate_breakdown(
             confusion[label as usize][predicted] += 1;
             in_top5 += top5 as u64;
         }
+        all_logits.extend_from_slice(&logits[..batch.count * classes]);
+        all_labels.extend_from_slice(&batch.labels[..batch.count]);
     }
     let (loss, correct) = plan.read_metrics(gpu)?;
     let n = test.len().max(1) as f64;
@@ -90,6 +97,8 @@ pub fn evaluate_breakdown(
         accuracy: correct as f64 / n,
         confusion,
         top5: (classes > 10).then_some(in_top5 as f64 / n),
+        logits: all_logits,
+        labels: all_labels,
     })
 }
 
@@ -112,6 +121,25 @@ impl Breakdown {
         }
         if let Some(t) = self.top5 {
             out.push_str(&format!("  top-5 accuracy {:.2}%\n", 100.0 * t));
+        }
+        out
+    }
+
+    /// The logits as CSV: a header `label,logit_0,...`, then one row per example in dataset
+    /// order, each value written so that it parses back to the same f32.
+    pub fn logits_csv(&self) -> String {
+        let classes = self.confusion.len().max(1);
+        let mut out = String::from("label");
+        for c in 0..classes {
+            out.push_str(&format!(",logit_{c}"));
+        }
+        out.push('\n');
+        for (row, label) in self.logits.chunks(classes).zip(&self.labels) {
+            out.push_str(&label.to_string());
+            for v in row {
+                out.push_str(&format!(",{v}"));
+            }
+            out.push('\n');
         }
         out
     }
@@ -160,7 +188,13 @@ mod tests {
             accuracy: 0.5,
             confusion: vec![vec![3, 1], vec![2, 2]],
             top5: None,
+            logits: vec![1.5, -0.1, 0.3, 1e-7],
+            labels: vec![0, 1],
         };
+        assert_eq!(
+            b.logits_csv(),
+            "label,logit_0,logit_1\n0,1.5,-0.1\n1,0.3,0.0000001\n"
+        );
         assert_eq!(b.per_class(), [0.75, 0.5]);
         let text = b.text(&["cat".into(), "dog".into()]);
         assert!(

@@ -6,7 +6,7 @@
 //!   that picks variants, and the [`kernels::Dispatch`] every launcher builds.
 //! - [`ops`]: one module per op: its params struct, its shader and its launchers.
 //! - [`model`]: the network, its memory plan and the static [`model::Plan`] that runs it.
-//! - the tool: [`data`], [`recipe`], [`checkpoint`], [`train`], [`evaluate`], [`predict`],
+//! - the tool: [`data`], [`recipe`], [`checkpoint`], [`train`], [`evaluate`], [`predict`], [`onnx`],
 //!   [`mod@bench`], [`mod@report`], [`plan_report`], [`atomic_file`].
 //!
 //! [`mod@reference`] holds the same ops as plain Rust on the CPU, the truth the kernels are
@@ -22,6 +22,7 @@ pub mod evaluate;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
+pub mod onnx;
 pub mod ops;
 pub mod plan_report;
 pub mod predict;

@@ -145,6 +145,9 @@ enum Command {
     Plan(PlanCmd),
     /// Classify PNG images with a checkpoint (on an evaluation-only plan)
     Predict(PredictCmd),
+    /// Write a checkpoint's evaluation graph as ONNX (float32; batch size dynamic; input
+    /// `images` [batch, C, H, W] with pixels in [0, 1], output `logits`)
+    Export(ExportCmd),
 }
 
 #[derive(Args)]
@@ -192,6 +195,10 @@ struct EvalCmd {
     /// [default: confusion.png beside the checkpoint]
     #[arg(long, value_name = "FILE")]
     confusion: Option<PathBuf>,
+    /// Also write each test example's label and logits as CSV (header label,logit_0,...;
+    /// one row per example in dataset order) [default: none]
+    #[arg(long, value_name = "FILE")]
+    logits: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -241,6 +248,16 @@ struct PredictCmd {
     /// PNG files
     #[arg(required = true)]
     images: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExportCmd {
+    /// The checkpoint to export [required]
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Where to write the ONNX model (opset 17) [required]
+    #[arg(long, value_name = "FILE")]
+    onnx: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -323,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plan(c) => plan(&opts, spec, precision, c),
+        Command::Export(c) => export(c),
         Command::Predict(c) => {
             let k = kernels(&opts, spec)?;
             let found = densenet_wgpu::predict::predict(&k, &c.checkpoint, &c.images, precision)?;
@@ -449,5 +467,30 @@ fn eval(opts: &GpuOptions, spec: &str, precision: DType, c: EvalCmd) -> anyhow::
     b.confusion_png(&png)
         .with_context(|| format!("writing {}", png.display()))?;
     println!("confusion matrix: {}", png.display());
+    if let Some(path) = c.logits {
+        densenet_wgpu::atomic_file::write_atomic(&path, b.logits_csv().as_bytes())
+            .with_context(|| format!("writing the logits {}", path.display()))?;
+        println!("logits: {}", path.display());
+    }
+    Ok(())
+}
+
+/// Needs no device: the graph comes from the checkpoint alone.
+fn export(c: ExportCmd) -> anyhow::Result<()> {
+    let ck = Checkpoint::load(&c.checkpoint)?;
+    let model = densenet_wgpu::onnx::from_checkpoint(&ck)
+        .with_context(|| format!("exporting {}", c.checkpoint.display()))?;
+    densenet_wgpu::onnx::save(&model, &c.onnx)?;
+    let cfg = &ck.config;
+    let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
+    println!(
+        "{}: {nodes} ONNX nodes (opset {}); input images [batch, {}, {}, {}] in [0, 1], output logits [batch, {}]",
+        c.onnx.display(),
+        densenet_wgpu::onnx::OPSET,
+        cfg.in_channels,
+        cfg.image_size,
+        cfg.image_size,
+        cfg.classes
+    );
     Ok(())
 }

@@ -634,7 +634,9 @@ fn kernels_flag_forces_a_variant() {
 /// Every option of every command says what it does and what its default is.
 #[test]
 fn every_flag_documents_its_default() {
-    for cmd in ["train", "eval", "bench", "plan", "predict", "info"] {
+    for cmd in [
+        "train", "eval", "bench", "plan", "predict", "info", "export",
+    ] {
         let help = ok(&[cmd, "--help"]);
         let mut blocks: Vec<String> = Vec::new();
         for line in help.lines() {
@@ -662,7 +664,7 @@ fn every_flag_documents_its_default() {
 
 #[test]
 fn user_errors_are_one_line_and_fail() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["info", "--adapter", "no-such-gpu"], "no-such-gpu"),
         (&["train", "--dataset", "mnist"], "--data-dir"),
         (
@@ -686,6 +688,16 @@ fn user_errors_are_one_line_and_fail() {
         (&["info", "--kernels", "conv2d=tile99"], "tile99"),
         (&["train", "--augment", "rotate"], "rotate"),
         (&["train", "--label-smoothing", "1.5"], "label smoothing"),
+        (
+            &[
+                "export",
+                "--checkpoint",
+                "/nonexistent/ck.safetensors",
+                "--onnx",
+                "m.onnx",
+            ],
+            "/nonexistent/ck.safetensors",
+        ),
     ];
     // Counts of zero are usage errors (status 2), caught before any device is opened.
     for flag in ["--epochs", "--batch-size"] {
