@@ -6,7 +6,7 @@
 //!   that picks variants, and the [`kernels::Dispatch`] every launcher builds.
 //! - [`ops`]: one module per op: its params struct, its shader and its launchers.
 //! - [`model`]: the network, its memory plan and the static [`model::Plan`] that runs it.
-//! - the tool: [`data`], [`recipe`], [`checkpoint`], [`train`], [`evaluate`], [`predict`], [`onnx`],
+//! - the tool: [`data`], [`recipe`], [`checkpoint`], [`train`], [`evaluate`], [`predict`], [`onnx`], [`tune`],
 //!   [`mod@bench`], [`mod@report`], [`plan_report`], [`atomic_file`].
 //!
 //! [`mod@reference`] holds the same ops as plain Rust on the CPU, the truth the kernels are
@@ -30,6 +30,7 @@ pub mod recipe;
 pub mod reference;
 pub mod report;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use gpu::{DType, Gpu, GpuBuffer, GpuOptions, View};

@@ -15,10 +15,11 @@ use densenet_wgpu::data::{self, DatasetKind};
 use densenet_wgpu::evaluate::evaluate_breakdown;
 use densenet_wgpu::gpu::info;
 use densenet_wgpu::kernels::DeviceClass;
-use densenet_wgpu::model::{Plan, PlanLimits};
+use densenet_wgpu::model::{Mode, Plan, PlanLimits};
 use densenet_wgpu::plan_report::{plan_report, PlanArgs};
 use densenet_wgpu::recipe::{Overrides, Preset, Schedule};
 use densenet_wgpu::train::{self, Interrupted, TrainArgs};
+use densenet_wgpu::tune::{self, TuneMode, TuneOptions};
 use densenet_wgpu::{DType, Gpu, GpuOptions, Kernels, Policy};
 
 #[derive(Parser)]
@@ -115,6 +116,34 @@ struct RecipeArgs {
     augment: Option<AugmentSpec>,
 }
 
+/// How the convolutions' kernels are chosen.
+#[derive(Args)]
+struct TuneArgs {
+    /// Kernel tuning: off (the adapter's policy), cached (the cached choices; times what the
+    /// cache lacks within --tune-budget and caches it), full (times every launch again)
+    #[arg(long, value_enum, env = "DENSENET_TUNE", default_value = "cached")]
+    tune: TuneMode,
+    /// Seconds tuning may spend; what is left runs the policy's choice and later runs tune
+    /// it [default: 2 for cached, unlimited for full]
+    #[arg(long, value_name = "SECONDS")]
+    tune_budget: Option<f64>,
+    /// The tuning cache file [default: densenet-wgpu/tuning.json in the platform's cache
+    /// folder, e.g. ~/.cache]
+    #[arg(long, value_name = "FILE", env = "DENSENET_TUNE_CACHE")]
+    tune_cache: Option<PathBuf>,
+}
+
+impl TuneArgs {
+    fn options(&self) -> TuneOptions {
+        TuneOptions {
+            mode: self.tune,
+            budget: self.tune_budget,
+            cache: self.tune_cache.clone(),
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
 /// The element type of activations and their gradients.
 #[derive(Clone, Copy, ValueEnum)]
 enum Precision {
@@ -176,6 +205,8 @@ struct TrainCmd {
     /// [default: start afresh]
     #[arg(long, value_name = "FILE")]
     resume: Option<PathBuf>,
+    #[command(flatten)]
+    tune: TuneArgs,
 }
 
 #[derive(Args)]
@@ -199,6 +230,8 @@ struct EvalCmd {
     /// one row per example in dataset order) [default: none]
     #[arg(long, value_name = "FILE")]
     logits: Option<PathBuf>,
+    #[command(flatten)]
+    tune: TuneArgs,
 }
 
 #[derive(Args)]
@@ -222,6 +255,8 @@ struct BenchCmd {
     /// Also write the report as JSON to FILE [default: none]
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    tune: TuneArgs,
 }
 
 #[derive(Args)]
@@ -238,6 +273,9 @@ struct PlanCmd {
     /// Print one JSON object instead of the tables [default: off]
     #[arg(long)]
     json: bool,
+    /// (plan times nothing unless --tune full: it shows the cached choices)
+    #[command(flatten)]
+    tune: TuneArgs,
 }
 
 #[derive(Args)]
@@ -261,8 +299,9 @@ struct ExportCmd {
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
-    match run(cli) {
+    match run(cli, started) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<Interrupted>() {
             Some(i) => {
@@ -306,7 +345,7 @@ fn kernels(opts: &GpuOptions, spec: &str) -> anyhow::Result<Kernels> {
     Ok(Kernels::new(gpu, policy))
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
     let opts = GpuOptions {
         backends: cli.backend.as_deref().map(wgpu::Backends::from_comma_list),
         adapter: cli.adapter,
@@ -330,6 +369,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 steps: c.steps,
                 profile: c.profile,
                 precision,
+                tune: c.tune.options(),
+                started,
             };
             let report = bench(&kernels(&opts, spec)?, &args)?;
             print!("{}", report.text());
@@ -389,6 +430,7 @@ fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow
         progress: std::io::stderr().is_terminal(),
         precision,
         interrupt: Some(interrupt_flag()?),
+        tune: c.tune.options(),
     };
     let history = train::train(&kernels(opts, spec)?, &args)?;
     if let Some(last) = history.last() {
@@ -403,22 +445,33 @@ fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow
 }
 
 fn plan(opts: &GpuOptions, spec: &str, precision: DType, c: PlanCmd) -> anyhow::Result<()> {
-    let gpu = Gpu::new(opts)?;
-    let policy = Policy::parse(spec, DeviceClass::of(&gpu), densenet_wgpu::ops::SHADERS)?;
+    let k = kernels(opts, spec)?;
+    let gpu = k.gpu();
     let args = PlanArgs {
         preset: c.preset,
         dataset: c.dataset,
         batch_size: c.batch_size,
         precision,
     };
-    let report = plan_report(&args, PlanLimits::of(&gpu), &policy)?;
+    let cfg = c
+        .preset
+        .config(c.dataset, c.dataset.class_names().len() as u32);
+    let batch = c.batch_size.unwrap_or(c.preset.recipe().batch_size);
+    let mut options = c.tune.options();
+    if options.mode == TuneMode::Cached && options.budget.is_none() {
+        options.budget = Some(0.0);
+    }
+    let step = (&cfg, batch, Mode::Train, precision);
+    let (k, tuning) = tune::tuned_kernels(&k, step, &options, None)?;
+    let report = plan_report(&args, PlanLimits::of(gpu), k.policy())?;
     match c.json {
         true => println!("{}", serde_json::to_string_pretty(&report)?),
         false => print!(
-            "{}\n(on {}, {:?})\n",
+            "{}\n(on {}, {:?})\nkernels of the convolutions:\n{}",
             report.text(),
             gpu.info.name,
-            gpu.info.backend
+            gpu.info.backend,
+            tuning.table()
         ),
     }
     Ok(())
@@ -447,6 +500,15 @@ fn eval(opts: &GpuOptions, spec: &str, precision: DType, c: EvalCmd) -> anyhow::
         );
     }
     let k = kernels(opts, spec)?;
+    let step = (&ck.config, ck.recipe.batch_size, Mode::Eval, precision);
+    let (k, tuning) = tune::tuned_kernels(&k, step, &c.tune.options(), Some(&ck.kernel_choices))?;
+    if tuning
+        .launches
+        .iter()
+        .any(|l| l.source == tune::Source::Timed)
+    {
+        print!("{}", tuning.text());
+    }
     let plan = Plan::eval_in(&k, &ck.config, ck.recipe.batch_size, precision)?;
     ck.restore(k.gpu(), &plan)?;
     let names = splits.test.class_names.clone();

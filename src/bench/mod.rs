@@ -19,7 +19,9 @@ use crate::gpu::{DType, Gpu};
 use crate::kernels::Kernels;
 use crate::model::memory::MemoryReport;
 use crate::model::plan::{Cmd, Plan};
+use crate::model::Mode;
 use crate::recipe::Preset;
+use crate::tune::{self, TuneOptions, TuneReport};
 
 /// What `densenet-wgpu bench` times.
 #[derive(Clone, Debug)]
@@ -34,6 +36,10 @@ pub struct BenchArgs {
     pub profile: bool,
     /// Element type of activations and their gradients.
     pub precision: DType,
+    /// How the convolutions' kernels are chosen.
+    pub tune: TuneOptions,
+    /// When the process started: the report gives the time from it to the first step.
+    pub started: Instant,
 }
 
 /// A bench run: the step, and with the profile the ceilings and every kernel.
@@ -53,6 +59,10 @@ pub struct BenchReport {
     pub ceilings: Option<Ceilings>,
     /// Slowest first.
     pub kernels: Vec<KernelTime>,
+    /// What tuning chose, and its time.
+    pub tuning: TuneReport,
+    /// Seconds from the process's start to the end of the first (warm-up) step.
+    pub first_step_s: f64,
 }
 
 /// Times training steps of a preset's network on random data.
@@ -66,13 +76,19 @@ pub fn bench(k: &Kernels, a: &BenchArgs) -> Result<BenchReport> {
         .config(a.dataset, a.dataset.class_names().len() as u32);
     let recipe = a.preset.recipe();
     let batch = a.batch_size.unwrap_or(recipe.batch_size);
+    let step = (&cfg, batch, Mode::Train, a.precision);
+    let (tuned, tuning) = tune::tuned_kernels(k, step, &a.tune, None)?;
+    let k = &tuned;
     let plan = Plan::train_in(k, &cfg, batch, recipe.sgd(), a.precision)?;
     plan.write_params(gpu, &plan.layout.init_params(cfg.init, 0))?;
     let mut rng = fastrand::Rng::with_seed(0);
     let x: Vec<f32> = (0..plan.buffers.input.len).map(|_| rng.f32()).collect();
     let labels: Vec<u32> = (0..batch).map(|_| rng.u32(..cfg.classes)).collect();
     plan.upload(gpu, &x, &labels)?;
-    let secs = time_train_steps(gpu, &plan, 2, a.steps)?;
+    plan.submit_train(gpu)?;
+    gpu.wait()?;
+    let first_step_s = a.started.elapsed().as_secs_f64();
+    let secs = time_train_steps(gpu, &plan, 1, a.steps)?;
     let cmds = plan.train_commands();
     let (ceilings, kernels) = match a.profile {
         true => (Some(roofline::measure(k)?), profile(gpu, cmds)?),
@@ -91,6 +107,8 @@ pub fn bench(k: &Kernels, a: &BenchArgs) -> Result<BenchReport> {
         memory: plan.memory.report.clone(),
         ceilings,
         kernels,
+        tuning,
+        first_step_s,
     })
 }
 
@@ -127,9 +145,16 @@ impl BenchReport {
             self.precision,
             self.memory
         );
+        let _ = writeln!(
+            out,
+            "first step done {:.2} s after launch",
+            self.first_step_s
+        );
+        out.push_str(&self.tuning.text());
         let Some(c) = self.ceilings else {
             return out;
         };
+        out.push_str(&self.tuning.table());
         let _ = writeln!(
             out,
             "ceilings measured here: {:.1} GFLOP/s (f32 multiply-add), {:.1} GB/s (streaming)",

@@ -66,6 +66,10 @@ impl Checkpoint {
             serde_json::to_string(&self.class_names)?,
         );
         meta.insert("step".to_string(), self.step.to_string());
+        if !self.kernel_choices.is_empty() {
+            let choices = serde_json::to_string(&self.kernel_choices)?;
+            meta.insert("kernel_choices".to_string(), choices);
+        }
         let data = safetensors::serialize(views, Some(meta))?;
         write_atomic(path, &data)
     }
@@ -121,6 +125,10 @@ impl Checkpoint {
             class_names: match meta.get("class_names") {
                 Some(s) => serde_json::from_str(s).context("checkpoint class_names")?,
                 None => dataset.class_names(),
+            },
+            kernel_choices: match meta.get("kernel_choices") {
+                Some(s) => serde_json::from_str(s).context("checkpoint kernel_choices")?,
+                None => Default::default(),
             },
         })
     }

@@ -20,7 +20,7 @@ mod policy;
 mod registry;
 
 pub use dispatch::{fold_grid, submit, Cost, Dispatch, Grid};
-pub use policy::{DeviceClass, Policy};
+pub use policy::{DeviceClass, Policy, Tuned};
 pub use registry::{Kernels, Pipeline};
 
 use crate::gpu::{CoopShape, DType, Gpu};
@@ -161,6 +161,9 @@ pub struct Variant {
     pub about: &'static str,
     /// What the adapter must have to run it.
     pub needs: Needs,
+    /// Its candidate configurations for tuning: the split settings it can run with (the
+    /// first is its default). Only launches that split a reduction differ between them.
+    pub splits: &'static [Split],
 }
 
 /// The only variant of a shader that has one.
@@ -168,7 +171,80 @@ pub const PLAIN: Variant = Variant {
     name: "plain",
     about: "the one implementation",
     needs: Needs::Nothing,
+    splits: &[Split::Default],
 };
+
+/// How far a launch that splits a reduction into partial sums (split-K) splits it: each
+/// op's rule aims its splits at a number of workgroups; `Fewer` aims at a quarter of that,
+/// `More` at four times. A configuration axis of the tuner: fewer splits add less traffic,
+/// more fill a larger device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Split {
+    Default,
+    Fewer,
+    More,
+}
+
+impl Split {
+    pub const ALL: &'static [Split] = &[Split::Default, Split::Fewer, Split::More];
+
+    /// `target` workgroups scaled by this setting.
+    pub fn scale(self, target: u64) -> u64 {
+        match self {
+            Split::Default => target,
+            Split::Fewer => (target / 4).max(1),
+            Split::More => target * 4,
+        }
+    }
+
+    /// The suffix of a configuration's name: `""`, `@fewer-splits`, `@more-splits`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Split::Default => "",
+            Split::Fewer => "@fewer-splits",
+            Split::More => "@more-splits",
+        }
+    }
+}
+
+/// One candidate configuration of a launch: a variant and its split setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub variant: &'static Variant,
+    pub split: Split,
+}
+
+impl Config {
+    /// A variant in its default configuration.
+    pub fn of(variant: &'static Variant) -> Config {
+        Config {
+            variant,
+            split: Split::Default,
+        }
+    }
+
+    /// `VARIANT` or `VARIANT@fewer-splits` / `VARIANT@more-splits`, as `--kernels`, the
+    /// tuning cache and the checkpoint name it.
+    pub fn name(&self) -> String {
+        format!("{}{}", self.variant.name, self.split.suffix())
+    }
+
+    /// The configuration of `shader` called `name` (see [`Config::name`]), if it has one.
+    pub fn find(shader: &'static Shader, name: &str) -> Option<Config> {
+        let (variant, split) = match name.split_once('@') {
+            Some((v, s)) => (
+                v,
+                Split::ALL.iter().find(|x| x.suffix() == format!("@{s}"))?,
+            ),
+            None => (name, &Split::Default),
+        };
+        let variant = shader.find_variant(variant)?;
+        variant.splits.contains(split).then_some(Config {
+            variant,
+            split: *split,
+        })
+    }
+}
 
 /// What an adapter must have to run a variant, beyond what every kernel needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,9 +1,11 @@
 //! [`Policy`]: which variant of each op a launch uses. By default each op's own rule decides
 //! (given the adapter class and the launch's shape); `--kernels` forces variants.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
-use super::{Shader, Variant};
+use super::{Config, Shader, Variant};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
@@ -24,12 +26,19 @@ impl DeviceClass {
     }
 }
 
+/// Tuned configurations by launch key (an op's entry, element type and shape, as the op
+/// writes it): what the tuner measured fastest on this device, or what a checkpoint
+/// recorded.
+pub type Tuned = BTreeMap<String, Config>;
+
 /// The variant choice of every launch.
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub class: DeviceClass,
-    /// Ops whose variant is forced, and the variant.
-    forced: Vec<(&'static str, &'static Variant)>,
+    /// Ops whose configuration is forced, and the configuration.
+    forced: Vec<(&'static str, Config)>,
+    /// Per-launch configurations from tuning; a forced op ignores them.
+    tuned: Arc<Tuned>,
     /// Where the policy came from, for `info` and logs.
     pub origin: String,
 }
@@ -40,7 +49,28 @@ impl Policy {
         Policy {
             class,
             forced: Vec::new(),
+            tuned: Arc::default(),
             origin: format!("auto for a {class:?} adapter"),
+        }
+    }
+
+    /// This policy with per-launch configurations `tuned` (replacing any before).
+    pub fn with_tuned(mut self, tuned: Tuned) -> Policy {
+        self.tuned = Arc::new(tuned);
+        self
+    }
+
+    /// The tuned configurations.
+    pub fn tuned(&self) -> &Tuned {
+        &self.tuned
+    }
+
+    /// The configuration of the launch `key` of `op`: the forced one, else the tuned one.
+    /// `None`: the op's own rule decides.
+    pub fn config_for(&self, op: &str, key: &str) -> Option<Config> {
+        match self.forced.iter().find(|(o, _)| *o == op) {
+            Some((_, c)) => Some(*c),
+            None => self.tuned.get(key).copied(),
         }
     }
 
@@ -49,7 +79,8 @@ impl Policy {
     }
 
     /// Parses `--kernels`: `auto`, or a comma-separated list of `VARIANT` (forced for every
-    /// op that has it) and `OP=VARIANT` items. `shaders` are the ones that may be named.
+    /// op that has it) and `OP=VARIANT` items; a variant may name a split setting
+    /// (`wgtile@more-splits`, see [`Config::name`]). `shaders` are the ones that may be named.
     pub fn parse(spec: &str, class: DeviceClass, shaders: &[&'static Shader]) -> Result<Policy> {
         let mut policy = Policy::auto(class);
         if spec.trim() == "auto" {
@@ -62,9 +93,9 @@ impl Policy {
             };
             let mut matched = false;
             for &s in shaders.iter().filter(|s| op.is_none_or(|op| op == s.op)) {
-                if let Some(v) = s.find_variant(name) {
+                if let Some(c) = Config::find(s, name) {
                     policy.forced.retain(|(o, _)| *o != s.op);
-                    policy.forced.push((s.op, v));
+                    policy.forced.push((s.op, c));
                     matched = true;
                 }
             }
@@ -83,8 +114,8 @@ impl Policy {
     /// one, else `auto` (the op's own rule's pick, a variant name of one of them).
     pub fn choose(&self, shaders: &[&'static Shader], auto: &str) -> &'static Variant {
         let op = shaders[0].op;
-        if let Some((_, v)) = self.forced.iter().find(|(o, _)| *o == op) {
-            return v;
+        if let Some((_, c)) = self.forced.iter().find(|(o, _)| *o == op) {
+            return c.variant;
         }
         let found = shaders.iter().find_map(|s| s.find_variant(auto));
         debug_assert!(found.is_some(), "{op} has no variant {auto}");
@@ -93,7 +124,10 @@ impl Policy {
 
     /// The forced variant of `op`, if any.
     pub fn forced(&self, op: &str) -> Option<&'static Variant> {
-        self.forced.iter().find(|(o, _)| *o == op).map(|(_, v)| *v)
+        self.forced
+            .iter()
+            .find(|(o, _)| *o == op)
+            .map(|(_, c)| c.variant)
     }
 
     /// One line per op with more than one variant: the variants and how one is chosen.
@@ -104,8 +138,9 @@ impl Policy {
             .filter(|(_, g)| variants(g).len() > 1)
         {
             let names: Vec<&str> = variants(&group).iter().map(|v| v.name).collect();
-            let how = match self.forced(op) {
-                Some(v) => format!("forced {}", v.name),
+            let forced = self.forced.iter().find(|(o, _)| *o == op);
+            let how = match forced {
+                Some((_, c)) => format!("forced {}", c.name()),
                 None => group[0].choice.to_string(),
             };
             let _ = writeln!(out, "  {op}: {} ({how})", names.join(" | "));

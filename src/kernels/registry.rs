@@ -58,6 +58,19 @@ impl Kernels {
         }
     }
 
+    /// The same device and compiled pipelines under another policy (e.g. with tuned
+    /// configurations).
+    pub fn with_policy(&self, policy: Policy) -> Kernels {
+        Kernels {
+            gpu: self.gpu.clone(),
+            policy,
+            pipelines: Mutex::new(self.pipelines.lock().expect("not poisoned").clone()),
+            modules: Mutex::new(self.modules.lock().expect("not poisoned").clone()),
+            dummy: self.dummy.clone(),
+            dummy_out: self.dummy_out.clone(),
+        }
+    }
+
     /// The adapter's default policy.
     pub fn with_default_policy(gpu: Arc<Gpu>) -> Kernels {
         let policy = Policy::for_adapter(&gpu);

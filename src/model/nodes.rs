@@ -130,6 +130,8 @@ pub(super) struct ConvCall {
     /// The packed weights of the forward, where the implementation packs them.
     pub(super) fwd_ws: Option<TensorId>,
     pub(super) grads: Option<ConvGrads>,
+    /// Training computes the input's gradient.
+    pub(super) dx: bool,
 }
 
 /// The ImageNet stem's BN -> ReLU -> max-pool after its conv.
@@ -236,6 +238,40 @@ pub struct Nodes {
     pub mode: Mode,
 }
 
+impl Nodes {
+    /// Every convolution launch of a step (training: the forward, weight and data
+    /// gradients; evaluation: the forward): params and direction, in step order, each
+    /// distinct shape once. What the tuner times.
+    pub fn conv_launches(&self) -> Vec<(Conv2dParams, conv2d::Direction)> {
+        use conv2d::Direction::{Data, Forward, Weight};
+        let mut out: Vec<(Conv2dParams, conv2d::Direction)> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for node in &self.list {
+            let convs: Vec<&ConvCall> = match node {
+                Node::Stem(s) => vec![&s.conv],
+                Node::Layer(l) => l
+                    .bottleneck
+                    .iter()
+                    .map(|b| &b.conv)
+                    .chain([&l.conv])
+                    .collect(),
+                Node::Transition(t) => vec![&t.conv],
+                Node::Head(_) => vec![],
+            };
+            for c in convs {
+                let train = c.grads.is_some();
+                let dirs = [(Forward, true), (Weight, train), (Data, train && c.dx)];
+                for (dir, used) in dirs {
+                    if used && seen.insert(c.p.launch_key(dir, DType::F32)) {
+                        out.push((c.p, dir));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Where a node sits in the forward order.
 enum Kind {
     Stem,
@@ -321,7 +357,7 @@ impl Ctx<'_> {
         bwd: usize,
         dx: bool,
     ) -> ConvCall {
-        let ws = conv2d::workspace(self.policy, &p);
+        let ws = conv2d::workspace(self.policy, &p, self.dtype);
         let f = self.timeline.fwd(node);
         let scratch = |ctx: &mut Self, what: &str, len: u64, stage: Stage| {
             (len > 0).then(|| ctx.tensor(format!("{name}.{what}"), &[len], Scratch, (stage, stage)))
@@ -347,6 +383,7 @@ impl Ctx<'_> {
             slots,
             fwd_ws,
             grads,
+            dx,
         }
     }
 

@@ -24,6 +24,7 @@ use crate::kernels::Kernels;
 use crate::model::memory::mib;
 use crate::model::{MemoryPlan, Mode, Plan, PlanLimits, PlanTarget};
 use crate::report::{self, EpochMetrics};
+use crate::tune::{self, TuneMode};
 
 /// Where a run's checkpoint goes in its output folder.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
@@ -80,6 +81,15 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
     let gpu = k.gpu();
     let setup = setup(args)?;
     let (cfg, recipe) = (&setup.config, &setup.recipe);
+    // Tuned once, before the plan: the run keeps these kernels to the end, and so does its
+    // resumption (they go into every checkpoint).
+    let recorded = setup.resume.as_ref().map(|ck| &ck.kernel_choices);
+    let step = (cfg, recipe.batch_size, Mode::Train, args.precision);
+    let (tuned, tuning) = tune::tuned_kernels(k, step, &args.tune, recorded)?;
+    if args.tune.mode != TuneMode::Off || !tuning.warnings.is_empty() {
+        print!("{}", tuning.text());
+    }
+    let k = &tuned;
     let mut plan = Plan::train_in(k, cfg, recipe.batch_size, recipe.sgd(), args.precision)?;
     plan.set_label_smoothing(gpu, recipe.label_smoothing)?;
     let (first_epoch, mut step) = match &setup.resume {
@@ -125,6 +135,7 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
         let mut ck = Checkpoint::capture(gpu, &plan, recipe, args.dataset, (epoch, step))?;
         ck.loss_scale = plan.read_loss_scale(gpu)?;
         ck.class_names = setup.train.class_names.clone();
+        ck.kernel_choices = tuning.choices();
         ck.save(&checkpoint_path(&args.out))?;
         let best = best_epoch(&history);
         if best == epoch {

@@ -337,7 +337,7 @@ fn conv2d_policy_picks_the_implementation() {
         let want = format!("conv2d_forward[{want},f16]");
         assert!(labels.contains(&want), "{labels:?}: {want}");
     }
-    assert!(conv2d::workspace(gpu.policy(), &narrow).forward > 0);
+    assert!(conv2d::workspace(gpu.policy(), &narrow, DType::F32).forward > 0);
     let forced = kernels_for("conv2d=tile16");
     assert!(variants(forced, &narrow).iter().all(|v| v == "tile16"));
     assert!(kernels_for("tile8").policy().forced("conv2d").is_some());
@@ -351,7 +351,7 @@ fn conv2d_policy_picks_the_implementation() {
     assert!(fwd.is_ok());
     let err = conv2d::conv2d_forward(&cpu, &wide, x.view(), None, w.view(), None, y.view(), None);
     assert!(err.err().unwrap().to_string().contains("workspace"));
-    assert_eq!(conv2d::workspace(gpu.policy(), &wide).packed_dy, 0);
+    assert_eq!(conv2d::workspace(gpu.policy(), &wide, DType::F32).packed_dy, 0);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use densenet_wgpu::gpu::DType;
-use densenet_wgpu::kernels::{submit, DeviceClass, Dispatch, Needs, Variant};
+use densenet_wgpu::kernels::{submit, Config, DeviceClass, Dispatch, Needs, Variant};
 use densenet_wgpu::{Gpu, GpuBuffer, GpuOptions, Kernels, Policy};
 
 /// Forward outputs: atol 1e-5 + rtol 1e-4 (docs/DESIGN.md).
@@ -52,14 +52,19 @@ pub fn kernels_for(spec: &str) -> &'static Kernels {
     })
 }
 
-/// One registry per variant of `op` (across its shaders) that this adapter can run, each
-/// forcing it: run a launch through each to test every variant. (A variant with unmet needs,
+/// One registry per configuration of every variant of `op` (across its shaders) that this
+/// adapter can run, each forcing it: run a launch through each to test every candidate the
+/// tuner may pick (each variant in each of its split settings). (A variant with unmet needs,
 /// e.g. cooperative matrices on an adapter without them, is left out; the cooperative-matrix
 /// tests fail instead when DENSENET_EXPECT_COOP is set.)
 pub fn each_variant(op: &str) -> Vec<(&'static str, &'static Kernels)> {
     variants_of(op)
         .filter(|v| v.needs.unmet(gpu()).is_none())
-        .map(|v| (v.name, kernels_for(&format!("{op}={}", v.name))))
+        .flat_map(|v| v.splits.iter().map(move |&split| Config { variant: v, split }))
+        .map(|c| {
+            let name: &'static str = Box::leak(c.name().into_boxed_str());
+            (name, kernels_for(&format!("{op}={name}")))
+        })
         .collect()
 }
 
@@ -88,6 +93,7 @@ pub fn variants_of(op: &str) -> impl Iterator<Item = &'static Variant> + use<'_>
 /// Whether `op`'s `variant` multiplies f16 operands (the cooperative-matrix ones): its tests
 /// compare with the reference on operands rounded to f16 first.
 pub fn rounds_to_f16(op: &str, variant: &str) -> bool {
+    let variant = variant.split('@').next().unwrap_or(variant);
     variants_of(op).any(|v| v.name == variant && matches!(v.needs, Needs::CoopMatrix { .. }))
 }
 

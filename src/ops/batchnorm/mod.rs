@@ -23,7 +23,7 @@ use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
     read, read_f32, write, write_f32, DeviceClass, Dispatch, Entry, Grid, Kernels, Needs, Policy,
-    Shader, Source, Variant, PLAIN,
+    Shader, Source, Split, Variant, PLAIN,
 };
 
 /// Shapes, offsets and constants of one batch norm, also its uniform (binding 0). Build with
@@ -292,6 +292,7 @@ pub static SHADER: Shader = Shader {
         name: PLAIN.name,
         about: "one workgroup of 256 per channel, two passes",
         needs: Needs::Nothing,
+        splits: &[Split::Default],
     }],
     choice: "GPUs: split (statistics and backward); CPU drivers: plain",
     dtypes: &[DType::F32, DType::F16],

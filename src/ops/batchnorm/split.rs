@@ -8,7 +8,7 @@ use super::{BatchNormParams, OP};
 use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
-    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source,
+    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source, Split,
     Variant,
 };
 
@@ -67,6 +67,7 @@ pub static SHADER: Shader = Shader {
         name: "split",
         about: "many workgroups per channel, chunks combined in order",
         needs: Needs::Nothing,
+        splits: &[Split::Default],
     }],
     choice: "see the per-channel shader",
     dtypes: &[DType::F32, DType::F16],

@@ -16,13 +16,14 @@
 mod coop;
 pub mod regtile;
 pub mod tiled;
+pub mod tune;
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, View};
-use crate::kernels::{DeviceClass, Dispatch, Kernels, Policy, Shader, Variant};
+use crate::kernels::{Config, DeviceClass, Dispatch, Kernels, Policy, Shader, Split, Variant};
 
 /// Shapes of one convolution, also its uniform (binding 0). Build with [`Conv2dParams::new`].
 #[repr(C)]
@@ -58,7 +59,8 @@ pub struct Conv2dParams {
     pub overwrite: u32,
 }
 
-const OP: &str = "conv2d";
+/// The op's name, as `--kernels` and the tuner name it.
+pub const OP: &str = "conv2d";
 
 impl Conv2dParams {
     /// `input` is (N, C_in, H, W) in PyTorch order; kernel, stride and padding are (h, w).
@@ -156,11 +158,12 @@ impl Conv2dParams {
     }
 
     /// The split-K factor of the weight gradient for an implementation that covers one split
-    /// with `workgroups` workgroups: enough to fill a large GPU (512 in all), at least 256
-    /// output pixels per split.
-    pub(crate) fn with_splits_for(mut self, workgroups: u64) -> Self {
+    /// with `workgroups` workgroups: enough to fill a large GPU (512 in all, scaled by `s`),
+    /// at least 256 output pixels per split.
+    pub(crate) fn with_splits_for(mut self, workgroups: u64, s: Split) -> Self {
         let npq = self.n * self.out_h * self.out_w;
-        let splits = 512u64
+        let splits = s
+            .scale(512)
             .div_ceil(workgroups.max(1))
             .clamp(1, npq.div_ceil(256).max(1) as u64) as u32;
         self.chunk = npq.div_ceil(splits);
@@ -168,21 +171,42 @@ impl Conv2dParams {
         self
     }
 
-    /// Elements of every workspace any implementation of this convolution may use: an upper
-    /// bound of [`workspace`] for every policy.
+    /// Elements of every workspace any implementation of this convolution may use, in any
+    /// configuration: an upper bound of [`workspace`] for every policy.
     pub fn workspace_len(&self) -> u64 {
-        let (r, t) = (regtile::workspace(self), tiled::workspace(self));
-        [r.forward, r.data, r.packed_dy, t.forward, t.data]
-            .into_iter()
+        every_workspace(self)
+            .flat_map(|w| [w.forward, w.data, w.packed_dy])
             .max()
             .unwrap_or(0)
     }
 
-    /// Elements of the weight gradient's split-K partial sums, for every implementation.
+    /// Elements of the weight gradient's split-K partial sums, for every implementation and
+    /// configuration.
     pub fn partials_len(&self) -> u64 {
-        regtile::workspace(self)
-            .partials
-            .max(tiled::workspace(self).partials)
+        every_workspace(self).map(|w| w.partials).max().unwrap_or(0)
+    }
+
+    /// The tuning key of this convolution's launch `dir` with `dtype` activations: the
+    /// entry, element type and shape. Offsets and the fused input BN are left out (they do
+    /// not change the work), so the memory plan and the launcher agree on it.
+    pub fn launch_key(&self, dir: Direction, dtype: DType) -> String {
+        let p = self;
+        format!(
+            "{}[{dtype}] n{} c{} {}x{} k{} r{}x{} s{}x{} p{}x{}{}",
+            dir.entry(),
+            p.n,
+            p.c_in,
+            p.h,
+            p.w,
+            p.c_out,
+            p.kernel_h,
+            p.kernel_w,
+            p.stride_h,
+            p.stride_w,
+            p.pad_h,
+            p.pad_w,
+            if p.has_bias != 0 { " bias" } else { "" }
+        )
     }
 
     fn check(&self, what: &str, view: &View<'_>, need: u64) -> Result<()> {
@@ -192,6 +216,43 @@ impl Conv2dParams {
 
 /// The shaders of this op: the register-tile variants, then the workgroup-tiled one.
 pub static SHADERS: [&Shader; 2] = [&regtile::SHADER, &tiled::SHADER];
+
+/// The workspaces of both implementations in every split setting.
+fn every_workspace(p: &Conv2dParams) -> impl Iterator<Item = Workspace> + '_ {
+    Split::ALL
+        .iter()
+        .flat_map(move |&s| [regtile::workspace(p, s), tiled::workspace(p, s)])
+}
+
+/// One of a convolution's three GEMMs, each chosen (and tuned) on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Forward,
+    Data,
+    Weight,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 3] = [Direction::Forward, Direction::Data, Direction::Weight];
+
+    /// The launcher's name, as the tuning keys and the reference name it.
+    pub fn entry(self) -> &'static str {
+        match self {
+            Direction::Forward => "conv2d_forward",
+            Direction::Data => "conv2d_backward_data",
+            Direction::Weight => "conv2d_backward_weight",
+        }
+    }
+
+    /// The channels the launch tiles: output channels, or input channels for the data
+    /// gradient.
+    fn channels(self, p: &Conv2dParams) -> u32 {
+        match self {
+            Direction::Data => p.c_in,
+            _ => p.c_out,
+        }
+    }
+}
 
 /// Elements of the workspaces a convolution's launchers use, for one implementation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -239,17 +300,39 @@ fn is_tiled(v: &'static Variant) -> bool {
     tiled::SHADER.variants.iter().any(|t| std::ptr::eq(t, v))
 }
 
-/// The workspaces `p`'s launches need under `policy`: the forward, the data gradient and
-/// the weight gradient each by the variant the policy gives it.
-pub fn workspace(policy: &Policy, p: &Conv2dParams) -> Workspace {
-    let of = |v| match is_tiled(v) {
-        true => tiled::workspace(p),
-        false => regtile::workspace(p),
-    };
+/// The configuration of launch `dir` of `p` as the memory plan sees it: forced or tuned,
+/// else the op's rule (a cooperative-matrix variant the launcher may take instead splits
+/// and uses workspaces as the workgroup tiles do).
+fn planned_config(policy: &Policy, dir: Direction, p: &Conv2dParams, dtype: DType) -> Config {
+    policy
+        .config_for(OP, &p.launch_key(dir, dtype))
+        .unwrap_or_else(|| Config::of(choose(policy, dir.channels(p))))
+}
+
+/// The configuration launch `dir` of `p` runs with on `k`'s device: forced or tuned, else
+/// the op's rule for the adapter ([`choose_for`]).
+pub fn config_for(k: &Kernels, dir: Direction, p: &Conv2dParams, dtype: DType) -> Config {
+    k.policy()
+        .config_for(OP, &p.launch_key(dir, dtype))
+        .unwrap_or_else(|| Config::of(choose_for(k, dir.channels(p), dtype)))
+}
+
+/// The workspaces of `config`'s implementation for `p`.
+fn workspace_of(config: Config, p: &Conv2dParams) -> Workspace {
+    match is_tiled(config.variant) {
+        true => tiled::workspace(p, config.split),
+        false => regtile::workspace(p, config.split),
+    }
+}
+
+/// The workspaces `p`'s launches need under `policy` with `dtype` activations: the forward,
+/// the data gradient and the weight gradient each by the configuration it gets.
+pub fn workspace(policy: &Policy, p: &Conv2dParams, dtype: DType) -> Workspace {
+    let of = |dir| workspace_of(planned_config(policy, dir, p, dtype), p);
     let (f, d, w) = (
-        of(choose(policy, p.c_out)),
-        of(choose(policy, p.c_in)),
-        of(choose(policy, p.c_out)),
+        of(Direction::Forward),
+        of(Direction::Data),
+        of(Direction::Weight),
     );
     Workspace {
         forward: f.forward,
@@ -297,6 +380,22 @@ pub fn conv2d_forward(
     y: View<'_>,
     workspace: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    forward_in(None, k, p, x, affine, weight, bias, y, workspace)
+}
+
+/// [`conv2d_forward`] in `config`, or the one the policy gives (`None`).
+#[allow(clippy::too_many_arguments)]
+fn forward_in(
+    config: Option<Config>,
+    k: &Kernels,
+    p: &Conv2dParams,
+    x: View<'_>,
+    affine: Option<View<'_>>,
+    weight: View<'_>,
+    bias: Option<View<'_>>,
+    y: View<'_>,
+    workspace: Option<View<'_>>,
+) -> Result<Vec<Dispatch>> {
     let p = with_affine(p, &affine)?;
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("weight", &weight, p.weight_len())?;
@@ -313,15 +412,16 @@ pub fn conv2d_forward(
     }
     let dtype = super::float_dtype(OP, &[&x, &y])?;
     let (bias, affine) = (k.optional(bias, dtype), k.optional(affine, dtype));
-    let v = choose_for(k, p.c_out, dtype);
+    let c = config.unwrap_or_else(|| config_for(k, Direction::Forward, &p, dtype));
+    let v = c.variant;
     if is_tiled(v) {
-        let p = tiled::forward_params(&p);
+        let p = tiled::forward_params(&p, c.split);
         let partials = (p.splits > 1)
-            .then(|| region(&p, workspace, tiled::workspace(&p).forward))
+            .then(|| region(&p, workspace, tiled::workspace(&p, c.split).forward))
             .transpose()?;
         return tiled::forward(k, v, &p, [x, affine, weight, bias, y], partials);
     }
-    let packed = region(&p, workspace, regtile::workspace(&p).forward)?;
+    let packed = region(&p, workspace, regtile::workspace(&p, c.split).forward)?;
     regtile::forward(k, v, &p, [x, affine, weight, bias, y, packed])
 }
 
@@ -335,19 +435,33 @@ pub fn conv2d_backward_data(
     dx: View<'_>,
     workspace: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    data_in(None, k, p, dy, weight, dx, workspace)
+}
+
+/// [`conv2d_backward_data`] in `config`, or the one the policy gives (`None`).
+fn data_in(
+    config: Option<Config>,
+    k: &Kernels,
+    p: &Conv2dParams,
+    dy: View<'_>,
+    weight: View<'_>,
+    dx: View<'_>,
+    workspace: Option<View<'_>>,
+) -> Result<Vec<Dispatch>> {
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("dx", &dx, p.x_offset as u64 + p.x_len())?;
     let dtype = super::float_dtype(OP, &[&dy, &dx])?;
-    let v = choose_for(k, p.c_in, dtype);
+    let c = config.unwrap_or_else(|| config_for(k, Direction::Data, p, dtype));
+    let v = c.variant;
     if is_tiled(v) {
-        let p = tiled::data_params(p);
+        let p = tiled::data_params(p, c.split);
         let partials = (p.splits > 1)
-            .then(|| region(&p, workspace, tiled::workspace(&p).data))
+            .then(|| region(&p, workspace, tiled::workspace(&p, c.split).data))
             .transpose()?;
         return tiled::backward_data(k, v, &p, [dy, weight, dx], partials);
     }
-    let packed = region(p, workspace, regtile::workspace(p).data)?;
+    let packed = region(p, workspace, regtile::workspace(p, c.split).data)?;
     regtile::backward_data(k, v, p, [dy, weight, dx, packed])
 }
 
@@ -365,21 +479,46 @@ pub fn conv2d_backward_weight(
     partials: View<'_>,
     dweight: View<'_>,
 ) -> Result<Vec<Dispatch>> {
+    weight_in(None, k, p, x, affine, dy, workspace, partials, dweight)
+}
+
+/// [`conv2d_backward_weight`] in `config`, or the one the policy gives (`None`).
+#[allow(clippy::too_many_arguments)]
+fn weight_in(
+    config: Option<Config>,
+    k: &Kernels,
+    p: &Conv2dParams,
+    x: View<'_>,
+    affine: Option<View<'_>>,
+    dy: View<'_>,
+    workspace: Option<View<'_>>,
+    partials: View<'_>,
+    dweight: View<'_>,
+) -> Result<Vec<Dispatch>> {
     let p = with_affine(p, &affine)?;
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("dy", &dy, p.y_offset as u64 + p.y_len())?;
     p.check("dweight", &dweight, p.weight_len())?;
     let dtype = super::float_dtype(OP, &[&x, &dy])?;
     let affine = k.optional(affine, dtype);
-    let v = choose_for(k, p.c_out, dtype);
+    let c = config.unwrap_or_else(|| config_for(k, Direction::Weight, &p, dtype));
+    let v = c.variant;
     if is_tiled(v) {
-        let p = p.with_splits_for(tiled::weight_workgroups(&p));
-        p.check("partials", &partials, tiled::workspace(&p).partials)?;
+        let p = p.with_splits_for(tiled::weight_workgroups(&p), c.split);
+        p.check(
+            "partials",
+            &partials,
+            tiled::workspace(&p, c.split).partials,
+        )?;
         return tiled::backward_weight(k, v, &p, [x, affine, dy, partials, dweight]);
     }
-    let p = p.with_splits_for(regtile::weight_workgroups(&p));
-    p.check("partials", &partials, regtile::workspace(&p).partials)?;
-    let packed = region(&p, workspace, regtile::workspace(&p).packed_dy)?;
+    let p = p.with_splits_for(regtile::weight_workgroups(&p), c.split);
+    p.check(
+        "partials",
+        &partials,
+        regtile::workspace(&p, c.split).partials,
+    )?;
+    let packed = region(&p, workspace, regtile::workspace(&p, c.split).packed_dy)?;
     regtile::backward_weight(k, v, &p, [x, affine, dy, packed, partials, dweight])
 }
 

@@ -7,7 +7,7 @@ use super::{Conv2dParams, Workspace, OP};
 use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
-    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source,
+    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source, Split,
     Variant,
 };
 
@@ -31,11 +31,13 @@ pub static SHADER: Shader = Shader {
             name: "tile16",
             about: "16 channels x 4 pixels per invocation, no workgroup memory",
             needs: Needs::Nothing,
+            splits: Split::ALL,
         },
         Variant {
             name: "tile8",
             about: "8 channels x 4 pixels per invocation, no workgroup memory",
             needs: Needs::Nothing,
+            splits: Split::ALL,
         },
     ],
     choice: "GPUs: wgtile, in f16 coop16 or coop8 where the adapter runs one; CPU drivers: \
@@ -162,10 +164,10 @@ fn groups(tm: u32, channels: u32, other: u32) -> u64 {
 }
 
 /// The workspaces of this implementation: packed weights (forward and data gradient),
-/// packed output gradient and split-K partial sums (weight gradient).
-pub(super) fn workspace(p: &Conv2dParams) -> Workspace {
+/// packed output gradient and split-K partial sums (weight gradient, split as `s` says).
+pub(super) fn workspace(p: &Conv2dParams, s: Split) -> Workspace {
     let rs = p.kernel_h as u64 * p.kernel_w as u64;
-    let splits = p.with_splits_for(weight_workgroups(p)).splits as u64;
+    let splits = p.with_splits_for(weight_workgroups(p), s).splits as u64;
     Workspace {
         forward: padded(p.c_out) * p.taps(),
         data: padded(p.c_in) * p.c_out as u64 * rs,

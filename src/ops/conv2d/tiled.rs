@@ -11,7 +11,7 @@ use super::{coop, Conv2dParams, Workspace, OP};
 use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
-    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source,
+    read, read_f32, write, write_f32, Dispatch, Entry, Grid, Kernels, Needs, Shader, Source, Split,
     Variant,
 };
 
@@ -31,6 +31,7 @@ pub static SHADER: Shader = Shader {
             name: "wgtile",
             about: "32 x 64 output tiles through workgroup memory, 4 x 4 per invocation",
             needs: Needs::Nothing,
+            splits: Split::ALL,
         },
         Variant {
             name: "coop8",
@@ -40,6 +41,7 @@ pub static SHADER: Shader = Shader {
                 size: 8,
                 subgroup: coop::subgroup_for(8),
             },
+            splits: Split::ALL,
         },
         Variant {
             name: "coop16",
@@ -49,6 +51,7 @@ pub static SHADER: Shader = Shader {
                 size: 16,
                 subgroup: coop::subgroup_for(16),
             },
+            splits: Split::ALL,
         },
     ],
     choice: "see the register-tile shader; GPUs in f16 take a coop variant the adapter runs",
@@ -172,9 +175,11 @@ fn tiles(m: u64, n: u64) -> u64 {
 }
 
 /// (splits, rows per split) of a reduced dimension of `len` rows for an output of `tiles`
-/// tiles: enough splits to reach the target number of workgroups, each at least 4 steps.
-fn split(tiles: u64, len: u64) -> (u32, u32) {
-    let wanted = TARGET_WORKGROUPS
+/// tiles: enough splits to reach the target number of workgroups (scaled by `s`), each at
+/// least 4 steps.
+fn split(tiles: u64, len: u64, s: Split) -> (u32, u32) {
+    let wanted = s
+        .scale(TARGET_WORKGROUPS)
         .div_ceil(tiles)
         .min(len.div_ceil(4 * BK))
         .max(1);
@@ -183,8 +188,8 @@ fn split(tiles: u64, len: u64) -> (u32, u32) {
 }
 
 /// The forward's params with its split of C*R*S.
-pub(super) fn forward_params(p: &Conv2dParams) -> Conv2dParams {
-    let (splits, chunk) = split(tiles(p.c_out as u64, p.npq()), p.taps());
+pub(super) fn forward_params(p: &Conv2dParams, s: Split) -> Conv2dParams {
+    let (splits, chunk) = split(tiles(p.c_out as u64, p.npq()), p.taps(), s);
     Conv2dParams {
         splits,
         chunk,
@@ -193,10 +198,10 @@ pub(super) fn forward_params(p: &Conv2dParams) -> Conv2dParams {
 }
 
 /// The data gradient's params with its split of K*R*S.
-pub(super) fn data_params(p: &Conv2dParams) -> Conv2dParams {
+pub(super) fn data_params(p: &Conv2dParams, s: Split) -> Conv2dParams {
     let nhw = p.x_len() / p.c_in as u64;
     let krs = p.c_out as u64 * p.kernel_h as u64 * p.kernel_w as u64;
-    let (splits, chunk) = split(tiles(p.c_in as u64, nhw), krs);
+    let (splits, chunk) = split(tiles(p.c_in as u64, nhw), krs, s);
     Conv2dParams {
         splits,
         chunk,
@@ -205,10 +210,10 @@ pub(super) fn data_params(p: &Conv2dParams) -> Conv2dParams {
 }
 
 /// This implementation packs nothing: its workspaces are partial sums, of the forward and
-/// the data gradient where they split, and of the weight gradient.
-pub(super) fn workspace(p: &Conv2dParams) -> Workspace {
-    let splits = p.with_splits_for(weight_workgroups(p)).splits as u64;
-    let (f, d) = (forward_params(p), data_params(p));
+/// the data gradient where they split, and of the weight gradient; every split as `s` says.
+pub(super) fn workspace(p: &Conv2dParams, s: Split) -> Workspace {
+    let splits = p.with_splits_for(weight_workgroups(p), s).splits as u64;
+    let (f, d) = (forward_params(p, s), data_params(p, s));
     let if_split = |q: &Conv2dParams, len: u64| {
         if q.splits > 1 {
             q.splits as u64 * len
@@ -316,17 +321,20 @@ mod tests {
     #[test]
     fn small_layers_split_to_fill_the_device() {
         let small = Conv2dParams::new([256, 216, 3, 3], 32, (3, 3), (1, 1), (1, 1), true).unwrap();
-        let f = forward_params(&small);
+        let f = forward_params(&small, Split::Default);
         assert!(
             tiles(32, small.npq()) * f.splits as u64 >= TARGET_WORKGROUPS,
             "{f:?}"
         );
         assert_eq!(f.chunk as u64 % BK, 0);
         assert!(f.splits as u64 * f.chunk as u64 >= small.taps());
-        let d = data_params(&small);
+        let d = data_params(&small, Split::Default);
         assert!(tiles(216, small.x_len() / 216) * d.splits as u64 >= TARGET_WORKGROUPS);
         let big = Conv2dParams::new([256, 64, 24, 24], 32, (3, 3), (1, 1), (1, 1), true).unwrap();
-        assert_eq!(forward_params(&big).splits, 1);
-        assert_eq!(workspace(&big).forward, 0);
+        assert_eq!(forward_params(&big, Split::Default).splits, 1);
+        assert_eq!(workspace(&big, Split::Default).forward, 0);
+        // The tuner's other split settings split the small layer less and more.
+        assert!(forward_params(&small, Split::Fewer).splits < f.splits);
+        assert!(forward_params(&small, Split::More).splits > f.splits);
     }
 }

@@ -1,0 +1,133 @@
+//! What the tuner needs of a convolution launch: its candidate configurations on a device
+//! and, for each, its dispatches on scratch buffers of the launch's shape.
+
+use super::{
+    choose_for, data_in, forward_in, is_tiled, regtile, tiled, weight_in, Conv2dParams, Direction,
+    SHADERS,
+};
+use crate::error::Result;
+use crate::gpu::{DType, GpuBuffer};
+use crate::kernels::{Config, Dispatch, Kernels, Needs};
+
+/// The configuration the op's rule gives launch `dir` of `p` on `k`'s device (what runs
+/// untuned): the baseline every candidate is compared with.
+pub fn default_config(k: &Kernels, dir: Direction, p: &Conv2dParams, dtype: DType) -> Config {
+    Config::of(choose_for(k, dir.channels(p), dtype))
+}
+
+/// How many partial sums `config` splits launch `dir` of `p` into: two configurations with
+/// the same variant and count run the same dispatches.
+fn splits_of(config: Config, dir: Direction, p: &Conv2dParams) -> u32 {
+    let s = config.split;
+    match (dir, is_tiled(config.variant)) {
+        (Direction::Forward, true) => tiled::forward_params(p, s).splits,
+        (Direction::Data, true) => tiled::data_params(p, s).splits,
+        (Direction::Weight, true) => p.with_splits_for(tiled::weight_workgroups(p), s).splits,
+        (Direction::Weight, false) => p.with_splits_for(regtile::weight_workgroups(p), s).splits,
+        (_, false) => 1,
+    }
+}
+
+/// Every configuration launch `dir` of `p` may run with on `k`'s device in `dtype`, the
+/// default first, each distinct launch once. Variants the adapter cannot run are left out,
+/// and so are the cooperative-matrix ones in f32 (they round the operands to f16, which an
+/// f32 run did not ask for; `--kernels` still forces them).
+pub fn candidates(k: &Kernels, dir: Direction, p: &Conv2dParams, dtype: DType) -> Vec<Config> {
+    let mut out = vec![default_config(k, dir, p, dtype)];
+    let mut seen = vec![(out[0].variant.name, splits_of(out[0], dir, p))];
+    for shader in SHADERS.iter().filter(|s| s.dtypes.contains(&dtype)) {
+        for v in shader.variants {
+            let coop = matches!(v.needs, Needs::CoopMatrix { .. });
+            if v.needs.unmet(k.gpu()).is_some() || (coop && dtype == DType::F32) {
+                continue;
+            }
+            for &split in v.splits {
+                let c = Config { variant: v, split };
+                let id = (v.name, splits_of(c, dir, p));
+                if !seen.contains(&id) {
+                    seen.push(id);
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Scratch tensors of one launch shape, large enough for every configuration.
+pub struct Scratch {
+    p: Conv2dParams,
+    dtype: DType,
+    x: GpuBuffer,
+    affine: GpuBuffer,
+    weight: GpuBuffer,
+    bias: Option<GpuBuffer>,
+    y: GpuBuffer,
+    workspace: GpuBuffer,
+    packed_dy: GpuBuffer,
+    partials: GpuBuffer,
+}
+
+impl Scratch {
+    /// Zero-filled tensors for `p` (at offset 0) with `dtype` activations. The input is
+    /// read through a fused BN -> ReLU, as every conv but the first one's is.
+    pub fn new(k: &Kernels, p: &Conv2dParams, dtype: DType) -> Result<Scratch> {
+        let gpu = k.gpu();
+        let p = Conv2dParams {
+            x_offset: 0,
+            y_offset: 0,
+            ..*p
+        };
+        let (ws, partials) = (p.workspace_len().max(1), p.partials_len().max(1));
+        Ok(Scratch {
+            x: gpu.zeros_of("tune x", dtype, p.x_len())?,
+            affine: gpu.zeros("tune affine", 2 * p.c_in as u64)?,
+            weight: gpu.zeros("tune weight", p.weight_len())?,
+            bias: (p.has_bias != 0)
+                .then(|| gpu.zeros("tune bias", p.c_out as u64))
+                .transpose()?,
+            y: gpu.zeros_of("tune y", dtype, p.y_len())?,
+            workspace: gpu.zeros("tune workspace", ws)?,
+            packed_dy: gpu.zeros_of("tune packed dy", dtype, ws)?,
+            partials: gpu.zeros("tune partials", partials)?,
+            p,
+            dtype,
+        })
+    }
+
+    /// The dispatches of launch `dir` in `config` (the data gradient writes x's buffer, the
+    /// weight gradient the weight's: the values are never read).
+    pub fn dispatches(&self, k: &Kernels, dir: Direction, config: Config) -> Result<Vec<Dispatch>> {
+        let (p, c) = (&self.p, Some(config));
+        let affine = Some(self.affine.view());
+        let ws = Some(self.workspace.view());
+        match dir {
+            Direction::Forward => {
+                let bias = self.bias.as_ref().map(|b| b.view());
+                let (x, w, y) = (self.x.view(), self.weight.view(), self.y.view());
+                forward_in(c, k, p, x, affine, w, bias, y, ws)
+            }
+            Direction::Data => {
+                let p = p.overwriting();
+                data_in(
+                    c,
+                    k,
+                    &p,
+                    self.y.view(),
+                    self.weight.view(),
+                    self.x.view(),
+                    ws,
+                )
+            }
+            Direction::Weight => {
+                let packed = Some(self.packed_dy.view());
+                let (x, dy, partials) = (self.x.view(), self.y.view(), self.partials.view());
+                weight_in(c, k, p, x, affine, dy, packed, partials, self.weight.view())
+            }
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}

@@ -1,0 +1,405 @@
+//! Autotuning: every convolution launch of a step timed in each of its candidate
+//! configurations on the user's own device, the fastest kept, as cuDNN's benchmark mode.
+//!
+//! The launches are the plan's own (its nodes, before any buffer exists), each distinct
+//! (entry, element type, shape) once. Each candidate runs on zero-filled scratch tensors of
+//! the launch's shape: a warm-up, then a few repetitions (fewer for slow launches), timed
+//! with GPU timestamps where the adapter has them and the wall clock around a wait
+//! otherwise; the median counts. Choices persist in a cache file ([`cache`]) so later runs
+//! start without timing; a time budget bounds what one run spends, the most expensive
+//! launches first, and what it leaves is tuned by later runs. The result is a table of
+//! configurations the [`Policy`](crate::kernels::Policy) hands to the launchers (and the
+//! memory plan, whose workspaces follow them); training records it in the checkpoint so a
+//! resumed run launches exactly the same kernels.
+
+pub mod cache;
+mod timing;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::gpu::DType;
+use crate::kernels::{Config, Kernels, Tuned};
+use crate::model::nodes::{nodes, Mode, PlanLimits, PlanTarget};
+use crate::model::{DenseNetConfig, Layout};
+use crate::ops::conv2d::{self, tune as conv_tune, Conv2dParams, Direction};
+use cache::{CachedChoice, TuneCache};
+
+/// How a run picks its kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TuneMode {
+    /// The per-adapter policy; no timing, no cache.
+    Off,
+    /// Cached choices; times what the cache lacks, within the budget, and caches it.
+    Cached,
+    /// Times every launch again (no budget unless one is given) and updates the cache.
+    Full,
+}
+
+/// What `--tune`, `--tune-budget` and `--tune-cache` ask for.
+#[derive(Clone, Debug)]
+pub struct TuneOptions {
+    pub mode: TuneMode,
+    /// Seconds of timing one run may spend; `None`: the mode's default ([`DEFAULT_BUDGET`]
+    /// for `cached`, unlimited for `full`).
+    pub budget: Option<f64>,
+    /// The cache file; `None`: [`cache::default_path`].
+    pub cache: Option<PathBuf>,
+    /// Draw a progress bar (a terminal).
+    pub progress: bool,
+}
+
+/// The default mode's budget: small enough to keep the cold start (a run reaches its first
+/// step in a few seconds), and later runs go on where it stopped.
+pub const DEFAULT_BUDGET: f64 = 2.0;
+
+impl TuneOptions {
+    /// No tuning: the policy's choices.
+    pub fn off() -> TuneOptions {
+        TuneOptions {
+            mode: TuneMode::Off,
+            budget: None,
+            cache: None,
+            progress: false,
+        }
+    }
+
+    fn budget(&self) -> Option<Duration> {
+        let secs = match (self.budget, self.mode) {
+            (Some(b), _) => Some(b),
+            (None, TuneMode::Cached) => Some(DEFAULT_BUDGET),
+            (None, _) => None,
+        };
+        secs.map(|s| Duration::from_secs_f64(s.max(0.0)))
+    }
+}
+
+/// Where a launch's configuration came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// Timed in this run.
+    Timed,
+    /// From the cache file.
+    Cached,
+    /// From the checkpoint being resumed.
+    Recorded,
+    /// The policy's: tuning is off, the op is forced, or the budget ran out first.
+    Policy,
+}
+
+/// One launch's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct Launch {
+    pub key: String,
+    pub op: String,
+    pub chosen: String,
+    pub default: String,
+    pub source: Source,
+    /// Median times in microseconds, where known.
+    pub micros: Option<f64>,
+    pub default_micros: Option<f64>,
+    /// Candidates this launch had.
+    pub candidates: usize,
+}
+
+/// What tuning did: every launch's choice, and the time it took.
+#[derive(Clone, Debug, Serialize)]
+pub struct TuneReport {
+    pub mode: TuneMode,
+    pub launches: Vec<Launch>,
+    /// Seconds spent tuning (scratch tensors, compilation and timing included).
+    pub seconds: f64,
+    /// Launches the budget left to the policy (later runs tune them).
+    pub left_for_later: usize,
+    pub cache: Option<PathBuf>,
+    /// Cache or checkpoint entries that were ignored, and why.
+    pub warnings: Vec<String>,
+}
+
+/// The tuned table and its report.
+pub struct Tuning {
+    pub tuned: Tuned,
+    pub report: TuneReport,
+}
+
+/// One launch to decide: its params, direction, key, default and candidates.
+struct Todo {
+    p: Conv2dParams,
+    dir: Direction,
+    dtype: DType,
+    key: String,
+    default: Config,
+    candidates: Vec<Config>,
+}
+
+/// The candidate of `todo` called `name`, if it is one on this device.
+fn resolve(todo: &Todo, name: &str) -> Option<Config> {
+    todo.candidates.iter().copied().find(|c| c.name() == name)
+}
+
+/// Chooses every convolution launch of `cfg`'s step (`mode`, batch `batch`, `dtype`
+/// activations) on `k`'s device. `recorded`: a resumed run's choices by launch key, used
+/// first whatever the mode (a run is fixed once started).
+pub fn tune(
+    k: &Kernels,
+    (cfg, batch, mode, dtype): (&DenseNetConfig, u32, Mode, DType),
+    opts: &TuneOptions,
+    recorded: Option<&BTreeMap<String, String>>,
+) -> Result<Tuning> {
+    let start = Instant::now();
+    let todos = launches(k, cfg, batch, mode, dtype)?;
+    let forced = k.policy().forced(conv2d::OP).is_some();
+    let path = opts.cache.clone().or_else(cache::default_path);
+    let device = cache::device_key(k.gpu());
+    let mut warnings = Vec::new();
+    let cached = match (opts.mode, &path) {
+        (TuneMode::Cached, Some(p)) => {
+            let (c, warning) = TuneCache::load(p);
+            warnings.extend(warning.map(|w| format!("{w}; ignoring it and tuning again")));
+            c.device(&device).cloned().unwrap_or_default()
+        }
+        _ => BTreeMap::new(),
+    };
+    let mut out: Vec<Option<(Config, Launch)>> = vec![None; todos.len()];
+    let mut to_time = Vec::new();
+    for (i, t) in todos.iter().enumerate() {
+        let launch = |c: Config, source, micros, default_micros| Launch {
+            key: t.key.clone(),
+            op: t.dir.entry().to_string(),
+            chosen: c.name(),
+            default: t.default.name(),
+            source,
+            micros,
+            default_micros,
+            candidates: t.candidates.len(),
+        };
+        if forced {
+            continue;
+        }
+        if let Some(name) = recorded.and_then(|r| r.get(&t.key)) {
+            match resolve(t, name) {
+                Some(c) => {
+                    out[i] = Some((c, launch(c, Source::Recorded, None, None)));
+                    continue;
+                }
+                None => warnings.push(format!(
+                    "the checkpoint's {name} for {} does not run here; choosing again",
+                    t.key
+                )),
+            }
+        }
+        if let Some(entry) = cached.get(&t.key) {
+            match resolve(t, &entry.config) {
+                Some(c) => {
+                    let times = (Some(entry.micros), Some(entry.default_micros));
+                    out[i] = Some((c, launch(c, Source::Cached, times.0, times.1)));
+                    continue;
+                }
+                None => warnings.push(format!(
+                    "the cache's {} for {} is not a candidate here; tuning it again",
+                    entry.config, t.key
+                )),
+            }
+        }
+        match opts.mode {
+            TuneMode::Off => {
+                out[i] = Some((t.default, launch(t.default, Source::Policy, None, None)))
+            }
+            _ => to_time.push(i),
+        }
+    }
+    // The most expensive launches first: within a budget, they are where time is won.
+    to_time.sort_by_key(|&i| std::cmp::Reverse(todos[i].p.macs()));
+    let deadline = opts.budget().map(|b| start + b);
+    let timed = timing::time_all(k, &todos, &to_time, deadline, opts.progress)?;
+    warnings.extend(timed.warnings);
+    let timed = timed.best;
+    let mut fresh = BTreeMap::new();
+    let mut left = 0;
+    for &i in &to_time {
+        let t = &todos[i];
+        let (c, source, times) = match timed.get(&i) {
+            Some(&(c, best, default)) => (c, Source::Timed, (Some(best), Some(default))),
+            None => {
+                left += 1;
+                (t.default, Source::Policy, (None, None))
+            }
+        };
+        if let (Source::Timed, (Some(micros), Some(default_micros))) = (source, times) {
+            let entry = CachedChoice {
+                config: c.name(),
+                micros,
+                default_micros,
+            };
+            fresh.insert(t.key.clone(), entry);
+        }
+        out[i] = Some((
+            c,
+            Launch {
+                key: t.key.clone(),
+                op: t.dir.entry().to_string(),
+                chosen: c.name(),
+                default: t.default.name(),
+                source,
+                micros: times.0,
+                default_micros: times.1,
+                candidates: t.candidates.len(),
+            },
+        ));
+    }
+    if let (false, Some(p)) = (fresh.is_empty(), &path) {
+        if let Err(e) = TuneCache::store(p, &device, &fresh) {
+            warnings.push(format!("{e:#}; the choices are used but not cached"));
+        }
+    }
+    let mut tuned = Tuned::new();
+    let mut launches = Vec::new();
+    for (c, l) in out.into_iter().flatten() {
+        tuned.insert(l.key.clone(), c);
+        launches.push(l);
+    }
+    let report = TuneReport {
+        mode: opts.mode,
+        launches,
+        seconds: start.elapsed().as_secs_f64(),
+        left_for_later: left,
+        cache: path,
+        warnings,
+    };
+    Ok(Tuning { tuned, report })
+}
+
+/// [`tune`], and `k`'s device and pipelines under a policy with the result.
+pub fn tuned_kernels(
+    k: &Kernels,
+    step: (&DenseNetConfig, u32, Mode, DType),
+    opts: &TuneOptions,
+    recorded: Option<&BTreeMap<String, String>>,
+) -> Result<(Kernels, TuneReport)> {
+    let t = tune(k, step, opts, recorded)?;
+    let policy = k.policy().clone().with_tuned(t.tuned);
+    Ok((k.with_policy(policy), t.report))
+}
+
+/// Every distinct convolution launch of the step, with its default and candidates.
+fn launches(
+    k: &Kernels,
+    cfg: &DenseNetConfig,
+    batch: u32,
+    mode: Mode,
+    dtype: DType,
+) -> Result<Vec<Todo>> {
+    let limits = PlanLimits::of(k.gpu());
+    let layout = Layout::new(cfg, limits.align());
+    let target = PlanTarget {
+        limits,
+        dtype,
+        policy: k.policy().clone(),
+    };
+    let plan_nodes = nodes(cfg, &layout, batch, mode, &target)?;
+    Ok(plan_nodes
+        .conv_launches()
+        .into_iter()
+        .map(|(p, dir)| Todo {
+            key: p.launch_key(dir, dtype),
+            default: conv_tune::default_config(k, dir, &p, dtype),
+            candidates: conv_tune::candidates(k, dir, &p, dtype),
+            p,
+            dir,
+            dtype,
+        })
+        .collect())
+}
+
+impl TuneReport {
+    /// Every launch's configuration by key, as the checkpoint records it.
+    pub fn choices(&self) -> BTreeMap<String, String> {
+        self.launches
+            .iter()
+            .map(|l| (l.key.clone(), l.chosen.clone()))
+            .collect()
+    }
+
+    /// The summary: one line for the whole, then per op the launches, how many changed
+    /// from the default, and the summed time of the chosen and the default configurations
+    /// where both were measured.
+    pub fn text(&self) -> String {
+        let count = |s: Source| self.launches.iter().filter(|l| l.source == s).count();
+        let mut out = format!(
+            "tuning ({:?}): {} launches: {} timed, {} cached, {} from the checkpoint, {} by the policy ({} left for later runs); {:.2} s\n",
+            self.mode,
+            self.launches.len(),
+            count(Source::Timed),
+            count(Source::Cached),
+            count(Source::Recorded),
+            count(Source::Policy),
+            self.left_for_later,
+            self.seconds
+        );
+        let mut by_op: BTreeMap<&str, Vec<&Launch>> = BTreeMap::new();
+        for l in &self.launches {
+            by_op.entry(&l.op).or_default().push(l);
+        }
+        for (op, ls) in by_op {
+            let ls: Vec<&Launch> = ls;
+            let changed = ls.iter().filter(|l| l.chosen != l.default).count();
+            let both: Vec<(f64, f64)> = ls
+                .iter()
+                .filter_map(|l| Some((l.micros?, l.default_micros?)))
+                .collect();
+            let (tuned, default): (f64, f64) =
+                both.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            let times = match both.is_empty() {
+                true => String::new(),
+                false => format!(
+                    "; measured {} of them: {:.3} ms tuned vs {:.3} ms default ({:.2}x)",
+                    both.len(),
+                    tuned / 1e3,
+                    default / 1e3,
+                    default / tuned.max(1e-9)
+                ),
+            };
+            let mut picks: BTreeMap<&str, usize> = BTreeMap::new();
+            for l in &ls {
+                *picks.entry(&l.chosen).or_default() += 1;
+            }
+            let picks: Vec<String> = picks.iter().map(|(c, n)| format!("{c} x{n}")).collect();
+            out.push_str(&format!(
+                "  {op}: {} launches ({}), {changed} not the default{times}\n",
+                ls.len(),
+                picks.join(", ")
+            ));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
+        out
+    }
+
+    /// Every launch: key, configuration, where it came from, and its times where measured.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<62} {:<26} {:<9} {:>10} {:>10}\n",
+            "launch", "configuration", "source", "us", "default us"
+        );
+        for l in &self.launches {
+            let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+            let source = format!("{:?}", l.source).to_lowercase();
+            out.push_str(&format!(
+                "{:<62} {:<26} {:<9} {:>10} {:>10}\n",
+                l.key,
+                l.chosen,
+                source,
+                us(l.micros),
+                us(l.default_micros)
+            ));
+        }
+        out
+    }
+}

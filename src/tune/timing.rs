@@ -1,0 +1,169 @@
+//! Timing candidate configurations: warm-up, repetitions, median; GPU timestamps where the
+//! adapter has them, the wall clock around a wait otherwise.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::Todo;
+use crate::gpu::Gpu;
+use crate::kernels::{submit, Config, Dispatch, Kernels};
+use crate::ops::conv2d::tune::Scratch;
+
+/// What timing found: per launch (index into the todos), the fastest configuration and the
+/// median microseconds of it and of the default; and candidates that could not run.
+pub(super) struct Timed {
+    pub best: HashMap<usize, (Config, f64, f64)>,
+    pub warnings: Vec<String>,
+}
+
+/// Times every candidate of the launches `order` (indices into `todos`) in that order,
+/// stopping at `deadline`: a launch is kept only when all its candidates were timed.
+pub(super) fn time_all(
+    k: &Kernels,
+    todos: &[Todo],
+    order: &[usize],
+    deadline: Option<Instant>,
+    progress: bool,
+) -> Result<Timed> {
+    let bar = match progress && !order.is_empty() {
+        true => indicatif::ProgressBar::new(order.len() as u64),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "tuning {bar:30} {pos}/{len} launches, {elapsed} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let mut timed = Timed {
+        best: HashMap::new(),
+        warnings: Vec::new(),
+    };
+    let past = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
+    // Launches of one conv share its scratch tensors (they come in order of cost, so a
+    // conv's directions are usually neighbours).
+    let mut scratch: Option<(usize, Scratch)> = None;
+    'launches: for &i in order {
+        if past(deadline) {
+            break;
+        }
+        let t = &todos[i];
+        bar.set_message(t.key.clone());
+        let same = |j: usize| todos[j].p == t.p;
+        if !scratch.as_ref().is_some_and(|(j, _)| same(*j)) {
+            drop(scratch.take()); // free the last launch's tensors first
+            scratch = Some((i, Scratch::new(k, &t.p, t.dtype)?));
+        }
+        let s = &scratch.as_ref().expect("just made").1;
+        let mut times = Vec::new();
+        for &c in &t.candidates {
+            if past(deadline) {
+                break 'launches;
+            }
+            let dispatches = match s.dispatches(k, t.dir, c) {
+                Ok(d) => d,
+                Err(e) if c != t.default => {
+                    timed
+                        .warnings
+                        .push(format!("{} for {}: {e}", c.name(), t.key));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let best = times.iter().map(|t: &(Config, f64)| t.1).reduce(f64::min);
+            times.push((c, median_micros(k.gpu(), &dispatches, best)?));
+        }
+        let default = times[0].1;
+        let best = times
+            .iter()
+            .copied()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("the default was timed");
+        timed.best.insert(i, (best.0, best.1, default));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(timed)
+}
+
+/// Runs `dispatches` once to warm up, then 1 to 7 more times (fewer when slow), and
+/// returns the median time in microseconds. A candidate whose warm-up already takes twice
+/// the `best` so far (microseconds) is not repeated: it has lost, and on slow devices the
+/// repetitions of losers are most of the tuning time.
+fn median_micros(gpu: &Gpu, dispatches: &[Dispatch], best: Option<f64>) -> Result<f64> {
+    let t0 = Instant::now();
+    submit(gpu, dispatches);
+    gpu.wait()?;
+    let warm = t0.elapsed().as_secs_f64();
+    if best.is_some_and(|b| warm * 1e6 > 2.0 * b) {
+        return Ok(warm * 1e6);
+    }
+    let reps = match warm {
+        w if w < 0.002 => 7,
+        w if w < 0.05 => 5,
+        w if w < 0.5 => 3,
+        _ => 1,
+    };
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        times.push(once(gpu, dispatches)?);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[reps / 2] * 1e6)
+}
+
+/// Seconds of one run of `dispatches`: between timestamps written at the start and end of
+/// their compute pass, or the wall clock around submit and wait without timestamp queries.
+fn once(gpu: &Gpu, dispatches: &[Dispatch]) -> Result<f64> {
+    if !gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        let t0 = Instant::now();
+        submit(gpu, dispatches);
+        gpu.wait()?;
+        return Ok(t0.elapsed().as_secs_f64());
+    }
+    let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("tune"),
+        ty: wgpu::QueryType::Timestamp,
+        count: 2,
+    });
+    use wgpu::BufferUsages as U;
+    let buffer = |label, usage| {
+        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: 16,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let resolve = buffer("tune resolve", U::QUERY_RESOLVE | U::COPY_SRC);
+    let staging = buffer("tune readback", U::MAP_READ | U::COPY_DST);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("tune"),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: &queries,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            }),
+        });
+        for d in dispatches {
+            d.record(&mut pass);
+        }
+    }
+    enc.resolve_query_set(&queries, 0..2, &resolve, 0);
+    enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 16);
+    gpu.queue.submit([enc.finish()]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.wait()?;
+    rx.recv().context("timestamp readback")??;
+    let ticks: Vec<u64> = bytemuck::cast_slice(&staging.get_mapped_range(..)?).to_vec();
+    staging.unmap();
+    let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+    Ok(ticks[1].saturating_sub(ticks[0]) as f64 * period)
+}
