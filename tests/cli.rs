@@ -15,7 +15,10 @@ use densenet_wgpu::report::{read_metrics, EpochMetrics};
 use support::temp_dir;
 
 fn cli(args: &[&str]) -> Output {
+    // Tuning is tested in tests/tune.rs; here runs must not time kernels or touch the
+    // user's tuning cache.
     Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
+        .env("DENSENET_TUNE", "off")
         .args(args)
         .output()
         .expect("the binary runs")
@@ -296,6 +299,7 @@ fn a_diverging_run_stops_and_keeps_its_checkpoint() {
 fn ctrl_c_says_where_the_run_is() {
     let dir = temp_dir("ctrl-c");
     let child = Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
+        .env("DENSENET_TUNE", "off")
         .args([
             "train",
             "--limit-train",

@@ -244,6 +244,7 @@ fn onnxruntime_matches_the_reference() {
 
 fn cli_ok(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
+        .env("DENSENET_TUNE", "off")
         .args(args)
         .output()
         .expect("the binary runs");

@@ -80,7 +80,7 @@ impl TuneOptions {
 }
 
 /// Where a launch's configuration came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
     /// Timed in this run.
@@ -138,9 +138,9 @@ struct Todo {
     candidates: Vec<Config>,
 }
 
-/// The candidate of `todo` called `name`, if it is one on this device.
-fn resolve(todo: &Todo, name: &str) -> Option<Config> {
-    todo.candidates.iter().copied().find(|c| c.name() == name)
+/// The configuration called `name` if it runs `todo` on this device.
+fn resolve(k: &Kernels, todo: &Todo, name: &str) -> Option<Config> {
+    conv_tune::config_named(k, name, todo.dtype)
 }
 
 /// Chooses every convolution launch of `cfg`'s step (`mode`, batch `batch`, `dtype`
@@ -183,7 +183,7 @@ pub fn tune(
             continue;
         }
         if let Some(name) = recorded.and_then(|r| r.get(&t.key)) {
-            match resolve(t, name) {
+            match resolve(k, t, name) {
                 Some(c) => {
                     out[i] = Some((c, launch(c, Source::Recorded, None, None)));
                     continue;
@@ -195,14 +195,14 @@ pub fn tune(
             }
         }
         if let Some(entry) = cached.get(&t.key) {
-            match resolve(t, &entry.config) {
+            match resolve(k, t, &entry.config) {
                 Some(c) => {
                     let times = (Some(entry.micros), Some(entry.default_micros));
                     out[i] = Some((c, launch(c, Source::Cached, times.0, times.1)));
                     continue;
                 }
                 None => warnings.push(format!(
-                    "the cache's {} for {} is not a candidate here; tuning it again",
+                    "the cache's {} for {} does not run here; tuning it again",
                     entry.config, t.key
                 )),
             }

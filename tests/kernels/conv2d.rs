@@ -351,7 +351,10 @@ fn conv2d_policy_picks_the_implementation() {
     assert!(fwd.is_ok());
     let err = conv2d::conv2d_forward(&cpu, &wide, x.view(), None, w.view(), None, y.view(), None);
     assert!(err.err().unwrap().to_string().contains("workspace"));
-    assert_eq!(conv2d::workspace(gpu.policy(), &wide, DType::F32).packed_dy, 0);
+    assert_eq!(
+        conv2d::workspace(gpu.policy(), &wide, DType::F32).packed_dy,
+        0
+    );
 }
 
 #[test]

@@ -60,7 +60,11 @@ pub fn kernels_for(spec: &str) -> &'static Kernels {
 pub fn each_variant(op: &str) -> Vec<(&'static str, &'static Kernels)> {
     variants_of(op)
         .filter(|v| v.needs.unmet(gpu()).is_none())
-        .flat_map(|v| v.splits.iter().map(move |&split| Config { variant: v, split }))
+        .flat_map(|v| {
+            v.splits
+                .iter()
+                .map(move |&split| Config { variant: v, split })
+        })
         .map(|c| {
             let name: &'static str = Box::leak(c.name().into_boxed_str());
             (name, kernels_for(&format!("{op}={name}")))
