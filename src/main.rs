@@ -124,7 +124,7 @@ struct TuneArgs {
     #[arg(long, value_enum, env = "DENSENET_TUNE", default_value = "cached")]
     tune: TuneMode,
     /// Seconds tuning may spend; what is left runs the policy's choice and later runs tune
-    /// it [default: 2 for cached, unlimited for full]
+    /// it [default: 1 for cached, unlimited for full]
     #[arg(long, value_name = "SECONDS")]
     tune_budget: Option<f64>,
     /// The tuning cache file [default: densenet-wgpu/tuning.json in the platform's cache

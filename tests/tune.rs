@@ -55,6 +55,8 @@ fn cache_round_trips_and_merges() {
         config: c.into(),
         micros: us,
         default_micros: 2.0 * us,
+        measured: BTreeMap::from([(c.to_string(), us)]),
+        complete: false,
     };
     let a = BTreeMap::from([("conv2d_forward[f32] a".to_string(), choice("tile8", 10.0))]);
     let b = BTreeMap::from([(
@@ -167,7 +169,17 @@ fn a_budget_leaves_launches_for_later_runs() {
     )
     .unwrap();
     assert_eq!(later.report.left_for_later, 0);
-    assert_eq!(sources(&later.report)[&Source::Timed], n);
+    let again = tune(
+        k(),
+        step(),
+        &options(TuneMode::Cached, &path, Some(0.0)),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        sources(&again.report),
+        BTreeMap::from([(Source::Cached, n)])
+    );
 }
 
 #[test]
@@ -225,6 +237,8 @@ fn doctored_cache(dir: &Path) -> std::path::PathBuf {
                 config: "wgtile@more-splits".into(),
                 micros: 1.0,
                 default_micros: 2.0,
+                measured: BTreeMap::new(),
+                complete: true,
             };
             (l.key.clone(), choice)
         })

@@ -24,6 +24,13 @@ pub struct CachedChoice {
     /// Its median time, and the default configuration's, in microseconds.
     pub micros: f64,
     pub default_micros: f64,
+    /// Every candidate measured so far (name -> microseconds): a run whose budget ran out
+    /// leaves the rest to the next.
+    #[serde(default)]
+    pub measured: BTreeMap<String, f64>,
+    /// Whether every candidate was measured; until then later runs go on timing.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 /// The cache file's contents.

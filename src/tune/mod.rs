@@ -45,7 +45,7 @@ pub enum TuneMode {
 #[derive(Clone, Debug)]
 pub struct TuneOptions {
     pub mode: TuneMode,
-    /// Seconds of timing one run may spend; `None`: the mode's default ([`DEFAULT_BUDGET`]
+    /// Seconds of tuning one run may spend; `None`: the mode's default ([`DEFAULT_BUDGET`]
     /// for `cached`, unlimited for `full`).
     pub budget: Option<f64>,
     /// The cache file; `None`: [`cache::default_path`].
@@ -56,7 +56,7 @@ pub struct TuneOptions {
 
 /// The default mode's budget: small enough to keep the cold start (a run reaches its first
 /// step in a few seconds), and later runs go on where it stopped.
-pub const DEFAULT_BUDGET: f64 = 2.0;
+pub const DEFAULT_BUDGET: f64 = 1.0;
 
 impl TuneOptions {
     /// No tuning: the policy's choices.
@@ -115,7 +115,7 @@ pub struct TuneReport {
     pub launches: Vec<Launch>,
     /// Seconds spent tuning (scratch tensors, compilation and timing included).
     pub seconds: f64,
-    /// Launches the budget left to the policy (later runs tune them).
+    /// Launches the budget left untuned or partly tuned (later runs go on with them).
     pub left_for_later: usize,
     pub cache: Option<PathBuf>,
     /// Cache or checkpoint entries that were ignored, and why.
@@ -138,6 +138,24 @@ struct Todo {
     candidates: Vec<Config>,
 }
 
+impl Todo {
+    fn launch(&self, c: Config, source: Source, (micros, default_micros): Times) -> Launch {
+        Launch {
+            key: self.key.clone(),
+            op: self.dir.entry().to_string(),
+            chosen: c.name(),
+            default: self.default.name(),
+            source,
+            micros,
+            default_micros,
+            candidates: self.candidates.len(),
+        }
+    }
+}
+
+/// Median microseconds of a launch's chosen and default configurations, where known.
+type Times = (Option<f64>, Option<f64>);
+
 /// The configuration called `name` if it runs `todo` on this device.
 fn resolve(k: &Kernels, todo: &Todo, name: &str) -> Option<Config> {
     conv_tune::config_named(k, name, todo.dtype)
@@ -154,7 +172,6 @@ pub fn tune(
 ) -> Result<Tuning> {
     let start = Instant::now();
     let todos = launches(k, cfg, batch, mode, dtype)?;
-    let forced = k.policy().forced(conv2d::OP).is_some();
     let path = opts.cache.clone().or_else(cache::default_path);
     let device = cache::device_key(k.gpu());
     let mut warnings = Vec::new();
@@ -167,25 +184,14 @@ pub fn tune(
         _ => BTreeMap::new(),
     };
     let mut out: Vec<Option<(Config, Launch)>> = vec![None; todos.len()];
-    let mut to_time = Vec::new();
-    for (i, t) in todos.iter().enumerate() {
-        let launch = |c: Config, source, micros, default_micros| Launch {
-            key: t.key.clone(),
-            op: t.dir.entry().to_string(),
-            chosen: c.name(),
-            default: t.default.name(),
-            source,
-            micros,
-            default_micros,
-            candidates: t.candidates.len(),
-        };
-        if forced {
-            continue;
-        }
+    // Launches to time, with what earlier runs measured of them.
+    let mut to_time: Vec<(usize, BTreeMap<String, f64>)> = Vec::new();
+    let forced = k.policy().forced(conv2d::OP).is_some();
+    for (i, t) in todos.iter().enumerate().filter(|_| !forced) {
         if let Some(name) = recorded.and_then(|r| r.get(&t.key)) {
             match resolve(k, t, name) {
                 Some(c) => {
-                    out[i] = Some((c, launch(c, Source::Recorded, None, None)));
+                    out[i] = Some((c, t.launch(c, Source::Recorded, (None, None))));
                     continue;
                 }
                 None => warnings.push(format!(
@@ -194,64 +200,44 @@ pub fn tune(
                 )),
             }
         }
-        if let Some(entry) = cached.get(&t.key) {
-            match resolve(k, t, &entry.config) {
-                Some(c) => {
-                    let times = (Some(entry.micros), Some(entry.default_micros));
-                    out[i] = Some((c, launch(c, Source::Cached, times.0, times.1)));
-                    continue;
-                }
-                None => warnings.push(format!(
-                    "the cache's {} for {} does not run here; tuning it again",
-                    entry.config, t.key
-                )),
+        let mut entry = cached.get(&t.key);
+        match entry.map(|e| (e, resolve(k, t, &e.config))) {
+            Some((e, Some(c))) if e.complete => {
+                let times = (Some(e.micros), Some(e.default_micros));
+                out[i] = Some((c, t.launch(c, Source::Cached, times)));
+                continue;
             }
+            Some((e, None)) => {
+                warnings.push(format!(
+                    "the cache's {} for {} does not run here; tuning it again",
+                    e.config, t.key
+                ));
+                entry = None; // nor are its measurements trusted
+            }
+            _ => {}
         }
         match opts.mode {
             TuneMode::Off => {
-                out[i] = Some((t.default, launch(t.default, Source::Policy, None, None)))
+                out[i] = Some((t.default, t.launch(t.default, Source::Policy, (None, None))))
             }
-            _ => to_time.push(i),
+            _ => to_time.push((i, entry.map(|e| e.measured.clone()).unwrap_or_default())),
         }
     }
     // The most expensive launches first: within a budget, they are where time is won.
-    to_time.sort_by_key(|&i| std::cmp::Reverse(todos[i].p.macs()));
+    to_time.sort_by_key(|(i, _)| std::cmp::Reverse(todos[*i].p.macs()));
     let deadline = opts.budget().map(|b| start + b);
     let timed = timing::time_all(k, &todos, &to_time, deadline, opts.progress)?;
     warnings.extend(timed.warnings);
-    let timed = timed.best;
     let mut fresh = BTreeMap::new();
     let mut left = 0;
-    for &i in &to_time {
+    for (i, measured) in timed.measured {
         let t = &todos[i];
-        let (c, source, times) = match timed.get(&i) {
-            Some(&(c, best, default)) => (c, Source::Timed, (Some(best), Some(default))),
-            None => {
-                left += 1;
-                (t.default, Source::Policy, (None, None))
-            }
-        };
-        if let (Source::Timed, (Some(micros), Some(default_micros))) = (source, times) {
-            let entry = CachedChoice {
-                config: c.name(),
-                micros,
-                default_micros,
-            };
-            fresh.insert(t.key.clone(), entry);
+        let (c, launch, entry) = settle(k, t, &measured, timed.new.contains(&i));
+        left += usize::from(entry.as_ref().is_none_or(|e| !e.complete));
+        if let Some(e) = entry.filter(|_| timed.new.contains(&i)) {
+            fresh.insert(t.key.clone(), e);
         }
-        out[i] = Some((
-            c,
-            Launch {
-                key: t.key.clone(),
-                op: t.dir.entry().to_string(),
-                chosen: c.name(),
-                default: t.default.name(),
-                source,
-                micros: times.0,
-                default_micros: times.1,
-                candidates: t.candidates.len(),
-            },
-        ));
+        out[i] = Some((c, launch));
     }
     if let (false, Some(p)) = (fresh.is_empty(), &path) {
         if let Err(e) = TuneCache::store(p, &device, &fresh) {
@@ -273,6 +259,45 @@ pub fn tune(
         warnings,
     };
     Ok(Tuning { tuned, report })
+}
+
+/// The choice for launch `t` from the microseconds `measured` of its candidates (this run
+/// and earlier ones): the fastest, or the default when nothing was measured; and what to
+/// cache (complete once every candidate is measured). `timed_now`: this run measured some.
+fn settle(
+    k: &Kernels,
+    t: &Todo,
+    measured: &BTreeMap<String, f64>,
+    timed_now: bool,
+) -> (Config, Launch, Option<CachedChoice>) {
+    let best = measured
+        .iter()
+        .filter_map(|(name, &us)| Some((resolve(k, t, name)?, us)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let default_us = measured.get(&t.default.name()).copied();
+    let Some((c, us)) = best.filter(|_| default_us.is_some()) else {
+        return (
+            t.default,
+            t.launch(t.default, Source::Policy, (None, None)),
+            None,
+        );
+    };
+    let source = match timed_now {
+        true => Source::Timed,
+        false => Source::Cached,
+    };
+    let complete = t
+        .candidates
+        .iter()
+        .all(|c| measured.contains_key(&c.name()));
+    let entry = CachedChoice {
+        config: c.name(),
+        micros: us,
+        default_micros: default_us.unwrap_or(us),
+        measured: measured.clone(),
+        complete,
+    };
+    (c, t.launch(c, source, (Some(us), default_us)), Some(entry))
 }
 
 /// [`tune`], and `k`'s device and pipelines under a policy with the result.

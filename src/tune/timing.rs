@@ -1,29 +1,33 @@
 //! Timing candidate configurations: warm-up, repetitions, median; GPU timestamps where the
 //! adapter has them, the wall clock around a wait otherwise.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::Todo;
 use crate::gpu::Gpu;
-use crate::kernels::{submit, Config, Dispatch, Kernels};
+use crate::kernels::{submit, Dispatch, Kernels};
 use crate::ops::conv2d::tune::Scratch;
 
-/// What timing found: per launch (index into the todos), the fastest configuration and the
-/// median microseconds of it and of the default; and candidates that could not run.
+/// What timing found: every launch's measured candidates (name -> median microseconds,
+/// earlier runs' included), which launches this run measured, and candidates that could
+/// not run.
 pub(super) struct Timed {
-    pub best: HashMap<usize, (Config, f64, f64)>,
+    pub measured: Vec<(usize, BTreeMap<String, f64>)>,
+    pub new: HashSet<usize>,
     pub warnings: Vec<String>,
 }
 
-/// Times every candidate of the launches `order` (indices into `todos`) in that order,
-/// stopping at `deadline`: a launch is kept only when all its candidates were timed.
+/// Times the candidates of the launches `order` (indices into `todos`, with what earlier
+/// runs measured of them) that are not measured yet, in that order, the default first,
+/// until `deadline`: a candidate is not started when it would likely end after it (its
+/// launch's default took as long).
 pub(super) fn time_all(
     k: &Kernels,
     todos: &[Todo],
-    order: &[usize],
+    order: &[(usize, BTreeMap<String, f64>)],
     deadline: Option<Instant>,
     progress: bool,
 ) -> Result<Timed> {
@@ -38,57 +42,53 @@ pub(super) fn time_all(
         .expect("a valid template"),
     );
     let mut timed = Timed {
-        best: HashMap::new(),
+        measured: order.to_vec(),
+        new: HashSet::new(),
         warnings: Vec::new(),
     };
-    let past = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
+    let out_of_time = |est_us: f64| {
+        deadline.is_some_and(|d| Instant::now() + Duration::from_secs_f64(est_us * 1e-6) >= d)
+    };
     // Launches of one conv share its scratch tensors (they come in order of cost, so a
     // conv's directions are usually neighbours).
     let mut scratch: Option<(usize, Scratch)> = None;
-    'launches: for &i in order {
-        if past(deadline) {
-            break;
-        }
-        let t = &todos[i];
+    'launches: for (slot, (i, _)) in order.iter().enumerate() {
+        let t = &todos[*i];
+        let measured = &mut timed.measured[slot].1;
         bar.set_message(t.key.clone());
-        let same = |j: usize| todos[j].p == t.p;
-        if !scratch.as_ref().is_some_and(|(j, _)| same(*j)) {
-            drop(scratch.take()); // free the last launch's tensors first
-            scratch = Some((i, Scratch::new(k, &t.p, t.dtype)?));
-        }
-        let s = &scratch.as_ref().expect("just made").1;
-        let mut times = Vec::new();
         for &c in &t.candidates {
-            if past(deadline) {
+            let name = c.name();
+            if measured.contains_key(&name) {
+                continue;
+            }
+            let estimate = measured.get(&t.default.name()).copied().unwrap_or(0.0);
+            if out_of_time(2.0 * estimate) {
                 break 'launches;
             }
+            if !scratch.as_ref().is_some_and(|(j, _)| todos[*j].p == t.p) {
+                drop(scratch.take()); // free the last launch's tensors first
+                scratch = Some((*i, Scratch::new(k, &t.p, t.dtype)?));
+            }
+            let s = &scratch.as_ref().expect("just made").1;
             let dispatches = match s.dispatches(k, t.dir, c) {
                 Ok(d) => d,
                 Err(e) if c != t.default => {
-                    timed
-                        .warnings
-                        .push(format!("{} for {}: {e}", c.name(), t.key));
+                    timed.warnings.push(format!("{name} for {}: {e}", t.key));
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            let best = times.iter().map(|t: &(Config, f64)| t.1).reduce(f64::min);
-            times.push((c, median_micros(k.gpu(), &dispatches, best)?));
+            let best = measured.values().copied().reduce(f64::min);
+            measured.insert(name, median_micros(k.gpu(), &dispatches, best)?);
+            timed.new.insert(*i);
         }
-        let default = times[0].1;
-        let best = times
-            .iter()
-            .copied()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .expect("the default was timed");
-        timed.best.insert(i, (best.0, best.1, default));
         bar.inc(1);
     }
     bar.finish_and_clear();
     Ok(timed)
 }
 
-/// Runs `dispatches` once to warm up, then 1 to 7 more times (fewer when slow), and
+/// Runs `dispatches` once to warm up, then 1 to 7 more times (about 0.1 s), and
 /// returns the median time in microseconds. A candidate whose warm-up already takes twice
 /// the `best` so far (microseconds) is not repeated: it has lost, and on slow devices the
 /// repetitions of losers are most of the tuning time.
@@ -100,18 +100,15 @@ fn median_micros(gpu: &Gpu, dispatches: &[Dispatch], best: Option<f64>) -> Resul
     if best.is_some_and(|b| warm * 1e6 > 2.0 * b) {
         return Ok(warm * 1e6);
     }
-    let reps = match warm {
-        w if w < 0.002 => 7,
-        w if w < 0.05 => 5,
-        w if w < 0.5 => 3,
-        _ => 1,
-    };
+    // About 0.1 s of repetitions: 7 of a fast launch, 1 of a slow one.
+    let reps = ((0.1 / warm.max(1e-9)) as usize).clamp(1, 7);
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         times.push(once(gpu, dispatches)?);
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[reps / 2] * 1e6)
+    let median = (times[(reps - 1) / 2] + times[reps / 2]) / 2.0;
+    Ok(median * 1e6)
 }
 
 /// Seconds of one run of `dispatches`: between timestamps written at the start and end of
