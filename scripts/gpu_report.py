@@ -145,8 +145,16 @@ def densenet(bin_dir, out_dir, args, results):
     # The step with the adapter's policy in f32 and in f16 (where the adapter has cooperative
     # matrices, f16 convolutions run on them), then f32 storage with the convolutions forced
     # onto cooperative matrices (f16 operands, f32 accumulators) for each shape it has.
-    runs = [("bench", []), ("bench-f16", ["--precision", "f16"])]
-    runs += [(f"bench-coop{s.split('x')[0]}", ["--kernels", f"conv2d=coop{s.split('x')[0]}"])
+    # Each also tuned (every convolution launch timed in each configuration, the fastest
+    # kept; the tuning time is in the JSON), next to the policy's choice.
+    cache = ["--tune-cache", str(out_dir / "tuning.json")]
+    if args.dry_run:
+        cache += ["--tune-budget", "5"]
+    runs = [("bench", ["--tune", "off"]), ("bench-f16", ["--precision", "f16", "--tune", "off"])]
+    runs += [("bench-tuned", ["--tune", "full", *cache]),
+             ("bench-f16-tuned", ["--precision", "f16", "--tune", "full", *cache])]
+    runs += [(f"bench-coop{s.split('x')[0]}",
+              ["--kernels", f"conv2d=coop{s.split('x')[0]}", "--tune", "off"])
              for s in results["coop_shapes"] if s in ("8x8x8", "16x16x16")]
     for name, extra in runs:
         bench_json = out_dir / f"{name}.json"
@@ -188,10 +196,14 @@ def table(results):
             continue
         mem = results.get(f"{name}_gpu_memory_mib")
         seen = f"{mem:.0f} seen by nvidia-smi, " if isinstance(mem, float) else ""
-        what = {"bench": "f32", "bench-f16": "f16"}.get(name, "f32 storage, convs f16 x f16 -> f32")
-        plan_mib = planned("plan-f16" if name == "bench-f16" else "plan")
+        what = {"bench": "f32", "bench-f16": "f16", "bench-tuned": "f32 tuned",
+                "bench-f16-tuned": "f16 tuned"}.get(name, "f32 storage, convs f16 x f16 -> f32")
+        plan_mib = planned("plan-f16" if "f16" in name else "plan")
+        tuning = r.get("tuning") or {}
+        how = (f"tuned in {tuning['seconds']:.1f} s" if name.endswith("tuned") and "seconds" in tuning
+               else r["kernel_policy"])
         rows.append(
-            f"| densenet-wgpu {what} ({r['kernel_policy']}) | {r['step_ms']:.2f} | "
+            f"| densenet-wgpu {what} ({how}) | {r['step_ms']:.2f} | "
             f"{r['images_per_sec']:.0f} | {seen}{plan_mib:.0f} planned |"
         )
     b = results.get("bench")
