@@ -47,7 +47,10 @@ fn gpu_report_dry_run_runs_end_to_end() {
     );
     let table_at = text.find("| run | ms per step").expect("a table");
     assert!(text[table_at..].contains("| densenet-wgpu f32"), "{text}");
-    assert!(text[table_at..].contains("| densenet-wgpu f32 tuned (tuned in"), "{text}");
+    assert!(
+        text[table_at..].contains("| densenet-wgpu f32 tuned (tuned in"),
+        "{text}"
+    );
     assert!(
         text.contains("slowest kernels") && text.contains("of the roofline"),
         "{text}"
