@@ -170,7 +170,9 @@ enum Command {
     Eval(EvalCmd),
     /// Time training steps of a preset on random data; --profile adds per-kernel GPU times
     Bench(BenchCmd),
-    /// Print the memory of a preset's training and evaluation plans without running a step
+    /// Print the memory of a preset's training and evaluation plans without running a step,
+    /// and each convolution launch's kernel configuration (from the tuning cache: plan times
+    /// nothing unless given --tune full or a --tune-budget)
     Plan(PlanCmd),
     /// Classify PNG images with a checkpoint (on an evaluation-only plan)
     Predict(PredictCmd),
@@ -273,7 +275,6 @@ struct PlanCmd {
     /// Print one JSON object instead of the tables [default: off]
     #[arg(long)]
     json: bool,
-    /// (plan times nothing unless --tune full: it shows the cached choices)
     #[command(flatten)]
     tune: TuneArgs,
 }

@@ -309,7 +309,16 @@ pub fn tuned_kernels(
     recorded: Option<&BTreeMap<String, String>>,
 ) -> Result<(Kernels, TuneReport)> {
     let t = tune(k, step, opts, recorded)?;
-    let policy = k.policy().clone().with_tuned(t.tuned);
+    let mut policy = k.policy().clone().with_tuned(t.tuned);
+    let chosen = t
+        .report
+        .launches
+        .iter()
+        .filter(|l| l.source != Source::Policy);
+    let n = chosen.count();
+    if n > 0 {
+        policy.origin = format!("{}, {n} conv launches tuned", policy.origin);
+    }
     Ok((k.with_policy(policy), t.report))
 }
 
