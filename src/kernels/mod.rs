@@ -229,6 +229,21 @@ impl Config {
         format!("{}{}", self.variant.name, self.split.suffix())
     }
 
+    /// The configuration called `name` among `shaders` if `gpu` runs it with `dtype`
+    /// elements: what a tuning cache or checkpoint entry may name.
+    pub fn runnable(
+        shaders: &[&'static Shader],
+        name: &str,
+        dtype: DType,
+        gpu: &Gpu,
+    ) -> Option<Config> {
+        shaders
+            .iter()
+            .filter(|s| s.dtypes.contains(&dtype))
+            .find_map(|s| Config::find(s, name))
+            .filter(|c| c.variant.needs.unmet(gpu).is_none())
+    }
+
     /// The configuration of `shader` called `name` (see [`Config::name`]), if it has one.
     pub fn find(shader: &'static Shader, name: &str) -> Option<Config> {
         let (variant, split) = match name.split_once('@') {

@@ -272,6 +272,38 @@ impl Nodes {
     }
 }
 
+impl Nodes {
+    /// Every batch norm backward of a training step (none in evaluation), each distinct
+    /// shape once, in step order. What the tuner times besides the convolutions.
+    pub fn bn_backward_launches(&self) -> Result<Vec<BatchNormParams>> {
+        let mut out: Vec<BatchNormParams> = Vec::new();
+        if self.mode != Mode::Train {
+            return Ok(out);
+        }
+        for node in &self.list {
+            let bns: Vec<BatchNormParams> = match node {
+                Node::Stem(s) if s.imagenet.is_some() => {
+                    super::steps::groups(s)?.into_iter().map(|g| g.bn).collect()
+                }
+                Node::Stem(_) => vec![],
+                Node::Layer(l) => l.bottleneck.iter().map(|b| b.bn).chain([l.bn]).collect(),
+                Node::Transition(t) => vec![t.bn],
+                Node::Head(h) => vec![h.bn],
+            };
+            for p in bns {
+                let key = crate::ops::batchnorm::backward_key(&p, DType::F32);
+                if !out
+                    .iter()
+                    .any(|q| crate::ops::batchnorm::backward_key(q, DType::F32) == key)
+                {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Where a node sits in the forward order.
 enum Kind {
     Stem,

@@ -54,14 +54,14 @@ pub(super) fn node_cmds(b: &Bufs<'_>, i: usize, node: &Node) -> Result<NodeCmds>
 
 /// One channel group of the ImageNet stem: its conv params and first channel, the pool and
 /// the BN (statistics at `stat + g0`) over its channels.
-struct Group {
+pub(super) struct Group {
     g0: u32,
     conv: Conv2dParams,
     pool: maxpool::Pool2dParams,
-    bn: BatchNormParams,
+    pub(super) bn: BatchNormParams,
 }
 
-fn groups(node: &StemNode) -> Result<Vec<Group>> {
+pub(super) fn groups(node: &StemNode) -> Result<Vec<Group>> {
     let inet = node.imagenet.as_ref().expect("an ImageNet stem");
     let full = &node.conv.p;
     let per = full.c_out;

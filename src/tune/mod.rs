@@ -27,6 +27,7 @@ use crate::gpu::DType;
 use crate::kernels::{Config, Kernels, Tuned};
 use crate::model::nodes::{nodes, Mode, PlanLimits, PlanTarget};
 use crate::model::{DenseNetConfig, Layout};
+use crate::ops::batchnorm::{self, tune as bn_tune, BatchNormParams};
 use crate::ops::conv2d::{self, tune as conv_tune, Conv2dParams, Direction};
 use cache::{CachedChoice, TuneCache};
 
@@ -129,10 +130,42 @@ pub struct Tuning {
     pub report: TuneReport,
 }
 
-/// One launch to decide: its params, direction, key, default and candidates.
+/// What a launch computes: a convolution's GEMM, or a batch norm's backward.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Work {
+    Conv(Conv2dParams, Direction),
+    BnBackward(BatchNormParams),
+}
+
+impl Work {
+    /// The launcher's name.
+    fn entry(&self) -> &'static str {
+        match self {
+            Work::Conv(_, dir) => dir.entry(),
+            Work::BnBackward(_) => "batchnorm_backward",
+        }
+    }
+
+    /// The op, as `--kernels` names it (a forced op is not tuned).
+    fn op(&self) -> &'static str {
+        match self {
+            Work::Conv(..) => conv2d::OP,
+            Work::BnBackward(_) => batchnorm::OP,
+        }
+    }
+
+    /// Multiply-adds or their equivalent: the order in which launches are tuned.
+    fn cost(&self) -> u64 {
+        match self {
+            Work::Conv(p, _) => p.macs(),
+            Work::BnBackward(p) => 7 * p.len(),
+        }
+    }
+}
+
+/// One launch to decide: what it computes, its key, default and candidates.
 struct Todo {
-    p: Conv2dParams,
-    dir: Direction,
+    work: Work,
     dtype: DType,
     key: String,
     default: Config,
@@ -143,7 +176,7 @@ impl Todo {
     fn launch(&self, c: Config, source: Source, (micros, default_micros): Times) -> Launch {
         Launch {
             key: self.key.clone(),
-            op: self.dir.entry().to_string(),
+            op: self.work.entry().to_string(),
             chosen: c.name(),
             default: self.default.name(),
             source,
@@ -159,7 +192,10 @@ type Times = (Option<f64>, Option<f64>);
 
 /// The configuration called `name` if it runs `todo` on this device.
 fn resolve(k: &Kernels, todo: &Todo, name: &str) -> Option<Config> {
-    conv_tune::config_named(k, name, todo.dtype)
+    match todo.work {
+        Work::Conv(..) => conv_tune::config_named(k, name, todo.dtype),
+        Work::BnBackward(_) => bn_tune::config_named(k, name, todo.dtype),
+    }
 }
 
 /// Chooses every convolution launch of `cfg`'s step (`mode`, batch `batch`, `dtype`
@@ -187,8 +223,8 @@ pub fn tune(
     let mut out: Vec<Option<(Config, Launch)>> = vec![None; todos.len()];
     // Launches to time, with what earlier runs measured of them.
     let mut to_time: Vec<(usize, BTreeMap<String, f64>)> = Vec::new();
-    let forced = k.policy().forced(conv2d::OP).is_some();
-    for (i, t) in todos.iter().enumerate().filter(|_| !forced) {
+    let forced = |t: &Todo| k.policy().forced(t.work.op()).is_some();
+    for (i, t) in todos.iter().enumerate().filter(|(_, t)| !forced(t)) {
         if let Some(name) = recorded.and_then(|r| r.get(&t.key)) {
             match resolve(k, t, name) {
                 Some(c) => {
@@ -225,7 +261,7 @@ pub fn tune(
         }
     }
     // The most expensive launches first: within a budget, they are where time is won.
-    to_time.sort_by_key(|(i, _)| std::cmp::Reverse(todos[*i].p.macs()));
+    to_time.sort_by_key(|(i, _)| std::cmp::Reverse(todos[*i].work.cost()));
     let deadline = opts.budget().map(|b| start + b);
     let timed = timing::time_all(k, &todos, &to_time, deadline, opts.progress)?;
     warnings.extend(timed.warnings);
@@ -322,7 +358,8 @@ pub fn tuned_kernels(
     Ok((k.with_policy(policy), t.report))
 }
 
-/// Every distinct convolution launch of the step, with its default and candidates.
+/// Every distinct convolution and batch-norm backward launch of the step, with its default
+/// and candidates.
 fn launches(
     k: &Kernels,
     cfg: &DenseNetConfig,
@@ -338,16 +375,22 @@ fn launches(
         policy: k.policy().clone(),
     };
     let plan_nodes = nodes(cfg, &layout, batch, mode, &target)?;
-    Ok(plan_nodes
-        .conv_launches()
+    let convs = plan_nodes.conv_launches().into_iter().map(|(p, dir)| Todo {
+        work: Work::Conv(p, dir),
+        key: p.launch_key(dir, dtype),
+        default: conv_tune::default_config(k, dir, &p, dtype),
+        candidates: conv_tune::candidates(k, dir, &p, dtype),
+        dtype,
+    });
+    let bns = plan_nodes
+        .bn_backward_launches()?
         .into_iter()
-        .map(|(p, dir)| Todo {
-            key: p.launch_key(dir, dtype),
-            default: conv_tune::default_config(k, dir, &p, dtype),
-            candidates: conv_tune::candidates(k, dir, &p, dtype),
-            p,
-            dir,
+        .map(|p| Todo {
+            work: Work::BnBackward(p),
+            key: batchnorm::backward_key(&p, dtype),
+            default: bn_tune::default_config(k),
+            candidates: bn_tune::candidates(k, dtype),
             dtype,
-        })
-        .collect())
+        });
+    Ok(convs.chain(bns).collect())
 }

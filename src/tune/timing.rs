@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::Todo;
+use super::{Todo, Work};
+use crate::gpu::DType;
 use crate::gpu::Gpu;
+use crate::kernels::Config;
 use crate::kernels::{submit, Dispatch, Kernels};
-use crate::ops::conv2d::tune::Scratch;
+use crate::ops::batchnorm::tune as bn_tune;
+use crate::ops::conv2d::tune as conv_tune;
 
 /// What timing found: every launch's measured candidates (name -> median microseconds,
 /// earlier runs' included), which launches this run measured, and candidates that could
@@ -65,12 +68,15 @@ pub(super) fn time_all(
             if out_of_time(2.0 * estimate) {
                 break 'launches;
             }
-            if !scratch.as_ref().is_some_and(|(j, _)| todos[*j].p == t.p) {
+            if !scratch
+                .as_ref()
+                .is_some_and(|(j, _)| same_tensors(&todos[*j].work, &t.work))
+            {
                 drop(scratch.take()); // free the last launch's tensors first
-                scratch = Some((*i, Scratch::new(k, &t.p, t.dtype)?));
+                scratch = Some((*i, Scratch::new(k, &t.work, t.dtype)?));
             }
             let s = &scratch.as_ref().expect("just made").1;
-            let dispatches = match s.dispatches(k, t.dir, c) {
+            let dispatches = match s.dispatches(k, &t.work, c) {
                 Ok(d) => d,
                 Err(e) if c != t.default => {
                     timed.warnings.push(format!("{name} for {}: {e}", t.key));
@@ -86,6 +92,42 @@ pub(super) fn time_all(
     }
     bar.finish_and_clear();
     Ok(timed)
+}
+
+/// Scratch tensors of a launch's shape.
+enum Scratch {
+    Conv(conv_tune::Scratch),
+    Bn(bn_tune::Scratch),
+}
+
+impl Scratch {
+    fn new(k: &Kernels, work: &Work, dtype: DType) -> crate::error::Result<Scratch> {
+        Ok(match work {
+            Work::Conv(p, _) => Scratch::Conv(conv_tune::Scratch::new(k, p, dtype)?),
+            Work::BnBackward(p) => Scratch::Bn(bn_tune::Scratch::new(k, p, dtype)?),
+        })
+    }
+
+    fn dispatches(
+        &self,
+        k: &Kernels,
+        work: &Work,
+        c: Config,
+    ) -> crate::error::Result<Vec<Dispatch>> {
+        match (self, work) {
+            (Scratch::Conv(s), Work::Conv(_, dir)) => s.dispatches(k, *dir, c),
+            (Scratch::Bn(s), Work::BnBackward(_)) => s.dispatches(k, c),
+            _ => unreachable!("scratch tensors are made for the launch they serve"),
+        }
+    }
+}
+
+/// Whether two launches can share scratch tensors: one conv's three directions can.
+fn same_tensors(a: &Work, b: &Work) -> bool {
+    match (a, b) {
+        (Work::Conv(p, _), Work::Conv(q, _)) => p == q,
+        _ => a == b,
+    }
 }
 
 /// Runs `dispatches` once to warm up, then 1 to 7 more times (about 0.1 s), and

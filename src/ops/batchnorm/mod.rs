@@ -15,6 +15,7 @@
 //! picks one per launch of [`batchnorm_stats_update`] and [`batchnorm_backward`].
 
 pub mod split;
+pub mod tune;
 
 use bytemuck::{Pod, Zeroable};
 
@@ -22,8 +23,8 @@ use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
-    read, read_f32, write, write_f32, DeviceClass, Dispatch, Entry, Grid, Kernels, Needs, Policy,
-    Shader, Source, Split, Variant, PLAIN,
+    read, read_f32, write, write_f32, Config, DeviceClass, Dispatch, Entry, Grid, Kernels, Needs,
+    Policy, Shader, Source, Split, Variant, PLAIN,
 };
 
 /// Shapes, offsets and constants of one batch norm, also its uniform (binding 0). Build with
@@ -48,7 +49,8 @@ pub struct BatchNormParams {
     pub relu: u32,
 }
 
-const OP: &str = "batchnorm";
+/// The op's name, as `--kernels` and the tuner name it.
+pub const OP: &str = "batchnorm";
 
 /// PyTorch's defaults.
 pub const EPS: f32 = 1e-5;
@@ -274,13 +276,25 @@ fn is_split(v: &'static Variant) -> bool {
 }
 
 /// Elements of partial sums enough for every launch of [`batchnorm_stats_update`] and
-/// [`batchnorm_backward`] over at most `channels` channels under `policy` (0 when the chosen
-/// implementation keeps none): a channel has at most about 512 / channels chunks.
-pub fn partials_bound(policy: &Policy, channels: u32) -> u64 {
-    match is_split(choose(policy)) {
-        true => 2 * (split::TARGET_WORKGROUPS + channels as u64),
-        false => 0,
-    }
+/// [`batchnorm_backward`] over at most `channels` channels, in either implementation
+/// (tuning may give any launch the split one): a channel has at most about 512 / channels
+/// chunks. A few KiB, so it is kept whatever `_policy` says.
+pub fn partials_bound(_policy: &Policy, channels: u32) -> u64 {
+    2 * (split::TARGET_WORKGROUPS + channels as u64)
+}
+
+/// The tuning key of the backward of `p` with `dtype` activations: entry, element type and
+/// shape (offsets left out).
+pub fn backward_key(p: &BatchNormParams, dtype: DType) -> String {
+    let relu = if p.relu != 0 { " relu" } else { "" };
+    format!("batchnorm_backward[{dtype}] c{} m{}{relu}", p.c, p.m)
+}
+
+/// The configuration the backward of `p` runs with: forced or tuned, else the rule.
+fn backward_config(k: &Kernels, p: &BatchNormParams, dtype: DType) -> Config {
+    k.policy()
+        .config_for(OP, &backward_key(p, dtype))
+        .unwrap_or_else(|| Config::of(choose(k.policy())))
 }
 
 pub static SHADER: Shader = Shader {
@@ -562,6 +576,20 @@ pub fn batchnorm_backward(
     dbeta: View<'_>,
     partials: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
+    let views = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta];
+    backward_in(None, k, p, views, partials)
+}
+
+/// [`batchnorm_backward`] in `config`, or the one the policy gives (`None`); `views` are
+/// [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta].
+fn backward_in(
+    config: Option<Config>,
+    k: &Kernels,
+    p: &BatchNormParams,
+    views: [View<'_>; 9],
+    partials: Option<View<'_>>,
+) -> Result<Vec<Dispatch>> {
+    let [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta] = views;
     p.validate_train()?;
     p.check("beta", &beta, p.c as u64)?;
     p.check("x", &x, p.x_len())?;
@@ -573,7 +601,9 @@ pub fn batchnorm_backward(
     p.check("dgamma", &dgamma, p.c as u64)?;
     p.check("dbeta", &dbeta, p.c as u64)?;
     let dtype = super::float_dtype(OP, &[&x, &dy, &dx])?;
-    let v = choose(k.policy());
+    let v = config
+        .unwrap_or_else(|| backward_config(k, p, dtype))
+        .variant;
     if is_split(v) {
         let partials = needs_partials(p, partials)?;
         let views = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta, partials];

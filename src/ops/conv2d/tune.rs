@@ -58,11 +58,7 @@ pub fn candidates(k: &Kernels, dir: Direction, p: &Conv2dParams, dtype: DType) -
 /// `dtype`: what a cache or checkpoint entry may name (a candidate, or one the candidates
 /// left out as the same launch as another).
 pub fn config_named(k: &Kernels, name: &str, dtype: DType) -> Option<Config> {
-    SHADERS
-        .iter()
-        .filter(|s| s.dtypes.contains(&dtype))
-        .find_map(|s| Config::find(s, name))
-        .filter(|c| c.variant.needs.unmet(k.gpu()).is_none())
+    Config::runnable(&SHADERS, name, dtype, k.gpu())
 }
 
 /// Scratch tensors of one launch shape, large enough for every configuration.
