@@ -353,7 +353,7 @@ pub fn tuned_kernels(
         .filter(|l| l.source != Source::Policy);
     let n = chosen.count();
     if n > 0 {
-        policy.origin = format!("{}, {n} conv launches tuned", policy.origin);
+        policy.origin = format!("{}, {n} launches tuned", policy.origin);
     }
     Ok((k.with_policy(policy), t.report))
 }
