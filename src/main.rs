@@ -116,7 +116,7 @@ struct RecipeArgs {
     augment: Option<AugmentSpec>,
 }
 
-/// How the convolutions' kernels are chosen.
+/// How the kernels of the convolutions and batch norms are chosen.
 #[derive(Args)]
 struct TuneArgs {
     /// Kernel tuning: off (the adapter's policy), cached (the cached choices; times what the
@@ -171,7 +171,7 @@ enum Command {
     /// Time training steps of a preset on random data; --profile adds per-kernel GPU times
     Bench(BenchCmd),
     /// Print the memory of a preset's training and evaluation plans without running a step,
-    /// and each convolution launch's kernel configuration (from the tuning cache: plan times
+    /// and each tunable launch's kernel configuration (from the tuning cache: plan times
     /// nothing unless given --tune full or a --tune-budget)
     Plan(PlanCmd),
     /// Classify PNG images with a checkpoint (on an evaluation-only plan)

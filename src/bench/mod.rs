@@ -36,7 +36,7 @@ pub struct BenchArgs {
     pub profile: bool,
     /// Element type of activations and their gradients.
     pub precision: DType,
-    /// How the convolutions' kernels are chosen.
+    /// How the kernels are chosen.
     pub tune: TuneOptions,
     /// When the process started: the report gives the time from it to the first step.
     pub started: Instant,

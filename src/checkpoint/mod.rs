@@ -39,7 +39,7 @@ pub struct Checkpoint {
     /// The classes' names in label order (metadata `class_names`; an image folder's are its
     /// folders).
     pub class_names: Vec<String>,
-    /// The kernel configuration of every convolution launch the run used, by launch key
+    /// The kernel configuration of every tunable launch the run used, by launch key
     /// (metadata `kernel_choices`): a resumed run launches the same kernels, so it stays
     /// bit-exact whatever tuning would pick today. Empty in older checkpoints.
     pub kernel_choices: std::collections::BTreeMap<String, String>,

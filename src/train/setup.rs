@@ -33,7 +33,7 @@ pub struct TrainArgs {
     pub precision: DType,
     /// Set (by a Ctrl-C handler) to stop after the current step.
     pub interrupt: Option<Arc<AtomicBool>>,
-    /// How the convolutions' kernels are chosen (a resumed run keeps its checkpoint's).
+    /// How the kernels are chosen (a resumed run keeps its checkpoint's).
     pub tune: crate::tune::TuneOptions,
 }
 

@@ -1,5 +1,6 @@
-//! Autotuning: every convolution launch of a step timed in each of its candidate
-//! configurations on the user's own device, the fastest kept, as cuDNN's benchmark mode.
+//! Autotuning: every convolution and batch-norm backward launch of a step timed in each of
+//! its candidate configurations on the user's own device, the fastest kept, as cuDNN's
+//! benchmark mode does.
 //!
 //! The launches are the plan's own (its nodes, before any buffer exists), each distinct
 //! (entry, element type, shape) once. Each candidate runs on zero-filled scratch tensors of
@@ -198,8 +199,8 @@ fn resolve(k: &Kernels, todo: &Todo, name: &str) -> Option<Config> {
     }
 }
 
-/// Chooses every convolution launch of `cfg`'s step (`mode`, batch `batch`, `dtype`
-/// activations) on `k`'s device. `recorded`: a resumed run's choices by launch key, used
+/// Chooses every tunable launch (convolutions, batch-norm backwards) of `cfg`'s step
+/// (`mode`, batch `batch`, `dtype` activations) on `k`'s device. `recorded`: a resumed run's choices by launch key, used
 /// first whatever the mode (a run is fixed once started).
 pub fn tune(
     k: &Kernels,
