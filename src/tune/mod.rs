@@ -200,8 +200,8 @@ fn resolve(k: &Kernels, todo: &Todo, name: &str) -> Option<Config> {
 }
 
 /// Chooses every tunable launch (convolutions, batch-norm backwards) of `cfg`'s step
-/// (`mode`, batch `batch`, `dtype` activations) on `k`'s device. `recorded`: a resumed run's choices by launch key, used
-/// first whatever the mode (a run is fixed once started).
+/// (`mode`, batch `batch`, `dtype` activations) on `k`'s device. `recorded`: a resumed
+/// run's choices by launch key, used first whatever the mode (a run is fixed once started).
 pub fn tune(
     k: &Kernels,
     (cfg, batch, mode, dtype): (&DenseNetConfig, u32, Mode, DType),
