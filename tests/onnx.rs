@@ -242,19 +242,9 @@ fn onnxruntime_matches_the_reference() {
     }
 }
 
+/// The binary, untuned (tuning is tested in tests/tune.rs).
 fn cli_ok(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
-        .env("DENSENET_TUNE", "off")
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "densenet-wgpu {args:?} failed:\n{text}\n{err}"
-    );
-    text
+    support::cli_ok(args, &[("DENSENET_TUNE", "off")])
 }
 
 /// Train -> eval --logits -> export --onnx -> onnxruntime on the same IDX images.

@@ -10,7 +10,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use densenet_wgpu::checkpoint::Checkpoint;
 use densenet_wgpu::gpu::DType;
@@ -221,17 +220,7 @@ fn recorded_choices_come_first() {
 }
 
 fn cli(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "densenet-wgpu {args:?} failed:\n{text}\n{err}"
-    );
-    text
+    support::cli_ok(args, &[])
 }
 
 /// Every launch of the tiny step at batch 32 in a configuration the policy never picks on

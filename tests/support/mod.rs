@@ -248,3 +248,20 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Runs the binary with `args` and the environment variables `env`; its standard output.
+/// A non-zero exit fails the test with both outputs.
+pub fn cli_ok(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "densenet-wgpu {args:?} failed:\n{text}\n{err}"
+    );
+    text
+}
