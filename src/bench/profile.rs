@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Timestamps};
 use crate::model::plan::Cmd;
 
 /// GPU time of one kernel (summed over its dispatches in one step), and what those
@@ -31,7 +31,7 @@ pub fn profile(gpu: &Gpu, cmds: &[Cmd]) -> Result<Vec<KernelTime>> {
     }
     let runs: Vec<&Cmd> = cmds.iter().filter(|c| matches!(c, Cmd::Run(_))).collect();
     let ticks = timestamps(gpu, cmds, runs.len())?;
-    let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+    let period = Timestamps::period(gpu);
     let mut by_name: HashMap<String, KernelTime> = HashMap::new();
     for (i, cmd) in runs.iter().enumerate() {
         if let Cmd::Run(d) = cmd {
@@ -58,27 +58,7 @@ pub fn profile(gpu: &Gpu, cmds: &[Cmd]) -> Result<Vec<KernelTime>> {
 /// Runs `cmds` once, each of its `dispatches` in a compute pass of its own with timestamps
 /// at both ends; returns the ticks (begin, end per dispatch).
 pub(super) fn timestamps(gpu: &Gpu, cmds: &[Cmd], dispatches: usize) -> Result<Vec<u64>> {
-    let count = (2 * dispatches) as u32;
-    if count > wgpu::QUERY_SET_MAX_QUERIES {
-        bail!("{dispatches} dispatches are more than one query set can time");
-    }
-    let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-        label: Some("profile"),
-        ty: wgpu::QueryType::Timestamp,
-        count,
-    });
-    let bytes = count as u64 * 8;
-    let buffer = |label, usage| {
-        gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes,
-            usage,
-            mapped_at_creation: false,
-        })
-    };
-    use wgpu::BufferUsages as U;
-    let resolve = buffer("profile resolve", U::QUERY_RESOLVE | U::COPY_SRC);
-    let staging = buffer("profile readback", U::MAP_READ | U::COPY_DST);
+    let stamps = Timestamps::new(gpu, "profile", (2 * dispatches) as u32)?;
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     let mut q = 0;
     for cmd in cmds {
@@ -91,27 +71,12 @@ pub(super) fn timestamps(gpu: &Gpu, cmds: &[Cmd], dispatches: usize) -> Result<V
             Cmd::Run(d) => {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(d.name()),
-                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                        query_set: &queries,
-                        beginning_of_pass_write_index: Some(q),
-                        end_of_pass_write_index: Some(q + 1),
-                    }),
+                    timestamp_writes: Some(stamps.around_pass(q)),
                 });
                 d.record(&mut pass);
                 q += 2;
             }
         }
     }
-    enc.resolve_query_set(&queries, 0..count, &resolve, 0);
-    enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
-    gpu.queue.submit([enc.finish()]);
-    let (tx, rx) = std::sync::mpsc::channel();
-    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    gpu.wait()?;
-    rx.recv().context("timestamp readback")??;
-    let ticks: Vec<u64> = bytemuck::cast_slice(&staging.get_mapped_range(..)?).to_vec();
-    staging.unmap();
-    Ok(ticks)
+    Ok(stamps.submit_and_read(gpu, enc)?)
 }

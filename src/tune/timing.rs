@@ -4,11 +4,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{Todo, Work};
-use crate::gpu::DType;
-use crate::gpu::Gpu;
+use crate::gpu::{DType, Gpu, Timestamps};
 use crate::kernels::Config;
 use crate::kernels::{submit, Dispatch, Kernels};
 use crate::ops::batchnorm::tune as bn_tune;
@@ -162,47 +161,17 @@ fn once(gpu: &Gpu, dispatches: &[Dispatch]) -> Result<f64> {
         gpu.wait()?;
         return Ok(t0.elapsed().as_secs_f64());
     }
-    let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-        label: Some("tune"),
-        ty: wgpu::QueryType::Timestamp,
-        count: 2,
-    });
-    use wgpu::BufferUsages as U;
-    let buffer = |label, usage| {
-        gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: 16,
-            usage,
-            mapped_at_creation: false,
-        })
-    };
-    let resolve = buffer("tune resolve", U::QUERY_RESOLVE | U::COPY_SRC);
-    let staging = buffer("tune readback", U::MAP_READ | U::COPY_DST);
+    let stamps = Timestamps::new(gpu, "tune", 2)?;
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("tune"),
-            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                query_set: &queries,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            }),
+            timestamp_writes: Some(stamps.around_pass(0)),
         });
         for d in dispatches {
             d.record(&mut pass);
         }
     }
-    enc.resolve_query_set(&queries, 0..2, &resolve, 0);
-    enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 16);
-    gpu.queue.submit([enc.finish()]);
-    let (tx, rx) = std::sync::mpsc::channel();
-    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    gpu.wait()?;
-    rx.recv().context("timestamp readback")??;
-    let ticks: Vec<u64> = bytemuck::cast_slice(&staging.get_mapped_range(..)?).to_vec();
-    staging.unmap();
-    let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
-    Ok(ticks[1].saturating_sub(ticks[0]) as f64 * period)
+    let ticks = stamps.submit_and_read(gpu, enc)?;
+    Ok(ticks[1].saturating_sub(ticks[0]) as f64 * Timestamps::period(gpu))
 }
