@@ -216,7 +216,7 @@ fn norms_and_pools(c: &mut Criterion) {
     time(c, "batchnorm_affine 192", Throughput::Elements(192), affine);
     // The training statistics (with the running update) and the backward, each variant.
     for (variant, k) in each_variant("batchnorm") {
-        let len = batchnorm::partials_bound(k.policy(), 192);
+        let len = batchnorm::partials_bound(192);
         let partials = (len > 0).then(|| buf(len));
         let part = partials.as_ref().map(|p| p.view());
         let (xv, mv, vv) = (x.view(), mean.view(), var_pos.view());

@@ -143,7 +143,7 @@ impl MemoryPlan {
         }
         let nodes = nodes(cfg, layout, batch, mode, target)?;
         let bn_partials = match mode {
-            Mode::Train => batchnorm::partials_bound(&target.policy, layout.stats.len as u32),
+            Mode::Train => batchnorm::partials_bound(layout.stats.len as u32),
             Mode::Eval => 0,
         };
         let sizes = (nodes.affine_len, bn_partials);

@@ -7,7 +7,7 @@ use crate::support::*;
 use densenet_wgpu::gpu::DType;
 use densenet_wgpu::ops::batchnorm::{self, BatchNormParams};
 use densenet_wgpu::reference as cpu;
-use densenet_wgpu::{GpuBuffer, Kernels};
+use densenet_wgpu::GpuBuffer;
 
 struct Case {
     input: [u32; 4],
@@ -371,9 +371,9 @@ fn batchnorm_forward_eval_matches_reference() {
     }
 }
 
-/// A poisoned buffer of the partial sums `k`'s implementation needs for `p`, if any.
-fn partials(k: &Kernels, p: &BatchNormParams) -> Option<GpuBuffer> {
-    let len = batchnorm::partials_bound(k.policy(), p.c);
+/// A poisoned buffer of the partial sums either implementation may need for `p`.
+fn partials(p: &BatchNormParams) -> Option<GpuBuffer> {
+    let len = batchnorm::partials_bound(p.c);
     (len > 0).then(|| poisoned(len))
 }
 
@@ -393,7 +393,7 @@ fn batchnorm_backward_matches_reference() {
             let (x, dyb) = (up_act(dtype, &s.x), up_act(dtype, &dy));
             let (mb, vb, g, b) = (up(&mean), up(&var), up(&s.gamma), up(&s.beta));
             let (dx, dg, db) = (up_act(dtype, &dx0), up(&dg0), up(&db0));
-            let part = partials(k, &s.p);
+            let part = partials(&s.p);
             let launch = batchnorm::batchnorm_backward(
                 k,
                 &s.p,
@@ -465,7 +465,7 @@ fn batchnorm_stats_update_matches_reference() {
                 let (mean, var) = (poisoned(s.stat_total), poisoned(s.stat_total));
                 let (rm0, rv0) = s.running(&mut rng);
                 let (rm, rv) = (up(&rm0), up(&rv0));
-                let part = partials(k, &s.p);
+                let part = partials(&s.p);
                 let part = part.as_ref().map(|p| p.view());
                 let (xv, mv, vv) = (x.view(), mean.view(), var.view());
                 let launch = batchnorm::batchnorm_stats_update(

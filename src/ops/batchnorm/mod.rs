@@ -278,8 +278,8 @@ fn is_split(v: &'static Variant) -> bool {
 /// Elements of partial sums enough for every launch of [`batchnorm_stats_update`] and
 /// [`batchnorm_backward`] over at most `channels` channels, in either implementation
 /// (tuning may give any launch the split one): a channel has at most about 512 / channels
-/// chunks. A few KiB, so it is kept whatever `_policy` says.
-pub fn partials_bound(_policy: &Policy, channels: u32) -> u64 {
+/// chunks. A few KiB, so it is kept whatever the policy.
+pub fn partials_bound(channels: u32) -> u64 {
     2 * (split::TARGET_WORKGROUPS + channels as u64)
 }
 

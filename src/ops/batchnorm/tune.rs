@@ -63,7 +63,7 @@ impl Scratch {
                 per_channel("tune dgamma")?,
                 per_channel("tune dbeta")?,
             ],
-            partials: gpu.zeros("tune partials", partials_bound(k.policy(), p.c))?,
+            partials: gpu.zeros("tune partials", partials_bound(p.c))?,
             p,
         })
     }
