@@ -14,7 +14,32 @@ use densenet_wgpu::ops::loss_scale::LossScaleState;
 use densenet_wgpu::ops::sgd::SgdParams;
 use densenet_wgpu::reference as cpu;
 use densenet_wgpu::Kernels;
+use support::harness::{case, note, F16};
 use support::{check, f16_rounded, gpu, gpu_arc, k, seed};
+
+fn main() -> std::process::ExitCode {
+    support::harness::run(vec![
+        case(
+            "f16_training_step_matches_the_f32_reference",
+            f16_training_step_matches_the_f32_reference,
+        )
+        .needs(F16),
+        case(
+            "f16_evaluation_matches_the_f32_reference",
+            f16_evaluation_matches_the_f32_reference,
+        )
+        .needs(F16),
+        case(
+            "f16_step_whose_gradients_overflow_is_skipped",
+            f16_step_whose_gradients_overflow_is_skipped,
+        )
+        .needs(F16),
+        case(
+            "f16_plans_take_at_most_55_percent_of_f32",
+            f16_plans_take_at_most_55_percent_of_f32,
+        ),
+    ])
+}
 
 fn small(stem: Stem, image_size: u32) -> DenseNetConfig {
     DenseNetConfig {
@@ -71,7 +96,6 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// One f16 step against the f32 reference, on the kernels CPU drivers and GPUs get.
-#[test]
 fn f16_training_step_matches_the_f32_reference() {
     let gpu_kernels = Kernels::new(gpu_arc().clone(), Policy::auto(DeviceClass::Gpu));
     let cases = [
@@ -126,11 +150,11 @@ fn f16_training_step_matches_the_f32_reference() {
             );
         }
         let cos = cosine(&grads, &want.grads);
-        println!(
+        note(format!(
             "{:?}: gradient cosine {cos:.5}, relative error {:.2e}",
             cfg.stem,
             rel_l2(&grads, &want.grads)
-        );
+        ));
         assert!(
             cos >= 0.95,
             "{:?}: gradient cosine {cos} (seed {seed})",
@@ -147,7 +171,6 @@ fn f16_training_step_matches_the_f32_reference() {
 }
 
 /// The evaluation pass of an f16 plan against the f32 reference's logits.
-#[test]
 fn f16_evaluation_matches_the_f32_reference() {
     let seed = seed();
     let cfg = small(Stem::ImageNet { channels: 4 }, 16);
@@ -177,7 +200,6 @@ fn f16_evaluation_matches_the_f32_reference() {
 /// A loss scale so large that the f16 loss gradient overflows: the step is skipped (the
 /// parameters and the momentum keep every bit), the scale halves and the skip is counted;
 /// the next step at a sane scale updates.
-#[test]
 fn f16_step_whose_gradients_overflow_is_skipped() {
     let seed = seed();
     let cfg = small(Stem::Cifar { channels: 4 }, 8);
@@ -211,7 +233,6 @@ fn f16_step_whose_gradients_overflow_is_skipped() {
 /// The d2l training plan at batch 256 in f16 takes at most 55% of the f32 plan's bytes, for
 /// the kernels of both device classes, with large bindings and with llvmpipe's 128 MiB ones
 /// (the stem then runs in channel groups).
-#[test]
 fn f16_plans_take_at_most_55_percent_of_f32() {
     let cfg = DenseNetConfig::d2l();
     for max_binding in [2048 << 20, 128 << 20] {
@@ -235,12 +256,12 @@ fn f16_plans_take_at_most_55_percent_of_f32() {
             let (f32_bytes, f16_bytes) = (total(DType::F32), total(DType::F16));
             let ratio = f16_bytes as f64 / f32_bytes as f64;
             let mib = |b| b as f64 / (1 << 20) as f64;
-            println!(
+            note(format!(
                 "{class:?} kernels, {} MiB bindings: f32 {:.1} MiB, f16 {:.1} MiB ({ratio:.3})",
                 max_binding >> 20,
                 mib(f32_bytes),
                 mib(f16_bytes)
-            );
+            ));
             assert!(ratio <= 0.55, "{class:?}: f16 plan is {ratio:.3} of f32");
         }
     }

@@ -3,6 +3,8 @@
 //! design's tolerance check, and temporary folders.
 #![allow(dead_code)]
 
+pub mod harness;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -189,7 +191,7 @@ pub fn check(what: &str, seed: u64, got: &[f32], want: &[f32], tol: (f64, f64)) 
         );
         worst = worst.max(err / w.abs().max(atol / rtol));
     }
-    println!("max-rel-err {what}: {worst:.3e}");
+    harness::note(format!("max-rel-err {what}: {worst:.3e}"));
     worst
 }
 
