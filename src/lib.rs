@@ -6,7 +6,7 @@
 //!   that picks variants, and the [`kernels::Dispatch`] every launcher builds.
 //! - [`ops`]: one module per op: its params struct, its shader and its launchers.
 //! - [`model`]: the network, its memory plan and the static [`model::Plan`] that runs it.
-//! - the tool: [`data`], [`recipe`], [`checkpoint`], [`train`], [`evaluate`], [`predict`], [`onnx`], [`tune`],
+//! - the tool: [`data`], [`recipe`], [`checkpoint`], [`device_cache`], [`train`], [`evaluate`], [`predict`], [`onnx`], [`selfcheck`], [`tune`],
 //!   [`mod@bench`], [`mod@report`], [`plan_report`], [`atomic_file`].
 //!
 //! [`mod@reference`] holds the same ops as plain Rust on the CPU, the truth the kernels are
@@ -17,6 +17,7 @@ pub mod atomic_file;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod device_cache;
 pub mod error;
 pub mod evaluate;
 pub mod gpu;
@@ -29,6 +30,7 @@ pub mod predict;
 pub mod recipe;
 pub mod reference;
 pub mod report;
+pub mod selfcheck;
 pub mod train;
 pub mod tune;
 

@@ -18,6 +18,7 @@ use densenet_wgpu::kernels::DeviceClass;
 use densenet_wgpu::model::{Mode, Plan, PlanLimits};
 use densenet_wgpu::plan_report::{plan_report, PlanArgs};
 use densenet_wgpu::recipe::{Overrides, Preset, Schedule};
+use densenet_wgpu::selfcheck;
 use densenet_wgpu::train::{self, Interrupted, TrainArgs};
 use densenet_wgpu::tune::{self, TuneMode, TuneOptions};
 use densenet_wgpu::{DType, Gpu, GpuOptions, Kernels, Policy};
@@ -45,6 +46,9 @@ struct Cli {
     /// dynamically in training; needs SHADER_F16). Checkpoints are f32 either way
     #[arg(long, global = true, value_enum, default_value = "f32")]
     precision: Precision,
+    /// Say more: each op's tuned configurations and the self-check's failures
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -116,21 +120,36 @@ struct RecipeArgs {
     augment: Option<AugmentSpec>,
 }
 
-/// How the kernels of the convolutions and batch norms are chosen.
+/// How the kernels of the convolutions and batch norms are chosen and checked.
 #[derive(Args)]
 struct TuneArgs {
-    /// Kernel tuning: off (the adapter's policy), cached (the cached choices; times what the
-    /// cache lacks within --tune-budget and caches it), full (times every launch again)
-    #[arg(long, value_enum, env = "DENSENET_TUNE", default_value = "cached")]
+    /// Kernel tuning: exact (times only configurations that give the policy's bits: the same
+    /// command gives the same result whatever the cache holds), fast (times every
+    /// configuration, fastest kept: results may differ in rounding between runs as the cache
+    /// fills; alias cached), full (as fast, timing every launch again), off (the adapter's
+    /// policy). Choices are cached per device
+    #[arg(long, value_enum, env = "DENSENET_TUNE", default_value = "exact")]
     tune: TuneMode,
-    /// Seconds tuning may spend; what is left runs the policy's choice and later runs tune
-    /// it [default: 1 for cached, unlimited for full]
+    /// Seconds tuning and the self-check may spend, compilation included; what is left runs
+    /// the policy's choice and later runs go on [default: 1 for exact and fast, unlimited
+    /// for full]
     #[arg(long, value_name = "SECONDS")]
     tune_budget: Option<f64>,
-    /// The tuning cache file [default: densenet-wgpu/tuning.json in the platform's cache
-    /// folder, e.g. ~/.cache]
+    /// The tuning cache file; the self-check's verdicts go beside it (selfcheck.json)
+    /// [default: densenet-wgpu/tuning.json in the platform's cache folder, e.g. ~/.cache]
     #[arg(long, value_name = "FILE", env = "DENSENET_TUNE_CACHE")]
     tune_cache: Option<PathBuf>,
+    /// Check every kernel configuration the run launches against the CPU reference before
+    /// trusting it (once per device, driver and release; cached): on, or off
+    #[arg(long, value_enum, env = "DENSENET_SELF_CHECK", default_value = "on")]
+    self_check: Switch,
+}
+
+/// A setting that is on or off.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 impl TuneArgs {
@@ -140,6 +159,7 @@ impl TuneArgs {
             budget: self.tune_budget,
             cache: self.tune_cache.clone(),
             progress: std::io::stderr().is_terminal(),
+            check: self.self_check == Switch::On,
         }
     }
 }
@@ -176,6 +196,10 @@ enum Command {
     Plan(PlanCmd),
     /// Classify PNG images with a checkpoint (on an evaluation-only plan)
     Predict(PredictCmd),
+    /// Check every kernel configuration this adapter may run (each variant, split setting
+    /// and element type) against the CPU reference at small shapes; print one table; exit 1
+    /// naming what failed and the --kernels setting that avoids it
+    Selftest(SelftestCmd),
     /// Write a checkpoint's evaluation graph as ONNX (float32; batch size dynamic; input
     /// `images` [batch, C, H, W] with pixels in [0, 1], output `logits`)
     Export(ExportCmd),
@@ -290,6 +314,14 @@ struct PredictCmd {
 }
 
 #[derive(Args)]
+struct SelftestCmd {
+    /// The tuning cache; the verdicts go beside it (selfcheck.json), where train, eval and
+    /// bench find them [default: densenet-wgpu/tuning.json in the platform's cache folder]
+    #[arg(long, value_name = "FILE", env = "DENSENET_TUNE_CACHE")]
+    tune_cache: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ExportCmd {
     /// The checkpoint to export [required]
     #[arg(long, value_name = "FILE")]
@@ -360,8 +392,8 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
             print!("{}", k.policy().describe(densenet_wgpu::ops::SHADERS));
             Ok(())
         }
-        Command::Train(c) => train(&opts, spec, precision, c),
-        Command::Eval(c) => eval(&opts, spec, precision, c),
+        Command::Train(c) => train((&opts, spec, precision, cli.verbose), c),
+        Command::Eval(c) => eval((&opts, spec, precision, cli.verbose), c),
         Command::Bench(c) => {
             let args = BenchArgs {
                 preset: c.preset,
@@ -372,6 +404,7 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
                 precision,
                 tune: c.tune.options(),
                 started,
+                verbose: cli.verbose,
             };
             let report = bench(&kernels(&opts, spec)?, &args)?;
             print!("{}", report.text());
@@ -383,6 +416,7 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
         }
         Command::Plan(c) => plan(&opts, spec, precision, c),
         Command::Export(c) => export(c),
+        Command::Selftest(c) => selftest(&kernels(&opts, spec)?, c),
         Command::Predict(c) => {
             let k = kernels(&opts, spec)?;
             let found = densenet_wgpu::predict::predict(&k, &c.checkpoint, &c.images, precision)?;
@@ -399,7 +433,40 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
     }
 }
 
-fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow::Result<()> {
+fn selftest(k: &Kernels, c: SelftestCmd) -> anyhow::Result<()> {
+    let bar = match std::io::stderr().is_terminal() {
+        true => indicatif::ProgressBar::new(selfcheck::items(k).len() as u64),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    let suite = selfcheck::suite(k, |c| {
+        bar.set_message(c.item.label());
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    print!("{}", suite.text());
+    let cache = c.tune_cache.or_else(tune::cache::default_path);
+    if let Some(path) = cache.map(|p| selfcheck::cache::path_beside(&p)) {
+        let device = densenet_wgpu::device_cache::device_key(k.gpu());
+        let verdicts = suite
+            .results
+            .iter()
+            .map(|r| (r.item.label(), selfcheck::cache::Verdict::from(r)))
+            .collect();
+        if let Err(e) = selfcheck::cache::CheckCache::store(&path, &device, &verdicts) {
+            eprintln!("warning: {e:#}; the verdicts are not kept");
+        }
+    }
+    let failed = suite.results.iter().filter(|r| !r.passed()).count();
+    if failed > 0 {
+        bail!("selftest: {failed} checks failed on {} (listed above)", suite.adapter);
+    }
+    Ok(())
+}
+
+fn train(
+    (opts, spec, precision, verbose): (&GpuOptions, &str, DType, bool),
+    c: TrainCmd,
+) -> anyhow::Result<()> {
     let dataset = c.data.dataset.unwrap_or(DatasetKind::Synthetic);
     let out = c
         .out
@@ -432,6 +499,7 @@ fn train(opts: &GpuOptions, spec: &str, precision: DType, c: TrainCmd) -> anyhow
         precision,
         interrupt: Some(interrupt_flag()?),
         tune: c.tune.options(),
+        verbose,
     };
     let history = train::train(&kernels(opts, spec)?, &args)?;
     if let Some(last) = history.last() {
@@ -458,10 +526,13 @@ fn plan(opts: &GpuOptions, spec: &str, precision: DType, c: PlanCmd) -> anyhow::
         .preset
         .config(c.dataset, c.dataset.class_names().len() as u32);
     let batch = c.batch_size.unwrap_or(c.preset.recipe().batch_size);
+    // A plan runs nothing: it shows what the cache holds unless asked to time, and checks
+    // nothing.
     let mut options = c.tune.options();
-    if options.mode == TuneMode::Cached && options.budget.is_none() {
+    if matches!(options.mode, TuneMode::Exact | TuneMode::Fast) && options.budget.is_none() {
         options.budget = Some(0.0);
     }
+    options.check = false;
     let step = (&cfg, batch, Mode::Train, precision);
     let (k, tuning) = tune::tuned_kernels(&k, step, &options, None)?;
     let report = plan_report(&args, PlanLimits::of(gpu), k.policy())?;
@@ -478,7 +549,10 @@ fn plan(opts: &GpuOptions, spec: &str, precision: DType, c: PlanCmd) -> anyhow::
     Ok(())
 }
 
-fn eval(opts: &GpuOptions, spec: &str, precision: DType, c: EvalCmd) -> anyhow::Result<()> {
+fn eval(
+    (opts, spec, precision, verbose): (&GpuOptions, &str, DType, bool),
+    c: EvalCmd,
+) -> anyhow::Result<()> {
     let (checkpoint, data) = (c.checkpoint, c.data);
     let ck = Checkpoint::load(&checkpoint)?;
     let dataset = data.dataset.unwrap_or(ck.dataset);
@@ -503,12 +577,12 @@ fn eval(opts: &GpuOptions, spec: &str, precision: DType, c: EvalCmd) -> anyhow::
     let k = kernels(opts, spec)?;
     let step = (&ck.config, ck.recipe.batch_size, Mode::Eval, precision);
     let (k, tuning) = tune::tuned_kernels(&k, step, &c.tune.options(), Some(&ck.kernel_choices))?;
-    if tuning
-        .launches
-        .iter()
-        .any(|l| l.source == tune::Source::Timed)
-    {
+    let timed = tuning.launches.iter().any(|l| l.source == tune::Source::Timed);
+    if timed || tuning.check.checked > 0 || !tuning.warnings.is_empty() || verbose {
         print!("{}", tuning.text());
+    }
+    if verbose {
+        print!("{}", tuning.detail());
     }
     let plan = Plan::eval_in(&k, &ck.config, ck.recipe.batch_size, precision)?;
     ck.restore(k.gpu(), &plan)?;

@@ -38,6 +38,8 @@ pub struct BenchArgs {
     pub precision: DType,
     /// How the kernels are chosen.
     pub tune: TuneOptions,
+    /// Print each op's tuned configurations too.
+    pub verbose: bool,
     /// When the process started: the report gives the time from it to the first step.
     pub started: Instant,
 }
@@ -63,6 +65,9 @@ pub struct BenchReport {
     pub tuning: TuneReport,
     /// Seconds from the process's start to the end of the first (warm-up) step.
     pub first_step_s: f64,
+    /// The text gives each op's tuned configurations too.
+    #[serde(skip)]
+    pub verbose: bool,
 }
 
 /// Times training steps of a preset's network on random data.
@@ -109,6 +114,7 @@ pub fn bench(k: &Kernels, a: &BenchArgs) -> Result<BenchReport> {
         kernels,
         tuning,
         first_step_s,
+        verbose: a.verbose,
     })
 }
 
@@ -151,6 +157,9 @@ impl BenchReport {
             self.first_step_s
         );
         out.push_str(&self.tuning.text());
+        if self.verbose {
+            out.push_str(&self.tuning.detail());
+        }
         let Some(c) = self.ceilings else {
             return out;
         };

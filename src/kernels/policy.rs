@@ -60,6 +60,14 @@ impl Policy {
         self
     }
 
+    /// This policy with `op` forced to `config` (e.g. where the self-check found the rule's
+    /// choice wrong on this device).
+    pub fn with_forced(mut self, op: &'static str, config: Config) -> Policy {
+        self.forced.retain(|(o, _)| *o != op);
+        self.forced.push((op, config));
+        self
+    }
+
     /// The tuned configurations.
     pub fn tuned(&self) -> &Tuned {
         &self.tuned

@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;
 pub mod cross_entropy;
+pub mod fault;
 pub mod global_avgpool;
 pub mod grad_clip;
 pub mod linear;
@@ -37,6 +38,7 @@ pub static SHADERS: &[&Shader] = &[
     &loss_scale::SHADER,
     &grad_clip::SHADER,
     &roofline::SHADER,
+    &fault::SHADER,
 ];
 
 /// Ok when `view` holds at least `need` elements; otherwise a one-line error naming the op,

@@ -24,7 +24,7 @@ use crate::kernels::Kernels;
 use crate::model::memory::mib;
 use crate::model::{MemoryPlan, Mode, Plan, PlanLimits, PlanTarget};
 use crate::report::{self, EpochMetrics};
-use crate::tune::{self, TuneMode};
+use crate::tune;
 
 /// Where a run's checkpoint goes in its output folder.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
@@ -86,8 +86,9 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
     let recorded = setup.resume.as_ref().map(|ck| &ck.kernel_choices);
     let step = (cfg, recipe.batch_size, Mode::Train, args.precision);
     let (tuned, tuning) = tune::tuned_kernels(k, step, &args.tune, recorded)?;
-    if args.tune.mode != TuneMode::Off || !tuning.warnings.is_empty() {
-        print!("{}", tuning.text());
+    print!("{}", tuning.text());
+    if args.verbose {
+        print!("{}", tuning.detail());
     }
     let k = &tuned;
     let mut plan = Plan::train_in(k, cfg, recipe.batch_size, recipe.sgd(), args.precision)?;

@@ -35,6 +35,8 @@ pub struct TrainArgs {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// How the kernels are chosen (a resumed run keeps its checkpoint's).
     pub tune: crate::tune::TuneOptions,
+    /// Print each op's tuned configurations too.
+    pub verbose: bool,
 }
 
 /// The network, recipe and data of a run.

@@ -1,108 +1,62 @@
-//! The tuning cache: a JSON file of the fastest configuration of every launch timed so far,
-//! per device. A device is its adapter name, vendor and device ids, driver, backend and our
-//! crate version (a new driver or release retunes); a launch is its op entry, element type
-//! and exact shape. Read leniently: a file that does not parse, or an entry that names a
-//! configuration this build or adapter does not have, is ignored with a warning and retuned,
-//! never trusted.
+//! The tuning cache: a JSON file ([`DeviceCache`]) of what was measured of every launch
+//! timed so far, per device; a launch is its op entry, element type and exact shape. An
+//! entry that names a configuration this build or adapter does not have is ignored with a
+//! warning and retuned, never trusted. Format 2: each candidate's output is compared with
+//! the launch's baseline before it is timed (format 1 timed candidates on zeros, unchecked).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::gpu::Gpu;
+pub use crate::device_cache::{device_key, DeviceCache};
+use crate::device_cache::{default_dir, Record};
 
-/// Bumped when the file's meaning changes; other versions are ignored.
-const FORMAT: u32 = 1;
-
-/// What was measured for one launch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What was measured of one launch's candidates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CachedChoice {
-    /// The fastest configuration's name (`tile16`, `wgtile@more-splits`, ...).
-    pub config: String,
-    /// Its median time, and the default configuration's, in microseconds.
-    pub micros: f64,
-    pub default_micros: f64,
-    /// Every candidate measured so far (name -> microseconds): a run whose budget ran out
-    /// leaves the rest to the next.
+    /// The configuration the others were compared with: the launch's default, or what
+    /// replaced it where the default failed its self-check. An entry of another baseline is
+    /// stale.
+    pub baseline: String,
+    /// Median microseconds of every candidate measured so far whose output agreed with the
+    /// baseline's (the baseline's included): a run whose budget ran out leaves the rest to
+    /// the next.
     #[serde(default)]
     pub measured: BTreeMap<String, f64>,
-    /// Whether every candidate was measured; until then later runs go on timing.
+    /// Those whose output was the baseline's bit for bit (`--tune exact` picks among them).
     #[serde(default)]
-    pub complete: bool,
+    pub identical: BTreeSet<String>,
+    /// Candidates never to pick, and why: output that disagreed with the baseline's, a
+    /// failed self-check, or a launch that could not be built.
+    #[serde(default)]
+    pub rejected: BTreeMap<String, String>,
 }
 
-/// The cache file's contents.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TuneCache {
-    pub format: u32,
-    /// Device key -> launch key -> choice.
-    pub devices: BTreeMap<String, BTreeMap<String, CachedChoice>>,
-}
-
-/// The default cache file: `densenet-wgpu/tuning.json` in the platform's cache folder
-/// (`$XDG_CACHE_HOME` or `~/.cache` on Linux, `~/Library/Caches` on macOS, `%LOCALAPPDATA%`
-/// on Windows); `None` where the platform has none.
-pub fn default_path() -> Option<PathBuf> {
-    dirs::cache_dir().map(|d| d.join("densenet-wgpu").join("tuning.json"))
-}
-
-/// The key of `gpu` in the cache: what a tuned choice depends on besides the launch.
-pub fn device_key(gpu: &Gpu) -> String {
-    let i = &gpu.info;
-    format!(
-        "{} | {:04x}:{:04x} | {} {} | {:?} | densenet-wgpu {}",
-        i.name,
-        i.vendor,
-        i.device,
-        i.driver,
-        i.driver_info,
-        i.backend,
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
-impl TuneCache {
-    /// Reads `path`. A missing file is an empty cache; one that cannot be read or parsed, or
-    /// of another format, is an empty cache and a warning.
-    pub fn load(path: &Path) -> (TuneCache, Option<String>) {
-        let empty = TuneCache {
-            format: FORMAT,
-            ..Default::default()
-        };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (empty, None),
-            Err(e) => return (empty, Some(format!("cannot read {}: {e}", path.display()))),
-        };
-        match serde_json::from_str::<TuneCache>(&text) {
-            Ok(c) if c.format == FORMAT => (c, None),
-            Ok(c) => (
-                empty,
-                Some(format!(
-                    "{} has format {} (this build reads {FORMAT})",
-                    path.display(),
-                    c.format
-                )),
-            ),
-            Err(e) => (empty, Some(format!("{} is corrupt ({e})", path.display()))),
+impl CachedChoice {
+    /// A new entry compared with `baseline`.
+    pub fn new(baseline: &str) -> CachedChoice {
+        CachedChoice {
+            baseline: baseline.to_string(),
+            ..CachedChoice::default()
         }
     }
 
-    /// The choices recorded for `device`.
-    pub fn device(&self, device: &str) -> Option<&BTreeMap<String, CachedChoice>> {
-        self.devices.get(device)
+    /// Whether candidate `name` has been dealt with: measured or rejected.
+    pub fn settled(&self, name: &str) -> bool {
+        self.measured.contains_key(name) || self.rejected.contains_key(name)
     }
+}
 
-    /// Merges `new` choices for `device` into the file at `path` (re-read first, so runs
-    /// that tuned other launches meanwhile keep theirs), written through a temporary file.
-    pub fn store(path: &Path, device: &str, new: &BTreeMap<String, CachedChoice>) -> Result<()> {
-        let (mut cache, _) = TuneCache::load(path);
-        let entries = cache.devices.entry(device.to_string()).or_default();
-        entries.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let text = serde_json::to_string_pretty(&cache)?;
-        crate::atomic_file::write_atomic(path, text.as_bytes())
-            .with_context(|| format!("writing the tuning cache {}", path.display()))
-    }
+/// The tuning cache file's contents.
+pub type TuneCache = DeviceCache<CachedChoice>;
+
+impl Record for CachedChoice {
+    const FORMAT: u32 = 2;
+    const WHAT: &'static str = "tuning cache";
+}
+
+/// The default tuning cache: `tuning.json` in [`crate::device_cache::default_dir`].
+pub fn default_path() -> Option<PathBuf> {
+    default_dir().map(|d| d.join("tuning.json"))
 }

@@ -1,8 +1,10 @@
-//! What tuning tells the user: a summary per op and a table of every launch.
+//! What tuning and the self-check tell the user: one line by default, a summary per op with
+//! `--verbose`, and a table of every launch for `plan` and `bench --profile`.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 
-use super::{Launch, Source, TuneReport};
+use super::{Launch, Source, TuneMode, TuneReport};
 
 impl TuneReport {
     /// Every launch's configuration by key, as the checkpoint records it.
@@ -13,28 +15,56 @@ impl TuneReport {
             .collect()
     }
 
-    /// The summary: one line for the whole, then per op the launches, how many changed
-    /// from the default, and the summed time of the chosen and the default configurations
-    /// where both were measured.
+    fn count(&self, s: Source) -> usize {
+        self.launches.iter().filter(|l| l.source == s).count()
+    }
+
+    /// One line: the mode, what was tuned, what the self-check did, the time; then one line
+    /// per warning.
     pub fn text(&self) -> String {
-        let count = |s: Source| self.launches.iter().filter(|l| l.source == s).count();
-        let mut out = format!(
-            "tuning ({:?}): {} launches: {} timed, {} cached, {} from the checkpoint, {} by the policy ({} left for later runs); {:.2} s\n",
-            self.mode,
-            self.launches.len(),
-            count(Source::Timed),
-            count(Source::Cached),
-            count(Source::Recorded),
-            count(Source::Policy),
-            self.left_for_later,
-            self.seconds
-        );
+        let mode = format!("{:?}", self.mode).to_lowercase();
+        let changed = self
+            .launches
+            .iter()
+            .filter(|l| l.chosen != l.default)
+            .count();
+        let tuning = match self.mode {
+            TuneMode::Off => format!("tuning off, {} launches by the policy", self.launches.len()),
+            _ => format!(
+                "tuning {mode}: {} launches, {changed} not the default ({} timed, {} cached, {} left for later)",
+                self.launches.len(),
+                self.count(Source::Timed),
+                self.count(Source::Cached) + self.count(Source::Recorded),
+                self.left_for_later
+            ),
+        };
+        let c = &self.check;
+        let check = match c.enabled {
+            false => "self-check off".to_string(),
+            true => format!(
+                "self-check: {} checked ({:.2} s), {} cached, {} failed",
+                c.checked,
+                c.seconds,
+                c.cached,
+                c.failed.len()
+            ),
+        };
+        let mut out = format!("{tuning}; {check}; {:.2} s\n", self.seconds);
+        for w in &self.warnings {
+            let _ = writeln!(out, "  warning: {w}");
+        }
+        out
+    }
+
+    /// Per op: the launches, their configurations, how many changed from the default, and
+    /// the summed time of the chosen and the baseline configurations where both were measured.
+    pub fn detail(&self) -> String {
+        let mut out = String::new();
         let mut by_op: BTreeMap<&str, Vec<&Launch>> = BTreeMap::new();
         for l in &self.launches {
             by_op.entry(&l.op).or_default().push(l);
         }
         for (op, ls) in by_op {
-            let ls: Vec<&Launch> = ls;
             let changed = ls.iter().filter(|l| l.chosen != l.default).count();
             let both: Vec<(f64, f64)> = ls
                 .iter()
@@ -57,14 +87,15 @@ impl TuneReport {
                 *picks.entry(&l.chosen).or_default() += 1;
             }
             let picks: Vec<String> = picks.iter().map(|(c, n)| format!("{c} x{n}")).collect();
-            out.push_str(&format!(
-                "  {op}: {} launches ({}), {changed} not the default{times}\n",
+            let _ = writeln!(
+                out,
+                "  {op}: {} launches ({}), {changed} not the default{times}",
                 ls.len(),
                 picks.join(", ")
-            ));
+            );
         }
-        for w in &self.warnings {
-            out.push_str(&format!("  warning: {w}\n"));
+        for (label, why) in &self.check.failed {
+            let _ = writeln!(out, "  self-check failed: {label}: {why}");
         }
         out
     }
@@ -78,14 +109,15 @@ impl TuneReport {
         for l in &self.launches {
             let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
             let source = format!("{:?}", l.source).to_lowercase();
-            out.push_str(&format!(
-                "{:<62} {:<26} {:<9} {:>10} {:>10}\n",
+            let _ = writeln!(
+                out,
+                "{:<62} {:<26} {:<9} {:>10} {:>10}",
                 l.key,
                 l.chosen,
                 source,
                 us(l.micros),
                 us(l.default_micros)
-            ));
+            );
         }
         out
     }

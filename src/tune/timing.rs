@@ -1,36 +1,57 @@
-//! Timing candidate configurations: warm-up, repetitions, median; GPU timestamps where the
-//! adapter has them, the wall clock around a wait otherwise.
+//! Timing candidate configurations, each trusted only once it earns it: it passes the
+//! self-check, its output on seeded non-zero inputs agrees with the launch's baseline (bit
+//! for bit for `--tune exact`), then it is timed (a warm-up, repetitions, the median; GPU
+//! timestamps where the adapter has them, the wall clock around a wait otherwise).
+//!
+//! The budget covers all of it: before a candidate's real launch is risked it runs once on a
+//! small launch of the same kind (batch 1), and a candidate whose real launch would end past
+//! the deadline is not started.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{Todo, Work};
+use super::launches::{Todo, Work};
+use super::trust::{Checker, Kind};
+use super::TuneMode;
 use crate::gpu::{DType, Gpu, Timestamps};
-use crate::kernels::Config;
-use crate::kernels::{submit, Dispatch, Kernels};
+use crate::kernels::{submit, Config, Dispatch, Kernels};
 use crate::ops::batchnorm::tune as bn_tune;
 use crate::ops::conv2d::tune as conv_tune;
+use crate::selfcheck::compare::{compare, identical, Tol};
 
-/// What timing found: every launch's measured candidates (name -> median microseconds,
-/// earlier runs' included), which launches this run measured, and candidates that could
-/// not run.
+use super::cache::CachedChoice;
+
+/// What timing found: every launch's entry (this run's measurements added to what earlier
+/// runs left), and which launches this run measured.
 pub(super) struct Timed {
-    pub measured: Vec<(usize, BTreeMap<String, f64>)>,
+    pub entries: Vec<(usize, CachedChoice)>,
     pub new: HashSet<usize>,
     pub warnings: Vec<String>,
 }
 
-/// Times the candidates of the launches `order` (indices into `todos`, with what earlier
-/// runs measured of them) that are not measured yet, in that order, the default first,
-/// until `deadline`: a candidate is not started when it would likely end after it (its
-/// launch's default took as long).
+/// How one candidate fared.
+enum Attempt {
+    /// Median microseconds; whether its output was the baseline's bit for bit.
+    Timed(f64, bool),
+    Rejected(String),
+    /// The deadline would pass before it ended: left for a later run.
+    OutOfTime,
+}
+
+/// Times what `order` (launch indices into `todos`, with what earlier runs measured) has not
+/// measured yet among each launch's candidates for `mode`, baselines first, the launches in
+/// order, until `deadline`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn time_all(
     k: &Kernels,
     todos: &[Todo],
-    order: &[(usize, BTreeMap<String, f64>)],
+    baselines: &[Config],
+    order: Vec<(usize, CachedChoice)>,
+    mode: TuneMode,
     deadline: Option<Instant>,
+    checker: &mut Checker<'_>,
     progress: bool,
 ) -> Result<Timed> {
     let bar = match progress && !order.is_empty() {
@@ -44,53 +65,69 @@ pub(super) fn time_all(
         .expect("a valid template"),
     );
     let mut timed = Timed {
-        measured: order.to_vec(),
+        entries: Vec::new(),
         new: HashSet::new(),
         warnings: Vec::new(),
     };
-    let out_of_time = |est_us: f64| {
-        deadline.is_some_and(|d| Instant::now() + Duration::from_secs_f64(est_us * 1e-6) >= d)
-    };
-    // Launches of one conv share its scratch tensors (they come in order of cost, so a
-    // conv's directions are usually neighbours).
-    let mut scratch: Option<(usize, Scratch)> = None;
-    'launches: for (slot, (i, _)) in order.iter().enumerate() {
-        let t = &todos[*i];
-        let measured = &mut timed.measured[slot].1;
-        bar.set_message(t.key.clone());
-        for &c in &t.candidates {
-            let name = c.name();
-            if measured.contains_key(&name) {
-                continue;
-            }
-            let estimate = measured.get(&t.default.name()).copied().unwrap_or(0.0);
-            if out_of_time(2.0 * estimate) {
-                break 'launches;
-            }
-            if !scratch
-                .as_ref()
-                .is_some_and(|(j, _)| same_tensors(&todos[*j].work, &t.work))
-            {
-                drop(scratch.take()); // free the last launch's tensors first
-                scratch = Some((*i, Scratch::new(k, &t.work, t.dtype)?));
-            }
-            let s = &scratch.as_ref().expect("just made").1;
-            let dispatches = match s.dispatches(k, &t.work, c) {
-                Ok(d) => d,
-                Err(e) if c != t.default => {
-                    timed.warnings.push(format!("{name} for {}: {e}", t.key));
+    let mut out_of_time = false;
+    let overhead = round_trip(k.gpu())?;
+    for (i, mut entry) in order {
+        let t = &todos[i];
+        let baseline = baselines[i];
+        let todo: Vec<Config> = t
+            .candidates_for(mode, baseline)
+            .into_iter()
+            .filter(|c| !entry.settled(&c.name()))
+            .collect();
+        if !out_of_time && !todo.is_empty() {
+            bar.set_message(t.key.clone());
+            let mut launch = Launch::new(k, t, seed_of(&t.key), overhead)?;
+            // The baseline runs first, measured or not: the others are compared with it.
+            let mut all = vec![baseline];
+            all.extend(todo.into_iter().filter(|&c| c != baseline));
+            for c in all {
+                let kind = match t.work {
+                    Work::Conv(..) => Kind::Conv,
+                    Work::BnBackward(_) => Kind::BatchNorm,
+                };
+                if c != baseline && !checker.config_passes(kind, c, t.dtype) {
+                    entry.rejected.insert(c.name(), "fails the self-check".into());
+                    timed.new.insert(i);
                     continue;
                 }
-                Err(e) => return Err(e.into()),
-            };
-            let best = measured.values().copied().reduce(f64::min);
-            measured.insert(name, median_micros(k.gpu(), &dispatches, best)?);
-            timed.new.insert(*i);
+                let known = entry.measured.get(&c.name()).copied();
+                let best = entry.measured.values().copied().reduce(f64::min);
+                match launch.attempt(k, c, c == baseline, (known, best), deadline)? {
+                    Attempt::Timed(us, same) => {
+                        entry.measured.insert(c.name(), us);
+                        if same {
+                            entry.identical.insert(c.name());
+                        }
+                    }
+                    Attempt::Rejected(why) => {
+                        let why = format!("{why} ({})", t.key);
+                        timed.warnings.push(format!("{} rejected: {why}", c.name()));
+                        entry.rejected.insert(c.name(), why);
+                    }
+                    Attempt::OutOfTime => {
+                        out_of_time = true;
+                        break;
+                    }
+                }
+                timed.new.insert(i);
+            }
         }
         bar.inc(1);
+        timed.entries.push((i, entry));
     }
     bar.finish_and_clear();
     Ok(timed)
+}
+
+/// A seed from a launch key: the same inputs in every run.
+fn seed_of(key: &str) -> u64 {
+    key.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// Scratch tensors of a launch's shape.
@@ -100,48 +137,170 @@ enum Scratch {
 }
 
 impl Scratch {
-    fn new(k: &Kernels, work: &Work, dtype: DType) -> crate::error::Result<Scratch> {
+    fn new(k: &Kernels, work: &Work, dtype: DType, seed: u64) -> crate::error::Result<Scratch> {
         Ok(match work {
-            Work::Conv(p, _) => Scratch::Conv(conv_tune::Scratch::new(k, p, dtype)?),
-            Work::BnBackward(p) => Scratch::Bn(bn_tune::Scratch::new(k, p, dtype)?),
+            Work::Conv(p, _) => Scratch::Conv(conv_tune::Scratch::new(k, p, dtype, seed)?),
+            Work::BnBackward(p) => Scratch::Bn(bn_tune::Scratch::new(k, p, dtype, seed)?),
         })
     }
 
-    fn dispatches(
-        &self,
-        k: &Kernels,
-        work: &Work,
-        c: Config,
-    ) -> crate::error::Result<Vec<Dispatch>> {
+    fn dispatches(&self, k: &Kernels, work: &Work, c: Config) -> crate::error::Result<Vec<Dispatch>> {
         match (self, work) {
             (Scratch::Conv(s), Work::Conv(_, dir)) => s.dispatches(k, *dir, c),
             (Scratch::Bn(s), Work::BnBackward(_)) => s.dispatches(k, c),
             _ => unreachable!("scratch tensors are made for the launch they serve"),
         }
     }
-}
 
-/// Whether two launches can share scratch tensors: one conv's three directions can.
-fn same_tensors(a: &Work, b: &Work) -> bool {
-    match (a, b) {
-        (Work::Conv(p, _), Work::Conv(q, _)) => p == q,
-        _ => a == b,
+    /// Runs `dispatches` once on cleared outputs: the output and the seconds it took.
+    fn run_once(
+        &self,
+        k: &Kernels,
+        work: &Work,
+        dispatches: &[Dispatch],
+    ) -> crate::error::Result<(Vec<f32>, f64)> {
+        match (self, work) {
+            (Scratch::Conv(s), Work::Conv(_, dir)) => s.clear_output(k, *dir)?,
+            (Scratch::Bn(s), _) => s.clear_output(k)?,
+            _ => unreachable!("scratch tensors are made for the launch they serve"),
+        }
+        let t0 = Instant::now();
+        submit(k.gpu(), dispatches);
+        k.gpu().wait()?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let out = match (self, work) {
+            (Scratch::Conv(s), Work::Conv(_, dir)) => s.output(k, *dir)?,
+            (Scratch::Bn(s), _) => s.output(k)?,
+            _ => unreachable!("scratch tensors are made for the launch they serve"),
+        };
+        Ok((out, seconds))
     }
 }
 
-/// Runs `dispatches` once to warm up, then 1 to 7 more times (about 0.1 s), and
-/// returns the median time in microseconds. A candidate whose warm-up already takes twice
-/// the `best` so far (microseconds) is not repeated: it has lost, and on slow devices the
-/// repetitions of losers are most of the tuning time.
-fn median_micros(gpu: &Gpu, dispatches: &[Dispatch], best: Option<f64>) -> Result<f64> {
-    let t0 = Instant::now();
-    submit(gpu, dispatches);
-    gpu.wait()?;
-    let warm = t0.elapsed().as_secs_f64();
-    if best.is_some_and(|b| warm * 1e6 > 2.0 * b) {
-        return Ok(warm * 1e6);
+/// One launch being tuned: its tensors, its probe's, and the baseline's output.
+struct Launch<'t> {
+    todo: &'t Todo,
+    scratch: Scratch,
+    probe: Option<(Work, f64, Scratch)>,
+    baseline_out: Option<Vec<f32>>,
+    /// Seconds of a submit and wait with nothing to run.
+    overhead: f64,
+}
+
+/// Seconds of a submit and wait that run nothing (the best of three): what every
+/// measurement pays on top of the kernels, so a probe's time is not scaled up with them.
+fn round_trip(gpu: &Gpu) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        submit(gpu, &[]);
+        gpu.wait()?;
+        best = best.min(t0.elapsed().as_secs_f64());
     }
-    // About 0.1 s of repetitions: 7 of a fast launch, 1 of a slow one.
+    Ok(best)
+}
+
+impl<'t> Launch<'t> {
+    fn new(k: &Kernels, todo: &'t Todo, seed: u64, overhead: f64) -> Result<Launch<'t>> {
+        let scratch = Scratch::new(k, &todo.work, todo.dtype, seed)?;
+        let probe = match todo.work.probe() {
+            Some((w, scale)) => Some((w, scale, Scratch::new(k, &w, todo.dtype, seed)?)),
+            None => None,
+        };
+        Ok(Launch {
+            todo,
+            scratch,
+            probe,
+            baseline_out: None,
+            overhead,
+        })
+    }
+
+    /// Tries candidate `c` (the baseline when `is_baseline`; `known`: its time from an
+    /// earlier run, `best`: the fastest so far, in microseconds): estimates its time on the
+    /// probe, runs it once on cleared outputs and compares them with the baseline's, then
+    /// times it.
+    fn attempt(
+        &mut self,
+        k: &Kernels,
+        c: Config,
+        is_baseline: bool,
+        (known, best): (Option<f64>, Option<f64>),
+        deadline: Option<Instant>,
+    ) -> Result<Attempt> {
+        let work = &self.todo.work;
+        let built = |s: &Scratch, w: &Work| s.dispatches(k, w, c);
+        let dispatches = match built(&self.scratch, work) {
+            Ok(d) => d,
+            Err(e) if !is_baseline => return Ok(Attempt::Rejected(format!("cannot run: {e}"))),
+            Err(e) => return Err(e.into()),
+        };
+        // The estimate: a measurement from an earlier run, else the probe's work scaled up
+        // (the better of two runs, the first may compile; less the cost of any submit).
+        let estimate = match (known, &self.probe) {
+            (Some(us), _) => us * 1e-6,
+            (None, Some((w, scale, s))) => {
+                let probe = built(s, w)?;
+                let t = s.run_once(k, w, &probe)?.1.min(s.run_once(k, w, &probe)?.1);
+                (t - self.overhead).max(0.0) * scale + self.overhead
+            }
+            (None, None) => 0.0,
+        };
+        // A warm-up and about as long again of repetitions.
+        let ends = Instant::now() + Duration::from_secs_f64(2.0 * estimate);
+        if deadline.is_some_and(|d| ends >= d) {
+            return Ok(Attempt::OutOfTime);
+        }
+        let (out, warm) = self.scratch.run_once(k, work, &dispatches)?;
+        let same = match &self.baseline_out {
+            None => {
+                self.baseline_out = Some(out);
+                true
+            }
+            Some(base) => {
+                if !agrees(&out, base, self.todo) {
+                    let a = compare(&out, base, agreement_tol(base, self.todo));
+                    let err = crate::selfcheck::fmt_err(a.max_rel_err);
+                    return Ok(Attempt::Rejected(format!(
+                        "its output differs from the baseline's (relative error {err})"
+                    )));
+                }
+                identical(&out, base)
+            }
+        };
+        // A candidate whose warm-up already takes twice the best has lost: on slow devices
+        // the repetitions of losers would be most of the tuning time.
+        if best.is_some_and(|b| warm * 1e6 > 2.0 * b) {
+            return Ok(Attempt::Timed(warm * 1e6, same));
+        }
+        let us = repeat_median(k.gpu(), &dispatches, warm)?;
+        Ok(Attempt::Timed(us, same))
+    }
+}
+
+/// The tolerance between two configurations' outputs of `todo`'s launch: the kernel tests'
+/// (forward or gradient, f16 storage or operands), its absolute part relative to the
+/// output's largest value (sums of thousands of random terms are far from 1).
+fn agreement_tol(base: &[f32], todo: &Todo) -> Tol {
+    let tol = match todo.work {
+        Work::Conv(_, crate::ops::conv2d::Direction::Forward) => Tol::FWD,
+        _ => Tol::GRAD,
+    };
+    let tol = match todo.dtype {
+        DType::F16 => tol.max(Tol::F16_OPERANDS).stored_as(DType::F16),
+        _ => tol,
+    };
+    let largest = base.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    Tol::new(tol.atol.max(tol.rtol * largest), tol.rtol)
+}
+
+fn agrees(out: &[f32], base: &[f32], todo: &Todo) -> bool {
+    compare(out, base, agreement_tol(base, todo)).within
+}
+
+/// The median of 1 to 7 repetitions (about 0.1 s) of `dispatches`, whose warm-up took
+/// `warm` seconds, in microseconds.
+fn repeat_median(gpu: &Gpu, dispatches: &[Dispatch], warm: f64) -> Result<f64> {
     let reps = ((0.1 / warm.max(1e-9)) as usize).clamp(1, 7);
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {

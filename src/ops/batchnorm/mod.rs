@@ -21,6 +21,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::Result;
+use super::fault;
 use crate::gpu::{DType, View};
 use crate::kernels::{
     read, read_f32, write, write_f32, Config, DeviceClass, Dispatch, Entry, Grid, Kernels, Needs,
@@ -290,8 +291,14 @@ pub fn backward_key(p: &BatchNormParams, dtype: DType) -> String {
     format!("batchnorm_backward[{dtype}] c{} m{}{relu}", p.c, p.m)
 }
 
+/// The configuration the training statistics run with: forced, else the rule (they are not
+/// tuned per launch).
+pub fn stats_config(policy: &Policy) -> Config {
+    Config::of(choose(policy))
+}
+
 /// The configuration the backward of `p` runs with: forced or tuned, else the rule.
-fn backward_config(k: &Kernels, p: &BatchNormParams, dtype: DType) -> Config {
+pub fn backward_config(k: &Kernels, p: &BatchNormParams, dtype: DType) -> Config {
     k.policy()
         .config_for(OP, &backward_key(p, dtype))
         .unwrap_or_else(|| Config::of(choose(k.policy())))
@@ -426,7 +433,22 @@ pub fn batchnorm_stats_update(
     running_var: View<'_>,
     partials: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
-    let v = choose(k.policy());
+    stats_update_in(None, k, p, [x, mean, var, running_mean, running_var], partials)
+}
+
+/// [`batchnorm_stats_update`] in `config`, or the one the policy gives (`None`); `views` are
+/// [x, mean, var, running_mean, running_var].
+pub fn stats_update_in(
+    config: Option<Config>,
+    k: &Kernels,
+    p: &BatchNormParams,
+    views: [View<'_>; 5],
+    partials: Option<View<'_>>,
+) -> Result<Vec<Dispatch>> {
+    let [x, mean, var, running_mean, running_var] = views;
+    let c = config.unwrap_or_else(|| stats_config(k.policy()));
+    let v = c.variant;
+    let fault = fault::after(k, OP, c, mean, p.stat_offset as u64)?;
     if !is_split(v) {
         let mut all = batchnorm_stats(k, p, x, mean, var)?;
         all.extend(batchnorm_update_running(
@@ -437,6 +459,7 @@ pub fn batchnorm_stats_update(
             running_mean,
             running_var,
         )?);
+        all.extend(fault);
         return Ok(all);
     }
     p.validate_train()?;
@@ -451,7 +474,9 @@ pub fn batchnorm_stats_update(
     }
     super::float_dtype(OP, &[&x])?;
     let partials = needs_partials(p, partials)?;
-    split::stats_update(k, v, p, [x, mean, var, running_mean, running_var, partials])
+    let mut all = split::stats_update(k, v, p, [x, mean, var, running_mean, running_var, partials])?;
+    all.extend(fault);
+    Ok(all)
 }
 
 fn needs_partials<'a>(p: &BatchNormParams, partials: Option<View<'a>>) -> Result<View<'a>> {
@@ -582,7 +607,7 @@ pub fn batchnorm_backward(
 
 /// [`batchnorm_backward`] in `config`, or the one the policy gives (`None`); `views` are
 /// [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta].
-fn backward_in(
+pub fn backward_in(
     config: Option<Config>,
     k: &Kernels,
     p: &BatchNormParams,
@@ -601,13 +626,15 @@ fn backward_in(
     p.check("dgamma", &dgamma, p.c as u64)?;
     p.check("dbeta", &dbeta, p.c as u64)?;
     let dtype = super::float_dtype(OP, &[&x, &dy, &dx])?;
-    let v = config
-        .unwrap_or_else(|| backward_config(k, p, dtype))
-        .variant;
+    let c = config.unwrap_or_else(|| backward_config(k, p, dtype));
+    let v = c.variant;
+    let fault = fault::after(k, OP, c, dx, p.x_offset as u64)?;
     if is_split(v) {
         let partials = needs_partials(p, partials)?;
         let views = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta, partials];
-        return split::backward(k, v, p, views);
+        let mut d = split::backward(k, v, p, views)?;
+        d.extend(fault);
+        return Ok(d);
     }
     let views = [
         (1, x),
@@ -623,5 +650,7 @@ fn backward_in(
     let grid = Grid::Workgroups(p.c as u64);
     // x and dy read in both passes, dx read and written.
     let d = k.dispatch(BACKWARD.kernel(dtype), p, &views, grid)?;
-    Ok(vec![d.with_cost(14 * p.len(), 6 * dtype.size() * p.len())])
+    let mut d = vec![d.with_cost(14 * p.len(), 6 * dtype.size() * p.len())];
+    d.extend(fault);
+    Ok(d)
 }

@@ -33,17 +33,25 @@ pub fn config_named(k: &Kernels, name: &str, dtype: DType) -> Option<Config> {
     Config::runnable(&SHADERS, name, dtype, k.gpu())
 }
 
-/// Zero-filled tensors of one backward launch (at offset 0): x, dy and dx in the
-/// activations' type, the per-channel values and the partial sums in f32.
+/// Whether two configurations of a backward give the same bits: only if they are the same
+/// (one workgroup per channel and split chunks sum in different orders).
+pub fn same_bits(a: Config, b: Config) -> bool {
+    a == b
+}
+
+/// Tensors of one backward launch (at offset 0): seeded non-zero x, dy and per-channel
+/// values, and the outputs dx, dgamma and dbeta (added into, so cleared before a comparison).
 pub struct Scratch {
     p: BatchNormParams,
+    /// x, dy, dx.
     acts: [GpuBuffer; 3],
+    /// mean, var, gamma, beta, dgamma, dbeta.
     channel: [GpuBuffer; 6],
     partials: GpuBuffer,
 }
 
 impl Scratch {
-    pub fn new(k: &Kernels, p: &BatchNormParams, dtype: DType) -> Result<Scratch> {
+    pub fn new(k: &Kernels, p: &BatchNormParams, dtype: DType, seed: u64) -> Result<Scratch> {
         let gpu = k.gpu();
         let p = BatchNormParams {
             x_offset: 0,
@@ -51,17 +59,29 @@ impl Scratch {
             stat_offset: 0,
             ..*p
         };
-        let act = |label| gpu.zeros_of(label, dtype, p.x_len());
-        let per_channel = |label| gpu.zeros(label, p.c as u64);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut draw = |len: u64, lo: f32, hi: f32| -> Vec<f32> {
+            (0..len).map(|_| lo + rng.f32() * (hi - lo)).collect()
+        };
+        let act = |label, values: Vec<f32>| -> Result<GpuBuffer> {
+            let buf = gpu.zeros_of(label, dtype, values.len() as u64)?;
+            gpu.write_floats(&buf, &values)?;
+            Ok(buf)
+        };
+        let c = p.c as u64;
         Ok(Scratch {
-            acts: [act("tune x")?, act("tune dy")?, act("tune dx")?],
+            acts: [
+                act("tune x", draw(p.x_len(), -1.0, 1.0))?,
+                act("tune dy", draw(p.x_len(), -1.0, 1.0))?,
+                gpu.zeros_of("tune dx", dtype, p.x_len())?,
+            ],
             channel: [
-                per_channel("tune mean")?,
-                per_channel("tune var")?,
-                per_channel("tune gamma")?,
-                per_channel("tune beta")?,
-                per_channel("tune dgamma")?,
-                per_channel("tune dbeta")?,
+                gpu.upload("tune mean", &draw(c, -0.2, 0.2))?,
+                gpu.upload("tune var", &draw(c, 0.5, 1.5))?,
+                gpu.upload("tune gamma", &draw(c, 0.5, 1.5))?,
+                gpu.upload("tune beta", &draw(c, -0.5, 0.5))?,
+                gpu.zeros("tune dgamma", c)?,
+                gpu.zeros("tune dbeta", c)?,
             ],
             partials: gpu.zeros("tune partials", partials_bound(p.c))?,
             p,
@@ -74,5 +94,21 @@ impl Scratch {
         let [mean, var, gamma, beta, dgamma, dbeta] = &self.channel;
         let views = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta].map(|b| b.view());
         backward_in(Some(config), k, &self.p, views, Some(self.partials.view()))
+    }
+
+    /// dx, dgamma and dbeta, one after the other.
+    pub fn output(&self, k: &Kernels) -> Result<Vec<f32>> {
+        let mut out = k.gpu().read_floats(&self.acts[2])?;
+        out.extend(k.gpu().read_floats(&self.channel[4])?);
+        out.extend(k.gpu().read_floats(&self.channel[5])?);
+        Ok(out)
+    }
+
+    /// Zeroes dx, dgamma and dbeta.
+    pub fn clear_output(&self, k: &Kernels) -> Result<()> {
+        for buf in [&self.acts[2], &self.channel[4], &self.channel[5]] {
+            k.gpu().write_floats(buf, &vec![0.0; buf.len as usize])?;
+        }
+        Ok(())
     }
 }

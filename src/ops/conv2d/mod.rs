@@ -22,6 +22,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ensure_shape;
 use crate::error::{Error, Result};
+use super::fault;
 use crate::gpu::{DType, View};
 use crate::kernels::{Config, DeviceClass, Dispatch, Kernels, Policy, Shader, Split, Variant};
 
@@ -296,6 +297,12 @@ fn choose_for(k: &Kernels, channels: u32, dtype: DType) -> &'static Variant {
     choose(policy, channels)
 }
 
+/// The configuration the op's rule gives a wide layer (more than 8 tiled channels) on `k`'s
+/// device in `dtype`: what most launches run untuned.
+pub fn rule_config(k: &Kernels, dtype: DType) -> Config {
+    Config::of(choose_for(k, 64, dtype))
+}
+
 fn is_tiled(v: &'static Variant) -> bool {
     tiled::SHADER.variants.iter().any(|t| std::ptr::eq(t, v))
 }
@@ -385,7 +392,7 @@ pub fn conv2d_forward(
 
 /// [`conv2d_forward`] in `config`, or the one the policy gives (`None`).
 #[allow(clippy::too_many_arguments)]
-fn forward_in(
+pub fn forward_in(
     config: Option<Config>,
     k: &Kernels,
     p: &Conv2dParams,
@@ -414,15 +421,21 @@ fn forward_in(
     let (bias, affine) = (k.optional(bias, dtype), k.optional(affine, dtype));
     let c = config.unwrap_or_else(|| config_for(k, Direction::Forward, &p, dtype));
     let v = c.variant;
-    if is_tiled(v) {
-        let p = tiled::forward_params(&p, c.split);
-        let partials = (p.splits > 1)
-            .then(|| region(&p, workspace, tiled::workspace(&p, c.split).forward))
-            .transpose()?;
-        return tiled::forward(k, v, &p, [x, affine, weight, bias, y], partials);
-    }
-    let packed = region(&p, workspace, regtile::workspace(&p, c.split).forward)?;
-    regtile::forward(k, v, &p, [x, affine, weight, bias, y, packed])
+    let mut d = match is_tiled(v) {
+        true => {
+            let p = tiled::forward_params(&p, c.split);
+            let partials = (p.splits > 1)
+                .then(|| region(&p, workspace, tiled::workspace(&p, c.split).forward))
+                .transpose()?;
+            tiled::forward(k, v, &p, [x, affine, weight, bias, y], partials)?
+        }
+        false => {
+            let packed = region(&p, workspace, regtile::workspace(&p, c.split).forward)?;
+            regtile::forward(k, v, &p, [x, affine, weight, bias, y, packed])?
+        }
+    };
+    d.extend(fault::after(k, OP, c, y, p.y_offset as u64)?);
+    Ok(d)
 }
 
 /// The gradient of the input, at `p.x_offset`: dx += W^T * dy, or dx = W^T * dy for params
@@ -439,7 +452,7 @@ pub fn conv2d_backward_data(
 }
 
 /// [`conv2d_backward_data`] in `config`, or the one the policy gives (`None`).
-fn data_in(
+pub fn data_in(
     config: Option<Config>,
     k: &Kernels,
     p: &Conv2dParams,
@@ -454,15 +467,21 @@ fn data_in(
     let dtype = super::float_dtype(OP, &[&dy, &dx])?;
     let c = config.unwrap_or_else(|| config_for(k, Direction::Data, p, dtype));
     let v = c.variant;
-    if is_tiled(v) {
-        let p = tiled::data_params(p, c.split);
-        let partials = (p.splits > 1)
-            .then(|| region(&p, workspace, tiled::workspace(&p, c.split).data))
-            .transpose()?;
-        return tiled::backward_data(k, v, &p, [dy, weight, dx], partials);
-    }
-    let packed = region(p, workspace, regtile::workspace(p, c.split).data)?;
-    regtile::backward_data(k, v, p, [dy, weight, dx, packed])
+    let mut d = match is_tiled(v) {
+        true => {
+            let p = tiled::data_params(p, c.split);
+            let partials = (p.splits > 1)
+                .then(|| region(&p, workspace, tiled::workspace(&p, c.split).data))
+                .transpose()?;
+            tiled::backward_data(k, v, &p, [dy, weight, dx], partials)?
+        }
+        false => {
+            let packed = region(p, workspace, regtile::workspace(p, c.split).data)?;
+            regtile::backward_data(k, v, p, [dy, weight, dx, packed])?
+        }
+    };
+    d.extend(fault::after(k, OP, c, dx, p.x_offset as u64)?);
+    Ok(d)
 }
 
 /// dweight += dy * im2col(x)^T: split-K partial sums into `partials`
@@ -484,7 +503,7 @@ pub fn conv2d_backward_weight(
 
 /// [`conv2d_backward_weight`] in `config`, or the one the policy gives (`None`).
 #[allow(clippy::too_many_arguments)]
-fn weight_in(
+pub fn weight_in(
     config: Option<Config>,
     k: &Kernels,
     p: &Conv2dParams,
@@ -503,23 +522,23 @@ fn weight_in(
     let affine = k.optional(affine, dtype);
     let c = config.unwrap_or_else(|| config_for(k, Direction::Weight, &p, dtype));
     let v = c.variant;
-    if is_tiled(v) {
-        let p = p.with_splits_for(tiled::weight_workgroups(&p), c.split);
-        p.check(
-            "partials",
-            &partials,
-            tiled::workspace(&p, c.split).partials,
-        )?;
-        return tiled::backward_weight(k, v, &p, [x, affine, dy, partials, dweight]);
-    }
-    let p = p.with_splits_for(regtile::weight_workgroups(&p), c.split);
-    p.check(
-        "partials",
-        &partials,
-        regtile::workspace(&p, c.split).partials,
-    )?;
-    let packed = region(&p, workspace, regtile::workspace(&p, c.split).packed_dy)?;
-    regtile::backward_weight(k, v, &p, [x, affine, dy, packed, partials, dweight])
+    let mut d = match is_tiled(v) {
+        true => {
+            let p = p.with_splits_for(tiled::weight_workgroups(&p), c.split);
+            let need = tiled::workspace(&p, c.split).partials;
+            p.check("partials", &partials, need)?;
+            tiled::backward_weight(k, v, &p, [x, affine, dy, partials, dweight])?
+        }
+        false => {
+            let p = p.with_splits_for(regtile::weight_workgroups(&p), c.split);
+            let ws = regtile::workspace(&p, c.split);
+            p.check("partials", &partials, ws.partials)?;
+            let packed = region(&p, workspace, ws.packed_dy)?;
+            regtile::backward_weight(k, v, &p, [x, affine, dy, packed, partials, dweight])?
+        }
+    };
+    d.extend(fault::after(k, OP, c, dweight, 0)?);
+    Ok(d)
 }
 
 /// dbias += dy summed over N, P, Q.

@@ -61,49 +61,81 @@ pub fn config_named(k: &Kernels, name: &str, dtype: DType) -> Option<Config> {
     Config::runnable(&SHADERS, name, dtype, k.gpu())
 }
 
-/// Scratch tensors of one launch shape, large enough for every configuration.
+/// Whether two configurations of launch `dir` of `p` give the same bits: the register tiles
+/// (16 or 8 channels) sum in the same order whatever the tile, so they agree where they split
+/// the reduction alike; every other pair sums in another order. (The tuner still compares
+/// their outputs bit for bit before it trusts this.)
+pub fn same_bits(a: Config, b: Config, dir: Direction, p: &Conv2dParams) -> bool {
+    let family = |c: Config| match is_tiled(c.variant) {
+        true => c.variant.name,
+        false => "register tiles",
+    };
+    family(a) == family(b) && splits_of(a, dir, p) == splits_of(b, dir, p)
+}
+
+/// Tensors of one launch shape, large enough for every configuration: seeded non-zero inputs
+/// (so configurations can be compared) and one output per direction.
 pub struct Scratch {
     p: Conv2dParams,
-    dtype: DType,
     x: GpuBuffer,
     affine: GpuBuffer,
     weight: GpuBuffer,
     bias: Option<GpuBuffer>,
+    dy: GpuBuffer,
     y: GpuBuffer,
+    dx: GpuBuffer,
+    dweight: GpuBuffer,
     workspace: GpuBuffer,
     packed_dy: GpuBuffer,
     partials: GpuBuffer,
 }
 
 impl Scratch {
-    /// Zero-filled tensors for `p` (at offset 0) with `dtype` activations. The input is
-    /// read through a fused BN -> ReLU, as every conv but the first one's is.
-    pub fn new(k: &Kernels, p: &Conv2dParams, dtype: DType) -> Result<Scratch> {
+    /// Tensors for `p` (at offset 0) with `dtype` activations, inputs drawn from `seed`. The
+    /// input is read through a fused BN -> ReLU, as every conv but the first one's is.
+    pub fn new(k: &Kernels, p: &Conv2dParams, dtype: DType, seed: u64) -> Result<Scratch> {
         let gpu = k.gpu();
         let p = Conv2dParams {
             x_offset: 0,
             y_offset: 0,
             ..*p
         };
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut draw = |len: u64, lo: f32, hi: f32| -> Vec<f32> {
+            (0..len).map(|_| lo + rng.f32() * (hi - lo)).collect()
+        };
+        let act = |label, values: Vec<f32>| -> Result<GpuBuffer> {
+            let buf = gpu.zeros_of(label, dtype, values.len() as u64)?;
+            gpu.write_floats(&buf, &values)?;
+            Ok(buf)
+        };
+        let c = p.c_in as u64;
+        let affine: Vec<f32> = draw(c, 0.5, 1.5)
+            .into_iter()
+            .zip(draw(c, -0.5, 0.5))
+            .flat_map(|(scale, shift)| [scale, shift])
+            .collect();
         let (ws, partials) = (p.workspace_len().max(1), p.partials_len().max(1));
         Ok(Scratch {
-            x: gpu.zeros_of("tune x", dtype, p.x_len())?,
-            affine: gpu.zeros("tune affine", 2 * p.c_in as u64)?,
-            weight: gpu.zeros("tune weight", p.weight_len())?,
+            x: act("tune x", draw(p.x_len(), -1.0, 1.0))?,
+            affine: gpu.upload("tune affine", &affine)?,
+            weight: gpu.upload("tune weight", &draw(p.weight_len(), -0.5, 0.5))?,
             bias: (p.has_bias != 0)
-                .then(|| gpu.zeros("tune bias", p.c_out as u64))
+                .then(|| gpu.upload("tune bias", &draw(p.c_out as u64, -0.5, 0.5)))
                 .transpose()?,
+            dy: act("tune dy", draw(p.y_len(), -1.0, 1.0))?,
             y: gpu.zeros_of("tune y", dtype, p.y_len())?,
+            dx: gpu.zeros_of("tune dx", dtype, p.x_len())?,
+            dweight: gpu.zeros("tune dweight", p.weight_len())?,
             workspace: gpu.zeros("tune workspace", ws)?,
             packed_dy: gpu.zeros_of("tune packed dy", dtype, ws)?,
             partials: gpu.zeros("tune partials", partials)?,
             p,
-            dtype,
         })
     }
 
-    /// The dispatches of launch `dir` in `config` (the data gradient writes x's buffer, the
-    /// weight gradient the weight's: the values are never read).
+    /// The dispatches of launch `dir` in `config`: the forward writes y, the data gradient
+    /// writes dx, the weight gradient adds into dweight.
     pub fn dispatches(&self, k: &Kernels, dir: Direction, config: Config) -> Result<Vec<Dispatch>> {
         let (p, c) = (&self.p, Some(config));
         let affine = Some(self.affine.view());
@@ -116,25 +148,33 @@ impl Scratch {
             }
             Direction::Data => {
                 let p = p.overwriting();
-                data_in(
-                    c,
-                    k,
-                    &p,
-                    self.y.view(),
-                    self.weight.view(),
-                    self.x.view(),
-                    ws,
-                )
+                let (dy, w, dx) = (self.dy.view(), self.weight.view(), self.dx.view());
+                data_in(c, k, &p, dy, w, dx, ws)
             }
             Direction::Weight => {
                 let packed = Some(self.packed_dy.view());
-                let (x, dy, partials) = (self.x.view(), self.y.view(), self.partials.view());
-                weight_in(c, k, p, x, affine, dy, packed, partials, self.weight.view())
+                let (x, dy, partials) = (self.x.view(), self.dy.view(), self.partials.view());
+                weight_in(c, k, p, x, affine, dy, packed, partials, self.dweight.view())
             }
         }
     }
 
-    pub fn dtype(&self) -> DType {
-        self.dtype
+    /// The output of launch `dir` as it stands.
+    pub fn output(&self, k: &Kernels, dir: Direction) -> Result<Vec<f32>> {
+        k.gpu().read_floats(self.output_buffer(dir))
+    }
+
+    /// Zeroes the output of launch `dir` (the weight gradient adds into it).
+    pub fn clear_output(&self, k: &Kernels, dir: Direction) -> Result<()> {
+        let buf = self.output_buffer(dir);
+        k.gpu().write_floats(buf, &vec![0.0; buf.len as usize])
+    }
+
+    fn output_buffer(&self, dir: Direction) -> &GpuBuffer {
+        match dir {
+            Direction::Forward => &self.y,
+            Direction::Data => &self.dx,
+            Direction::Weight => &self.dweight,
+        }
     }
 }
