@@ -12,7 +12,64 @@ use std::process::{Command, Output};
 use densenet_wgpu::checkpoint::Checkpoint;
 use densenet_wgpu::data::{synthetic, DatasetKind};
 use densenet_wgpu::report::{read_metrics, EpochMetrics};
+use support::harness::{case, F16, TIMESTAMPS};
 use support::temp_dir;
+
+/// The harness opens the adapter the binary will choose (the same selection), to skip the
+/// cases that need a feature it lacks and to run the cases one at a time on GL.
+fn main() -> std::process::ExitCode {
+    support::harness::run(vec![
+        case(
+            "train_eval_resume_and_predict",
+            train_eval_resume_and_predict,
+        ),
+        case(
+            "f16_training_resumes_exactly_and_evaluates_in_either_precision",
+            f16_training_resumes_exactly_and_evaluates_in_either_precision,
+        )
+        .needs(F16),
+        case(
+            "a_diverging_run_stops_and_keeps_its_checkpoint",
+            a_diverging_run_stops_and_keeps_its_checkpoint,
+        ),
+        case("ctrl_c_says_where_the_run_is", ctrl_c_says_where_the_run_is),
+        case("paper_presets_plan_and_train", paper_presets_plan_and_train),
+        case(
+            "best_checkpoint_and_early_stopping",
+            best_checkpoint_and_early_stopping,
+        ),
+        case(
+            "image_folders_train_and_predict_with_class_names",
+            image_folders_train_and_predict_with_class_names,
+        ),
+        case(
+            "training_lowers_the_loss_and_beats_chance",
+            training_lowers_the_loss_and_beats_chance,
+        ),
+        case(
+            "plan_reports_training_and_evaluation_memory",
+            plan_reports_training_and_evaluation_memory,
+        ),
+        case(
+            "kernels_flag_forces_a_variant",
+            kernels_flag_forces_a_variant,
+        ),
+        // `bench --profile` times each kernel with GPU timestamps; without them it fails.
+        case(
+            "profile_shows_the_forced_variant_on_the_roofline",
+            profile_shows_the_forced_variant_on_the_roofline,
+        )
+        .needs(TIMESTAMPS),
+        case(
+            "every_flag_documents_its_default",
+            every_flag_documents_its_default,
+        ),
+        case(
+            "user_errors_are_one_line_and_fail",
+            user_errors_are_one_line_and_fail,
+        ),
+    ])
+}
 
 fn cli(args: &[&str]) -> Output {
     // Tuning is tested in tests/tune.rs; here runs must not time kernels or touch the
@@ -54,7 +111,6 @@ fn train(out: &Path, epochs: &str, extra: &[&str]) -> String {
     ok(&args)
 }
 
-#[test]
 fn train_eval_resume_and_predict() {
     let dir = temp_dir("run");
     // A non-default seed: eval and resume must find the same synthetic data without it.
@@ -164,7 +220,6 @@ fn train_eval_resume_and_predict() {
 /// f16 training: metrics carry the skipped steps and the loss scale; the checkpoint is f32
 /// with the scale in its metadata; eval reproduces the figures in f16 and evaluates the same
 /// checkpoint in f32; a 2-epoch f16 run resumed to 3 equals a 3-epoch one.
-#[test]
 fn f16_training_resumes_exactly_and_evaluates_in_either_precision() {
     let dir = temp_dir("f16");
     let f16 = [
@@ -255,7 +310,6 @@ fn f16_training_resumes_exactly_and_evaluates_in_either_precision() {
 
 /// A loss that stops being a number ends the run with the epoch and step, and leaves the
 /// last good checkpoint as it was.
-#[test]
 fn a_diverging_run_stops_and_keeps_its_checkpoint() {
     let dir = temp_dir("diverge");
     train(&dir, "1", &[]);
@@ -295,7 +349,6 @@ fn a_diverging_run_stops_and_keeps_its_checkpoint() {
 
 /// Ctrl-C stops training after a step with one line that names the checkpoint holding the
 /// run and how to resume it, and exit status 130.
-#[test]
 fn ctrl_c_says_where_the_run_is() {
     let dir = temp_dir("ctrl-c");
     let child = Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
@@ -346,7 +399,6 @@ fn ctrl_c_says_where_the_run_is() {
 /// The DenseNet paper's CIFAR networks: parameter counts as the paper gives them (1.0M and
 /// 0.8M), the plan at the recipe's batch 64, and training steps on CIFAR-10 shapes (at batch
 /// 2: a step at 64 takes minutes on a CPU driver).
-#[test]
 fn paper_presets_plan_and_train() {
     for (preset, paper) in [("densenet40", 1.0e6), ("bc100", 0.8e6)] {
         let args = ["plan", "--preset", preset, "--dataset", "cifar10", "--json"];
@@ -374,7 +426,6 @@ fn paper_presets_plan_and_train() {
 
 /// The best epoch's checkpoint is kept beside the last; with a patience, a run whose test
 /// accuracy stops improving ends early (a rate of 1e-9 barely moves the weights).
-#[test]
 fn best_checkpoint_and_early_stopping() {
     let dir = temp_dir("patience");
     let printed = ok(&[
@@ -441,7 +492,6 @@ fn stripes(dir: &Path, n: usize, color: bool, rng: &mut fastrand::Rng) {
 
 /// A folder of generated PNGs trains, keeps its class names in the checkpoint, and predict
 /// prints them; one tree without train/ and test/ is split by the seed; color is kept.
-#[test]
 fn image_folders_train_and_predict_with_class_names() {
     let dir = temp_dir("folder");
     let mut rng = fastrand::Rng::with_seed(3);
@@ -512,7 +562,6 @@ fn image_folders_train_and_predict_with_class_names() {
 }
 
 /// 64 steps on the synthetic set lower the loss and beat chance (10 classes) by twice.
-#[test]
 fn training_lowers_the_loss_and_beats_chance() {
     let dir = temp_dir("learn");
     let out = dir.to_str().unwrap();
@@ -554,7 +603,6 @@ fn figures(m: &[EpochMetrics]) -> Vec<[f64; 6]> {
 }
 
 /// `plan` prints both plans without running a step; `--json` gives the same as one object.
-#[test]
 fn plan_reports_training_and_evaluation_memory() {
     let args = ["plan", "--preset", "d2l", "--dataset", "fashion-mnist"];
     let text = ok(&args);
@@ -590,13 +638,17 @@ fn plan_reports_training_and_evaluation_memory() {
 }
 
 /// `--kernels` forces a variant everywhere; `info` prints the policy.
-#[test]
 fn kernels_flag_forces_a_variant() {
     let info = ok(&["info", "--kernels", "tile8"]);
     assert!(
         info.contains("kernel policy: --kernels tile8") && info.contains("forced tile8"),
         "{info}"
     );
+}
+
+/// A bench with `--kernels` runs the forced variant only: its profile names no other, and
+/// gives every kernel's rates against the ceilings measured here.
+fn profile_shows_the_forced_variant_on_the_roofline() {
     let dir = temp_dir("bench");
     let json = dir.join("bench.json");
     let bench = ok(&[
@@ -636,7 +688,6 @@ fn kernels_flag_forces_a_variant() {
 }
 
 /// Every option of every command says what it does and what its default is.
-#[test]
 fn every_flag_documents_its_default() {
     for cmd in [
         "train", "eval", "bench", "plan", "predict", "info", "export",
@@ -666,7 +717,6 @@ fn every_flag_documents_its_default() {
     }
 }
 
-#[test]
 fn user_errors_are_one_line_and_fail() {
     let cases: [(&[&str], &str); 9] = [
         (&["info", "--adapter", "no-such-gpu"], "no-such-gpu"),

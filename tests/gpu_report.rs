@@ -7,9 +7,21 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+use support::harness::{case, TIMESTAMPS};
 use support::temp_dir;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    support::harness::run(vec![
+        // The report's step runs with `--profile`, which times each kernel with GPU
+        // timestamps and fails without them.
+        case(
+            "gpu_report_dry_run_runs_end_to_end",
+            gpu_report_dry_run_runs_end_to_end,
+        )
+        .needs(TIMESTAMPS),
+    ])
+}
+
 fn gpu_report_dry_run_runs_end_to_end() {
     let dir = temp_dir("gpu-report");
     let bin = dir.join("bin");

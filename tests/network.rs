@@ -15,7 +15,53 @@ use densenet_wgpu::model::{DenseNetConfig, Init, Layout, Mode, Plan, SgdConfig, 
 use densenet_wgpu::ops::sgd::SgdParams;
 use densenet_wgpu::reference as cpu;
 use densenet_wgpu::{Kernels, Policy};
+use support::harness::{case, note};
 use support::{check, gpu, k, seed, FWD};
+
+fn main() -> std::process::ExitCode {
+    support::harness::run(vec![
+        case(
+            "imagenet_stem_network_matches_reference",
+            imagenet_stem_network_matches_reference,
+        ),
+        case(
+            "stem_in_channel_groups_matches_reference",
+            stem_in_channel_groups_matches_reference,
+        ),
+        case(
+            "cifar_stem_network_matches_reference",
+            cifar_stem_network_matches_reference,
+        ),
+        case(
+            "bottleneck_network_matches_reference",
+            bottleneck_network_matches_reference,
+        ),
+        case(
+            "momentum_network_matches_reference",
+            momentum_network_matches_reference,
+        ),
+        case(
+            "network_with_gpu_kernels_matches_reference",
+            network_with_gpu_kernels_matches_reference,
+        ),
+        case(
+            "dense_blocks_concatenate_in_place",
+            dense_blocks_concatenate_in_place,
+        ),
+        case(
+            "d2l_has_the_lectures_parameter_count",
+            d2l_has_the_lectures_parameter_count,
+        ),
+        case(
+            "label_smoothing_reaches_the_training_loss",
+            label_smoothing_reaches_the_training_loss,
+        ),
+        case(
+            "clipped_step_matches_the_reference",
+            clipped_step_matches_the_reference,
+        ),
+    ])
+}
 
 /// Two blocks, a transition, stem and head.
 fn small(stem: Stem, image_size: u32, bottleneck: Option<u32>) -> DenseNetConfig {
@@ -105,7 +151,10 @@ fn matches_reference_on(
         "loss {loss} vs reference {} (seed {seed})",
         want.loss
     );
-    println!("{:?}: loss {loss:.6} vs {:.6}", cfg.stem, want.loss);
+    note(format!(
+        "{:?}: loss {loss:.6} vs {:.6}",
+        cfg.stem, want.loss
+    ));
     check_grads(&plan, &grads, &want, seed);
     check_stats(&plan, &want, batch, cfg, seed);
     check_update(&plan, &params, &want.grads, opt, seed);
@@ -135,7 +184,10 @@ fn check_grads(plan: &Plan, grads: &[f32], want: &ReferenceStep, seed: u64) {
             "{}: gradient relative error {err:.2e} (max |grad| {scale:.2e}); replay with DENSENET_SEED={seed}",
             slot.name
         );
-        println!("  {:<34} rel err {err:.2e}  max|g| {scale:.2e}", slot.name);
+        note(format!(
+            "  {:<34} rel err {err:.2e}  max|g| {scale:.2e}",
+            slot.name
+        ));
     }
 }
 
@@ -268,7 +320,6 @@ fn check_eval(plan: &Plan, cfg: &DenseNetConfig, x: &[f32], labels: &[u32], seed
     }
 }
 
-#[test]
 fn imagenet_stem_network_matches_reference() {
     matches_reference(&small(Stem::ImageNet { channels: 4 }, 16, None), 3);
 }
@@ -276,7 +327,6 @@ fn imagenet_stem_network_matches_reference() {
 /// The stem's conv output planned as if bindings held only half of it: the stem runs in
 /// two channel groups, each bound as its own range, as the d2l network does at batch 256 on
 /// adapters with 128 MiB bindings.
-#[test]
 fn stem_in_channel_groups_matches_reference() {
     // Groups start on aligned elements (channel slices of gamma, beta, bias, and planes).
     let align = (gpu().limits.min_storage_buffer_offset_alignment / 4).max(4);
@@ -294,18 +344,15 @@ fn stem_in_channel_groups_matches_reference() {
     matches_reference_with(&cfg, batch, conv_out / 2, PLAIN_SGD);
 }
 
-#[test]
 fn cifar_stem_network_matches_reference() {
     matches_reference(&small(Stem::Cifar { channels: 5 }, 9, None), 3);
 }
 
-#[test]
 fn bottleneck_network_matches_reference() {
     matches_reference(&small(Stem::Cifar { channels: 4 }, 8, Some(2)), 3);
 }
 
 /// Nesterov momentum with weight decay: the first update and the velocity it leaves.
-#[test]
 fn momentum_network_matches_reference() {
     let cfg = small(Stem::Cifar { channels: 4 }, 8, None);
     matches_reference_with(&cfg, 4, u64::MAX, NESTEROV);
@@ -313,7 +360,6 @@ fn momentum_network_matches_reference() {
 
 /// The whole step with the kernels GPUs get (workgroup-tiled convolutions, split batch-norm
 /// statistics and backward), whatever the adapter, on DenseNet-BC with the ImageNet stem.
-#[test]
 fn network_with_gpu_kernels_matches_reference() {
     let k = &Kernels::new(support::gpu_arc().clone(), Policy::auto(DeviceClass::Gpu));
     let cfg = small(Stem::ImageNet { channels: 4 }, 16, Some(2));
@@ -337,7 +383,6 @@ fn network_with_gpu_kernels_matches_reference() {
     );
 }
 
-#[test]
 fn dense_blocks_concatenate_in_place() {
     let cfg = small(Stem::ImageNet { channels: 4 }, 16, None);
     let plan = Plan::train(k(), &cfg, 3, PLAIN_SGD).unwrap();
@@ -365,7 +410,6 @@ fn dense_blocks_concatenate_in_place() {
     }
 }
 
-#[test]
 fn d2l_has_the_lectures_parameter_count() {
     let layout = Layout::new(&DenseNetConfig::d2l(), 1);
     assert_eq!(layout.parameter_count(), 758_226);
@@ -376,7 +420,6 @@ fn d2l_has_the_lectures_parameter_count() {
 
 /// Label smoothing set on a training plan reaches its loss dispatch: the step's loss is the
 /// smoothed loss of the logits it computed.
-#[test]
 fn label_smoothing_reaches_the_training_loss() {
     use densenet_wgpu::ops::cross_entropy::CrossEntropyParams;
     let cfg = small(Stem::Cifar { channels: 4 }, 8, None);
@@ -416,7 +459,6 @@ fn label_smoothing_reaches_the_training_loss() {
 
 /// A training plan that clips: the update is the reference's with every gradient scaled by
 /// max_norm / |grad| (the limit is far below this step's norm).
-#[test]
 fn clipped_step_matches_the_reference() {
     let cfg = small(Stem::Cifar { channels: 4 }, 8, None);
     let opt = SgdConfig {

@@ -15,7 +15,25 @@ use densenet_wgpu::model::layout::{Layout, ParamRole};
 use densenet_wgpu::model::reference_net::reference_eval;
 use densenet_wgpu::onnx::{self, proto::ModelProto, Weights};
 use prost::Message;
+use support::harness::{case, note};
 use support::temp_dir;
+
+fn main() -> std::process::ExitCode {
+    support::harness::run(vec![
+        case(
+            "the_model_decodes_and_holds_every_parameter",
+            the_model_decodes_and_holds_every_parameter,
+        ),
+        case(
+            "onnxruntime_matches_the_reference",
+            onnxruntime_matches_the_reference,
+        ),
+        case(
+            "exported_checkpoint_matches_eval_in_onnxruntime",
+            exported_checkpoint_matches_eval_in_onnxruntime,
+        ),
+    ])
+}
 
 /// Runs tests/onnx_parity.py on `model` against `want_csv` with extra arguments; fails the
 /// test (never skips) when Python or onnxruntime cannot be set up.
@@ -34,7 +52,7 @@ fn onnxruntime_agrees(model: &Path, want_csv: &Path, images: &[&str]) {
         out.status.success(),
         "onnxruntime parity failed:\n{text}\n{err}"
     );
-    println!("{text}");
+    note(text);
 }
 
 /// Logits (N, classes) as `eval --logits` writes them, labels 0.
@@ -123,7 +141,6 @@ fn imagenet_bc() -> DenseNetConfig {
     }
 }
 
-#[test]
 fn the_model_decodes_and_holds_every_parameter() {
     for cfg in [
         DenseNetConfig::tiny(),
@@ -192,7 +209,6 @@ fn to_nchw(x: &[f32], c: usize, n: usize, plane: usize) -> Vec<f32> {
     out
 }
 
-#[test]
 fn onnxruntime_matches_the_reference() {
     let dir = temp_dir("onnx-reference");
     for (i, (cfg, normalize)) in [
@@ -248,7 +264,6 @@ fn cli_ok(args: &[&str]) -> String {
 }
 
 /// Train -> eval --logits -> export --onnx -> onnxruntime on the same IDX images.
-#[test]
 fn exported_checkpoint_matches_eval_in_onnxruntime() {
     let dir = temp_dir("onnx-cli");
     let mut rng = fastrand::Rng::with_seed(5);

@@ -3,13 +3,70 @@
 //! larger stats array (as inside a dense block), NaN-poisoned outputs, and accumulation onto
 //! non-zero gradients. Inputs have a non-zero mean and a non-unit scale, like activations.
 
+use crate::support::harness::{case, per_act, per_config, Case};
 use crate::support::*;
 use densenet_wgpu::gpu::DType;
 use densenet_wgpu::ops::batchnorm::{self, BatchNormParams};
 use densenet_wgpu::reference as cpu;
-use densenet_wgpu::GpuBuffer;
+use densenet_wgpu::{GpuBuffer, Kernels};
 
-struct Case {
+pub fn cases() -> Vec<Case> {
+    [
+        per_act(
+            "batchnorm::batchnorm_stats_matches_reference",
+            batchnorm_stats_matches_reference,
+        ),
+        vec![
+            case(
+                "batchnorm::batchnorm_stats_survive_a_large_mean",
+                batchnorm_stats_survive_a_large_mean,
+            ),
+            case(
+                "batchnorm::batchnorm_update_running_matches_reference",
+                batchnorm_update_running_matches_reference,
+            ),
+        ],
+        per_act(
+            "batchnorm::batchnorm_forward_matches_reference",
+            batchnorm_forward_matches_reference,
+        ),
+        vec![
+            case(
+                "batchnorm::batchnorm_forward_train_matches_reference",
+                batchnorm_forward_train_matches_reference,
+            ),
+            case(
+                "batchnorm::batchnorm_forward_eval_matches_reference",
+                batchnorm_forward_eval_matches_reference,
+            ),
+        ],
+        per_config(
+            "batchnorm",
+            "batchnorm::batchnorm_backward_matches_reference",
+            batchnorm_backward_matches_reference,
+        ),
+        per_config(
+            "batchnorm",
+            "batchnorm::batchnorm_stats_update_matches_reference",
+            batchnorm_stats_update_matches_reference,
+        ),
+        vec![
+            case(
+                "batchnorm::batchnorm_rejects_mismatched_buffers",
+                batchnorm_rejects_mismatched_buffers,
+            ),
+            case(
+                "batchnorm::batchnorm_affine_matches_reference",
+                batchnorm_affine_matches_reference,
+            ),
+        ],
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+struct Shape {
     input: [u32; 4],
     /// Channels before x in its buffer, before y in its buffer, and before this op's
     /// statistics in the stats arrays.
@@ -22,8 +79,8 @@ struct Case {
     relu: bool,
 }
 
-fn cases() -> Vec<Case> {
-    let c = |input, x_chan, y_chan, stat_chan, eps, momentum, relu| Case {
+fn shapes() -> Vec<Shape> {
+    let c = |input, x_chan, y_chan, stat_chan, eps, momentum, relu| Shape {
         input,
         x_chan,
         y_chan,
@@ -56,12 +113,12 @@ struct Setup {
     stat_total: u64,
 }
 
-fn setup(c: &Case, rng: &mut Rand) -> Setup {
+fn setup(c: &Shape, rng: &mut Rand) -> Setup {
     setup_as(c, rng, DType::F32)
 }
 
 /// [`setup`] with x as a `dtype` buffer holds it (the reference sees the same values).
-fn setup_as(c: &Case, rng: &mut Rand, dtype: DType) -> Setup {
+fn setup_as(c: &Shape, rng: &mut Rand, dtype: DType) -> Setup {
     let p = BatchNormParams::new(c.input)
         .unwrap()
         .with_x_channel_offset(c.x_chan)
@@ -123,10 +180,9 @@ fn check_range(
     worst
 }
 
-#[test]
-fn batchnorm_stats_matches_reference() {
+fn batchnorm_stats_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+    for (i, c) in shapes().iter().enumerate() {
         let s = setup_as(c, &mut rng, dtype);
         let x = up_act(dtype, &s.x);
         let (mean, var) = (poisoned(s.stat_total), poisoned(s.stat_total));
@@ -155,10 +211,9 @@ fn batchnorm_stats_matches_reference() {
 
 /// Data whose mean is large next to its spread: E[x^2] - E[x]^2 in f32 loses the variance
 /// there (cancellation), the two-pass form does not.
-#[test]
 fn batchnorm_stats_survive_a_large_mean() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (i, c) in shapes().iter().enumerate() {
         let mut s = setup(c, &mut rng);
         s.x = rng.range(s.x.len() as u64, 20.0, 21.0);
         let (x, mean, var) = (up(&s.x), poisoned(s.stat_total), poisoned(s.stat_total));
@@ -185,10 +240,9 @@ fn batchnorm_stats_survive_a_large_mean() {
     }
 }
 
-#[test]
 fn batchnorm_update_running_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (i, c) in shapes().iter().enumerate() {
         let s = setup(c, &mut rng);
         let (mean, var) = s.stats();
         let (rm0, rv0) = s.running(&mut rng);
@@ -223,10 +277,9 @@ fn batchnorm_update_running_matches_reference() {
     }
 }
 
-#[test]
-fn batchnorm_forward_matches_reference() {
+fn batchnorm_forward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+    for (i, c) in shapes().iter().enumerate() {
         let s = setup_as(c, &mut rng, dtype);
         let (mean, var) = s.stats();
         let (x, mb, vb) = (up_act(dtype, &s.x), up(&mean), up(&var));
@@ -256,10 +309,9 @@ fn batchnorm_forward_matches_reference() {
 }
 
 /// stats + update_running + forward in one submission, against the reference doing the same.
-#[test]
 fn batchnorm_forward_train_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (i, c) in shapes().iter().enumerate() {
         let s = setup(c, &mut rng);
         let (rm0, rv0) = s.running(&mut rng);
         let (x, g, b) = (up(&s.x), up(&s.gamma), up(&s.beta));
@@ -337,10 +389,9 @@ fn batchnorm_forward_train_matches_reference() {
 }
 
 /// Evaluation: normalized with the running statistics, which are left as they were.
-#[test]
 fn batchnorm_forward_eval_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (i, c) in shapes().iter().enumerate() {
         let s = setup(c, &mut rng);
         let (rm0, rv0) = s.running(&mut rng);
         let (x, g, b) = (up(&s.x), up(&s.gamma), up(&s.beta));
@@ -377,157 +428,140 @@ fn partials(p: &BatchNormParams) -> Option<GpuBuffer> {
     (len > 0).then(|| poisoned(len))
 }
 
-#[test]
-fn batchnorm_backward_matches_reference() {
+fn batchnorm_backward_matches_reference(variant: &'static str, k: &'static Kernels, dtype: DType) {
     let mut rng = Rand::new();
-    for (variant, k, dtype) in each_variant_and_act("batchnorm") {
-        for (i, c) in cases().iter().enumerate() {
-            let s = setup_as(c, &mut rng, dtype);
-            let (mean, var) = s.stats();
-            let dy = as_act(dtype, rng.vec(s.y_total));
-            // Random starting gradients over the whole buffers: the kernel must add, and only
-            // inside the op's channels.
-            let dx0 = as_act(dtype, rng.vec(s.x.len() as u64));
-            let dg0 = rng.vec(s.p.c as u64);
-            let db0 = rng.vec(s.p.c as u64);
-            let (x, dyb) = (up_act(dtype, &s.x), up_act(dtype, &dy));
-            let (mb, vb, g, b) = (up(&mean), up(&var), up(&s.gamma), up(&s.beta));
-            let (dx, dg, db) = (up_act(dtype, &dx0), up(&dg0), up(&db0));
-            let part = partials(&s.p);
-            let launch = batchnorm::batchnorm_backward(
-                k,
-                &s.p,
-                x.view(),
-                dyb.view(),
-                mb.view(),
-                vb.view(),
-                g.view(),
-                b.view(),
-                dx.view(),
-                dg.view(),
-                db.view(),
-                part.as_ref().map(|p| p.view()),
-            );
-            run(launch.unwrap());
-            let (mut want_dx, mut want_dg, mut want_db) = (dx0.clone(), dg0.clone(), db0.clone());
-            cpu::batchnorm_backward(
-                &mut want_dx,
-                &mut want_dg,
-                &mut want_db,
-                &dy,
-                &s.x,
-                &mean,
-                &var,
-                &s.gamma,
-                &s.beta,
-                &s.p,
-            );
-            let what = format!("batchnorm_backward[{variant},{dtype}] case {i}");
-            let tol = tol_for(dtype, GRAD);
-            check(
-                &format!("{what} dx"),
-                rng.seed,
-                &read_act(&dx),
-                &want_dx,
-                tol,
-            );
-            check(
-                &format!("{what} dgamma"),
-                rng.seed,
-                &read(&dg),
-                &want_dg,
-                GRAD,
-            );
-            check(
-                &format!("{what} dbeta"),
-                rng.seed,
-                &read(&db),
-                &want_db,
-                GRAD,
-            );
-        }
+    for (i, c) in shapes().iter().enumerate() {
+        let s = setup_as(c, &mut rng, dtype);
+        let (mean, var) = s.stats();
+        let dy = as_act(dtype, rng.vec(s.y_total));
+        // Random starting gradients over the whole buffers: the kernel must add, and only
+        // inside the op's channels.
+        let dx0 = as_act(dtype, rng.vec(s.x.len() as u64));
+        let dg0 = rng.vec(s.p.c as u64);
+        let db0 = rng.vec(s.p.c as u64);
+        let (x, dyb) = (up_act(dtype, &s.x), up_act(dtype, &dy));
+        let (mb, vb, g, b) = (up(&mean), up(&var), up(&s.gamma), up(&s.beta));
+        let (dx, dg, db) = (up_act(dtype, &dx0), up(&dg0), up(&db0));
+        let part = partials(&s.p);
+        let launch = batchnorm::batchnorm_backward(
+            k,
+            &s.p,
+            x.view(),
+            dyb.view(),
+            mb.view(),
+            vb.view(),
+            g.view(),
+            b.view(),
+            dx.view(),
+            dg.view(),
+            db.view(),
+            part.as_ref().map(|p| p.view()),
+        );
+        run(launch.unwrap());
+        let (mut want_dx, mut want_dg, mut want_db) = (dx0.clone(), dg0.clone(), db0.clone());
+        cpu::batchnorm_backward(
+            &mut want_dx,
+            &mut want_dg,
+            &mut want_db,
+            &dy,
+            &s.x,
+            &mean,
+            &var,
+            &s.gamma,
+            &s.beta,
+            &s.p,
+        );
+        let what = format!("batchnorm_backward[{variant},{dtype}] case {i}");
+        let tol = tol_for(dtype, GRAD);
+        check(
+            &format!("{what} dx"),
+            rng.seed,
+            &read_act(&dx),
+            &want_dx,
+            tol,
+        );
+        check(
+            &format!("{what} dgamma"),
+            rng.seed,
+            &read(&dg),
+            &want_dg,
+            GRAD,
+        );
+        check(
+            &format!("{what} dbeta"),
+            rng.seed,
+            &read(&db),
+            &want_db,
+            GRAD,
+        );
     }
 }
 
 /// The training statistics and the running update through the policy's implementation, on
 /// ordinary data and on data whose mean is large next to its spread.
-#[test]
-fn batchnorm_stats_update_matches_reference() {
+fn batchnorm_stats_update_matches_reference(
+    variant: &'static str,
+    k: &'static Kernels,
+    dtype: DType,
+) {
     let mut rng = Rand::new();
-    for (variant, k, dtype) in each_variant_and_act("batchnorm") {
-        for (i, c) in cases().iter().enumerate() {
-            for large_mean in [false, true] {
-                let mut s = setup_as(c, &mut rng, dtype);
-                if large_mean {
-                    s.x = as_act(dtype, rng.range(s.x.len() as u64, 20.0, 21.0));
-                }
-                let x = up_act(dtype, &s.x);
-                let (mean, var) = (poisoned(s.stat_total), poisoned(s.stat_total));
-                let (rm0, rv0) = s.running(&mut rng);
-                let (rm, rv) = (up(&rm0), up(&rv0));
-                let part = partials(&s.p);
-                let part = part.as_ref().map(|p| p.view());
-                let (xv, mv, vv) = (x.view(), mean.view(), var.view());
-                let launch = batchnorm::batchnorm_stats_update(
-                    k,
-                    &s.p,
-                    xv,
-                    mv,
-                    vv,
-                    rm.view(),
-                    rv.view(),
-                    part,
-                );
-                run(launch.unwrap());
-                let (want_mean, want_var) = s.stats();
-                let (mut want_rm, mut want_rv) = (rm0.clone(), rv0.clone());
-                cpu::batchnorm_update_running(
-                    &mut want_rm,
-                    &mut want_rv,
-                    &want_mean,
-                    &want_var,
-                    &s.p,
-                );
-                let what = format!(
-                    "batchnorm_stats_update[{variant},{dtype}] case {i} (large mean {large_mean})"
-                );
-                let r = s.stat_range();
-                check_range(
-                    &format!("{what} mean"),
-                    rng.seed,
-                    &read(&mean),
-                    &want_mean,
-                    r,
-                    FWD,
-                );
-                check_range(
-                    &format!("{what} var"),
-                    rng.seed,
-                    &read(&var),
-                    &want_var,
-                    r,
-                    FWD,
-                );
-                check(
-                    &format!("{what} running_mean"),
-                    rng.seed,
-                    &read(&rm),
-                    &want_rm,
-                    FWD,
-                );
-                check(
-                    &format!("{what} running_var"),
-                    rng.seed,
-                    &read(&rv),
-                    &want_rv,
-                    FWD,
-                );
+    for (i, c) in shapes().iter().enumerate() {
+        for large_mean in [false, true] {
+            let mut s = setup_as(c, &mut rng, dtype);
+            if large_mean {
+                s.x = as_act(dtype, rng.range(s.x.len() as u64, 20.0, 21.0));
             }
+            let x = up_act(dtype, &s.x);
+            let (mean, var) = (poisoned(s.stat_total), poisoned(s.stat_total));
+            let (rm0, rv0) = s.running(&mut rng);
+            let (rm, rv) = (up(&rm0), up(&rv0));
+            let part = partials(&s.p);
+            let part = part.as_ref().map(|p| p.view());
+            let (xv, mv, vv) = (x.view(), mean.view(), var.view());
+            let launch =
+                batchnorm::batchnorm_stats_update(k, &s.p, xv, mv, vv, rm.view(), rv.view(), part);
+            run(launch.unwrap());
+            let (want_mean, want_var) = s.stats();
+            let (mut want_rm, mut want_rv) = (rm0.clone(), rv0.clone());
+            cpu::batchnorm_update_running(&mut want_rm, &mut want_rv, &want_mean, &want_var, &s.p);
+            let what = format!(
+                "batchnorm_stats_update[{variant},{dtype}] case {i} (large mean {large_mean})"
+            );
+            let r = s.stat_range();
+            check_range(
+                &format!("{what} mean"),
+                rng.seed,
+                &read(&mean),
+                &want_mean,
+                r,
+                FWD,
+            );
+            check_range(
+                &format!("{what} var"),
+                rng.seed,
+                &read(&var),
+                &want_var,
+                r,
+                FWD,
+            );
+            check(
+                &format!("{what} running_mean"),
+                rng.seed,
+                &read(&rm),
+                &want_rm,
+                FWD,
+            );
+            check(
+                &format!("{what} running_var"),
+                rng.seed,
+                &read(&rv),
+                &want_rv,
+                FWD,
+            );
         }
     }
 }
 
-#[test]
 fn batchnorm_rejects_mismatched_buffers() {
     // Statistics at channel 2 of the stats arrays: they must hold 2 + 3 entries.
     let p = BatchNormParams::new([2, 3, 4, 4])
@@ -639,10 +673,9 @@ fn batchnorm_rejects_mismatched_buffers() {
     assert!(err.to_string().contains("eps"), "{err}");
 }
 
-#[test]
 fn batchnorm_affine_matches_reference() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (i, c) in shapes().iter().enumerate() {
         let s = setup(c, &mut rng);
         let (mean, var) = s.stats();
         let (mb, vb, g, b) = (up(&mean), up(&var), up(&s.gamma), up(&s.beta));

@@ -1,21 +1,35 @@
 //! Softmax cross-entropy and SGD on the GPU against the reference.
 
+use crate::support::harness::{case, per_act, Case};
 use crate::support::*;
+use densenet_wgpu::gpu::DType;
 use densenet_wgpu::ops::cross_entropy::{self, CrossEntropyParams, IGNORE};
 use densenet_wgpu::ops::sgd::{self, SgdParams};
 use densenet_wgpu::reference as cpu;
 
-#[test]
-fn softmax_cross_entropy_matches_reference() {
+pub fn cases() -> Vec<Case> {
+    [
+        per_act(
+            "cross_entropy::softmax_cross_entropy_matches_reference",
+            softmax_cross_entropy_matches_reference,
+        ),
+        vec![case(
+            "cross_entropy::sgd_update_matches_reference",
+            sgd_update_matches_reference,
+        )],
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn softmax_cross_entropy_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
     // (batch, classes, padding samples): one sample, the d2l head, a batch wider than the
     // workgroup, padding labels in the last batch.
     // The last case also smooths its labels.
     let cases = [(1, 10, 0), (3, 13, 0), (256, 10, 0), (300, 7, 21)];
-    for (dtype, (i, &(n, classes, pad))) in ACTS
-        .into_iter()
-        .flat_map(|d| cases.iter().enumerate().map(move |c| (d, c)))
-    {
+    for (i, &(n, classes, pad)) in cases.iter().enumerate() {
         let smoothing = if i == 3 { 0.1 } else { 0.0 };
         let p = CrossEntropyParams::new(n, classes)
             .unwrap()
@@ -67,7 +81,6 @@ fn softmax_cross_entropy_matches_reference() {
     }
 }
 
-#[test]
 fn sgd_update_matches_reference() {
     let mut rng = Rand::new();
     // (lr, momentum, weight decay, nesterov): plain SGD (the d2l recipe), each term alone,

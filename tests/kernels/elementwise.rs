@@ -1,9 +1,45 @@
 //! relu and concat on the GPU against the reference.
 
+use crate::support::harness::{case, per_act, Case};
 use crate::support::*;
+use densenet_wgpu::gpu::DType;
 use densenet_wgpu::ops::concat::{self, ConcatParams};
 use densenet_wgpu::ops::relu::{self, ReluParams};
 use densenet_wgpu::reference as cpu;
+
+pub fn cases() -> Vec<Case> {
+    [
+        per_act(
+            "elementwise::relu_forward_matches_reference",
+            relu_forward_matches_reference,
+        ),
+        per_act(
+            "elementwise::relu_backward_matches_reference",
+            relu_backward_matches_reference,
+        ),
+        per_act(
+            "elementwise::concat_forward_matches_reference",
+            concat_forward_matches_reference,
+        ),
+        per_act(
+            "elementwise::concat_backward_matches_reference",
+            concat_backward_matches_reference,
+        ),
+        vec![
+            case(
+                "elementwise::concat_rejects_out_of_range_channels",
+                concat_rejects_out_of_range_channels,
+            ),
+            case(
+                "elementwise::relu_covers_a_folded_grid",
+                relu_covers_a_folded_grid,
+            ),
+        ],
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
 
 /// (count, x_offset, y_offset): odd sizes, offsets into larger buffers, more than one
 /// workgroup, and one launch over 65,535 workgroups * 256 would need folding at scale.
@@ -14,10 +50,9 @@ const RELU_CASES: [(u32, u32, u32); 4] = [
     (70001, 0, 9),
 ];
 
-#[test]
-fn relu_forward_matches_reference() {
+fn relu_forward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, &(count, xo, yo))) in with_acts(RELU_CASES.iter().enumerate()) {
+    for (i, &(count, xo, yo)) in RELU_CASES.iter().enumerate() {
         let p = ReluParams::new(count).with_offsets(xo, yo);
         let x = as_act(dtype, rng.vec((xo + count + 3) as u64));
         let y_len = (yo + count + 4) as u64;
@@ -41,10 +76,9 @@ fn relu_forward_matches_reference() {
     }
 }
 
-#[test]
-fn relu_backward_matches_reference() {
+fn relu_backward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, &(count, xo, yo))) in with_acts(RELU_CASES.iter().enumerate()) {
+    for (i, &(count, xo, yo)) in RELU_CASES.iter().enumerate() {
         let p = ReluParams::new(count).with_offsets(xo, yo);
         let y: Vec<f32> = as_act(dtype, rng.vec((yo + count) as u64))
             .iter()
@@ -72,10 +106,9 @@ const CONCAT_CASES: [([u32; 4], u32, u32); 3] = [
     ([3, 2, 9, 5], 7, 4),
 ];
 
-#[test]
-fn concat_forward_matches_reference() {
+fn concat_forward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, &(part, total, c0))) in with_acts(CONCAT_CASES.iter().enumerate()) {
+    for (i, &(part, total, c0)) in CONCAT_CASES.iter().enumerate() {
         let p = ConcatParams::new(part, total, c0).unwrap();
         let x = as_act(dtype, rng.vec(p.count as u64));
         let (xb, wb) = (up_act(dtype, &x), poisoned_act(dtype, p.total as u64));
@@ -98,10 +131,9 @@ fn concat_forward_matches_reference() {
     }
 }
 
-#[test]
-fn concat_backward_matches_reference() {
+fn concat_backward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, &(part, total, c0))) in with_acts(CONCAT_CASES.iter().enumerate()) {
+    for (i, &(part, total, c0)) in CONCAT_CASES.iter().enumerate() {
         let p = ConcatParams::new(part, total, c0).unwrap();
         let dwhole = as_act(dtype, rng.vec(p.total as u64));
         let dpart0 = as_act(dtype, rng.vec(p.count as u64));
@@ -119,7 +151,6 @@ fn concat_backward_matches_reference() {
     }
 }
 
-#[test]
 fn concat_rejects_out_of_range_channels() {
     assert!(ConcatParams::new([2, 5, 4, 4], 8, 4).is_err());
     let p = ReluParams::new(100).with_offsets(10, 0);
@@ -132,7 +163,6 @@ fn concat_rejects_out_of_range_channels() {
 
 /// More than 65,535 workgroups: the grid is folded into 2-D and every invocation must
 /// still find its element.
-#[test]
 fn relu_covers_a_folded_grid() {
     let mut rng = Rand::new();
     let count = 65_535 * 256 + 1000;

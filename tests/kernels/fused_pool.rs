@@ -4,7 +4,8 @@
 //! (batchnorm_forward with ReLU into a tensor, then the plain pool), at channel and
 //! statistics offsets.
 
-use crate::pool::{cases, global_cases, global_params, params, totals};
+use crate::pool::{global_cases, global_params, params, shapes, totals};
+use crate::support::harness::{case, per_act, Case};
 use crate::support::*;
 use densenet_wgpu::gpu::DType;
 use densenet_wgpu::ops::batchnorm::{self, BatchNormParams, BnRelu};
@@ -12,6 +13,30 @@ use densenet_wgpu::ops::maxpool::Pool2dParams;
 use densenet_wgpu::ops::{avgpool, global_avgpool, maxpool};
 use densenet_wgpu::reference as cpu;
 use densenet_wgpu::GpuBuffer;
+
+pub fn cases() -> Vec<Case> {
+    [
+        per_act(
+            "fused_pool::maxpool_with_bn_relu_matches_reference_and_the_unfused_path",
+            maxpool_with_bn_relu_matches_reference_and_the_unfused_path,
+        ),
+        per_act(
+            "fused_pool::avgpool_with_bn_relu_matches_reference_and_the_unfused_path",
+            avgpool_with_bn_relu_matches_reference_and_the_unfused_path,
+        ),
+        per_act(
+            "fused_pool::global_avgpool_with_bn_relu_matches_reference_and_the_unfused_path",
+            global_avgpool_with_bn_relu_matches_reference_and_the_unfused_path,
+        ),
+        vec![case(
+            "fused_pool::fused_pools_refuse_short_statistics",
+            fused_pools_refuse_short_statistics,
+        )],
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
 
 /// A batch norm over `c` channels of x (at `x_chan`), its statistics at `stat` of larger
 /// arrays: the params, and (mean, var, gamma, beta) on the GPU and the host.
@@ -112,10 +137,9 @@ fn assert_same_bits(what: &str, seed: u64, got: &[f32], want: &[f32]) {
     }
 }
 
-#[test]
-fn maxpool_with_bn_relu_matches_reference_and_the_unfused_path() {
+fn maxpool_with_bn_relu_matches_reference_and_the_unfused_path(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+    for (i, c) in shapes().iter().enumerate() {
         let p = params(c);
         let (x_total, y_total) = totals(&p);
         let x = as_act(dtype, rng.range(x_total, -1.0, 3.0));
@@ -169,10 +193,9 @@ fn maxpool_with_bn_relu_matches_reference_and_the_unfused_path() {
     }
 }
 
-#[test]
-fn avgpool_with_bn_relu_matches_reference_and_the_unfused_path() {
+fn avgpool_with_bn_relu_matches_reference_and_the_unfused_path(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+    for (i, c) in shapes().iter().enumerate() {
         let p = params(c);
         let (x_total, y_total) = totals(&p);
         let x = as_act(dtype, rng.range(x_total, -1.0, 3.0));
@@ -203,10 +226,9 @@ fn avgpool_with_bn_relu_matches_reference_and_the_unfused_path() {
     }
 }
 
-#[test]
-fn global_avgpool_with_bn_relu_matches_reference_and_the_unfused_path() {
+fn global_avgpool_with_bn_relu_matches_reference_and_the_unfused_path(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, (input, x_chan, y_chan))) in with_acts(global_cases().into_iter().enumerate()) {
+    for (i, (input, x_chan, y_chan)) in global_cases().into_iter().enumerate() {
         let (p, x_total, y_total) = global_params(input, x_chan, y_chan);
         let x = as_act(dtype, rng.range(x_total, -1.0, 3.0));
         let b = bn(&mut rng, input, x_chan, 2 * i as u32);
@@ -244,7 +266,6 @@ fn global_avgpool_with_bn_relu_matches_reference_and_the_unfused_path() {
 }
 
 /// A fused BN whose statistics or scales do not cover the pool's channels is refused.
-#[test]
 fn fused_pools_refuse_short_statistics() {
     let p = Pool2dParams::new([2, 6, 4, 4], (2, 2), (2, 2), (0, 0)).unwrap();
     let (x, y) = (poisoned(p.x_len()), poisoned(p.y_len()));

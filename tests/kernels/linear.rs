@@ -1,8 +1,26 @@
 //! linear on the GPU against the reference.
 
+use crate::support::harness::{per_act, Case};
 use crate::support::*;
+use densenet_wgpu::gpu::DType;
 use densenet_wgpu::ops::linear::{self, LinearParams};
 use densenet_wgpu::reference as cpu;
+
+pub fn cases() -> Vec<Case> {
+    [
+        per_act(
+            "linear::linear_forward_matches_reference",
+            linear_forward_matches_reference,
+        ),
+        per_act(
+            "linear::linear_backward_matches_reference",
+            linear_backward_matches_reference,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
 
 const CASES: [(u32, u32, u32, bool); 4] = [
     (3, 13, 10, true),
@@ -11,13 +29,9 @@ const CASES: [(u32, u32, u32, bool); 4] = [
     (70, 33, 17, true),
 ];
 
-#[test]
-fn linear_forward_matches_reference() {
+fn linear_forward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, &(n, fi, fo, bias))) in ACTS
-        .into_iter()
-        .flat_map(|d| CASES.iter().enumerate().map(move |c| (d, c)))
-    {
+    for (i, &(n, fi, fo, bias)) in CASES.iter().enumerate() {
         let p = LinearParams::new(n, fi, fo, bias).unwrap();
         let (x, w, b) = (
             as_act(dtype, rng.vec(p.x_len())),
@@ -40,13 +54,9 @@ fn linear_forward_matches_reference() {
     }
 }
 
-#[test]
-fn linear_backward_matches_reference() {
+fn linear_backward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, &(n, fi, fo, _))) in ACTS
-        .into_iter()
-        .flat_map(|d| CASES.iter().enumerate().map(move |c| (d, c)))
-    {
+    for (i, &(n, fi, fo, _)) in CASES.iter().enumerate() {
         let p = LinearParams::new(n, fi, fo, true).unwrap();
         let (x, w, dy) = (
             as_act(dtype, rng.vec(p.x_len())),

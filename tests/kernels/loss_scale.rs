@@ -2,6 +2,7 @@
 //! the scale on overflow and doubles it after the interval, the loss gradient is scaled, and
 //! the optimizer unscales the gradients or skips the step.
 
+use crate::support::harness::{case, Case};
 use crate::support::*;
 use densenet_wgpu::ops::cross_entropy::{self, CrossEntropyParams};
 use densenet_wgpu::ops::grad_clip::{self, GradClipParams};
@@ -9,6 +10,27 @@ use densenet_wgpu::ops::loss_scale::{self, LossScaleParams, LossScaleState};
 use densenet_wgpu::ops::sgd::{self, SgdInputs, SgdParams};
 use densenet_wgpu::reference as cpu;
 use densenet_wgpu::GpuBuffer;
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case(
+            "loss_scale::loss_scale_flags_exactly_inf_and_nan",
+            loss_scale_flags_exactly_inf_and_nan,
+        ),
+        case(
+            "loss_scale::loss_scale_doubles_after_the_interval_of_clean_steps",
+            loss_scale_doubles_after_the_interval_of_clean_steps,
+        ),
+        case(
+            "loss_scale::scaled_loss_gradient_and_unscaled_update",
+            scaled_loss_gradient_and_unscaled_update,
+        ),
+        case(
+            "loss_scale::gradient_clipping_by_global_norm",
+            gradient_clipping_by_global_norm,
+        ),
+    ]
+}
 
 fn state_buffer(s: LossScaleState) -> GpuBuffer {
     up_u32(&s.to_words())
@@ -25,7 +47,6 @@ fn step(p: &LossScaleParams, grads: &GpuBuffer, state: &GpuBuffer) {
     run(vec![check, update]);
 }
 
-#[test]
 fn loss_scale_flags_exactly_inf_and_nan() {
     let mut rng = Rand::new();
     let count = 70_001; // past one workgroup row of the folded grid
@@ -58,7 +79,6 @@ fn loss_scale_flags_exactly_inf_and_nan() {
     }
 }
 
-#[test]
 fn loss_scale_doubles_after_the_interval_of_clean_steps() {
     let p = LossScaleParams::new(4, 3).unwrap();
     let grads = up(&[1.0, -2.0, 0.0, 3.0]);
@@ -87,7 +107,6 @@ fn loss_scale_doubles_after_the_interval_of_clean_steps() {
 
 /// The loss gradient times the scale (the summed loss unscaled); SGD divides by the scale,
 /// and leaves parameters and velocity alone on a flagged step.
-#[test]
 fn scaled_loss_gradient_and_unscaled_update() {
     let mut rng = Rand::new();
     let ce = CrossEntropyParams::new(6, 5).unwrap();
@@ -178,7 +197,6 @@ fn scaled_loss_gradient_and_unscaled_update() {
 /// Gradient clipping: the global norm and factor against the CPU (a count past one
 /// workgroup chunk; a limit above the norm leaves the gradients alone), the norm of a scaled
 /// loss's gradients unscaled, and the update multiplied by the factor.
-#[test]
 fn gradient_clipping_by_global_norm() {
     let mut rng = Rand::new();
     let count = 70_001u32;

@@ -3,6 +3,7 @@
 //! last rows and columns), channel offsets on both sides, NaN-poisoned outputs, exact
 //! argmax, ties and NaN inputs, and accumulation onto non-zero gradients.
 
+use crate::support::harness::{case, per_act, Case};
 use crate::support::*;
 use densenet_wgpu::gpu::DType;
 use densenet_wgpu::ops::avgpool;
@@ -10,7 +11,61 @@ use densenet_wgpu::ops::global_avgpool::{self, GlobalAvgPoolParams};
 use densenet_wgpu::ops::maxpool::{self, Pool2dParams};
 use densenet_wgpu::reference as cpu;
 
-pub(crate) struct Case {
+pub fn cases() -> Vec<Case> {
+    [
+        per_act(
+            "pool::maxpool_forward_matches_reference",
+            maxpool_forward_matches_reference,
+        ),
+        per_act(
+            "pool::maxpool_forward_ties_pick_the_first_maximum",
+            maxpool_forward_ties_pick_the_first_maximum,
+        ),
+        vec![case(
+            "pool::maxpool_forward_propagates_nan_like_pytorch",
+            maxpool_forward_propagates_nan_like_pytorch,
+        )],
+        per_act(
+            "pool::maxpool_backward_matches_reference",
+            maxpool_backward_matches_reference,
+        ),
+        per_act(
+            "pool::avgpool_forward_matches_reference",
+            avgpool_forward_matches_reference,
+        ),
+        per_act(
+            "pool::avgpool_backward_matches_reference",
+            avgpool_backward_matches_reference,
+        ),
+        vec![case(
+            "pool::pool_backward_covers_a_large_input",
+            pool_backward_covers_a_large_input,
+        )],
+        per_act(
+            "pool::global_avgpool_forward_matches_reference",
+            global_avgpool_forward_matches_reference,
+        ),
+        per_act(
+            "pool::global_avgpool_backward_matches_reference",
+            global_avgpool_backward_matches_reference,
+        ),
+        vec![
+            case(
+                "pool::pool_rejects_mismatched_buffers_and_impossible_shapes",
+                pool_rejects_mismatched_buffers_and_impossible_shapes,
+            ),
+            case(
+                "pool::pool_backwards_overwrite_every_element",
+                pool_backwards_overwrite_every_element,
+            ),
+        ],
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+pub(crate) struct Shape {
     pub(crate) input: [u32; 4],
     kernel: (u32, u32),
     stride: (u32, u32),
@@ -20,8 +75,8 @@ pub(crate) struct Case {
     y_chan: u32,
 }
 
-pub(crate) fn cases() -> Vec<Case> {
-    let c = |input, kernel, stride, pad, x_chan, y_chan| Case {
+pub(crate) fn shapes() -> Vec<Shape> {
+    let c = |input, kernel, stride, pad, x_chan, y_chan| Shape {
         input,
         kernel,
         stride,
@@ -47,7 +102,7 @@ pub(crate) fn cases() -> Vec<Case> {
     ]
 }
 
-pub(crate) fn params(c: &Case) -> Pool2dParams {
+pub(crate) fn params(c: &Shape) -> Pool2dParams {
     Pool2dParams::new(c.input, c.kernel, c.stride, c.pad)
         .unwrap()
         .with_x_channel_offset(c.x_chan)
@@ -110,10 +165,9 @@ fn maxpool_forward_case(what: &str, seed: u64, p: &Pool2dParams, x: &[f32], dtyp
     check_written(what, seed, &read_act(&y), &want, range, dtype);
 }
 
-#[test]
-fn maxpool_forward_matches_reference() {
+fn maxpool_forward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+    for (i, c) in shapes().iter().enumerate() {
         let p = params(c);
         let x = as_act(dtype, rng.vec(totals(&p).0));
         let what = format!("maxpool_forward[{dtype}] case {i}");
@@ -123,10 +177,9 @@ fn maxpool_forward_matches_reference() {
 
 /// Inputs drawn from three values: every window has ties, which go to the first maximum
 /// in row-major order; all-equal windows pick their first in-bounds element.
-#[test]
-fn maxpool_forward_ties_pick_the_first_maximum() {
+fn maxpool_forward_ties_pick_the_first_maximum(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+    for (i, c) in shapes().iter().enumerate() {
         let p = params(c);
         let x: Vec<f32> = (0..totals(&p).0)
             .map(|_| rng.below(3) as f32 - 1.0)
@@ -138,7 +191,6 @@ fn maxpool_forward_ties_pick_the_first_maximum() {
 
 /// A NaN in a window wins (the last NaN's index is kept), as in PyTorch: a NaN is never
 /// hidden by the pool. Also -inf everywhere picks the first in-bounds element.
-#[test]
 fn maxpool_forward_propagates_nan_like_pytorch() {
     let mut rng = Rand::new();
     let p = Pool2dParams::new([3, 5, 7, 7], (3, 3), (2, 2), (1, 1)).unwrap();
@@ -168,10 +220,9 @@ fn maxpool_forward_propagates_nan_like_pytorch() {
     }
 }
 
-#[test]
-fn maxpool_backward_matches_reference() {
+fn maxpool_backward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+    for (i, c) in shapes().iter().enumerate() {
         let p = params(c);
         let (x_total, y_total) = totals(&p);
         // A valid argmax from the reference forward.
@@ -195,10 +246,9 @@ fn maxpool_backward_matches_reference() {
     }
 }
 
-#[test]
-fn avgpool_forward_matches_reference() {
+fn avgpool_forward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+    for (i, c) in shapes().iter().enumerate() {
         let p = params(c);
         let (x_total, y_total) = totals(&p);
         let x = as_act(dtype, rng.vec(x_total));
@@ -217,10 +267,9 @@ fn avgpool_forward_matches_reference() {
     }
 }
 
-#[test]
-fn avgpool_backward_matches_reference() {
+fn avgpool_backward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, c)) in with_acts(cases().iter().enumerate()) {
+    for (i, c) in shapes().iter().enumerate() {
         let p = params(c);
         let (x_total, y_total) = totals(&p);
         let dy = as_act(dtype, rng.vec(y_total));
@@ -241,7 +290,6 @@ fn avgpool_backward_matches_reference() {
 
 /// A large input (4.3M elements, 520 workgroups of rows): every row of every plane must be
 /// found by its invocation.
-#[test]
 fn pool_backward_covers_a_large_input() {
     let mut rng = Rand::new();
     let p = Pool2dParams::new([4, 64, 130, 130], (3, 3), (2, 2), (1, 1)).unwrap();
@@ -302,10 +350,9 @@ pub(crate) fn global_params(
     (p, x_total, y_total)
 }
 
-#[test]
-fn global_avgpool_forward_matches_reference() {
+fn global_avgpool_forward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, (input, x_chan, y_chan))) in with_acts(global_cases().into_iter().enumerate()) {
+    for (i, (input, x_chan, y_chan)) in global_cases().into_iter().enumerate() {
         let (p, x_total, y_total) = global_params(input, x_chan, y_chan);
         let x = as_act(dtype, rng.vec(x_total));
         let (xb, y) = (up_act(dtype, &x), poisoned_act(dtype, y_total));
@@ -323,10 +370,9 @@ fn global_avgpool_forward_matches_reference() {
     }
 }
 
-#[test]
-fn global_avgpool_backward_matches_reference() {
+fn global_avgpool_backward_matches_reference(dtype: DType) {
     let mut rng = Rand::new();
-    for (dtype, (i, (input, x_chan, y_chan))) in with_acts(global_cases().into_iter().enumerate()) {
+    for (i, (input, x_chan, y_chan)) in global_cases().into_iter().enumerate() {
         let (p, x_total, y_total) = global_params(input, x_chan, y_chan);
         let dy = as_act(dtype, rng.vec(y_total));
         let dx0 = as_act(dtype, rng.vec(x_total));
@@ -353,7 +399,6 @@ fn refused(what: &str, arg: &str, r: densenet_wgpu::Result<Vec<densenet_wgpu::ke
     assert!(!msg.contains('\n'), "{what}: one line: {msg}");
 }
 
-#[test]
 fn pool_rejects_mismatched_buffers_and_impossible_shapes() {
     let g = k();
     let p = Pool2dParams::new([2, 3, 5, 5], (3, 3), (2, 2), (1, 1))
@@ -470,10 +515,9 @@ fn pool_rejects_mismatched_buffers_and_impossible_shapes() {
 }
 
 /// Overwriting backwards write every element of dx (NaN before), whatever it held.
-#[test]
 fn pool_backwards_overwrite_every_element() {
     let mut rng = Rand::new();
-    for (i, c) in cases().iter().enumerate() {
+    for (i, c) in shapes().iter().enumerate() {
         let p = params(c).overwriting();
         let (x_total, y_total) = totals(&p);
         let x = rng.vec(x_total);

@@ -4,6 +4,7 @@
 //! writing in place, statistics once per channel) and checked value by value against the
 //! plain CPU way (explicit concatenation, statistics per layer).
 
+use crate::support::harness::{case, Case};
 use crate::support::*;
 use densenet_wgpu::ops::avgpool;
 use densenet_wgpu::ops::batchnorm::{self, BatchNormParams};
@@ -11,6 +12,13 @@ use densenet_wgpu::ops::concat::{self, ConcatParams};
 use densenet_wgpu::ops::conv2d::{self, Conv2dParams};
 use densenet_wgpu::ops::maxpool::Pool2dParams;
 use densenet_wgpu::reference as cpu;
+
+pub fn cases() -> Vec<Case> {
+    vec![case(
+        "shapes::dense_block_and_transition_shapes",
+        dense_block_and_transition_shapes,
+    )]
+}
 
 const N: u32 = 4;
 
@@ -37,7 +45,6 @@ fn cpu_conv_block(
     y
 }
 
-#[test]
 fn dense_block_and_transition_shapes() {
     let mut rng = Rand::new();
     let plane = (N * 8 * 8) as u64;

@@ -55,10 +55,11 @@ pub fn kernels_for(spec: &str) -> &'static Kernels {
 }
 
 /// One registry per configuration of every variant of `op` (across its shaders) that this
-/// adapter can run, each forcing it: run a launch through each to test every candidate the
-/// tuner may pick (each variant in each of its split settings). (A variant with unmet needs,
-/// e.g. cooperative matrices on an adapter without them, is left out; the cooperative-matrix
-/// tests fail instead when DENSENET_EXPECT_COOP is set.)
+/// adapter can run, each forcing it: run a launch through each to time every candidate the
+/// tuner may pick (each variant in each of its split settings). A variant with unmet needs,
+/// e.g. cooperative matrices on an adapter without them, is left out. (The tests register
+/// one case per configuration with [`harness::per_config`] instead, which reports such a
+/// variant as skipped with its reason.)
 pub fn each_variant(op: &str) -> Vec<(&'static str, &'static Kernels)> {
     variants_of(op)
         .filter(|v| v.needs.unmet(gpu()).is_none())
@@ -72,20 +73,6 @@ pub fn each_variant(op: &str) -> Vec<(&'static str, &'static Kernels)> {
             (name, kernels_for(&format!("{op}={name}")))
         })
         .collect()
-}
-
-/// [`each_variant`] in each activation element type of [`ACTS`].
-pub fn each_variant_and_act(op: &str) -> Vec<(&'static str, &'static Kernels, DType)> {
-    each_variant(op)
-        .into_iter()
-        .flat_map(|(v, k)| ACTS.map(|d| (v, k, d)))
-        .collect()
-}
-
-/// Each item of `cases` in each activation element type of [`ACTS`].
-pub fn with_acts<I: Iterator + Clone>(cases: I) -> impl Iterator<Item = (DType, I::Item)> {
-    ACTS.into_iter()
-        .flat_map(move |d| cases.clone().map(move |c| (d, c)))
 }
 
 /// Every variant of `op`, across its shaders.
