@@ -80,7 +80,11 @@ impl<T: Record> DeviceCache<T> {
         let what = format!("the {} {}", T::WHAT, path.display());
         match serde_json::from_str::<Format>(&text) {
             Ok(f) if f.format != T::FORMAT => {
-                let why = format!("{what} has format {} (this build reads {})", f.format, T::FORMAT);
+                let why = format!(
+                    "{what} has format {} (this build reads {})",
+                    f.format,
+                    T::FORMAT
+                );
                 return (Self::empty(), Some(why));
             }
             Err(e) => return (Self::empty(), Some(format!("{what} is corrupt ({e})"))),

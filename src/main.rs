@@ -458,7 +458,10 @@ fn selftest(k: &Kernels, c: SelftestCmd) -> anyhow::Result<()> {
     }
     let failed = suite.results.iter().filter(|r| !r.passed()).count();
     if failed > 0 {
-        bail!("selftest: {failed} checks failed on {} (listed above)", suite.adapter);
+        bail!(
+            "selftest: {failed} checks failed on {} (listed above)",
+            suite.adapter
+        );
     }
     Ok(())
 }
@@ -577,7 +580,10 @@ fn eval(
     let k = kernels(opts, spec)?;
     let step = (&ck.config, ck.recipe.batch_size, Mode::Eval, precision);
     let (k, tuning) = tune::tuned_kernels(&k, step, &c.tune.options(), Some(&ck.kernel_choices))?;
-    let timed = tuning.launches.iter().any(|l| l.source == tune::Source::Timed);
+    let timed = tuning
+        .launches
+        .iter()
+        .any(|l| l.source == tune::Source::Timed);
     if timed || tuning.check.checked > 0 || !tuning.warnings.is_empty() || verbose {
         print!("{}", tuning.text());
     }

@@ -74,7 +74,7 @@ fn main() -> std::process::ExitCode {
 fn cli(args: &[&str]) -> Output {
     // Tuning is tested in tests/tune.rs; here runs must not time kernels or touch the
     // user's tuning cache.
-    Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
+    support::binary()
         .env("DENSENET_TUNE", "off")
         .args(args)
         .output()
@@ -351,7 +351,7 @@ fn a_diverging_run_stops_and_keeps_its_checkpoint() {
 /// run and how to resume it, and exit status 130.
 fn ctrl_c_says_where_the_run_is() {
     let dir = temp_dir("ctrl-c");
-    let child = Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
+    let child = support::binary()
         .env("DENSENET_TUNE", "off")
         .args([
             "train",

@@ -70,6 +70,11 @@ pub fn after(
         offset: at as u32,
         _pad: [0; 3],
     };
-    let d = k.dispatch(PERTURB.kernel(output.dtype), &p, &[(1, output)], Grid::Threads(1))?;
+    let d = k.dispatch(
+        PERTURB.kernel(output.dtype),
+        &p,
+        &[(1, output)],
+        Grid::Threads(1),
+    )?;
     Ok(Some(d))
 }

@@ -31,9 +31,15 @@ pub(super) fn check(k: &Kernels, config: Config, dtype: DType) -> Result<Vec<Row
 
     // Statistics into NaN-filled arrays (other slots must stay NaN); the running update
     // from values already there.
-    let (mut mean, mut var) = (vec![f32::NAN; STATS as usize], vec![f32::NAN; STATS as usize]);
+    let (mut mean, mut var) = (
+        vec![f32::NAN; STATS as usize],
+        vec![f32::NAN; STATS as usize],
+    );
     cpu::batchnorm_stats(&mut mean, &mut var, &x, &base);
-    let running = [inputs.floats(STATS, -0.5, 0.5), inputs.floats(STATS, 0.5, 1.5)];
+    let running = [
+        inputs.floats(STATS, -0.5, 0.5),
+        inputs.floats(STATS, 0.5, 1.5),
+    ];
     let (mut rm, mut rv) = (running[0].clone(), running[1].clone());
     cpu::batchnorm_update_running(&mut rm, &mut rv, &mean, &var, &base);
     let x_buf = probe.act("x", &x)?;
@@ -56,7 +62,12 @@ pub(super) fn check(k: &Kernels, config: Config, dtype: DType) -> Result<Vec<Row
         ("running variance", rvb, &rv),
     ] {
         let got = probe.read(buf)?;
-        rows.push(Row::compare(format!("batchnorm_stats {what}"), &got, want, Tol::FWD));
+        rows.push(Row::compare(
+            format!("batchnorm_stats {what}"),
+            &got,
+            want,
+            Tol::FWD,
+        ));
     }
 
     // Backward with the batch statistics, adding into values already there.
@@ -76,7 +87,10 @@ pub(super) fn check(k: &Kernels, config: Config, dtype: DType) -> Result<Vec<Row
             &mut dx, &mut dg, &mut db, &dy, &x, &mean, &var, &gamma, &beta, &p,
         );
         let dx_buf = probe.act("dx", &dx0)?;
-        let grads = [probe.f32s("dgamma", &dgb0[0])?, probe.f32s("dbeta", &dgb0[1])?];
+        let grads = [
+            probe.f32s("dgamma", &dgb0[0])?,
+            probe.f32s("dbeta", &dgb0[1])?,
+        ];
         let views = [
             x_buf.view(),
             dy_buf.view(),

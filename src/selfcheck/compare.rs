@@ -100,9 +100,15 @@ mod tests {
         let ok = compare(&[1.0, 2.00001, f32::NAN], &[1.0, 2.0, f32::NAN], tol);
         assert!(ok.within && ok.max_rel_err < 1e-4, "{ok:?}");
         let off = compare(&[1.0, 2.1], &[1.0, 2.0], tol);
-        assert!(!off.within && (off.max_rel_err - 0.05).abs() < 1e-6, "{off:?}");
+        assert!(
+            !off.within && (off.max_rel_err - 0.05).abs() < 1e-6,
+            "{off:?}"
+        );
         assert!(!compare(&[f32::NAN], &[1.0], tol).within);
-        assert!(!compare(&[0.0], &[f32::NAN], tol).within, "a stray write fails");
+        assert!(
+            !compare(&[0.0], &[f32::NAN], tol).within,
+            "a stray write fails"
+        );
         assert!(!compare(&[1.0], &[1.0, 2.0], tol).within);
         assert!(identical(&[1.0, f32::NAN], &[1.0, f32::NAN]));
         assert!(!identical(&[0.0], &[-0.0]));

@@ -90,17 +90,28 @@ pub(super) fn check(k: &Kernels, config: Config, dtype: DType) -> Result<Vec<Row
         }
         let (xr, w_op, dy_op) = (round(xr), round(weight.clone()), round(dy.clone()));
         let probe = Probe::new(k, dtype);
-        let affine_buf = s.fused_bn.then(|| probe.f32s("affine", &affine)).transpose()?;
+        let affine_buf = s
+            .fused_bn
+            .then(|| probe.f32s("affine", &affine))
+            .transpose()?;
         let affine_view = affine_buf.as_ref().map(|b| b.view());
         let x_buf = probe.act("x", &x)?;
         let w_buf = probe.f32s("weight", &weight)?;
-        let b_buf = (p.has_bias != 0).then(|| probe.f32s("bias", &bias)).transpose()?;
+        let b_buf = (p.has_bias != 0)
+            .then(|| probe.f32s("bias", &bias))
+            .transpose()?;
         let ws = probe.zeros("workspace", p.workspace_len().max(1))?;
         let c = Some(config);
 
         // Forward: y's other channels are NaN and must stay so.
         let mut want = vec![f32::NAN; dy.len()];
-        cpu::conv2d_forward(&mut want, &xr, &w_op, b_buf.is_some().then_some(&bias[..]), &p);
+        cpu::conv2d_forward(
+            &mut want,
+            &xr,
+            &w_op,
+            b_buf.is_some().then_some(&bias[..]),
+            &p,
+        );
         let y_buf = probe.act("y", &vec![f32::NAN; dy.len()])?;
         let d = conv2d::forward_in(
             c,
@@ -186,5 +197,9 @@ pub(super) fn check(k: &Kernels, config: Config, dtype: DType) -> Result<Vec<Row
 fn affine_pairs(inputs: &mut Inputs, channels: u32) -> Vec<f32> {
     let scale = inputs.floats(channels as u64, 0.5, 1.5);
     let shift = inputs.floats(channels as u64, -0.5, 0.5);
-    scale.iter().zip(&shift).flat_map(|(&a, &b)| [a, b]).collect()
+    scale
+        .iter()
+        .zip(&shift)
+        .flat_map(|(&a, &b)| [a, b])
+        .collect()
 }

@@ -13,9 +13,9 @@
 //! configurations their plan launches before trusting them (see `tune`), remembering the
 //! verdicts per device in [`cache`].
 
+mod bn;
 pub mod cache;
 pub mod compare;
-mod bn;
 mod conv;
 mod network;
 
@@ -174,7 +174,9 @@ pub fn configs(k: &Kernels, shaders: &[&'static Shader], dtype: DType) -> Vec<Co
 pub fn items(k: &Kernels) -> Vec<Item> {
     let mut out = Vec::new();
     for dtype in dtypes(k) {
-        let conv = configs(k, &conv2d::SHADERS, dtype).into_iter().map(Target::Conv);
+        let conv = configs(k, &conv2d::SHADERS, dtype)
+            .into_iter()
+            .map(Target::Conv);
         let bn = configs(k, &batchnorm::SHADERS, dtype)
             .into_iter()
             .map(Target::BatchNorm);
@@ -223,12 +225,21 @@ pub fn table(results: &[Checked]) -> String {
     for c in results {
         let (config, dtype) = (c.item.config_name(), c.item.dtype.to_string());
         if let Some(e) = &c.error {
-            let _ = writeln!(out, "{:<40} {config:<24} {dtype:<5} {:>9}  FAIL: {e}", c.item.op(), "-");
+            let _ = writeln!(
+                out,
+                "{:<40} {config:<24} {dtype:<5} {:>9}  FAIL: {e}",
+                c.item.op(),
+                "-"
+            );
         }
         for r in &c.rows {
             let verdict = if r.pass { "ok" } else { "FAIL" };
             let err = fmt_err(r.max_rel_err);
-            let _ = writeln!(out, "{:<40} {config:<24} {dtype:<5} {err:>9}  {verdict}", r.kernel);
+            let _ = writeln!(
+                out,
+                "{:<40} {config:<24} {dtype:<5} {err:>9}  {verdict}",
+                r.kernel
+            );
         }
     }
     out
@@ -339,12 +350,20 @@ pub fn suite(k: &Kernels, mut progress: impl FnMut(&Checked)) -> Suite {
         let checked = match item.target {
             Target::Network => {
                 let passed = |c: &Config| {
-                    results
-                        .iter()
-                        .any(|r| r.item.dtype == item.dtype && r.item.config() == Some(*c) && r.passed())
+                    results.iter().any(|r| {
+                        r.item.dtype == item.dtype && r.item.config() == Some(*c) && r.passed()
+                    })
                 };
-                let conv = preferred(conv2d::rule_config(k, item.dtype), configs(k, &conv2d::SHADERS, item.dtype), passed);
-                let bn = preferred(batchnorm::stats_config(k.policy()), configs(k, &batchnorm::SHADERS, item.dtype), passed);
+                let conv = preferred(
+                    conv2d::rule_config(k, item.dtype),
+                    configs(k, &conv2d::SHADERS, item.dtype),
+                    passed,
+                );
+                let bn = preferred(
+                    batchnorm::stats_config(k.policy()),
+                    configs(k, &batchnorm::SHADERS, item.dtype),
+                    passed,
+                );
                 match (conv, bn) {
                     (Some(conv), Some(bn)) => run(k, item, (conv, bn)),
                     _ => Checked {
@@ -355,7 +374,14 @@ pub fn suite(k: &Kernels, mut progress: impl FnMut(&Checked)) -> Suite {
                     },
                 }
             }
-            _ => run(k, item, (Config::of(&crate::kernels::PLAIN), Config::of(&crate::kernels::PLAIN))),
+            _ => run(
+                k,
+                item,
+                (
+                    Config::of(&crate::kernels::PLAIN),
+                    Config::of(&crate::kernels::PLAIN),
+                ),
+            ),
         };
         progress(&checked);
         results.push(checked);
@@ -383,7 +409,11 @@ impl Suite {
     pub fn text(&self) -> String {
         let mut out = table(&self.results);
         let failed: Vec<&Checked> = self.results.iter().filter(|c| !c.passed()).collect();
-        let configs = self.results.iter().filter(|c| c.item.config().is_some()).count();
+        let configs = self
+            .results
+            .iter()
+            .filter(|c| c.item.config().is_some())
+            .count();
         let _ = writeln!(
             out,
             "selftest on {}: {} of {configs} kernel configurations and {} network checks pass ({:.1} s)",
@@ -393,7 +423,13 @@ impl Suite {
             self.seconds
         );
         for c in failed {
-            let _ = writeln!(out, "FAILED {}: {}; {}", c.item.label(), c.failures(), self.avoid(c));
+            let _ = writeln!(
+                out,
+                "FAILED {}: {}; {}",
+                c.item.label(),
+                c.failures(),
+                self.avoid(c)
+            );
         }
         out
     }
@@ -406,11 +442,22 @@ impl Suite {
                 .to_string();
         }
         let good = self.results.iter().find(|r| {
-            r.passed() && r.item.dtype == item.dtype && r.item.op() == item.op() && r.item.config().is_some()
+            r.passed()
+                && r.item.dtype == item.dtype
+                && r.item.op() == item.op()
+                && r.item.config().is_some()
         });
         match good {
-            Some(g) => format!("avoid it with --kernels {}={}", item.op(), g.item.config_name()),
-            None => format!("no {} configuration passes in {} on this adapter", item.op(), item.dtype),
+            Some(g) => format!(
+                "avoid it with --kernels {}={}",
+                item.op(),
+                g.item.config_name()
+            ),
+            None => format!(
+                "no {} configuration passes in {} on this adapter",
+                item.op(),
+                item.dtype
+            ),
         }
     }
 }

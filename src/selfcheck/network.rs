@@ -96,7 +96,11 @@ pub(super) fn check(k: &Kernels, dtype: DType, (conv, bn): (Config, Config)) -> 
     let (loss_sum, _) = plan.read_metrics(gpu)?;
     let b = &plan.buffers;
     let grads_buf = b.grads.as_ref().expect("a training plan has gradients");
-    let grads: Vec<f32> = gpu.read_all::<f32>(grads_buf)?.iter().map(|g| g / scale).collect();
+    let grads: Vec<f32> = gpu
+        .read_all::<f32>(grads_buf)?
+        .iter()
+        .map(|g| g / scale)
+        .collect();
     let want = reference_step(&cfg, &plan.layout, &params, &x, &labels);
 
     // f16 stores activations and their gradients rounded: errors grow from the head to the
@@ -110,7 +114,11 @@ pub(super) fn check(k: &Kernels, dtype: DType, (conv, bn): (Config, Config)) -> 
     rows.push(gradients(&plan.layout, &grads, &want.grads, f16));
 
     // The update from the gradients the step computed (so only SGD and clipping are judged).
-    let norm = grads.iter().map(|g| *g as f64 * *g as f64).sum::<f64>().sqrt();
+    let norm = grads
+        .iter()
+        .map(|g| *g as f64 * *g as f64)
+        .sum::<f64>()
+        .sqrt();
     let factor = OPT
         .clip_norm
         .map_or(1.0, |max| (max as f64 / (norm + 1e-6)).min(1.0)) as f32;
@@ -122,7 +130,12 @@ pub(super) fn check(k: &Kernels, dtype: DType, (conv, bn): (Config, Config)) -> 
     let got: Vec<f32> = gpu.read_all(&b.params)?;
     let step = OPT.lr as f64 * clipped.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
     let tol = Tol::new(1e-3 * step.max(1e-12), 1e-6);
-    rows.push(Row::compare("network sgd_update".into(), &got, &updated, tol));
+    rows.push(Row::compare(
+        "network sgd_update".into(),
+        &got,
+        &updated,
+        tol,
+    ));
 
     // Evaluation with the updated parameters and running statistics, on an evaluation plan.
     let rm: Vec<f32> = gpu.read_all(&b.running_mean)?;
@@ -141,7 +154,12 @@ pub(super) fn check(k: &Kernels, dtype: DType, (conv, bn): (Config, Config)) -> 
         true => Tol::new(1e-2 * largest, 1e-2),
         false => Tol::new(1e-4, 1e-3),
     };
-    rows.push(Row::compare("network evaluation logits".into(), &got_logits, &logits, tol));
+    rows.push(Row::compare(
+        "network evaluation logits".into(),
+        &got_logits,
+        &logits,
+        tol,
+    ));
     Ok(rows)
 }
 
@@ -157,7 +175,10 @@ fn gradients(layout: &Layout, got: &[f32], want: &[f32], f16: bool) -> Row {
     for slot in &layout.params.slots {
         let r = slot.offset as usize..(slot.offset + slot.len) as usize;
         let (g, w) = (&got[r.clone()], &want[r]);
-        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3 * largest) as f64;
+        let scale = w
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(1e-3 * largest) as f64;
         let err = g
             .iter()
             .zip(w)
@@ -174,10 +195,16 @@ fn gradients(layout: &Layout, got: &[f32], want: &[f32], f16: bool) -> Row {
         worst = worst.max(err);
     }
     if f16 {
-        let dot = |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum() };
+        let dot = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+        };
         let cos = dot(got, want) / (dot(got, got) * dot(want, want)).sqrt();
         pass &= cos >= 0.95;
-        worst = worst.max(if cos.is_nan() { f64::INFINITY } else { 1.0 - cos });
+        worst = worst.max(if cos.is_nan() {
+            f64::INFINITY
+        } else {
+            1.0 - cos
+        });
     }
     Row {
         kernel: "network gradients".into(),

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::device_cache::{device_key, DeviceCache};
 use crate::device_cache::{default_dir, Record};
+pub use crate::device_cache::{device_key, DeviceCache};
 
 /// What was measured of one launch's candidates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -171,7 +171,13 @@ fn kind(t: &Todo) -> Kind {
 }
 
 impl Todo {
-    fn launch(&self, c: Config, source: Source, times: (Option<f64>, Option<f64>), n: usize) -> Launch {
+    fn launch(
+        &self,
+        c: Config,
+        source: Source,
+        times: (Option<f64>, Option<f64>),
+        n: usize,
+    ) -> Launch {
         Launch {
             key: self.key.clone(),
             op: self.work.entry().to_string(),
@@ -430,9 +436,13 @@ fn check_the_rest(
 
 /// `entry` without what names configurations this build or adapter does not run.
 fn usable(k: &Kernels, t: &Todo, mut entry: CachedChoice) -> CachedChoice {
-    entry.measured.retain(|name, _| t.resolve(k, name).is_some());
+    entry
+        .measured
+        .retain(|name, _| t.resolve(k, name).is_some());
     entry.identical.retain(|name| t.resolve(k, name).is_some());
-    entry.rejected.retain(|name, _| t.resolve(k, name).is_some());
+    entry
+        .rejected
+        .retain(|name, _| t.resolve(k, name).is_some());
     entry
 }
 
@@ -457,13 +467,11 @@ fn best(
     let Some(base_us) = base_us else {
         return (baseline, (None, None));
     };
-    let candidates = t.candidates_for(mode, baseline);
     let mut eligible: Vec<(Config, f64)> = entry
         .measured
         .iter()
         .filter(|(name, _)| mode != TuneMode::Exact || entry.identical.contains(*name))
         .filter_map(|(name, &us)| Some((t.resolve(k, name)?, us)))
-        .filter(|(c, _)| candidates.contains(c))
         .collect();
     eligible.sort_by(|a, b| a.1.total_cmp(&b.1));
     for (c, us) in eligible {
@@ -484,7 +492,9 @@ pub fn tuned_kernels(
     let t = tune(k, step, opts, recorded)?;
     let mut policy = k.policy().clone().with_tuned(t.tuned);
     for (op, name) in &t.report.forced {
-        if let Some(c) = batchnorm::tune::config_named(k, name, step.3).filter(|_| op == batchnorm::OP) {
+        if let Some(c) =
+            batchnorm::tune::config_named(k, name, step.3).filter(|_| op == batchnorm::OP)
+        {
             policy = policy.with_forced(batchnorm::OP, c);
         }
     }

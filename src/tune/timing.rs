@@ -91,7 +91,9 @@ pub(super) fn time_all(
                     Work::BnBackward(_) => Kind::BatchNorm,
                 };
                 if c != baseline && !checker.config_passes(kind, c, t.dtype) {
-                    entry.rejected.insert(c.name(), "fails the self-check".into());
+                    entry
+                        .rejected
+                        .insert(c.name(), "fails the self-check".into());
                     timed.new.insert(i);
                     continue;
                 }
@@ -126,8 +128,9 @@ pub(super) fn time_all(
 
 /// A seed from a launch key: the same inputs in every run.
 fn seed_of(key: &str) -> u64 {
-    key.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Scratch tensors of a launch's shape.
@@ -144,7 +147,12 @@ impl Scratch {
         })
     }
 
-    fn dispatches(&self, k: &Kernels, work: &Work, c: Config) -> crate::error::Result<Vec<Dispatch>> {
+    fn dispatches(
+        &self,
+        k: &Kernels,
+        work: &Work,
+        c: Config,
+    ) -> crate::error::Result<Vec<Dispatch>> {
         match (self, work) {
             (Scratch::Conv(s), Work::Conv(_, dir)) => s.dispatches(k, *dir, c),
             (Scratch::Bn(s), Work::BnBackward(_)) => s.dispatches(k, c),

@@ -238,10 +238,21 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The binary, with a tuning cache of this test process (so the self-check's verdicts go
+/// beside it, not into the user's cache, and later runs of the process reuse them); a
+/// caller's `DENSENET_TUNE_CACHE` or `--tune-cache` replaces it.
+pub fn binary() -> std::process::Command {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| temp_dir("cache").join("tuning.json"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"));
+    cmd.env("DENSENET_TUNE_CACHE", cache);
+    cmd
+}
+
 /// Runs the binary with `args` and the environment variables `env`; its standard output.
 /// A non-zero exit fails the test with both outputs.
 pub fn cli_ok(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_densenet-wgpu"))
+    let out = binary()
         .envs(env.iter().copied())
         .args(args)
         .output()

@@ -19,9 +19,9 @@ pub mod tune;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::fault;
 use crate::ensure_shape;
 use crate::error::Result;
-use super::fault;
 use crate::gpu::{DType, View};
 use crate::kernels::{
     read, read_f32, write, write_f32, Config, DeviceClass, Dispatch, Entry, Grid, Kernels, Needs,
@@ -433,7 +433,13 @@ pub fn batchnorm_stats_update(
     running_var: View<'_>,
     partials: Option<View<'_>>,
 ) -> Result<Vec<Dispatch>> {
-    stats_update_in(None, k, p, [x, mean, var, running_mean, running_var], partials)
+    stats_update_in(
+        None,
+        k,
+        p,
+        [x, mean, var, running_mean, running_var],
+        partials,
+    )
 }
 
 /// [`batchnorm_stats_update`] in `config`, or the one the policy gives (`None`); `views` are
@@ -474,7 +480,8 @@ pub fn stats_update_in(
     }
     super::float_dtype(OP, &[&x])?;
     let partials = needs_partials(p, partials)?;
-    let mut all = split::stats_update(k, v, p, [x, mean, var, running_mean, running_var, partials])?;
+    let mut all =
+        split::stats_update(k, v, p, [x, mean, var, running_mean, running_var, partials])?;
     all.extend(fault);
     Ok(all)
 }

@@ -20,9 +20,9 @@ pub mod tune;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::fault;
 use crate::ensure_shape;
 use crate::error::{Error, Result};
-use super::fault;
 use crate::gpu::{DType, View};
 use crate::kernels::{Config, DeviceClass, Dispatch, Kernels, Policy, Shader, Split, Variant};
 

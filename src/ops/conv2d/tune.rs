@@ -154,7 +154,17 @@ impl Scratch {
             Direction::Weight => {
                 let packed = Some(self.packed_dy.view());
                 let (x, dy, partials) = (self.x.view(), self.dy.view(), self.partials.view());
-                weight_in(c, k, p, x, affine, dy, packed, partials, self.dweight.view())
+                weight_in(
+                    c,
+                    k,
+                    p,
+                    x,
+                    affine,
+                    dy,
+                    packed,
+                    partials,
+                    self.dweight.view(),
+                )
             }
         }
     }
