@@ -151,16 +151,9 @@ fn norms_and_pools(c: &mut Criterion) {
         .with_relu(true);
     let elems = Throughput::Elements(bn.len());
     let (x, y, dy, dx) = (buf(bn.len()), buf(bn.len()), buf(bn.len()), buf(bn.len()));
-    let (mean, g, b, dg, db, rm, rv, aff) = (
-        buf(192),
-        buf(192),
-        buf(192),
-        buf(192),
-        buf(192),
-        buf(192),
-        buf(192),
-        buf(384),
-    );
+    // gamma then beta in one buffer, as a layout holds them; likewise their gradients.
+    let (mean, gb, dgb, rm, rv, aff) = (buf(192), buf(384), buf(384), buf(192), buf(192), buf(384));
+    let (g, b) = (gb.slice(0, 192), gb.slice(192, 192));
     // Variances must be positive.
     let var_pos = gpu().upload("var", &vec![1.0f32; 192]).expect("buffer");
     let stats = batchnorm::batchnorm_stats(k(), &bn, x.view(), mean.view(), var_pos.view())
@@ -192,8 +185,8 @@ fn norms_and_pools(c: &mut Criterion) {
         x.view(),
         mean.view(),
         var_pos.view(),
-        g.view(),
-        b.view(),
+        g,
+        b,
         y.view(),
     )
     .expect("launch");
@@ -203,16 +196,9 @@ fn norms_and_pools(c: &mut Criterion) {
         elems.clone(),
         fwd,
     );
-    let affine = batchnorm::batchnorm_affine(
-        k(),
-        &bn,
-        mean.view(),
-        var_pos.view(),
-        g.view(),
-        b.view(),
-        aff.view(),
-    )
-    .expect("launch");
+    let affine =
+        batchnorm::batchnorm_affine(k(), &bn, mean.view(), var_pos.view(), g, b, aff.view())
+            .expect("launch");
     time(c, "batchnorm_affine 192", Throughput::Elements(192), affine);
     // The training statistics (with the running update) and the backward, each variant.
     for (variant, k) in each_variant("batchnorm") {
@@ -224,7 +210,8 @@ fn norms_and_pools(c: &mut Criterion) {
             batchnorm::batchnorm_stats_update(k, &bn, xv, mv, vv, rm.view(), rv.view(), part);
         let name = format!("batchnorm_stats_update [{variant}] 192x24 (N={n})");
         time(c, &name, elems.clone(), stats.expect("launch"));
-        let (gv, bv) = (g.view(), b.view());
+        // The backward binds gamma and beta (and their gradients) as one buffer each.
+        let (gv, bv) = (gb.slice(0, 192), gb.slice(192, 192));
         let bwd = batchnorm::batchnorm_backward(
             k,
             &bn,
@@ -235,8 +222,8 @@ fn norms_and_pools(c: &mut Criterion) {
             gv,
             bv,
             dx.view(),
-            dg.view(),
-            db.view(),
+            dgb.slice(0, 192),
+            dgb.slice(192, 192),
             part,
         );
         let name = format!("batchnorm_backward [{variant}] 192x24 (N={n})");
@@ -308,7 +295,7 @@ fn norms_and_pools(c: &mut Criterion) {
         avgpool::avgpool_forward(k(), &ap, x.view(), None, y.view()).expect("launch"),
     );
     // The transition's: BN -> ReLU applied while loading.
-    let fused = BnRelu::of(&bn, mean.view(), var_pos.view(), g.view(), b.view());
+    let fused = BnRelu::of(&bn, mean.view(), var_pos.view(), g, b);
     time(
         c,
         &format!("avgpool_forward with BN -> ReLU 192x24 2x2 (N={n})"),

@@ -22,9 +22,13 @@
 //                                                             y = x * scale + shift, for a
 //                                                             conv that applies BN -> ReLU
 //                                                             to its input as it loads it
-//   batchnorm_backward        x(1) dy(11) mean(7) variance(8) gamma(2) beta(3)
-//                                                          -> dx(12) dgamma(13) dbeta(14)
-//                                                             adds into all three
+//   batchnorm_backward        x(1) dy(11) mean(7) variance(8) gamma_beta(16)
+//                                                          -> dx(12) dgamma_dbeta(17)
+//                                                             adds into dx, dgamma, dbeta
+//
+// The backward reads gamma and beta through one binding, gamma at 0 and beta at beta_at,
+// and adds into dgamma and dbeta likewise (a layout's parameters and their gradients lie so):
+// it then needs 7 storage buffers, within WebGPU's default of 8 per stage.
 //
 // Offsets: x / dx start at element x_offset and y / dy at y_offset (a channel offset times
 // M), so x may be a channel range of a dense block's buffer. The per-channel statistics
@@ -48,6 +52,10 @@ struct BatchNormParams {
     eps: f32,
     momentum: f32,
     relu: u32,
+    beta_at: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: BatchNormParams;
@@ -63,9 +71,9 @@ struct BatchNormParams {
 @group(0) @binding(10) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(11) var<storage, read> dy: array<act>;
 @group(0) @binding(12) var<storage, read_write> dx: array<act>;
-@group(0) @binding(13) var<storage, read_write> dgamma: array<f32>;
-@group(0) @binding(14) var<storage, read_write> dbeta: array<f32>;
 @group(0) @binding(15) var<storage, read_write> affine_out: array<f32>;
+@group(0) @binding(16) var<storage, read> gamma_beta: array<f32>;
+@group(0) @binding(17) var<storage, read_write> dgamma_dbeta: array<f32>;
 
 const WG: u32 = 64u;
 const RED: u32 = 256u;
@@ -190,8 +198,8 @@ fn batchnorm_backward(
     let invstd = inverseSqrt(variance[p.stat_offset + cc] + p.eps);
     let xbase = p.x_offset + c * p.m;
     let ybase = p.y_offset + c * p.m;
-    let g_c = gamma[cc];
-    let b_c = beta[cc];
+    let g_c = gamma_beta[cc];
+    let b_c = gamma_beta[p.beta_at + cc];
     var sums = vec2<f32>(0.0);
     if live {
         for (var i = lid; i < p.m; i += RED) {
@@ -213,7 +221,7 @@ fn batchnorm_backward(
         dx[xbase + i] = act(f32(dx[xbase + i]) + scale * (g - mean_dy - xhat * mean_dy_xhat));
     }
     if lid == 0u {
-        dgamma[c] += total.y;
-        dbeta[c] += total.x;
+        dgamma_dbeta[c] += total.y;
+        dgamma_dbeta[p.beta_at + c] += total.x;
     }
 }

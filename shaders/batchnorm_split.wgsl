@@ -18,11 +18,13 @@
 //   batchnorm_stats_partial     x(1)                    -> partial(5)          per chunk
 //   batchnorm_stats_combine     x(1) partial_in(6)      -> mean(7) variance(8) running_mean(9)
 //                               running_var(10)            per channel, running update folded in
-//   batchnorm_backward_partial  x(1) dy(11) mean_in(12) variance_in(13) gamma(2) beta(3)
+//   batchnorm_backward_partial  x(1) dy(11) mean_in(12) variance_in(13) gamma_beta(17)
 //                                                       -> partial(5)          per chunk
-//   batchnorm_backward_apply    x(1) dy(11) mean_in(12) variance_in(13) gamma(2) beta(3)
-//                               partial_in(6)           -> dx(14) dgamma(15) dbeta(16)
+//   batchnorm_backward_apply    x(1) dy(11) mean_in(12) variance_in(13) gamma_beta(17)
+//                               partial_in(6)           -> dx(14) dgamma_dbeta(18)
 //                                                          per chunk; chunk 0 adds dgamma, dbeta
+// gamma and beta come through one binding, beta at beta_at, and so do dgamma and dbeta (as in
+// batchnorm.wgsl): the apply pass then binds 8 storage buffers, WebGPU's default limit.
 // Offsets as batchnorm.wgsl: x / dx at x_offset, dy at y_offset, statistics at stat_offset + c.
 // Geometry: one workgroup of 256 per (channel, chunk), chunks fastest; the combine is one
 // invocation per channel. Loads are coalesced: invocation t reads values t, t + 256, ...
@@ -36,16 +38,18 @@ struct BatchNormSplitParams {
     eps: f32,
     momentum: f32,
     relu: u32,
-    groups: u32,
-    chunk: u32,
+    beta_at: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
+    groups: u32,
+    chunk: u32,
+    _pad3: u32,
+    _pad4: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: BatchNormSplitParams;
 @group(0) @binding(1) var<storage, read> x: array<act>;
-@group(0) @binding(2) var<storage, read> gamma: array<f32>;
-@group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partial: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read> partial_in: array<vec2<f32>>;
 @group(0) @binding(7) var<storage, read_write> mean: array<f32>;
@@ -56,8 +60,8 @@ struct BatchNormSplitParams {
 @group(0) @binding(12) var<storage, read> mean_in: array<f32>;
 @group(0) @binding(13) var<storage, read> variance_in: array<f32>;
 @group(0) @binding(14) var<storage, read_write> dx: array<act>;
-@group(0) @binding(15) var<storage, read_write> dgamma: array<f32>;
-@group(0) @binding(16) var<storage, read_write> dbeta: array<f32>;
+@group(0) @binding(17) var<storage, read> gamma_beta: array<f32>;
+@group(0) @binding(18) var<storage, read_write> dgamma_dbeta: array<f32>;
 
 const WG: u32 = 256u;
 var<workgroup> red: array<vec2<f32>, WG>;
@@ -155,8 +159,8 @@ fn channel(c: u32) -> Channel {
         inverseSqrt(variance_in[s] + p.eps),
         p.x_offset + c * p.m,
         p.y_offset + c * p.m,
-        gamma[c],
-        beta[c],
+        gamma_beta[c],
+        gamma_beta[p.beta_at + c],
     );
 }
 
@@ -218,7 +222,7 @@ fn batchnorm_backward_apply(
         dx[cb.xb + i] = act(f32(dx[cb.xb + i]) + scale * (v.y - mean_dy - v.x * mean_dy_xhat));
     }
     if lid == 0u && ch.y == 0u {
-        dgamma[c] += total.y;
-        dbeta[c] += total.x;
+        dgamma_dbeta[c] += total.y;
+        dgamma_dbeta[p.beta_at + c] += total.x;
     }
 }

@@ -46,7 +46,12 @@ struct Cli {
     /// dynamically in training; needs SHADER_F16). Checkpoints are f32 either way
     #[arg(long, global = true, value_enum, default_value = "f32")]
     precision: Precision,
-    /// Say more: each op's tuned configurations and the self-check's failures
+    /// Device limits: adapter (its own), or webgpu (WebGPU's defaults, what a browser gives:
+    /// 256 invocations per workgroup, 16 KiB of workgroup memory, 8 storage buffers per
+    /// stage, 128 MiB per binding), to check that a run fits there
+    #[arg(long, global = true, value_enum, default_value = "adapter")]
+    limits: Limits,
+    /// Say more: each op's tuned configurations and the self-check's failures [default: off]
     #[arg(long, short, global = true)]
     verbose: bool,
     #[command(subcommand)]
@@ -143,6 +148,13 @@ struct TuneArgs {
     /// trusting it (once per device, driver and release; cached): on, or off
     #[arg(long, value_enum, env = "DENSENET_SELF_CHECK", default_value = "on")]
     self_check: Switch,
+}
+
+/// Which device limits to request.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Limits {
+    Adapter,
+    Webgpu,
 }
 
 /// A setting that is on or off.
@@ -382,6 +394,10 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
     let opts = GpuOptions {
         backends: cli.backend.as_deref().map(wgpu::Backends::from_comma_list),
         adapter: cli.adapter,
+        limits: match cli.limits {
+            Limits::Adapter => None,
+            Limits::Webgpu => Some(wgpu::Limits::default()),
+        },
     };
     let spec = cli.kernels.as_str();
     let precision = cli.precision.dtype();

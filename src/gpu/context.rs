@@ -10,6 +10,9 @@ pub struct GpuOptions {
     pub backends: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name (`--adapter`).
     pub adapter: Option<String>,
+    /// Limits to request instead of the adapter's own (e.g. WebGPU's defaults, what a
+    /// browser gives: `--limits webgpu`); every plan and kernel then keeps within them.
+    pub limits: Option<wgpu::Limits>,
 }
 
 /// Optional adapter features we request when present.
@@ -145,14 +148,40 @@ impl Gpu {
                 (a, why)
             }
         };
-        Self::from_adapter(adapter, reason)
+        Self::from_adapter_with(adapter, reason, opts.limits.clone())
     }
 
     /// Creates the device on a given adapter with its own limits and our optional features.
     pub fn from_adapter(adapter: wgpu::Adapter, reason: String) -> Result<Gpu> {
+        Self::from_adapter_with(adapter, reason, None)
+    }
+
+    /// Creates the device on a given adapter with `limits` (the adapter's own when `None`)
+    /// and our optional features; limits beyond the adapter's are a one-line error.
+    pub fn from_adapter_with(
+        adapter: wgpu::Adapter,
+        reason: String,
+        limits: Option<wgpu::Limits>,
+    ) -> Result<Gpu> {
         let info = adapter.get_info();
         let features = adapter.features() & OPTIONAL_FEATURES;
-        let limits = adapter.limits();
+        let limits = match limits {
+            None => adapter.limits(),
+            Some(l) => {
+                let mut beyond = Vec::new();
+                l.check_limits_with_fail_fn(&adapter.limits(), false, |name, want, have| {
+                    beyond.push(format!("{name} {want} (it has {have})"))
+                });
+                if !beyond.is_empty() {
+                    return Err(Error::Device(format!(
+                        "{} cannot give the limits asked for: {}",
+                        info.name,
+                        beyond.join(", ")
+                    )));
+                }
+                l
+            }
+        };
         let coop_enabled = features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
         let experimental = match coop_enabled {
             // SAFETY: the one experimental feature requested is cooperative matrices, used

@@ -75,7 +75,8 @@ pub(super) fn check(k: &Kernels, config: Config, dtype: DType) -> Result<Vec<Row
     let beta = inputs.floats(c, -0.5, 0.5);
     let dy = inputs.act(DY_CHANNELS * m);
     let stats = [probe.f32s("mean", &mean)?, probe.f32s("var", &var)?];
-    let params = [probe.f32s("gamma", &gamma)?, probe.f32s("beta", &beta)?];
+    // gamma and beta as a layout holds them: ranges of one buffer (so are their gradients).
+    let params = probe.f32s("gamma beta", &[gamma.clone(), beta.clone()].concat())?;
     let dy_buf = probe.act("dy", &dy)?;
     for relu in [true, false] {
         let p = base.with_relu(relu);
@@ -87,29 +88,27 @@ pub(super) fn check(k: &Kernels, config: Config, dtype: DType) -> Result<Vec<Row
             &mut dx, &mut dg, &mut db, &dy, &x, &mean, &var, &gamma, &beta, &p,
         );
         let dx_buf = probe.act("dx", &dx0)?;
-        let grads = [
-            probe.f32s("dgamma", &dgb0[0])?,
-            probe.f32s("dbeta", &dgb0[1])?,
-        ];
+        let grads = probe.f32s("dgamma dbeta", &dgb0.concat())?;
         let views = [
             x_buf.view(),
             dy_buf.view(),
             stats[0].view(),
             stats[1].view(),
-            params[0].view(),
-            params[1].view(),
+            params.slice(0, c),
+            params.slice(c, c),
             dx_buf.view(),
-            grads[0].view(),
-            grads[1].view(),
+            grads.slice(0, c),
+            grads.slice(c, c),
         ];
         let d = batchnorm::backward_in(Some(config), k, &p, views, Some(partials.view()))?;
         let got = probe.run_and_read(&d, &dx_buf)?;
         let name = format!("batchnorm_backward dx{tail}");
         rows.push(Row::compare(name, &got, &dx, Tol::GRAD.stored_as(dtype)));
-        for (what, buf, want) in [("dgamma", &grads[0], &dg), ("dbeta", &grads[1], &db)] {
-            let got = probe.read(buf)?;
+        let got = probe.read(&grads)?;
+        let (got_dg, got_db) = got.split_at(c as usize);
+        for (what, got, want) in [("dgamma", got_dg, &dg), ("dbeta", got_db, &db)] {
             let name = format!("batchnorm_backward {what}{tail}");
-            rows.push(Row::compare(name, &got, want, Tol::GRAD));
+            rows.push(Row::compare(name, got, want, Tol::GRAD));
         }
     }
     Ok(rows)

@@ -440,8 +440,13 @@ fn batchnorm_backward_matches_reference(variant: &'static str, k: &'static Kerne
         let dg0 = rng.vec(s.p.c as u64);
         let db0 = rng.vec(s.p.c as u64);
         let (x, dyb) = (up_act(dtype, &s.x), up_act(dtype, &dy));
-        let (mb, vb, g, b) = (up(&mean), up(&var), up(&s.gamma), up(&s.beta));
-        let (dx, dg, db) = (up_act(dtype, &dx0), up(&dg0), up(&db0));
+        // gamma and beta lie in one buffer, as a layout's parameters do (the backward binds
+        // them as one), beta a few elements after gamma's end; so do their gradients.
+        let c = s.p.c as u64;
+        let gap = vec![f32::NAN; 3];
+        let (mb, vb) = (up(&mean), up(&var));
+        let gb = up(&[&s.gamma[..], &gap, &s.beta].concat());
+        let (dx, dgb) = (up_act(dtype, &dx0), up(&[&dg0[..], &gap, &db0].concat()));
         let part = partials(&s.p);
         let launch = batchnorm::batchnorm_backward(
             k,
@@ -450,11 +455,11 @@ fn batchnorm_backward_matches_reference(variant: &'static str, k: &'static Kerne
             dyb.view(),
             mb.view(),
             vb.view(),
-            g.view(),
-            b.view(),
+            gb.slice(0, c),
+            gb.slice(c + 3, c),
             dx.view(),
-            dg.view(),
-            db.view(),
+            dgb.slice(0, c),
+            dgb.slice(c + 3, c),
             part.as_ref().map(|p| p.view()),
         );
         run(launch.unwrap());
@@ -480,17 +485,23 @@ fn batchnorm_backward_matches_reference(variant: &'static str, k: &'static Kerne
             &want_dx,
             tol,
         );
+        let got = read(&dgb);
+        let c = c as usize;
         check(
             &format!("{what} dgamma"),
             rng.seed,
-            &read(&dg),
+            &got[..c],
             &want_dg,
             GRAD,
+        );
+        assert!(
+            got[c..c + 3].iter().all(|v| v.is_nan()),
+            "the gap is untouched"
         );
         check(
             &format!("{what} dbeta"),
             rng.seed,
-            &read(&db),
+            &got[c + 3..],
             &want_db,
             GRAD,
         );
@@ -622,6 +633,29 @@ fn batchnorm_rejects_mismatched_buffers() {
             None,
         ),
         "dbeta",
+    );
+    // The backward binds gamma and beta as one buffer: two buffers are refused, by name.
+    let (dgamma, dbeta) = (poisoned(3), poisoned(3));
+    let err = batchnorm::batchnorm_backward(
+        k(),
+        &p,
+        x.view(),
+        y.view(),
+        stats.view(),
+        stats.view(),
+        gamma.view(),
+        beta.view(),
+        dx.view(),
+        dgamma.view(),
+        dbeta.view(),
+        None,
+    )
+    .err()
+    .expect("gamma and beta in two buffers must be refused")
+    .to_string();
+    assert!(
+        err.contains("gamma and beta must be ranges of one buffer") && !err.contains('\n'),
+        "{err}"
     );
     // x placed at channel 1 of its buffer no longer fits in a buffer of C*M.
     refused(

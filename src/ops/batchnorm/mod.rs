@@ -48,6 +48,10 @@ pub struct BatchNormParams {
     /// Non-zero: ReLU fused after the normalization (forward), and its mask applied to dy
     /// (backward, recomputed from x, so the activation itself is never stored).
     pub relu: u32,
+    /// Where beta starts after gamma (and dbeta after dgamma) in the backward's one binding
+    /// of both; set by the launcher.
+    pub beta_at: u32,
+    pub _pad: [u32; 3],
 }
 
 /// The op's name, as `--kernels` and the tuner name it.
@@ -81,6 +85,8 @@ impl BatchNormParams {
             eps: EPS,
             momentum: MOMENTUM,
             relu: 0,
+            beta_at: 0,
+            _pad: [0; 3],
         })
     }
 
@@ -361,14 +367,12 @@ pub static BACKWARD: Entry = Entry::new::<BatchNormParams>(
     "batchnorm_backward",
     &[
         read(1),
-        read_f32(2),
-        read_f32(3),
         read_f32(7),
         read_f32(8),
         read(11),
         write(12),
-        write_f32(13),
-        write_f32(14),
+        read_f32(16),
+        write_f32(17),
     ],
     256,
 );
@@ -612,6 +616,36 @@ pub fn batchnorm_backward(
     backward_in(None, k, p, views, partials)
 }
 
+/// `first` and `second` (of `p.c` values each) as one view from `first`'s start, and where
+/// `second` starts in it: the backward binds gamma and beta (and their gradients) as one
+/// buffer, to stay within 8 storage buffers per stage (WebGPU's default). They must be
+/// ranges of one buffer, `second` after `first`, as the parameters of a layout are.
+fn one_binding<'a>(
+    p: &BatchNormParams,
+    (first_name, first): (&str, View<'a>),
+    (second_name, second): (&str, View<'a>),
+) -> Result<(View<'a>, u32)> {
+    ensure_shape!(
+        first.buffer == second.buffer && second.offset >= first.offset + p.c as u64,
+        OP,
+        "{first_name} and {second_name} must be ranges of one buffer, {second_name} after \
+         {first_name} (as a layout's parameters are); got elements {}.. and {}.. of {}",
+        first.offset,
+        second.offset,
+        if first.buffer == second.buffer {
+            "one buffer"
+        } else {
+            "two buffers"
+        }
+    );
+    let at = second.offset - first.offset;
+    let span = View {
+        len: at + second.len,
+        ..first
+    };
+    Ok((span, at as u32))
+}
+
 /// [`batchnorm_backward`] in `config`, or the one the policy gives (`None`); `views` are
 /// [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta].
 pub fn backward_in(
@@ -633,26 +667,32 @@ pub fn backward_in(
     p.check("dgamma", &dgamma, p.c as u64)?;
     p.check("dbeta", &dbeta, p.c as u64)?;
     let dtype = super::float_dtype(OP, &[&x, &dy, &dx])?;
+    let (gamma_beta, beta_at) = one_binding(p, ("gamma", gamma), ("beta", beta))?;
+    let (dgamma_dbeta, dbeta_at) = one_binding(p, ("dgamma", dgamma), ("dbeta", dbeta))?;
+    ensure_shape!(
+        beta_at == dbeta_at,
+        OP,
+        "beta starts {beta_at} after gamma but dbeta {dbeta_at} after dgamma; they must match"
+    );
+    let p = &BatchNormParams { beta_at, ..*p };
     let c = config.unwrap_or_else(|| backward_config(k, p, dtype));
     let v = c.variant;
     let fault = fault::after(k, OP, c, dx, p.x_offset as u64)?;
     if is_split(v) {
         let partials = needs_partials(p, partials)?;
-        let views = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta, partials];
+        let views = [x, dy, mean, var, gamma_beta, dx, dgamma_dbeta, partials];
         let mut d = split::backward(k, v, p, views)?;
         d.extend(fault);
         return Ok(d);
     }
     let views = [
         (1, x),
-        (2, gamma),
-        (3, beta),
         (7, mean),
         (8, var),
         (11, dy),
         (12, dx),
-        (13, dgamma),
-        (14, dbeta),
+        (16, gamma_beta),
+        (17, dgamma_dbeta),
     ];
     let grid = Grid::Workgroups(p.c as u64);
     // x and dy read in both passes, dx read and written.

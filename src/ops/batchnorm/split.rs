@@ -97,12 +97,11 @@ pub static BACKWARD_PARTIAL: Entry = Entry::new::<BatchNormSplitParams>(
     "batchnorm_backward_partial",
     &[
         read(1),
-        read_f32(2),
-        read_f32(3),
         write_f32(5),
         read(11),
         read_f32(12),
         read_f32(13),
+        read_f32(17),
     ],
     256,
 );
@@ -111,15 +110,13 @@ pub static BACKWARD_APPLY: Entry = Entry::new::<BatchNormSplitParams>(
     "batchnorm_backward_apply",
     &[
         read(1),
-        read_f32(2),
-        read_f32(3),
         read_f32(6),
         read(11),
         read_f32(12),
         read_f32(13),
         write(14),
-        write_f32(15),
-        write_f32(16),
+        read_f32(17),
+        write_f32(18),
     ],
     256,
 );
@@ -160,27 +157,26 @@ pub(super) fn stats_update(
     Ok(vec![partial, combine])
 }
 
-/// [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta, partials]: the sums per chunk, then
-/// dx (and dgamma, dbeta) from the combined sums.
+/// [x, dy, mean, var, gamma_beta, dx, dgamma_dbeta, partials] (gamma and beta, and their
+/// gradients, one binding each, beta at `p.beta_at`): the sums per chunk, then dx (and
+/// dgamma, dbeta) from the combined sums.
 pub(super) fn backward(
     k: &Kernels,
     v: &'static Variant,
     p: &BatchNormParams,
-    [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta, partials]: [View<'_>; 10],
+    [x, dy, mean, var, gamma_beta, dx, dgamma_dbeta, partials]: [View<'_>; 8],
 ) -> Result<Vec<Dispatch>> {
     let sp = BatchNormSplitParams::new(p);
     crate::ops::check_len(OP, "partials", &partials, sp.partials_len(), p)?;
     let (dtype, e) = (x.dtype, x.dtype.size());
-    let common = [(1, x), (2, gamma), (3, beta)];
     let stats = [(11, dy), (12, mean), (13, var)];
     let views = [
-        common[0],
-        common[1],
-        common[2],
+        (1, x),
         (5, partials),
         stats[0],
         stats[1],
         stats[2],
+        (17, gamma_beta),
     ];
     let partial = k
         .dispatch(
@@ -191,16 +187,14 @@ pub(super) fn backward(
         )?
         .with_cost(6 * p.len(), 2 * e * p.len());
     let views = [
-        common[0],
-        common[1],
-        common[2],
+        (1, x),
         (6, partials),
         stats[0],
         stats[1],
         stats[2],
         (14, dx),
-        (15, dgamma),
-        (16, dbeta),
+        (17, gamma_beta),
+        (18, dgamma_dbeta),
     ];
     let apply = k
         .dispatch(

@@ -45,8 +45,9 @@ pub struct Scratch {
     p: BatchNormParams,
     /// x, dy, dx.
     acts: [GpuBuffer; 3],
-    /// mean, var, gamma, beta, dgamma, dbeta.
-    channel: [GpuBuffer; 6],
+    /// mean, var, then gamma and beta in one buffer, then dgamma and dbeta in one buffer
+    /// (as the backward binds them).
+    channel: [GpuBuffer; 4],
     partials: GpuBuffer,
 }
 
@@ -78,10 +79,11 @@ impl Scratch {
             channel: [
                 gpu.upload("tune mean", &draw(c, -0.2, 0.2))?,
                 gpu.upload("tune var", &draw(c, 0.5, 1.5))?,
-                gpu.upload("tune gamma", &draw(c, 0.5, 1.5))?,
-                gpu.upload("tune beta", &draw(c, -0.5, 0.5))?,
-                gpu.zeros("tune dgamma", c)?,
-                gpu.zeros("tune dbeta", c)?,
+                gpu.upload(
+                    "tune gamma beta",
+                    &[draw(c, 0.5, 1.5), draw(c, -0.5, 0.5)].concat(),
+                )?,
+                gpu.zeros("tune dgamma dbeta", 2 * c)?,
             ],
             partials: gpu.zeros("tune partials", partials_bound(p.c))?,
             p,
@@ -91,22 +93,32 @@ impl Scratch {
     /// The backward's dispatches in `config`.
     pub fn dispatches(&self, k: &Kernels, config: Config) -> Result<Vec<Dispatch>> {
         let [x, dy, dx] = &self.acts;
-        let [mean, var, gamma, beta, dgamma, dbeta] = &self.channel;
-        let views = [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta].map(|b| b.view());
+        let [mean, var, gb, dgb] = &self.channel;
+        let c = self.p.c as u64;
+        let views = [
+            x.view(),
+            dy.view(),
+            mean.view(),
+            var.view(),
+            gb.slice(0, c),
+            gb.slice(c, c),
+            dx.view(),
+            dgb.slice(0, c),
+            dgb.slice(c, c),
+        ];
         backward_in(Some(config), k, &self.p, views, Some(self.partials.view()))
     }
 
-    /// dx, dgamma and dbeta, one after the other.
+    /// dx, then dgamma and dbeta.
     pub fn output(&self, k: &Kernels) -> Result<Vec<f32>> {
         let mut out = k.gpu().read_floats(&self.acts[2])?;
-        out.extend(k.gpu().read_floats(&self.channel[4])?);
-        out.extend(k.gpu().read_floats(&self.channel[5])?);
+        out.extend(k.gpu().read_floats(&self.channel[3])?);
         Ok(out)
     }
 
     /// Zeroes dx, dgamma and dbeta.
     pub fn clear_output(&self, k: &Kernels) -> Result<()> {
-        for buf in [&self.acts[2], &self.channel[4], &self.channel[5]] {
+        for buf in [&self.acts[2], &self.channel[3]] {
             k.gpu().write_floats(buf, &vec![0.0; buf.len as usize])?;
         }
         Ok(())
