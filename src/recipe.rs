@@ -181,6 +181,20 @@ impl Preset {
         }
     }
 
+    /// The preset whose architecture `cfg` is (whatever its input channels, classes and input
+    /// size), if any: what a resumed run trains, named from its checkpoint.
+    pub fn of_config(cfg: &DenseNetConfig) -> Option<Preset> {
+        <Preset as clap::ValueEnum>::value_variants()
+            .iter()
+            .copied()
+            .find(|p| {
+                let mut c = p.config(DatasetKind::Synthetic, cfg.classes);
+                c.in_channels = cfg.in_channels;
+                c.image_size = cfg.image_size;
+                c == *cfg
+            })
+    }
+
     /// The network for `dataset`: the preset's architecture with the dataset's channels
     /// and classes, at the preset's input size (d2l: 96) or the dataset's own.
     pub fn config(self, dataset: DatasetKind, classes: u32) -> DenseNetConfig {
@@ -276,6 +290,27 @@ impl Preset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every preset is found from its network on any dataset; another network is none.
+    #[test]
+    fn presets_are_found_from_their_networks() {
+        for &p in <Preset as clap::ValueEnum>::value_variants() {
+            for d in [
+                DatasetKind::Cifar10,
+                DatasetKind::FashionMnist,
+                DatasetKind::Folder,
+            ] {
+                assert_eq!(
+                    Preset::of_config(&p.config(d, 7)),
+                    Some(p),
+                    "{p:?} on {d:?}"
+                );
+            }
+        }
+        let mut other = Preset::Tiny.config(DatasetKind::Synthetic, 10);
+        other.growth_rate += 1;
+        assert_eq!(Preset::of_config(&other), None);
+    }
 
     /// The paper's schedule: 0.1 until half the run, 0.01 until three quarters, then 0.001;
     /// a linear warm-up over the first epochs before it; overrides replace the milestones.

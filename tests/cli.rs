@@ -65,6 +65,10 @@ fn main() -> std::process::ExitCode {
             every_flag_documents_its_default,
         ),
         case(
+            "a_resumed_run_names_its_checkpoints_preset",
+            a_resumed_run_names_its_checkpoints_preset,
+        ),
+        case(
             "user_errors_are_one_line_and_fail",
             user_errors_are_one_line_and_fail,
         ),
@@ -772,4 +776,45 @@ fn user_errors_are_one_line_and_fail() {
         assert!(err_line.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
+}
+
+/// A resumed run's banner names the network of its checkpoint, not the default preset.
+fn a_resumed_run_names_its_checkpoints_preset() {
+    let dir = temp_dir("resume-banner");
+    let args = [
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--batch-size",
+        "32",
+    ];
+    let out = dir.to_str().unwrap();
+    let first = [
+        &["train", "--preset", "small", "--epochs", "1", "--out", out],
+        &args[..],
+    ]
+    .concat();
+    ok(&first);
+    let ck = dir.join("checkpoint.safetensors");
+    let resumed = cli(&[
+        &[
+            "train",
+            "--epochs",
+            "2",
+            "--out",
+            out,
+            "--resume",
+            ck.to_str().unwrap(),
+        ],
+        &args[..],
+    ]
+    .concat());
+    let banner = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{banner}");
+    assert!(
+        banner.contains("densenet-wgpu: small on synthetic"),
+        "{banner}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -131,7 +131,7 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
         );
         history.push(m);
         report::write_metrics(&metrics_path, &history)?;
-        let title = format!("{} on {}", args.preset.name(), args.dataset.name());
+        let title = format!("{} on {}", setup.network, args.dataset.name());
         report::plot(&args.out.join("curves.png"), &history, &title)?;
         let mut ck = Checkpoint::capture(gpu, &plan, recipe, args.dataset, (epoch, step))?;
         ck.loss_scale = plan.read_loss_scale(gpu)?;
@@ -191,7 +191,7 @@ fn announce(k: &Kernels, plan: &Plan, setup: &Setup, args: &TrainArgs) -> Result
         "densenet-wgpu: {} on {} ({} train / {} test), {} parameters, batch {}, {} epochs; \
          augment {}; device {} ({:?}); kernels {}; activations {}; memory: training plan \
          {:.1} MiB ({}), evaluation plan {:.1} MiB",
-        args.preset.name(),
+        setup.network,
         args.dataset.name(),
         setup.train.len(),
         setup.test.len(),

@@ -41,6 +41,9 @@ pub struct TrainArgs {
 
 /// The network, recipe and data of a run.
 pub struct Setup {
+    /// What the run trains, for its banner and plots: the preset's name (a resumed run's is
+    /// the checkpoint's network's).
+    pub network: String,
     pub config: DenseNetConfig,
     pub recipe: Recipe,
     pub train: Arc<Dataset>,
@@ -113,7 +116,15 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
     if splits.test.is_empty() {
         bail!("the test set is empty (--limit-test 0?)");
     }
+    let network = match &resume {
+        None => args.preset.name().to_string(),
+        Some(ck) => Preset::of_config(&ck.config).map_or_else(
+            || "the checkpoint's network".to_string(),
+            |p| p.name().to_string(),
+        ),
+    };
     Ok(Setup {
+        network,
         config,
         recipe,
         train: Arc::new(splits.train),
