@@ -21,12 +21,13 @@ type PipelineKey = (&'static str, &'static str, &'static str, DType);
 type ModuleKey = (&'static str, &'static str, DType);
 
 /// The kernels of one device: the policy that picks variants, and the pipelines and shader
-/// modules created so far.
+/// modules created so far (shared by every [`Kernels::with_policy`] of it: a pipeline does
+/// not depend on the policy, and compiling is what costs).
 pub struct Kernels {
     gpu: Arc<Gpu>,
     policy: Policy,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
-    modules: Mutex<HashMap<ModuleKey, Arc<wgpu::ShaderModule>>>,
+    pipelines: Arc<Mutex<HashMap<PipelineKey, Arc<Pipeline>>>>,
+    modules: Arc<Mutex<HashMap<ModuleKey, Arc<wgpu::ShaderModule>>>>,
     /// Bound where an optional binding (a missing bias, momentum without velocity) is
     /// unused: one for read-only bindings and one for written ones, since one dispatch may
     /// not bind a buffer both ways.
@@ -51,21 +52,21 @@ impl Kernels {
         Kernels {
             gpu,
             policy,
-            pipelines: Mutex::new(HashMap::new()),
-            modules: Mutex::new(HashMap::new()),
+            pipelines: Arc::default(),
+            modules: Arc::default(),
             dummy,
             dummy_out,
         }
     }
 
     /// The same device and compiled pipelines under another policy (e.g. with tuned
-    /// configurations).
+    /// configurations); what either compiles from now on, both have.
     pub fn with_policy(&self, policy: Policy) -> Kernels {
         Kernels {
             gpu: self.gpu.clone(),
             policy,
-            pipelines: Mutex::new(self.pipelines.lock().expect("not poisoned").clone()),
-            modules: Mutex::new(self.modules.lock().expect("not poisoned").clone()),
+            pipelines: self.pipelines.clone(),
+            modules: self.modules.clone(),
             dummy: self.dummy.clone(),
             dummy_out: self.dummy_out.clone(),
         }
