@@ -5,6 +5,8 @@ On a Linux machine with an NVIDIA GPU and PyTorch but no Rust toolchain, with bi
 elsewhere (`scripts/gpu-report --build` on the build machine puts them in
 target/gpu-report/bin), it runs, in under 5 minutes:
 
+  0. `densenet-wgpu selftest`: every kernel configuration of the adapter (variant x split
+     setting x element type) against the CPU reference, one table (selftest.txt);
   1. the kernel and network test binaries on the real adapter (where it has cooperative
      matrices, with DENSENET_REQUIRE=coop: the coop variants must run, not be skipped);
   2. `densenet-wgpu bench` of the d2l network (batch 256) with the roofline profile, while
@@ -143,6 +145,17 @@ def adapter(bin_dir, out_dir, results):
     results["coop_shapes"] = [s.strip() for s in coop.group(1).split(",")] if coop else []
 
 
+def selftest(bin_dir, out_dir, results):
+    """Every kernel configuration of the adapter against the CPU reference; the verdicts go
+    into the report's own cache, which the bench runs then find."""
+    status, text, _ = run([str(bin_dir / "densenet-wgpu"), "selftest", "--tune-cache",
+                           str(out_dir / "tuning.json")], out_dir, "selftest", timeout=120)
+    summary = [l for l in text.splitlines() if l.startswith("selftest on ")]
+    failed = [l for l in text.splitlines() if l.startswith("FAILED ")]
+    results["selftest"] = {"status": status, "summary": summary[0] if summary else text[-300:],
+                           "failed": failed}
+
+
 def densenet(bin_dir, out_dir, args, results):
     exe = str(bin_dir / "densenet-wgpu")
     shape = ["--preset", "d2l", "--dataset", "fashion-mnist", "--batch-size", str(args.batch)]
@@ -151,14 +164,15 @@ def densenet(bin_dir, out_dir, args, results):
     # onto cooperative matrices (f16 operands, f32 accumulators) for each shape it has.
     # Each also tuned (every convolution launch timed in each configuration, the fastest
     # kept; the tuning time is in the JSON), next to the policy's choice.
+    # Every run keeps its caches (the tuner's and the self-check's) in the report's folder.
     cache = ["--tune-cache", str(out_dir / "tuning.json")]
-    if args.dry_run:
-        cache += ["--tune-budget", "5"]
-    runs = [("bench", ["--tune", "off"]), ("bench-f16", ["--precision", "f16", "--tune", "off"])]
-    runs += [("bench-tuned", ["--tune", "full", *cache]),
-             ("bench-f16-tuned", ["--precision", "f16", "--tune", "full", *cache])]
+    budget = ["--tune-budget", "5"] if args.dry_run else []
+    runs = [("bench", ["--tune", "off", *cache]),
+            ("bench-f16", ["--precision", "f16", "--tune", "off", *cache])]
+    runs += [("bench-tuned", ["--tune", "full", *cache, *budget]),
+             ("bench-f16-tuned", ["--precision", "f16", "--tune", "full", *cache, *budget])]
     runs += [(f"bench-coop{s.split('x')[0]}",
-              ["--kernels", f"conv2d=coop{s.split('x')[0]}", "--tune", "off"])
+              ["--kernels", f"conv2d=coop{s.split('x')[0]}", "--tune", "off", *cache])
              for s in results["coop_shapes"] if s in ("8x8x8", "16x16x16")]
     for name, extra in runs:
         bench_json = out_dir / f"{name}.json"
@@ -227,6 +241,9 @@ def table(results):
             floor = max(k["flops"] / c["flops_per_s"], k["bytes"] / c["bytes_per_s"])
             lines.append(f"  {k['name']}: {k['seconds'] * 1e3:.3f} ms in {k['calls']} calls, "
                          f"{100 * floor / k['seconds']:.1f}% of the roofline")
+    st = results.get("selftest")
+    if isinstance(st, dict):
+        lines += ["", f"selftest (status {st['status']}): {st['summary']}"] + st["failed"]
     t = results.get("tests")
     if isinstance(t, dict):
         lines += ["", "tests: " + ", ".join(f"{n} {r['passed']} passed, {r['failed']} failed, "
@@ -252,6 +269,7 @@ def main():
     start = time.time()
     print(f"gpu-report: binaries from {args.bin}, results in {out}")
     adapter(args.bin, out, results)
+    selftest(args.bin, out, results)
     tests(args.bin, out, results)
     densenet(args.bin, out, args, results)
     pytorch(out, args, results)
@@ -262,6 +280,7 @@ def main():
     print(f"\n{report}\n\n(done in {results['seconds']:.0f} s; everything in {out})")
     failed = isinstance(results.get("tests"), dict) and any(
         r["failed"] or r["status"] != 0 for r in results["tests"].values())
+    failed = failed or results["selftest"]["status"] != 0
     sys.exit(1 if failed or not isinstance(results.get("bench"), dict) else 0)
 
 

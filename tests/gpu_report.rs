@@ -68,6 +68,10 @@ fn gpu_report_dry_run_runs_end_to_end() {
         "{text}"
     );
     assert!(text.contains("stand-in 3 passed, 0 failed"), "{text}");
+    assert!(
+        text.contains("selftest (status 0): selftest on ") && text.contains(" pass ("),
+        "{text}"
+    );
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap())
             .unwrap();

@@ -288,10 +288,19 @@ impl Needs {
         let (lo, hi) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
         let f16_subgroups = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         if !gpu.features.contains(f16_subgroups) {
+            let missing: Vec<&str> = [
+                (wgpu::Features::SHADER_F16, "SHADER_F16"),
+                (wgpu::Features::SUBGROUP, "SUBGROUP"),
+            ]
+            .into_iter()
+            .filter(|(f, _)| !gpu.features.contains(*f))
+            .map(|(_, name)| name)
+            .collect();
             return Some(format!(
-                "needs SHADER_F16 and SUBGROUP; {} has {:?}",
+                "needs SHADER_F16 and SUBGROUP; {} ({:?}) lacks {}",
                 gpu.info.name,
-                gpu.features & f16_subgroups
+                gpu.info.backend,
+                missing.join(" and ")
             ));
         }
         if !gpu.coop.contains(&shape) {
