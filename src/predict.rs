@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use image::imageops::FilterType;
 
 use crate::checkpoint::Checkpoint;
 use crate::gpu::DType;
@@ -19,10 +18,11 @@ pub struct Prediction {
 }
 
 /// An image file as the network's input: `channels` planes of size x size in [0, 1], resized
-/// bilinearly as training resized its images.
+/// as training resized its images (RGB, then Pillow's bilinear resize, as torchvision).
 pub fn load_image(path: &Path, channels: u32, size: u32) -> Result<Vec<f32>> {
     let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
-    let img = img.resize_exact(size, size, FilterType::Triangle);
+    let rgb = crate::data::resize::rgb(&img.to_rgb8(), size, size);
+    let img = image::DynamicImage::ImageRgb8(rgb);
     let raw = match channels {
         1 => img.to_luma8().into_raw(),
         _ => img.to_rgb8().into_raw(),

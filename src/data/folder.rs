@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use image::imageops::FilterType;
 
 use super::{Dataset, Splits};
 
@@ -78,7 +77,9 @@ pub fn load(dir: &Path, size: u32, seed: u64) -> Result<Splits> {
             for f in files {
                 let img =
                     image::open(f).with_context(|| format!("reading image {}", f.display()))?;
-                out.push((img.resize_exact(size, size, FilterType::Triangle), label));
+                // As torchvision's ImageFolder: RGB first, then Pillow's bilinear resize.
+                let rgb = super::resize::rgb(&img.to_rgb8(), size, size);
+                out.push((image::DynamicImage::ImageRgb8(rgb), label));
             }
         }
         Ok(out)

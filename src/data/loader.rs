@@ -6,9 +6,6 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use image::imageops::{resize, FilterType};
-use image::{ImageBuffer, Luma};
-
 use super::augment::{crop_flip, Augment};
 use super::Dataset;
 use crate::ops::cross_entropy::IGNORE;
@@ -31,16 +28,21 @@ pub enum Order {
     Sequential,
 }
 
-/// Bilinear resize of one 8-bit plane, as torchvision's Resize on a PIL image (then the
-/// division by 255 of ToTensor).
+/// Bilinear resize of one 8-bit plane (`h` x `w`, row-major) to `out_h` x `out_w`, then
+/// the division by 255 of torchvision's `ToTensor`. The bytes before that division are
+/// exactly Pillow's (13.0) `Image.resize((out_w, out_h), Image.BILINEAR)` of the plane as a
+/// mode "L" image, which is what torchvision's `Resize` (`InterpolationMode.BILINEAR`, the
+/// antialiased default) does to a PIL image: see [`super::resize`]. Same size: a plain copy.
 pub fn resize_plane(plane: &[u8], h: u32, w: u32, out_h: u32, out_w: u32) -> Vec<f32> {
+    let to_unit = |v: &u8| *v as f32 / 255.0;
     if (h, w) == (out_h, out_w) {
-        return plane.iter().map(|&v| v as f32 / 255.0).collect();
+        return plane.iter().map(to_unit).collect();
     }
-    let img: ImageBuffer<Luma<u8>, &[u8]> =
-        ImageBuffer::from_raw(w, h, plane).expect("plane matches its size");
-    let out = resize(&img, out_w, out_h, FilterType::Triangle);
-    out.into_raw().iter().map(|&v| v as f32 / 255.0).collect()
+    let (h, w, out_h, out_w) = (h as usize, w as usize, out_h as usize, out_w as usize);
+    super::resize::bilinear(plane, h, w, out_h, out_w)
+        .iter()
+        .map(to_unit)
+        .collect()
 }
 
 /// Example `src` as the network sees it: resized, then (`random`: its crop offsets and flip)

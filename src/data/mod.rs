@@ -10,6 +10,7 @@ pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod resize;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};
