@@ -39,7 +39,53 @@ pub enum Target {
     BatchNorm(Config),
     /// Every kernel with one implementation, through a small network's step and evaluation
     /// (its convolutions and batch norms in configurations that passed their own check).
-    Network,
+    Network(Net),
+}
+
+/// The shape of the network check: which of the kernels with one implementation it runs.
+/// `selftest` runs all of them; a run checks those its own network launches, so the check
+/// compiles nothing its plan does not (compiling is most of a first run's check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    /// The ImageNet stem (7x7/2 conv, max pool) rather than the CIFAR one (3x3 conv).
+    pub imagenet_stem: bool,
+    /// 1x1 bottlenecks before each 3x3 conv (DenseNet-BC).
+    pub bottleneck: bool,
+    /// Biases on the convolutions (their gradient kernel).
+    pub conv_bias: bool,
+}
+
+impl Net {
+    /// Every kernel: what `selftest` checks, and what any run's check is part of.
+    pub const ALL: Net = Net {
+        imagenet_stem: true,
+        bottleneck: true,
+        conv_bias: true,
+    };
+
+    /// The check that covers what `cfg`'s network launches.
+    pub fn of(cfg: &crate::model::DenseNetConfig) -> Net {
+        Net {
+            imagenet_stem: matches!(cfg.stem, crate::model::Stem::ImageNet { .. }),
+            bottleneck: cfg.bottleneck.is_some(),
+            conv_bias: cfg.conv_bias,
+        }
+    }
+
+    /// `imagenet stem, bottlenecks, conv bias`: how its label names it.
+    fn describe(self) -> String {
+        let mut parts = vec![match self.imagenet_stem {
+            true => "imagenet stem",
+            false => "cifar stem",
+        }];
+        if self.bottleneck {
+            parts.push("bottlenecks");
+        }
+        if self.conv_bias {
+            parts.push("conv bias");
+        }
+        parts.join(", ")
+    }
 }
 
 /// One thing to check: a target in an element type.
@@ -55,15 +101,15 @@ impl Item {
         match self.target {
             Target::Conv(_) => conv2d::OP,
             Target::BatchNorm(_) => batchnorm::OP,
-            Target::Network => "network",
+            Target::Network(_) => "network",
         }
     }
 
-    /// The configuration's name (`tile8@fewer-splits`), or `policy` for the network.
+    /// The configuration's name (`tile8@fewer-splits`), or the network check's shape.
     pub fn config_name(&self) -> String {
         match self.target {
             Target::Conv(c) | Target::BatchNorm(c) => c.name(),
-            Target::Network => "other kernels".to_string(),
+            Target::Network(net) => format!("({})", net.describe()),
         }
     }
 
@@ -76,7 +122,7 @@ impl Item {
     pub fn config(&self) -> Option<Config> {
         match self.target {
             Target::Conv(c) | Target::BatchNorm(c) => Some(c),
-            Target::Network => None,
+            Target::Network(_) => None,
         }
     }
 }
@@ -180,7 +226,7 @@ pub fn items(k: &Kernels) -> Vec<Item> {
         let bn = configs(k, &batchnorm::SHADERS, dtype)
             .into_iter()
             .map(Target::BatchNorm);
-        let all = conv.chain(bn).chain([Target::Network]);
+        let all = conv.chain(bn).chain([Target::Network(Net::ALL)]);
         out.extend(all.map(|target| Item { target, dtype }));
     }
     out
@@ -194,7 +240,7 @@ pub fn run(k: &Kernels, item: Item, network: (Config, Config)) -> Checked {
     let outcome = catch_unwind(AssertUnwindSafe(|| match item.target {
         Target::Conv(c) => conv::check(k, c, item.dtype),
         Target::BatchNorm(c) => bn::check(k, c, item.dtype),
-        Target::Network => network::check(k, item.dtype, network),
+        Target::Network(net) => network::check(k, item.dtype, net, network),
     }));
     let (rows, error) = match outcome {
         Ok(Ok(rows)) => (rows, None),
@@ -348,7 +394,7 @@ pub fn suite(k: &Kernels, mut progress: impl FnMut(&Checked)) -> Suite {
     let mut results: Vec<Checked> = Vec::new();
     for item in items(k) {
         let checked = match item.target {
-            Target::Network => {
+            Target::Network(_) => {
                 let passed = |c: &Config| {
                     results.iter().any(|r| {
                         r.item.dtype == item.dtype && r.item.config() == Some(*c) && r.passed()

@@ -1,12 +1,13 @@
 //! The self-check of every kernel with a single implementation, through a whole network: one
 //! training step (with momentum, Nesterov, weight decay and gradient clipping; in f16 with a
-//! loss scale) and one evaluation of a small DenseNet-BC with an ImageNet stem (max pool),
-//! conv biases and a transition (average pool), against the reference network. The
+//! loss scale) and one evaluation of a small DenseNet with a transition (average pool), and as
+//! [`Net`] says an ImageNet stem (max pool), bottlenecks and conv biases, against the
+//! reference network. The
 //! convolutions and batch norms run in configurations that passed their own check, so what
 //! fails here is one of the other kernels.
 
 use super::compare::Tol;
-use super::{f16_rounded, Row};
+use super::{f16_rounded, Net, Row};
 use crate::error::Result;
 use crate::gpu::DType;
 use crate::kernels::{Config, Kernels, Policy};
@@ -31,17 +32,21 @@ const OPT: SgdConfig = SgdConfig {
     clip_norm: Some(1e-2),
 };
 
-fn config() -> DenseNetConfig {
+/// Two blocks of two layers, a transition between them, shaped as `net` says.
+fn config(net: Net) -> DenseNetConfig {
     DenseNetConfig {
         in_channels: 2,
-        image_size: 16,
+        image_size: if net.imagenet_stem { 16 } else { 8 },
         classes: 5,
-        stem: Stem::ImageNet { channels: 4 },
+        stem: match net.imagenet_stem {
+            true => Stem::ImageNet { channels: 4 },
+            false => Stem::Cifar { channels: 4 },
+        },
         blocks: vec![2, 2],
         growth_rate: 3,
-        bottleneck: Some(2),
+        bottleneck: net.bottleneck.then_some(2),
         compression: 0.5,
-        conv_bias: true,
+        conv_bias: net.conv_bias,
         init: Init::KaimingNormal,
     }
 }
@@ -64,11 +69,16 @@ fn params(layout: &Layout) -> Vec<f32> {
     params
 }
 
-pub(super) fn check(k: &Kernels, dtype: DType, (conv, bn): (Config, Config)) -> Result<Vec<Row>> {
+pub(super) fn check(
+    k: &Kernels,
+    dtype: DType,
+    net: Net,
+    (conv, bn): (Config, Config),
+) -> Result<Vec<Row>> {
     let spec = format!("conv2d={},batchnorm={}", conv.name(), bn.name());
     let k = &k.with_policy(Policy::parse(&spec, k.policy().class, crate::ops::SHADERS)?);
     let gpu = k.gpu();
-    let cfg = config();
+    let cfg = config(net);
     let plan = Plan::train_in(k, &cfg, BATCH, OPT, dtype)?;
     let params = params(&plan.layout);
     plan.write_params(gpu, &params)?;

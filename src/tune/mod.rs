@@ -41,7 +41,7 @@ use crate::kernels::{Config, Kernels, Tuned};
 use crate::model::nodes::Mode;
 use crate::model::DenseNetConfig;
 use crate::ops::{batchnorm, conv2d};
-use crate::selfcheck::{self, Item, Target};
+use crate::selfcheck::{self, Item, Net, Target};
 use cache::{CachedChoice, TuneCache};
 use launches::{Todo, Work};
 use trust::{CheckReport, Checker, Kind};
@@ -305,7 +305,14 @@ pub fn tune(
             warnings.push(format!("{e:#}; the choices are used but not cached"));
         }
     }
-    let forced = check_the_rest(k, dtype, &todos, &baselines, &mut checker, &mut warnings)?;
+    let forced = check_the_rest(
+        k,
+        (cfg, dtype),
+        &todos,
+        &baselines,
+        &mut checker,
+        &mut warnings,
+    )?;
     warnings.extend(checker.store());
     let mut tuned = Tuned::new();
     let mut launches = Vec::new();
@@ -391,7 +398,7 @@ fn baselines(
 /// the run, since nothing can replace them.
 fn check_the_rest(
     k: &Kernels,
-    dtype: DType,
+    (cfg, dtype): (&DenseNetConfig, DType),
     todos: &[Todo],
     baselines: &[Config],
     checker: &mut Checker<'_>,
@@ -418,7 +425,7 @@ fn check_the_rest(
         .find(|(t, _)| kind(t) == Kind::Conv)
         .map_or_else(|| conv2d::rule_config(k, dtype), |(_, &c)| c);
     let network = Item {
-        target: Target::Network,
+        target: Target::Network(Net::of(cfg)),
         dtype,
     };
     if !checker.passes(network, (conv, bn)) {

@@ -42,7 +42,7 @@ impl TuneReport {
         let check = match c.enabled {
             false => "self-check off".to_string(),
             true => format!(
-                "self-check: {} checked ({:.2} s), {} cached, {} failed",
+                "self-check: {} checked ({:.2} s, compiling included), {} cached, {} failed",
                 c.checked,
                 c.seconds,
                 c.cached,
