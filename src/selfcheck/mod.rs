@@ -72,19 +72,19 @@ impl Net {
         }
     }
 
-    /// `imagenet stem, bottlenecks, conv bias`: how its label names it.
+    /// `imagenet,bottleneck,bias` (the stem, then what it has): how its label names it.
     fn describe(self) -> String {
         let mut parts = vec![match self.imagenet_stem {
-            true => "imagenet stem",
-            false => "cifar stem",
+            true => "imagenet",
+            false => "cifar",
         }];
         if self.bottleneck {
-            parts.push("bottlenecks");
+            parts.push("bottleneck");
         }
         if self.conv_bias {
-            parts.push("conv bias");
+            parts.push("bias");
         }
-        parts.join(", ")
+        parts.join(",")
     }
 }
 
@@ -109,7 +109,7 @@ impl Item {
     pub fn config_name(&self) -> String {
         match self.target {
             Target::Conv(c) | Target::BatchNorm(c) => c.name(),
-            Target::Network(net) => format!("({})", net.describe()),
+            Target::Network(net) => net.describe(),
         }
     }
 

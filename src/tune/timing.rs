@@ -90,6 +90,11 @@ pub(super) fn time_all(
                     Work::Conv(..) => Kind::Conv,
                     Work::BnBackward(_) => Kind::BatchNorm,
                 };
+                // Checking a candidate compiles it: not started once the budget is spent.
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    out_of_time = true;
+                    break;
+                }
                 if c != baseline && !checker.config_passes(kind, c, t.dtype) {
                     entry
                         .rejected
