@@ -12,7 +12,7 @@
 use super::compare::Tol;
 use super::{Inputs, Probe, Row};
 use crate::error::Result;
-use crate::gpu::DType;
+use crate::gpu::{DType, GpuBuffer};
 use crate::kernels::{Config, Kernels, Needs};
 use crate::ops::conv2d::{self, Conv2dParams};
 use crate::reference as cpu;
@@ -52,32 +52,56 @@ fn shapes() -> Result<[Shape; 2]> {
 
 /// The rows of `config` in `dtype`: each direction at each shape.
 pub(super) fn check(k: &Kernels, config: Config, dtype: DType) -> Result<Vec<Row>> {
-    // Cooperative-matrix variants multiply f16 operands: the reference gets the same
-    // rounded operands, and the tolerance their f32 sums in another order.
-    let f16_operands = matches!(config.variant.needs, Needs::CoopMatrix { .. });
-    let tol = |t: Tol| match f16_operands {
-        true => t.max(Tol::F16_OPERANDS).stored_as(dtype),
-        false => t.stored_as(dtype),
-    };
-    let round = |v: Vec<f32>| match f16_operands {
-        true => super::f16_rounded(v),
-        false => v,
-    };
     let mut rows = Vec::new();
-    for (i, s) in shapes()?.iter().enumerate() {
-        let p = s.params;
-        let shape = ["A", "B"][i];
-        let mut inputs = Inputs::new(0x5e1f_c0de ^ i as u64, dtype);
+    for (i, shape) in shapes()?.iter().enumerate() {
+        let mut run = Run::new(k, config, dtype, shape, i as u64)?;
+        let name = ["A", "B"][i];
+        rows.push(run.forward(name)?);
+        rows.push(run.data(name)?);
+        rows.push(run.weight(name)?);
+    }
+    Ok(rows)
+}
+
+/// One shape's inputs, on the host and the device, and how the configuration is judged.
+struct Run<'k> {
+    k: &'k Kernels,
+    config: Config,
+    shape: &'k Shape,
+    probe: Probe<'k>,
+    inputs: Inputs,
+    /// Cooperative-matrix variants multiply f16 operands: the reference gets the same
+    /// rounded operands, and the tolerance their f32 sums in another order.
+    f16_operands: bool,
+    dtype: DType,
+    x_len: usize,
+    bias: Vec<f32>,
+    /// What the GEMMs see: x after the fused BN -> ReLU, the weights and dy (rounded to f16
+    /// for cooperative matrices).
+    xr: Vec<f32>,
+    w_op: Vec<f32>,
+    dy_op: Vec<f32>,
+    x: GpuBuffer,
+    dy: GpuBuffer,
+    weight: GpuBuffer,
+    affine: Option<GpuBuffer>,
+    workspace: GpuBuffer,
+}
+
+impl<'k> Run<'k> {
+    fn new(k: &'k Kernels, config: Config, dtype: DType, shape: &'k Shape, i: u64) -> Result<Self> {
+        let p = shape.params;
+        let mut inputs = Inputs::new(0x5e1f_c0de ^ i, dtype);
         let plane_x = p.x_len() / p.c_in as u64;
         let plane_y = p.y_len() / p.c_out as u64;
-        let x = inputs.act(s.x_channels as u64 * plane_x);
-        let dy = inputs.act(s.y_channels as u64 * plane_y);
+        let x = inputs.act(shape.x_channels as u64 * plane_x);
+        let dy = inputs.act(shape.y_channels as u64 * plane_y);
         let weight = inputs.floats(p.weight_len(), -0.5, 0.5);
         let bias = inputs.floats(p.c_out as u64, -0.5, 0.5);
         let affine = affine_pairs(&mut inputs, p.c_in);
-        // What the GEMMs see of x: BN -> ReLU applied (in the op's own channels).
+        // BN -> ReLU applied in the op's own channels.
         let mut xr = x.clone();
-        if s.fused_bn {
+        if shape.fused_bn {
             let start = p.x_offset as usize;
             for (c, run) in xr[start..start + p.x_len() as usize]
                 .chunks_mut(plane_x as usize)
@@ -88,108 +112,118 @@ pub(super) fn check(k: &Kernels, config: Config, dtype: DType) -> Result<Vec<Row
                     .for_each(|v| *v = (*v * scale + shift).max(0.0));
             }
         }
-        let (xr, w_op, dy_op) = (round(xr), round(weight.clone()), round(dy.clone()));
+        let f16_operands = matches!(config.variant.needs, Needs::CoopMatrix { .. });
+        let round = |v: Vec<f32>| match f16_operands {
+            true => super::f16_rounded(v),
+            false => v,
+        };
         let probe = Probe::new(k, dtype);
-        let affine_buf = s
-            .fused_bn
-            .then(|| probe.f32s("affine", &affine))
-            .transpose()?;
-        let affine_view = affine_buf.as_ref().map(|b| b.view());
-        let x_buf = probe.act("x", &x)?;
-        let w_buf = probe.f32s("weight", &weight)?;
-        let b_buf = (p.has_bias != 0)
-            .then(|| probe.f32s("bias", &bias))
-            .transpose()?;
-        let ws = probe.zeros("workspace", p.workspace_len().max(1))?;
-        let c = Some(config);
-
-        // Forward: y's other channels are NaN and must stay so.
-        let mut want = vec![f32::NAN; dy.len()];
-        cpu::conv2d_forward(
-            &mut want,
-            &xr,
-            &w_op,
-            b_buf.is_some().then_some(&bias[..]),
-            &p,
-        );
-        let y_buf = probe.act("y", &vec![f32::NAN; dy.len()])?;
-        let d = conv2d::forward_in(
-            c,
+        Ok(Run {
+            affine: shape
+                .fused_bn
+                .then(|| probe.f32s("affine", &affine))
+                .transpose()?,
+            x: probe.act("x", &x)?,
+            dy: probe.act("dy", &dy)?,
+            weight: probe.f32s("weight", &weight)?,
+            workspace: probe.zeros("workspace", p.workspace_len().max(1))?,
+            x_len: x.len(),
+            xr: round(xr),
+            w_op: round(weight),
+            dy_op: round(dy),
+            bias,
             k,
-            &p,
-            x_buf.view(),
-            affine_view,
-            w_buf.view(),
-            b_buf.as_ref().map(|b| b.view()),
-            y_buf.view(),
-            Some(ws.view()),
-        )?;
-        let got = probe.run_and_read(&d, &y_buf)?;
-        rows.push(Row::compare(
-            format!("conv2d_forward {shape}"),
-            &got,
-            &want,
-            tol(Tol::FWD),
-        ));
+            config,
+            shape,
+            probe,
+            inputs,
+            f16_operands,
+            dtype,
+        })
+    }
 
-        // Data gradient: into values already there, or over NaNs.
-        let (dp, start) = match s.overwrite {
-            true => (p.overwriting(), vec![f32::NAN; x.len()]),
-            false => (p, inputs.act(x.len() as u64)),
+    fn tol(&self, t: Tol) -> Tol {
+        match self.f16_operands {
+            true => t.max(Tol::F16_OPERANDS).stored_as(self.dtype),
+            false => t.stored_as(self.dtype),
+        }
+    }
+
+    /// The forward into a y whose other channels are NaN and must stay so.
+    fn forward(&mut self, name: &str) -> Result<Row> {
+        let p = &self.shape.params;
+        let has_bias = p.has_bias != 0;
+        let mut want = vec![f32::NAN; self.dy_op.len()];
+        let bias = has_bias.then_some(&self.bias[..]);
+        cpu::conv2d_forward(&mut want, &self.xr, &self.w_op, bias, p);
+        let bias = has_bias
+            .then(|| self.probe.f32s("bias", &self.bias))
+            .transpose()?;
+        let y = self.probe.act("y", &vec![f32::NAN; want.len()])?;
+        let d = conv2d::forward_in(
+            Some(self.config),
+            self.k,
+            p,
+            self.x.view(),
+            self.affine.as_ref().map(|a| a.view()),
+            self.weight.view(),
+            bias.as_ref().map(|b| b.view()),
+            y.view(),
+            Some(self.workspace.view()),
+        )?;
+        let got = self.probe.run_and_read(&d, &y)?;
+        let kernel = format!("conv2d_forward {name}");
+        Ok(Row::compare(kernel, &got, &want, self.tol(Tol::FWD)))
+    }
+
+    /// The data gradient into values already there, or over NaNs.
+    fn data(&mut self, name: &str) -> Result<Row> {
+        let p = self.shape.params;
+        let (dp, start) = match self.shape.overwrite {
+            true => (p.overwriting(), vec![f32::NAN; self.x_len]),
+            false => (p, self.inputs.act(self.x_len as u64)),
         };
         let mut want = start.clone();
-        if s.overwrite {
+        if self.shape.overwrite {
             let r = p.x_offset as usize..(p.x_offset as u64 + p.x_len()) as usize;
             want[r].iter_mut().for_each(|v| *v = 0.0);
         }
-        cpu::conv2d_backward_data(&mut want, &dy_op, &w_op, &dp);
-        let dx_buf = probe.act("dx", &start)?;
-        let dy_buf = probe.act("dy", &dy)?;
-        let d = conv2d::data_in(
-            c,
-            k,
-            &dp,
-            dy_buf.view(),
-            w_buf.view(),
-            dx_buf.view(),
-            Some(ws.view()),
-        )?;
-        let got = probe.run_and_read(&d, &dx_buf)?;
-        rows.push(Row::compare(
-            format!("conv2d_backward_data {shape}"),
-            &got,
-            &want,
-            tol(Tol::GRAD),
-        ));
+        cpu::conv2d_backward_data(&mut want, &self.dy_op, &self.w_op, &dp);
+        let dx = self.probe.act("dx", &start)?;
+        let (dy, w) = (self.dy.view(), self.weight.view());
+        let ws = Some(self.workspace.view());
+        let d = conv2d::data_in(Some(self.config), self.k, &dp, dy, w, dx.view(), ws)?;
+        let got = self.probe.run_and_read(&d, &dx)?;
+        let kernel = format!("conv2d_backward_data {name}");
+        Ok(Row::compare(kernel, &got, &want, self.tol(Tol::GRAD)))
+    }
 
-        // Weight gradient: adds into the values already there.
-        let start = inputs.floats(p.weight_len(), -0.5, 0.5);
+    /// The weight gradient, added into the values already there.
+    fn weight(&mut self, name: &str) -> Result<Row> {
+        let p = &self.shape.params;
+        let start = self.inputs.floats(p.weight_len(), -0.5, 0.5);
         let mut want = start.clone();
-        cpu::conv2d_backward_weight(&mut want, &xr, &dy_op, &p);
-        let dw_buf = probe.f32s("dweight", &start)?;
-        let partials = probe.zeros("partials", p.partials_len().max(1))?;
-        // The register tiles pack dy into the workspace, in the activations' type.
-        let packed_dy = probe.act("packed dy", &vec![0.0; p.workspace_len().max(1) as usize])?;
+        cpu::conv2d_backward_weight(&mut want, &self.xr, &self.dy_op, p);
+        let dw = self.probe.f32s("dweight", &start)?;
+        let partials = self.probe.zeros("partials", p.partials_len().max(1))?;
+        // The register tiles pack dy into a workspace of the activations' type.
+        let packed = vec![0.0; p.workspace_len().max(1) as usize];
+        let packed_dy = self.probe.act("packed dy", &packed)?;
         let d = conv2d::weight_in(
-            c,
-            k,
-            &p,
-            x_buf.view(),
-            affine_view,
-            dy_buf.view(),
+            Some(self.config),
+            self.k,
+            p,
+            self.x.view(),
+            self.affine.as_ref().map(|a| a.view()),
+            self.dy.view(),
             Some(packed_dy.view()),
             partials.view(),
-            dw_buf.view(),
+            dw.view(),
         )?;
-        let got = probe.run_and_read(&d, &dw_buf)?;
-        rows.push(Row::compare(
-            format!("conv2d_backward_weight {shape}"),
-            &got,
-            &want,
-            tol(Tol::GRAD),
-        ));
+        let got = self.probe.run_and_read(&d, &dw)?;
+        let kernel = format!("conv2d_backward_weight {name}");
+        Ok(Row::compare(kernel, &got, &want, self.tol(Tol::GRAD)))
     }
-    Ok(rows)
 }
 
 /// Random BN (scale, shift) pairs for `channels` channels: scales near 1, shifts around 0,

@@ -104,8 +104,11 @@ pub(super) fn check(
     plan.reset_metrics(gpu);
     plan.submit_train(gpu)?;
     let (loss_sum, _) = plan.read_metrics(gpu)?;
-    let b = &plan.buffers;
-    let grads_buf = b.grads.as_ref().expect("a training plan has gradients");
+    let grads_buf = plan
+        .buffers
+        .grads
+        .as_ref()
+        .expect("a training plan has gradients");
     let grads: Vec<f32> = gpu
         .read_all::<f32>(grads_buf)?
         .iter()
@@ -116,14 +119,27 @@ pub(super) fn check(
     // f16 stores activations and their gradients rounded: errors grow from the head to the
     // stem, so the loss and the gradients get a wider tolerance there (docs/DESIGN.md).
     let f16 = dtype == DType::F16;
-    let mut rows = Vec::new();
     let loss = loss_sum / BATCH as f64;
     let loss_err = (loss - want.loss).abs() / want.loss.abs().max(1e-6);
     let loss_tol = if f16 { 1e-2 } else { 1e-4 };
-    rows.push(row("network loss", loss_err, loss_tol));
-    rows.push(gradients(&plan.layout, &grads, &want.grads, f16));
+    let mut rows = vec![
+        row("network loss", loss_err, loss_tol),
+        gradients(&plan.layout, &grads, &want.grads, f16),
+    ];
+    let updated: Vec<f32> = gpu.read_all(&plan.buffers.params)?;
+    rows.push(update(&params, &grads, &updated)?);
+    rows.push(evaluation(
+        k,
+        (&cfg, &plan, dtype),
+        &updated,
+        (&x, &labels),
+    )?);
+    Ok(rows)
+}
 
-    // The update from the gradients the step computed (so only SGD and clipping are judged).
+/// The SGD step (clipping, momentum, Nesterov, weight decay) from the gradients the step
+/// computed, so that only the update is judged: `updated` against the reference optimizer.
+fn update(params: &[f32], grads: &[f32], updated: &[f32]) -> Result<Row> {
     let norm = grads
         .iter()
         .map(|g| *g as f64 * *g as f64)
@@ -135,42 +151,50 @@ pub(super) fn check(
     let clipped: Vec<f32> = grads.iter().map(|g| g * factor).collect();
     let n = params.len() as u32;
     let sp = SgdParams::new(n, OPT.lr, OPT.momentum, OPT.weight_decay, OPT.nesterov)?;
-    let (mut updated, mut velocity) = (params.clone(), vec![0f32; params.len()]);
-    cpu::sgd_update(&mut updated, &clipped, &mut velocity, &sp);
-    let got: Vec<f32> = gpu.read_all(&b.params)?;
+    let (mut want, mut velocity) = (params.to_vec(), vec![0f32; params.len()]);
+    cpu::sgd_update(&mut want, &clipped, &mut velocity, &sp);
+    // The update moves each parameter by lr times the gradient terms: compared at that scale.
     let step = OPT.lr as f64 * clipped.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
     let tol = Tol::new(1e-3 * step.max(1e-12), 1e-6);
-    rows.push(Row::compare(
+    Ok(Row::compare(
         "network sgd_update".into(),
-        &got,
-        &updated,
+        updated,
+        &want,
         tol,
-    ));
+    ))
+}
 
-    // Evaluation with the updated parameters and running statistics, on an evaluation plan.
-    let rm: Vec<f32> = gpu.read_all(&b.running_mean)?;
-    let rv: Vec<f32> = gpu.read_all(&b.running_var)?;
-    let (_, _, logits) = reference_eval(&cfg, &plan.layout, &got, (&rm, &rv), &x, &labels);
-    let eval = Plan::eval_in(k, &cfg, BATCH, dtype)?;
-    eval.write_params(gpu, &got)?;
+/// An evaluation plan with the step's updated parameters and running statistics: its
+/// logits against the reference network's.
+fn evaluation(
+    k: &Kernels,
+    (cfg, plan, dtype): (&DenseNetConfig, &Plan, DType),
+    updated: &[f32],
+    (x, labels): (&[f32], &[u32]),
+) -> Result<Row> {
+    let gpu = k.gpu();
+    let rm: Vec<f32> = gpu.read_all(&plan.buffers.running_mean)?;
+    let rv: Vec<f32> = gpu.read_all(&plan.buffers.running_var)?;
+    let (_, _, want) = reference_eval(cfg, &plan.layout, updated, (&rm, &rv), x, labels);
+    let eval = Plan::eval_in(k, cfg, BATCH, dtype)?;
+    eval.write_params(gpu, updated)?;
     gpu.write(&eval.buffers.running_mean, &rm)?;
     gpu.write(&eval.buffers.running_var, &rv)?;
-    eval.upload(gpu, &x, &labels)?;
+    eval.upload(gpu, x, labels)?;
     eval.reset_metrics(gpu);
     eval.submit_eval(gpu);
-    let got_logits = eval.read_logits(gpu)?;
-    let largest = logits.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-    let tol = match f16 {
-        true => Tol::new(1e-2 * largest, 1e-2),
-        false => Tol::new(1e-4, 1e-3),
+    let got = eval.read_logits(gpu)?;
+    let largest = want.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let tol = match dtype {
+        DType::F16 => Tol::new(1e-2 * largest, 1e-2),
+        _ => Tol::new(1e-4, 1e-3),
     };
-    rows.push(Row::compare(
+    Ok(Row::compare(
         "network evaluation logits".into(),
-        &got_logits,
-        &logits,
+        &got,
+        &want,
         tol,
-    ));
-    Ok(rows)
+    ))
 }
 
 /// Every parameter tensor's gradient, its largest difference relative to the tensor's

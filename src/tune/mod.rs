@@ -219,52 +219,11 @@ pub fn tune(
     let mut out: Vec<Option<(Config, Launch)>> = vec![None; todos.len()];
     let mut to_time: Vec<(usize, CachedChoice)> = Vec::new();
     for (i, t) in todos.iter().enumerate() {
-        let base = baselines[i];
-        let n = t.candidates_for(opts.mode, base).len();
-        let untuned = match base == t.default {
-            true => Source::Policy,
-            false => Source::Replaced,
-        };
-        if k.policy().forced(t.work.op()).is_some() || opts.mode == TuneMode::Off {
-            out[i] = Some((base, t.launch(base, untuned, (None, None), n)));
-            continue;
-        }
-        if let Some(name) = recorded.and_then(|r| r.get(&t.key)) {
-            match t.resolve(k, name) {
-                Some(c) if checker.config_passes(kind(t), c, t.dtype) => {
-                    out[i] = Some((c, t.launch(c, Source::Recorded, (None, None), n)));
-                    continue;
-                }
-                Some(_) => warnings.push(format!(
-                    "the checkpoint's {name} for {} fails the self-check here; choosing again",
-                    t.key
-                )),
-                None => warnings.push(format!(
-                    "the checkpoint's {name} for {} does not run here; choosing again",
-                    t.key
-                )),
-            }
-        }
-        let entry = cached
-            .get(&t.key)
-            .filter(|e| e.baseline == base.name())
-            .cloned()
-            .unwrap_or_else(|| CachedChoice::new(&base.name()));
-        for name in entry.measured.keys().chain(entry.rejected.keys()) {
-            if t.resolve(k, name).is_none() {
-                warnings.push(format!(
-                    "the cache's {name} for {} does not run here; tuning it again",
-                    t.key
-                ));
-            }
-        }
-        let entry = usable(k, t, entry);
-        match complete(t, opts.mode, base, &entry) {
-            true => {
-                let (c, times) = best(k, t, opts.mode, base, &entry, &mut checker);
-                out[i] = Some((c, t.launch(c, Source::Cached, times, n)));
-            }
-            false => to_time.push((i, entry)),
+        let given = (recorded.and_then(|r| r.get(&t.key)), cached.get(&t.key));
+        let ctx = (&mut checker, &mut warnings);
+        match decide(k, t, baselines[i], opts.mode, given, ctx) {
+            Decided::Chosen(c, launch) => out[i] = Some((c, launch)),
+            Decided::ToTime(entry) => to_time.push((i, entry)),
         }
     }
     // The most expensive launches first: within a budget, they are where time is won.
@@ -285,18 +244,18 @@ pub fn tune(
     let mut left = 0;
     for (i, entry) in timed.entries {
         let t = &todos[i];
-        let base = baselines[i];
-        let n = t.candidates_for(opts.mode, base).len();
-        left += usize::from(!complete(t, opts.mode, base, &entry));
-        let (c, times) = best(k, t, opts.mode, base, &entry, &mut checker);
-        let source = match (c == base, timed.new.contains(&i)) {
-            (true, _) if times.0.is_none() && base != t.default => Source::Replaced,
-            (true, _) if times.0.is_none() => Source::Policy,
-            (_, true) => Source::Timed,
-            (_, false) => Source::Cached,
-        };
-        out[i] = Some((c, t.launch(c, source, times, n)));
-        if timed.new.contains(&i) {
+        let timed_now = timed.new.contains(&i);
+        let (c, launch) = settle(
+            k,
+            t,
+            baselines[i],
+            opts.mode,
+            (&entry, timed_now),
+            &mut checker,
+        );
+        left += usize::from(!complete(t, opts.mode, baselines[i], &entry));
+        out[i] = Some((c, launch));
+        if timed_now {
             fresh.insert(t.key.clone(), entry);
         }
     }
@@ -331,6 +290,92 @@ pub fn tune(
         forced,
     };
     Ok(Tuning { tuned, report })
+}
+
+/// What a launch needs before any timing.
+enum Decided {
+    /// Its configuration: forced, tuning off, recorded in the checkpoint, or complete in the
+    /// cache.
+    Chosen(Config, Launch),
+    /// What earlier runs measured of it, to go on timing from.
+    ToTime(CachedChoice),
+}
+
+/// Decides launch `t` (of baseline `base`) without timing where it can: from `recorded` (a
+/// resumed run's choice) or a `cached` entry complete for `mode`.
+fn decide(
+    k: &Kernels,
+    t: &Todo,
+    base: Config,
+    mode: TuneMode,
+    (recorded, cached): (Option<&String>, Option<&CachedChoice>),
+    (checker, warnings): (&mut Checker<'_>, &mut Vec<String>),
+) -> Decided {
+    let n = t.candidates_for(mode, base).len();
+    if k.policy().forced(t.work.op()).is_some() || mode == TuneMode::Off {
+        let untuned = match base == t.default {
+            true => Source::Policy,
+            false => Source::Replaced,
+        };
+        return Decided::Chosen(base, t.launch(base, untuned, (None, None), n));
+    }
+    if let Some(name) = recorded {
+        match t.resolve(k, name) {
+            Some(c) if checker.config_passes(kind(t), c, t.dtype) => {
+                return Decided::Chosen(c, t.launch(c, Source::Recorded, (None, None), n));
+            }
+            Some(_) => warnings.push(format!(
+                "the checkpoint's {name} for {} fails the self-check here; choosing again",
+                t.key
+            )),
+            None => warnings.push(format!(
+                "the checkpoint's {name} for {} does not run here; choosing again",
+                t.key
+            )),
+        }
+    }
+    // An entry compared with another baseline is stale.
+    let entry = cached
+        .filter(|e| e.baseline == base.name())
+        .cloned()
+        .unwrap_or_else(|| CachedChoice::new(&base.name()));
+    for name in entry.measured.keys().chain(entry.rejected.keys()) {
+        if t.resolve(k, name).is_none() {
+            warnings.push(format!(
+                "the cache's {name} for {} does not run here; tuning it again",
+                t.key
+            ));
+        }
+    }
+    let entry = usable(k, t, entry);
+    match complete(t, mode, base, &entry) {
+        true => {
+            let (c, times) = best(k, t, mode, base, &entry, checker);
+            Decided::Chosen(c, t.launch(c, Source::Cached, times, n))
+        }
+        false => Decided::ToTime(entry),
+    }
+}
+
+/// Launch `t`'s choice once timing has had its turn: the best of `entry` (measured in this
+/// run when `timed_now`), else the baseline.
+fn settle(
+    k: &Kernels,
+    t: &Todo,
+    base: Config,
+    mode: TuneMode,
+    (entry, timed_now): (&CachedChoice, bool),
+    checker: &mut Checker<'_>,
+) -> (Config, Launch) {
+    let n = t.candidates_for(mode, base).len();
+    let (c, times) = best(k, t, mode, base, entry, checker);
+    let source = match (c == base, timed_now) {
+        (true, _) if times.0.is_none() && base != t.default => Source::Replaced,
+        (true, _) if times.0.is_none() => Source::Policy,
+        (_, true) => Source::Timed,
+        (_, false) => Source::Cached,
+    };
+    (c, t.launch(c, source, times, n))
 }
 
 /// Every launch's baseline: its default where that passes the self-check, else the first
