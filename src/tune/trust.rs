@@ -3,7 +3,7 @@
 //! self-check cache beside the tuning cache, so a device, driver and release is checked
 //! once and later runs pay nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ use crate::selfcheck::{self, Item, Net, Target};
 pub struct CheckReport {
     /// Whether it ran at all (`--self-check off` turns it off).
     pub enabled: bool,
-    /// Items checked in this run, and items whose verdict came from the cache.
+    /// Items checked in this run, and items whose verdict came from the cache file.
     pub checked: usize,
     pub cached: usize,
     /// Items that failed: label and what failed.
@@ -36,6 +36,8 @@ pub(super) struct Checker<'k> {
     device: String,
     known: BTreeMap<String, Verdict>,
     fresh: BTreeMap<String, Verdict>,
+    /// Items whose cached verdict this run used.
+    consulted: BTreeSet<String>,
     pub report: CheckReport,
 }
 
@@ -70,6 +72,7 @@ impl<'k> Checker<'k> {
             device,
             known,
             fresh: BTreeMap::new(),
+            consulted: BTreeSet::new(),
             report: CheckReport {
                 enabled,
                 cache: path,
@@ -96,7 +99,10 @@ impl<'k> Checker<'k> {
         };
         let verdict = match self.known.get(&label).or(covered) {
             Some(v) => {
-                self.report.cached += 1;
+                // Counted once per item, and not for one checked in this run.
+                if !self.fresh.contains_key(&label) && self.consulted.insert(label.clone()) {
+                    self.report.cached += 1;
+                }
                 v.clone()
             }
             None => {
