@@ -9,7 +9,6 @@ mod support;
 
 use densenet_wgpu::data::DatasetKind;
 use densenet_wgpu::kernels::DeviceClass;
-use densenet_wgpu::model::layout::ParamRole;
 use densenet_wgpu::model::plan::Cmd;
 use densenet_wgpu::model::reference_net::{reference_eval, reference_step, ReferenceStep};
 use densenet_wgpu::model::{DenseNetConfig, Init, Layout, Mode, Plan, SgdConfig, Stem};
@@ -101,23 +100,10 @@ const NESTEROV: SgdConfig = SgdConfig {
     clip_norm: None,
 };
 
-/// Parameters from `seed`, with batch-norm scales and shifts away from 1 and 0: with a zero
-/// shift, BN -> ReLU -> max-pool -> BN is invariant to the first scale and its gradient
-/// would be exactly 0.
+/// Parameters from `seed`, with batch-norm scales and shifts away from 1 and 0
+/// ([`Layout::init_params_varied`]).
 fn params(layout: &Layout, cfg: &DenseNetConfig, seed: u64) -> Vec<f32> {
-    let mut params = layout.init_params(cfg.init, seed);
-    let mut rng = fastrand::Rng::with_seed(seed ^ 1);
-    for (slot, role) in layout.params.slots.iter().zip(&layout.roles) {
-        let base = match role {
-            ParamRole::Gamma => 1.0,
-            ParamRole::Beta => 0.0,
-            _ => continue,
-        };
-        for v in &mut params[slot.offset as usize..][..slot.len as usize] {
-            *v = base + rng.f32() - 0.5;
-        }
-    }
-    params
+    layout.init_params_varied(cfg.init, seed)
 }
 
 fn matches_reference(cfg: &DenseNetConfig, batch: u32) {

@@ -308,6 +308,28 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// [`Layout::init_params`] with every batch norm's scales and shifts drawn around 1 and 0
+    /// (uniform in +-0.5, from `seed ^ 1`): what checks against the reference start from, since
+    /// with zero shifts some gradients are exactly zero (BN -> ReLU -> max pool -> BN does not
+    /// depend on the first scale) and would check nothing.
+    pub fn init_params_varied(&self, init: Init, seed: u64) -> Vec<f32> {
+        let mut params = self.init_params(init, seed);
+        let mut rng = fastrand::Rng::with_seed(seed ^ 1);
+        for (slot, role) in self.params.slots.iter().zip(&self.roles) {
+            let base = match role {
+                ParamRole::Gamma => 1.0,
+                ParamRole::Beta => 0.0,
+                _ => continue,
+            };
+            for v in &mut params[slot.offset as usize..][..slot.len as usize] {
+                *v = base + rng.f32() - 0.5;
+            }
+        }
+        params
+    }
+}
+
 /// A standard normal sample (Box-Muller).
 fn normal(rng: &mut fastrand::Rng) -> f32 {
     let u1 = rng.f32().max(f32::MIN_POSITIVE);

@@ -14,6 +14,7 @@ pub mod loss_scale;
 pub mod maxpool;
 pub mod relu;
 pub mod roofline;
+pub(crate) mod scratch;
 pub mod sgd;
 
 use crate::error::{Error, Result};

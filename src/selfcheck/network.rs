@@ -11,7 +11,6 @@ use super::{f16_rounded, Net, Row};
 use crate::error::Result;
 use crate::gpu::DType;
 use crate::kernels::{Config, Kernels, Policy};
-use crate::model::layout::ParamRole;
 use crate::model::reference_net::{reference_eval, reference_step};
 use crate::model::{DenseNetConfig, Init, Layout, Plan, SgdConfig, Stem};
 use crate::ops::loss_scale::LossScaleState;
@@ -51,24 +50,6 @@ fn config(net: Net) -> DenseNetConfig {
     }
 }
 
-/// Initial parameters with batch-norm scales and shifts away from 1 and 0 (a zero shift
-/// makes some gradients exactly zero, which checks nothing).
-fn params(layout: &Layout) -> Vec<f32> {
-    let mut params = layout.init_params(Init::KaimingNormal, SEED);
-    let mut rng = fastrand::Rng::with_seed(SEED ^ 1);
-    for (slot, role) in layout.params.slots.iter().zip(&layout.roles) {
-        let base = match role {
-            ParamRole::Gamma => 1.0,
-            ParamRole::Beta => 0.0,
-            _ => continue,
-        };
-        for v in &mut params[slot.offset as usize..][..slot.len as usize] {
-            *v = base + rng.f32() - 0.5;
-        }
-    }
-    params
-}
-
 pub(super) fn check(
     k: &Kernels,
     dtype: DType,
@@ -80,7 +61,7 @@ pub(super) fn check(
     let gpu = k.gpu();
     let cfg = config(net);
     let plan = Plan::train_in(k, &cfg, BATCH, OPT, dtype)?;
-    let params = params(&plan.layout);
+    let params = plan.layout.init_params_varied(Init::KaimingNormal, SEED);
     plan.write_params(gpu, &params)?;
     let scale = match dtype {
         DType::F16 => LOSS_SCALE,

@@ -5,6 +5,7 @@ use super::{backward_in, choose, partials_bound, BatchNormParams, SHADERS};
 use crate::error::Result;
 use crate::gpu::{DType, GpuBuffer};
 use crate::kernels::{Config, Dispatch, Kernels};
+use crate::ops::scratch::Draws;
 
 /// The configuration the policy's rule gives (the baseline).
 pub fn default_config(k: &Kernels) -> Config {
@@ -60,29 +61,19 @@ impl Scratch {
             stat_offset: 0,
             ..*p
         };
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let mut draw = |len: u64, lo: f32, hi: f32| -> Vec<f32> {
-            (0..len).map(|_| lo + rng.f32() * (hi - lo)).collect()
-        };
-        let act = |label, values: Vec<f32>| -> Result<GpuBuffer> {
-            let buf = gpu.zeros_of(label, dtype, values.len() as u64)?;
-            gpu.write_floats(&buf, &values)?;
-            Ok(buf)
-        };
+        let mut draw = Draws::new(gpu, dtype, seed);
         let c = p.c as u64;
+        let gamma_beta = [draw.uniform(c, 0.5, 1.5), draw.uniform(c, -0.5, 0.5)].concat();
         Ok(Scratch {
             acts: [
-                act("tune x", draw(p.x_len(), -1.0, 1.0))?,
-                act("tune dy", draw(p.x_len(), -1.0, 1.0))?,
+                draw.act("tune x", p.x_len(), -1.0, 1.0)?,
+                draw.act("tune dy", p.x_len(), -1.0, 1.0)?,
                 gpu.zeros_of("tune dx", dtype, p.x_len())?,
             ],
             channel: [
-                gpu.upload("tune mean", &draw(c, -0.2, 0.2))?,
-                gpu.upload("tune var", &draw(c, 0.5, 1.5))?,
-                gpu.upload(
-                    "tune gamma beta",
-                    &[draw(c, 0.5, 1.5), draw(c, -0.5, 0.5)].concat(),
-                )?,
+                draw.f32s("tune mean", c, -0.2, 0.2)?,
+                draw.f32s("tune var", c, 0.5, 1.5)?,
+                gpu.upload("tune gamma beta", &gamma_beta)?,
                 gpu.zeros("tune dgamma dbeta", 2 * c)?,
             ],
             partials: gpu.zeros("tune partials", partials_bound(p.c))?,

@@ -8,6 +8,7 @@ use super::{
 use crate::error::Result;
 use crate::gpu::{DType, GpuBuffer};
 use crate::kernels::{Config, Dispatch, Kernels, Needs};
+use crate::ops::scratch::Draws;
 
 /// The configuration the op's rule gives launch `dir` of `p` on `k`'s device (what runs
 /// untuned): the baseline every candidate is compared with.
@@ -100,30 +101,23 @@ impl Scratch {
             y_offset: 0,
             ..*p
         };
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let mut draw = |len: u64, lo: f32, hi: f32| -> Vec<f32> {
-            (0..len).map(|_| lo + rng.f32() * (hi - lo)).collect()
-        };
-        let act = |label, values: Vec<f32>| -> Result<GpuBuffer> {
-            let buf = gpu.zeros_of(label, dtype, values.len() as u64)?;
-            gpu.write_floats(&buf, &values)?;
-            Ok(buf)
-        };
+        let mut draw = Draws::new(gpu, dtype, seed);
         let c = p.c_in as u64;
-        let affine: Vec<f32> = draw(c, 0.5, 1.5)
+        let affine: Vec<f32> = draw
+            .uniform(c, 0.5, 1.5)
             .into_iter()
-            .zip(draw(c, -0.5, 0.5))
+            .zip(draw.uniform(c, -0.5, 0.5))
             .flat_map(|(scale, shift)| [scale, shift])
             .collect();
         let (ws, partials) = (p.workspace_len().max(1), p.partials_len().max(1));
         Ok(Scratch {
-            x: act("tune x", draw(p.x_len(), -1.0, 1.0))?,
+            x: draw.act("tune x", p.x_len(), -1.0, 1.0)?,
             affine: gpu.upload("tune affine", &affine)?,
-            weight: gpu.upload("tune weight", &draw(p.weight_len(), -0.5, 0.5))?,
+            weight: draw.f32s("tune weight", p.weight_len(), -0.5, 0.5)?,
             bias: (p.has_bias != 0)
-                .then(|| gpu.upload("tune bias", &draw(p.c_out as u64, -0.5, 0.5)))
+                .then(|| draw.f32s("tune bias", p.c_out as u64, -0.5, 0.5))
                 .transpose()?,
-            dy: act("tune dy", draw(p.y_len(), -1.0, 1.0))?,
+            dy: draw.act("tune dy", p.y_len(), -1.0, 1.0)?,
             y: gpu.zeros_of("tune y", dtype, p.y_len())?,
             dx: gpu.zeros_of("tune dx", dtype, p.x_len())?,
             dweight: gpu.zeros("tune dweight", p.weight_len())?,
