@@ -106,6 +106,40 @@ fn params(layout: &Layout, cfg: &DenseNetConfig, seed: u64) -> Vec<f32> {
     layout.init_params_varied(cfg.init, seed)
 }
 
+/// One training step and what it started from.
+struct Stepped {
+    params: Vec<f32>,
+    x: Vec<f32>,
+    labels: Vec<u32>,
+    /// The mean loss over the batch.
+    loss: f64,
+    grads: Vec<f32>,
+}
+
+/// Parameters ([`params`]) and a batch drawn from `seed`, and one training step of `plan` on
+/// them, every shared tensor slot filled with NaN first (a read before a write shows).
+fn train_step(k: &Kernels, plan: &Plan, cfg: &DenseNetConfig, seed: u64) -> Stepped {
+    let g = k.gpu();
+    let params = params(&plan.layout, cfg, seed);
+    plan.write_params(g, &params).unwrap();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let x: Vec<f32> = (0..plan.buffers.input.len).map(|_| rng.f32()).collect();
+    let labels: Vec<u32> = (0..plan.batch).map(|_| rng.u32(..cfg.classes)).collect();
+    plan.upload(g, &x, &labels).unwrap();
+    plan.fill_tensors(g, f32::NAN);
+    plan.reset_metrics(g);
+    plan.submit_train(g).unwrap();
+    let (loss_sum, _) = plan.read_metrics(g).unwrap();
+    let grads = g.read_all(plan.buffers.grads.as_ref().unwrap()).unwrap();
+    Stepped {
+        params,
+        x,
+        labels,
+        loss: loss_sum / plan.batch as f64,
+        grads,
+    }
+}
+
 fn matches_reference(cfg: &DenseNetConfig, batch: u32) {
     matches_reference_with(cfg, batch, u64::MAX, PLAIN_SGD);
 }
@@ -121,23 +155,16 @@ fn matches_reference_on(
     max_binding: u64,
     opt: SgdConfig,
 ) {
-    let (seed, g) = (seed(), k.gpu());
+    let seed = seed();
     let plan = Plan::train_with_binding_limit(k, cfg, batch, opt, max_binding).unwrap();
-    let params = params(&plan.layout, cfg, seed);
-    plan.write_params(g, &params).unwrap();
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let x: Vec<f32> = (0..plan.buffers.input.len).map(|_| rng.f32()).collect();
-    let labels: Vec<u32> = (0..batch).map(|_| rng.u32(..cfg.classes)).collect();
-    plan.upload(g, &x, &labels).unwrap();
-    plan.fill_tensors(g, f32::NAN);
-    plan.reset_metrics(g);
-    plan.submit_train(g).unwrap();
-    let (loss_sum, _) = plan.read_metrics(g).unwrap();
-    let b = &plan.buffers;
-    let grads: Vec<f32> = g.read_all(b.grads.as_ref().unwrap()).unwrap();
-
+    let Stepped {
+        params,
+        x,
+        labels,
+        loss,
+        grads,
+    } = train_step(k, &plan, cfg, seed);
     let want = reference_step(cfg, &plan.layout, &params, &x, &labels);
-    let loss = loss_sum / batch as f64;
     assert!(
         (loss - want.loss).abs() <= 1e-4 * want.loss.abs(),
         "loss {loss} vs reference {} (seed {seed})",
@@ -597,18 +624,15 @@ struct Step {
 }
 
 fn step_by_name(k: &Kernels, cfg: &DenseNetConfig) -> Step {
-    let (g, batch, seed) = (k.gpu(), 2, 7);
+    let (g, batch) = (k.gpu(), 2);
     let plan = Plan::train(k, cfg, batch, NESTEROV).unwrap();
-    let params = params(&plan.layout, cfg, seed);
-    plan.write_params(g, &params).unwrap();
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let x: Vec<f32> = (0..plan.buffers.input.len).map(|_| rng.f32()).collect();
-    let labels: Vec<u32> = (0..batch).map(|_| rng.u32(..cfg.classes)).collect();
-    plan.upload(g, &x, &labels).unwrap();
-    plan.reset_metrics(g);
-    plan.submit_train(g).unwrap();
-    let (loss_sum, _) = plan.read_metrics(g).unwrap();
-    let grads: Vec<f32> = g.read_all(plan.buffers.grads.as_ref().unwrap()).unwrap();
+    let Stepped {
+        params,
+        x,
+        labels,
+        loss,
+        grads,
+    } = train_step(k, &plan, cfg, 7);
     let reference = reference_step(cfg, &plan.layout, &params, &x, &labels);
     let by_slot = |v: &[f32]| -> Vec<(String, Vec<f32>)> {
         let slots = &plan.layout.params.slots;
@@ -637,7 +661,7 @@ fn step_by_name(k: &Kernels, cfg: &DenseNetConfig) -> Step {
     eval.reset_metrics(g);
     eval.submit_eval(g);
     Step {
-        loss: loss_sum / batch as f64,
+        loss,
         tensors,
         logits: eval.read_logits(g).unwrap(),
         reference,
