@@ -26,16 +26,27 @@ fn test_batches(plan: &Plan, test: &Arc<Dataset>, aug: &Augment) -> Loader {
 }
 
 /// (mean loss, accuracy) of `plan` (training or evaluation) over `test`, its inputs
-/// normalized as `aug` says (crop and flip are for training only).
+/// normalized as `aug` says (crop and flip are for training only). Waits for the GPU.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn evaluate(gpu: &Gpu, plan: &Plan, test: &Arc<Dataset>, aug: &Augment) -> Result<(f64, f64)> {
+    pollster::block_on(evaluate_async(gpu, plan, test, aug))
+}
+
+/// [`evaluate`], asynchronously (as a browser needs it).
+pub async fn evaluate_async(
+    gpu: &Gpu,
+    plan: &Plan,
+    test: &Arc<Dataset>,
+    aug: &Augment,
+) -> Result<(f64, f64)> {
     let loader = test_batches(plan, test, aug);
     plan.reset_metrics(gpu);
     let mut inflight = InFlight::new(2);
     for batch in loader {
         plan.upload(gpu, &batch.x, &batch.labels)?;
-        inflight.push(gpu, plan.submit_eval(gpu))?;
+        inflight.push_async(gpu, plan.submit_eval(gpu)).await?;
     }
-    let (loss, correct) = plan.read_metrics(gpu)?;
+    let (loss, correct) = plan.read_metrics_async(gpu).await?;
     let n = test.len().max(1) as f64;
     Ok((loss / n, correct as f64 / n))
 }
@@ -56,6 +67,14 @@ pub struct Breakdown {
     pub labels: Vec<u32>,
 }
 
+/// The softmax of a row of logits (computed from its maximum, so it cannot overflow).
+pub fn probabilities(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+    let total: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / total).collect()
+}
+
 /// The predicted class of a row of logits (the first maximum, as argmax) and whether
 /// `label` is among its five largest (ties broken by order).
 fn rank(row: &[f32], label: usize) -> (usize, bool) {
@@ -66,7 +85,18 @@ fn rank(row: &[f32], label: usize) -> (usize, bool) {
 
 /// [`evaluate`], reading each batch's logits back (so it waits for every batch) to count
 /// the confusion matrix and the top-5 accuracy.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn evaluate_breakdown(
+    gpu: &Gpu,
+    plan: &Plan,
+    test: &Arc<Dataset>,
+    aug: &Augment,
+) -> Result<Breakdown> {
+    pollster::block_on(evaluate_breakdown_async(gpu, plan, test, aug))
+}
+
+/// [`evaluate_breakdown`], asynchronously (as a browser needs it).
+pub async fn evaluate_breakdown_async(
     gpu: &Gpu,
     plan: &Plan,
     test: &Arc<Dataset>,
@@ -81,7 +111,7 @@ pub fn evaluate_breakdown(
     for batch in loader {
         plan.upload(gpu, &batch.x, &batch.labels)?;
         plan.submit_eval(gpu);
-        let logits = plan.read_logits(gpu)?;
+        let logits = plan.read_logits_async(gpu).await?;
         for (row, &label) in logits.chunks(classes).zip(&batch.labels).take(batch.count) {
             let (predicted, top5) = rank(row, label as usize);
             confusion[label as usize][predicted] += 1;
@@ -90,7 +120,7 @@ pub fn evaluate_breakdown(
         all_logits.extend_from_slice(&logits[..batch.count * classes]);
         all_labels.extend_from_slice(&batch.labels[..batch.count]);
     }
-    let (loss, correct) = plan.read_metrics(gpu)?;
+    let (loss, correct) = plan.read_metrics_async(gpu).await?;
     let n = test.len().max(1) as f64;
     Ok(Breakdown {
         loss: loss / n,
@@ -146,6 +176,7 @@ impl Breakdown {
 
     /// The confusion matrix as a PNG: row = true class, column = predicted class, each row
     /// shaded by its share (white 0 to dark blue 1), cells of at least 4 pixels.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn confusion_png(&self, path: &std::path::Path) -> Result<()> {
         let k = self.confusion.len().max(1);
         let cell = (640 / k).max(4) as u32;

@@ -13,10 +13,13 @@
 //! tested against. Activations are channel-major, (C, N, H, W), so a dense block's
 //! concatenation is a contiguous channel range of one tensor (see docs/DESIGN.md).
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod atomic_file;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod device_cache;
 pub mod error;
 pub mod evaluate;
@@ -25,18 +28,26 @@ pub mod kernels;
 pub mod model;
 pub mod onnx;
 pub mod ops;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod plan_report;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod predict;
 pub mod recipe;
 pub mod reference;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod report;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod selfcheck;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod train;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod tune;
 
 pub use error::{Error, Result};
 pub use gpu::{DType, Gpu, GpuBuffer, GpuOptions, View};
 pub use kernels::{Kernels, Policy};
+/// The wgpu this crate drives, for front-ends that need its types (features, limits).
+pub use wgpu;
 
 /// The README's Rust examples, compiled and run as doc-tests.
 #[cfg(doctest)]

@@ -21,22 +21,7 @@ pub struct Prediction {
 /// as training resized its images (RGB, then Pillow's bilinear resize, as torchvision).
 pub fn load_image(path: &Path, channels: u32, size: u32) -> Result<Vec<f32>> {
     let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
-    let rgb = crate::data::resize::rgb(&img.to_rgb8(), size, size);
-    let img = image::DynamicImage::ImageRgb8(rgb);
-    let raw = match channels {
-        1 => img.to_luma8().into_raw(),
-        _ => img.to_rgb8().into_raw(),
-    };
-    let c = channels as usize;
-    let plane = (size * size) as usize;
-    // Interleaved pixels to channel planes.
-    let mut out = vec![0f32; c * plane];
-    for (i, px) in raw.chunks(raw.len() / plane).enumerate() {
-        for ch in 0..c {
-            out[ch * plane + i] = px[ch.min(px.len() - 1)] as f32 / 255.0;
-        }
-    }
-    Ok(out)
+    Ok(crate::data::resize::planes(&img, channels, size))
 }
 
 /// Classifies `images` with the network of `checkpoint`, on an evaluation-only plan.
@@ -71,11 +56,10 @@ pub fn predict(
         let logits = plan.read_logits(gpu)?;
         for (slot, path) in chunk.iter().enumerate() {
             let row = &logits[slot * cfg.classes as usize..][..cfg.classes as usize];
-            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let exps: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
-            let total: f32 = exps.iter().sum();
-            let (class, best) =
-                exps.iter()
+            let probs = crate::evaluate::probabilities(row);
+            let (class, probability) =
+                probs
+                    .iter()
                     .enumerate()
                     .fold(
                         (0, f32::NEG_INFINITY),
@@ -88,7 +72,7 @@ pub fn predict(
                     .get(class)
                     .cloned()
                     .unwrap_or_else(|| class.to_string()),
-                probability: best / total,
+                probability,
             });
         }
     }

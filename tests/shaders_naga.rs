@@ -310,3 +310,80 @@ fn modules_import_one_way() {
         }
     }
 }
+
+/// The files of src/model/ and the sibling modules each refers to (`crate::model::x`,
+/// `super::x`, `model::{x, ..}`).
+fn model_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/model");
+    let names: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n != "mod")
+        .collect();
+    let mut graph = BTreeMap::new();
+    for name in &names {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.rs"))).unwrap();
+        // The unit tests at the bottom may use anything.
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let mut deps: BTreeSet<String> = BTreeSet::new();
+        for other in &names {
+            let path_use = code.contains(&format!("crate::model::{other}::"))
+                || code.contains(&format!("super::{other}::"))
+                || code.contains(&format!("super::{other}}}"))
+                || code.contains(&format!("super::{other},"));
+            let grouped = code.match_indices("crate::model::{").any(|(i, _)| {
+                code[i..]
+                    .split('}')
+                    .next()
+                    .unwrap()
+                    .contains(other.as_str())
+            });
+            if other != name && (path_use || grouped) {
+                deps.insert(other.clone());
+            }
+        }
+        graph.insert(name.clone(), deps);
+    }
+    graph
+}
+
+/// src/model/ reads bottom-up: no file imports one that imports it back, however far round.
+#[test]
+fn model_files_import_one_way() {
+    let graph = model_graph();
+    let mut left = graph.clone();
+    let mut order = Vec::new();
+    while !left.is_empty() {
+        let free: Vec<String> = left
+            .iter()
+            .filter(|(_, d)| d.iter().all(|x| !left.contains_key(x)))
+            .map(|(m, _)| m.clone())
+            .collect();
+        assert!(
+            !free.is_empty(),
+            "import cycle in src/model among {:?} (after {order:?})",
+            left
+        );
+        for m in free {
+            left.remove(&m);
+            order.push(m);
+        }
+    }
+    // The layers this refactor set: the commands below the plan; node types below the
+    // builders that fill them; the builders below the graph that calls them.
+    for (low, high) in [
+        ("cmd", "plan"),
+        ("nodes", "layers"),
+        ("nodes", "stem"),
+        ("layers", "graph"),
+        ("graph", "buffers"),
+        ("dispatches", "steps"),
+    ] {
+        assert!(
+            graph[high].contains(low) && !graph[low].contains(high),
+            "{high} should import {low}, not the other way: {graph:?}"
+        );
+    }
+}

@@ -3,12 +3,14 @@
 //! renamed.
 
 use std::collections::HashMap;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 
 use super::Checkpoint;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::atomic_file::write_atomic;
 use crate::data::DatasetKind;
 
@@ -34,7 +36,22 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
 }
 
 impl Checkpoint {
+    /// Writes the checkpoint to `path` (a temporary file, then renamed).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// Reads the checkpoint at `path`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(path: &Path) -> Result<Checkpoint> {
+        let raw = std::fs::read(path)
+            .with_context(|| format!("reading checkpoint {}", path.display()))?;
+        Self::from_bytes(&raw, &path.display().to_string())
+    }
+
+    /// The checkpoint as a safetensors file's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
         let bytes: Vec<(&str, Vec<u8>, Vec<usize>)> = names
@@ -70,18 +87,15 @@ impl Checkpoint {
             let choices = serde_json::to_string(&self.kernel_choices)?;
             meta.insert("kernel_choices".to_string(), choices);
         }
-        let data = safetensors::serialize(views, Some(meta))?;
-        write_atomic(path, &data)
+        Ok(safetensors::serialize(views, Some(meta))?)
     }
 
-    pub fn load(path: &Path) -> Result<Checkpoint> {
-        let raw = std::fs::read(path)
-            .with_context(|| format!("reading checkpoint {}", path.display()))?;
-        let st = SafeTensors::deserialize(&raw)
-            .map_err(|e| anyhow!("{}: not a safetensors file ({e})", path.display()))?;
-        let (_, header) = SafeTensors::read_metadata(&raw)?;
-        let not_ours =
-            |what: &str| anyhow!("{}: {what}; not a densenet-wgpu checkpoint", path.display());
+    /// Reads a checkpoint from a safetensors file's bytes; `source` names the file in errors.
+    pub fn from_bytes(raw: &[u8], source: &str) -> Result<Checkpoint> {
+        let st = SafeTensors::deserialize(raw)
+            .map_err(|e| anyhow!("{source}: not a safetensors file ({e})"))?;
+        let (_, header) = SafeTensors::read_metadata(raw)?;
+        let not_ours = |what: &str| anyhow!("{source}: {what}; not a densenet-wgpu checkpoint");
         let meta = header
             .metadata()
             .clone()
@@ -93,18 +107,18 @@ impl Checkpoint {
         if get("format")? != FORMAT {
             bail!(
                 "{}: format {:?}, this build reads {FORMAT:?}",
-                path.display(),
+                source,
                 get("format")?
             );
         }
         let dataset = DatasetKind::from_name(get("dataset")?)
-            .ok_or_else(|| anyhow!("{}: unknown dataset {:?}", path.display(), get("dataset")))?;
+            .ok_or_else(|| anyhow!("{source}: unknown dataset {:?}", get("dataset")))?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             let values = to_f32(view.dtype(), view.data()).ok_or_else(|| {
                 anyhow!(
                     "{}: tensor {name} is {:?}; checkpoints hold F32, F16 or BF16 tensors",
-                    path.display(),
+                    source,
                     view.dtype()
                 )
             })?;

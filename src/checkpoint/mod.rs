@@ -111,8 +111,20 @@ impl Checkpoint {
     }
 
     /// Reads a plan's state back: parameters, running statistics, and the SGD momentum when
-    /// the plan keeps one. `epoch` epochs and `step` steps are done.
+    /// the plan keeps one. `epoch` epochs and `step` steps are done. Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn capture(
+        gpu: &Gpu,
+        plan: &Plan,
+        recipe: &Recipe,
+        dataset: DatasetKind,
+        done: (u32, u64),
+    ) -> Result<Checkpoint> {
+        pollster::block_on(Self::capture_async(gpu, plan, recipe, dataset, done))
+    }
+
+    /// [`Checkpoint::capture`], asynchronously (as a browser needs it).
+    pub async fn capture_async(
         gpu: &Gpu,
         plan: &Plan,
         recipe: &Recipe,
@@ -120,11 +132,13 @@ impl Checkpoint {
         (epoch, step): (u32, u64),
     ) -> Result<Checkpoint> {
         let b = &plan.buffers;
-        let params: Vec<f32> = gpu.read_all(&b.params)?;
-        let running_mean: Vec<f32> = gpu.read_all(&b.running_mean)?;
-        let running_var: Vec<f32> = gpu.read_all(&b.running_var)?;
-        let velocity: Option<Vec<f32>> =
-            b.velocity.as_ref().map(|v| gpu.read_all(v)).transpose()?;
+        let params: Vec<f32> = gpu.read_all_async(&b.params).await?;
+        let running_mean: Vec<f32> = gpu.read_all_async(&b.running_mean).await?;
+        let running_var: Vec<f32> = gpu.read_all_async(&b.running_var).await?;
+        let velocity: Option<Vec<f32>> = match &b.velocity {
+            Some(v) => Some(gpu.read_all_async(v).await?),
+            None => None,
+        };
         let state = State {
             params: &params,
             running_mean: &running_mean,

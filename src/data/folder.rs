@@ -9,8 +9,9 @@ use anyhow::{bail, Context, Result};
 
 use super::{Dataset, Splits};
 
-/// Each class's name and image files.
-type ClassFiles = Vec<(String, Vec<PathBuf>)>;
+/// Each class's name and its images (files, or a dropped file's path and bytes).
+type Classes<T> = Vec<(String, Vec<T>)>;
+type ClassFiles = Classes<PathBuf>;
 
 /// The share of a single tree's images (per class) that goes to the test split.
 pub const TEST_FRACTION: f64 = 0.2;
@@ -63,20 +64,91 @@ pub fn load(dir: &Path, size: u32, seed: u64) -> Result<Splits> {
         (true, true) => (classes(&dir.join("train"))?, classes(&dir.join("test"))?),
         _ => split(classes(dir)?, seed),
     };
+    let open =
+        |f: &PathBuf| image::open(f).with_context(|| format!("reading image {}", f.display()));
+    assemble(&dir.display().to_string(), train, test, size, open)
+}
+
+/// A dropped folder, as a browser gives it: each file's path below the drop (`/`-separated,
+/// its first part the folder's own name, as `webkitRelativePath`) and bytes. The layouts
+/// are [`load`]'s: `train/CLASS/*` and `test/CLASS/*`, or `CLASS/*` split with `seed`.
+pub fn from_files(files: Vec<(String, Vec<u8>)>, size: u32, seed: u64) -> Result<Splits> {
+    let mut files: Vec<(Vec<String>, Vec<u8>)> = files
+        .into_iter()
+        .filter(|(p, _)| is_image(Path::new(p)))
+        .map(|(p, b)| {
+            let parts = p.split('/').filter(|s| !s.is_empty()).map(String::from);
+            (parts.collect(), b)
+        })
+        .collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    // The dropped folder's own name (and any single folder inside it) is not a class.
+    while files.iter().all(|(p, _)| p.len() >= 3)
+        && files.windows(2).all(|w| w[0].0[0] == w[1].0[0])
+    {
+        files.iter_mut().for_each(|(p, _)| {
+            p.remove(0);
+        });
+        if files.is_empty() {
+            break;
+        }
+    }
+    let group = |files: Vec<(Vec<String>, Vec<u8>)>| -> Classes<(String, Vec<u8>)> {
+        let mut out: Classes<(String, Vec<u8>)> = Vec::new();
+        for (path, bytes) in files.into_iter().filter(|(p, _)| p.len() >= 2) {
+            let name = path.join("/");
+            match out.last_mut() {
+                Some((class, list)) if *class == path[0] => list.push((name, bytes)),
+                _ => out.push((path[0].clone(), vec![(name, bytes)])),
+            }
+        }
+        out
+    };
+    let in_split = |f: &(Vec<String>, Vec<u8>), s: &str| f.0.len() >= 3 && f.0[0] == s;
+    let two_trees = files.iter().any(|f| in_split(f, "train"))
+        && files.iter().any(|f| in_split(f, "test"))
+        && files
+            .iter()
+            .all(|f| in_split(f, "train") || in_split(f, "test"));
+    let (train, test) = match two_trees {
+        true => {
+            let (train, test): (Vec<_>, Vec<_>) =
+                files.into_iter().partition(|f| in_split(f, "train"));
+            let strip = |v: Vec<(Vec<String>, Vec<u8>)>| {
+                v.into_iter().map(|(p, b)| (p[1..].to_vec(), b)).collect()
+            };
+            (group(strip(train)), group(strip(test)))
+        }
+        false => split(group(files), seed),
+    };
+    if train.is_empty() {
+        bail!("the dropped folder holds no class folders of PNG or JPEG images (CLASS/*.png, or train/CLASS/... and test/CLASS/...)");
+    }
+    let decode = |(name, bytes): &(String, Vec<u8>)| {
+        image::load_from_memory(bytes).with_context(|| format!("{name}: not a PNG or JPEG image"))
+    };
+    assemble("the dropped folder", train, test, size, decode)
+}
+
+/// The splits of class-grouped images, each read by `read`, converted to RGB and resized to
+/// `size` (as torchvision's ImageFolder); `place` names the source in errors.
+fn assemble<T>(
+    place: &str,
+    train: Classes<T>,
+    test: Classes<T>,
+    size: u32,
+    read: impl Fn(&T) -> Result<image::DynamicImage>,
+) -> Result<Splits> {
     let names: Vec<String> = train.iter().map(|(n, _)| n.clone()).collect();
     if let Some((extra, _)) = test.iter().find(|(n, _)| !names.contains(n)) {
-        bail!(
-            "{}: test class {extra:?} has no training folder",
-            dir.display()
-        );
+        bail!("{place}: test class {extra:?} has no training folder");
     }
-    let images = |set: &[(String, Vec<PathBuf>)]| -> Result<Vec<(image::DynamicImage, u8)>> {
+    let images = |set: &[(String, Vec<T>)]| -> Result<Vec<(image::DynamicImage, u8)>> {
         let mut out = Vec::new();
         for (name, files) in set {
             let label = names.iter().position(|n| n == name).unwrap_or(0) as u8;
             for f in files {
-                let img =
-                    image::open(f).with_context(|| format!("reading image {}", f.display()))?;
+                let img = read(f)?;
                 // As torchvision's ImageFolder: RGB first, then Pillow's bilinear resize.
                 let rgb = super::resize::rgb(&img.to_rgb8(), size, size);
                 out.push((image::DynamicImage::ImageRgb8(rgb), label));
@@ -86,17 +158,13 @@ pub fn load(dir: &Path, size: u32, seed: u64) -> Result<Splits> {
     };
     if names.len() > 256 {
         bail!(
-            "{}: {} classes; at most 256 are supported",
-            dir.display(),
+            "{place}: {} classes; at most 256 are supported",
             names.len()
         );
     }
     let (train, test) = (images(&train)?, images(&test)?);
     if train.is_empty() || test.is_empty() {
-        bail!(
-            "{}: the training or the test split holds no PNG or JPEG image",
-            dir.display()
-        );
+        bail!("{place}: the training or the test split holds no PNG or JPEG image");
     }
     let color = train.iter().chain(&test).any(|(i, _)| has_color(i));
     let dataset = |set: Vec<(image::DynamicImage, u8)>| to_dataset(set, color, size, &names);
@@ -112,11 +180,11 @@ fn has_color(img: &image::DynamicImage) -> bool {
 }
 
 /// A single tree's images split per class: the first 20% of a seeded shuffle to test.
-fn split(all: ClassFiles, seed: u64) -> (ClassFiles, ClassFiles) {
+fn split<T>(all: Classes<T>, seed: u64) -> (Classes<T>, Classes<T>) {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5EED_F01D);
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (name, mut files) in all {
-        rng.shuffle(&mut files);
+        super::shuffle(&mut rng, &mut files);
         let n_test = ((files.len() as f64 * TEST_FRACTION).round() as usize).min(files.len());
         let rest = files.split_off(n_test);
         test.push((name.clone(), files));

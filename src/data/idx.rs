@@ -28,11 +28,17 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
 /// Reads a whole file, gunzipping it when it starts with the gzip magic bytes.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    gunzip_maybe(raw, &path.display().to_string())
+}
+
+/// A file's bytes, gunzipped when they start with the gzip magic bytes; `source` names the
+/// file in errors.
+pub fn gunzip_maybe(raw: Vec<u8>, source: &str) -> Result<Vec<u8>> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .with_context(|| format!("{}: not a valid gzip file", path.display()))?;
+            .with_context(|| format!("{source}: not a valid gzip file"))?;
         Ok(out)
     } else {
         Ok(raw)
@@ -44,12 +50,17 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// Parses an IDX file with `dims` dimensions; returns the dimensions and the payload.
-pub fn parse(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<(Vec<u32>, Vec<u8>)> {
+pub fn parse(
+    source: impl std::fmt::Display,
+    bytes: &[u8],
+    magic: u32,
+    dims: usize,
+) -> Result<(Vec<u32>, Vec<u8>)> {
     let header = 4 + 4 * dims;
     if bytes.len() < header {
         bail!(
             "{}: too short for an IDX header ({} bytes)",
-            path.display(),
+            source,
             bytes.len()
         );
     }
@@ -57,12 +68,12 @@ pub fn parse(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<(Vec<
     if found != magic {
         bail!(
             "{}: IDX magic {found:#010x}, expected {magic:#010x} (unsigned bytes, {dims} dimensions)",
-            path.display()
+            source
         );
     }
     let shape: Vec<u32> = (0..dims).map(|d| be_u32(bytes, 4 + 4 * d)).collect();
     if shape.contains(&0) {
-        bail!("{}: IDX dimensions {shape:?} hold nothing", path.display());
+        bail!("{}: IDX dimensions {shape:?} hold nothing", source);
     }
     let len = shape
         .iter()
@@ -70,7 +81,7 @@ pub fn parse(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<(Vec<
     if len != Some(bytes.len() - header) {
         bail!(
             "{}: header says {shape:?} but the file has {} bytes of data",
-            path.display(),
+            source,
             bytes.len() - header
         );
     }
@@ -80,23 +91,28 @@ pub fn parse(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<(Vec<
 fn load_split(dir: &Path, prefix: &str, class_names: &[String]) -> Result<Dataset> {
     let ipath = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let lpath = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
-    let (ishape, images) = parse(&ipath, &read_maybe_gz(&ipath)?, IMAGES_MAGIC, 3)?;
-    let (lshape, labels) = parse(&lpath, &read_maybe_gz(&lpath)?, LABELS_MAGIC, 1)?;
+    let images = (ipath.display().to_string(), read_maybe_gz(&ipath)?);
+    let labels = (lpath.display().to_string(), read_maybe_gz(&lpath)?);
+    split_of(images, labels, class_names)
+}
+
+/// One split from its images file and its labels file, each (name, ungzipped bytes).
+pub fn split_of(
+    (iname, ibytes): (String, Vec<u8>),
+    (lname, lbytes): (String, Vec<u8>),
+    class_names: &[String],
+) -> Result<Dataset> {
+    let (ishape, images) = parse(&iname, &ibytes, IMAGES_MAGIC, 3)?;
+    let (lshape, labels) = parse(&lname, &lbytes, LABELS_MAGIC, 1)?;
     if ishape[0] != lshape[0] {
         bail!(
-            "{} has {} images but {} has {} labels",
-            ipath.display(),
+            "{iname} has {} images but {lname} has {} labels",
             ishape[0],
-            lpath.display(),
             lshape[0]
         );
     }
     if let Some(bad) = labels.iter().find(|&&l| l as usize >= class_names.len()) {
-        bail!(
-            "{}: label {bad} is not below {}",
-            lpath.display(),
-            class_names.len()
-        );
+        bail!("{lname}: label {bad} is not below {}", class_names.len());
     }
     Ok(Dataset {
         images,

@@ -2,8 +2,10 @@
 //! channel-major (C, N, H, W) layout the kernels use. The channel holds at most two ready
 //! batches, so the GPU never waits for the host and the host never runs far ahead.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
+#[cfg(not(target_arch = "wasm32"))]
 use std::thread::JoinHandle;
 
 use super::augment::{crop_flip, Augment};
@@ -82,11 +84,78 @@ fn put(planes: &[f32], plane: usize, slot: usize, n: usize, x: &mut [f32]) {
     }
 }
 
-/// Iterates the batches of one epoch, prepared ahead on a worker thread.
-pub struct Loader {
-    rx: Receiver<Batch>,
-    worker: Option<JoinHandle<()>>,
+/// The examples of one epoch, in order, and the batches they make.
+pub struct Epoch {
+    indices: Vec<usize>,
     pub batches: usize,
+    batch: usize,
+    order: Order,
+}
+
+impl Epoch {
+    /// `len` examples in batches of `batch`, in `order`.
+    pub fn new(len: usize, batch: usize, order: Order) -> Epoch {
+        let mut indices: Vec<usize> = (0..len).collect();
+        let batches = match order {
+            Order::Shuffled(seed) => {
+                super::shuffle(&mut fastrand::Rng::with_seed(seed), &mut indices);
+                len / batch
+            }
+            Order::Sequential => len.div_ceil(batch),
+        };
+        Epoch {
+            indices,
+            batches,
+            batch,
+            order,
+        }
+    }
+
+    /// Batch `b` of the epoch from `ds`, at size `out`, augmented and normalized as `aug`
+    /// says (its random crop and flip only in a shuffled epoch).
+    pub fn batch(&self, ds: &Dataset, b: usize, out: (u32, u32), aug: &Augment) -> Batch {
+        let batch = self.batch;
+        let per_example = (ds.channels * out.0 * out.1) as usize;
+        let chunk = &self.indices[b * batch..((b + 1) * batch).min(self.indices.len())];
+        let mut x = vec![0f32; per_example * batch];
+        let mut labels = vec![IGNORE; batch];
+        for (slot, &src) in chunk.iter().enumerate() {
+            let random = match self.order {
+                Order::Shuffled(seed) if aug.is_random() => Some(aug.choices(seed, src)),
+                _ => None,
+            };
+            let planes = example(ds, src, out, aug, random);
+            put(&planes, (out.0 * out.1) as usize, slot, batch, &mut x);
+            labels[slot] = ds.labels[src] as u32;
+        }
+        Batch {
+            x,
+            labels,
+            count: chunk.len(),
+        }
+    }
+}
+
+/// Iterates the batches of one epoch. Natively they are prepared ahead on a worker thread;
+/// in a browser (no threads) each is made when asked for.
+pub struct Loader {
+    #[cfg(not(target_arch = "wasm32"))]
+    rx: Receiver<Batch>,
+    #[cfg(not(target_arch = "wasm32"))]
+    worker: Option<JoinHandle<()>>,
+    #[cfg(target_arch = "wasm32")]
+    inline: Inline,
+    pub batches: usize,
+}
+
+/// A browser's loader: what it needs to make the next batch.
+#[cfg(target_arch = "wasm32")]
+struct Inline {
+    ds: Arc<Dataset>,
+    epoch: Epoch,
+    next: usize,
+    out: (u32, u32),
+    aug: Arc<Augment>,
 }
 
 impl Loader {
@@ -97,6 +166,7 @@ impl Loader {
 
     /// Batches with `aug`'s normalization, and in a shuffled (training) epoch its random
     /// crop and flip, drawn from the epoch's seed and each example's index.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_augment(
         ds: Arc<Dataset>,
         batch: usize,
@@ -104,36 +174,12 @@ impl Loader {
         out: (u32, u32),
         aug: Arc<Augment>,
     ) -> Loader {
-        let mut indices: Vec<usize> = (0..ds.len()).collect();
-        let batches = match order {
-            Order::Shuffled(seed) => {
-                fastrand::Rng::with_seed(seed).shuffle(&mut indices);
-                ds.len() / batch
-            }
-            Order::Sequential => ds.len().div_ceil(batch),
-        };
+        let epoch = Epoch::new(ds.len(), batch, order);
+        let batches = epoch.batches;
         let (tx, rx) = sync_channel(2);
         let worker = std::thread::spawn(move || {
-            let per_example = (ds.channels * out.0 * out.1) as usize;
-            for b in 0..batches {
-                let chunk = &indices[b * batch..((b + 1) * batch).min(indices.len())];
-                let mut x = vec![0f32; per_example * batch];
-                let mut labels = vec![IGNORE; batch];
-                for (slot, &src) in chunk.iter().enumerate() {
-                    let random = match order {
-                        Order::Shuffled(seed) if aug.is_random() => Some(aug.choices(seed, src)),
-                        _ => None,
-                    };
-                    let planes = example(&ds, src, out, &aug, random);
-                    put(&planes, (out.0 * out.1) as usize, slot, batch, &mut x);
-                    labels[slot] = ds.labels[src] as u32;
-                }
-                let ready = Batch {
-                    x,
-                    labels,
-                    count: chunk.len(),
-                };
-                if tx.send(ready).is_err() {
+            for b in 0..epoch.batches {
+                if tx.send(epoch.batch(&ds, b, out, &aug)).is_err() {
                     return; // the consumer stopped early
                 }
             }
@@ -144,15 +190,51 @@ impl Loader {
             batches,
         }
     }
+
+    /// Batches with `aug`'s normalization, and in a shuffled (training) epoch its random
+    /// crop and flip, drawn from the epoch's seed and each example's index.
+    #[cfg(target_arch = "wasm32")]
+    pub fn with_augment(
+        ds: Arc<Dataset>,
+        batch: usize,
+        order: Order,
+        out: (u32, u32),
+        aug: Arc<Augment>,
+    ) -> Loader {
+        let epoch = Epoch::new(ds.len(), batch, order);
+        Loader {
+            batches: epoch.batches,
+            inline: Inline {
+                ds,
+                epoch,
+                next: 0,
+                out,
+                aug,
+            },
+        }
+    }
 }
 
 impl Iterator for Loader {
     type Item = Batch;
+
+    #[cfg(not(target_arch = "wasm32"))]
     fn next(&mut self) -> Option<Batch> {
         self.rx.recv().ok()
     }
+
+    #[cfg(target_arch = "wasm32")]
+    fn next(&mut self) -> Option<Batch> {
+        let l = &mut self.inline;
+        if l.next >= l.epoch.batches {
+            return None;
+        }
+        l.next += 1;
+        Some(l.epoch.batch(&l.ds, l.next - 1, l.out, &l.aug))
+    }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Drop for Loader {
     fn drop(&mut self) {
         // Unblock the worker, then reap it.

@@ -59,6 +59,15 @@ impl Dataset {
     }
 }
 
+/// fastrand's `shuffle` as it runs on 64-bit machines, on every target: there it draws each
+/// index as a u64, but where `usize` has 32 bits (wasm32) as a u32, which would give a
+/// browser other synthetic data and another epoch order than the native tool.
+pub fn shuffle<T>(rng: &mut fastrand::Rng, v: &mut [T]) {
+    for i in 1..v.len() {
+        v.swap(i, rng.u64(..=i as u64) as usize);
+    }
+}
+
 pub struct Splits {
     pub train: Dataset,
     pub test: Dataset,
@@ -277,5 +286,21 @@ pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Spl
         DatasetKind::Cifar10 => cifar::load(&dir()?),
         DatasetKind::Cifar100 => cifar::load_100(&dir()?),
         DatasetKind::Folder => folder::load(&dir()?, 32, seed),
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    /// On 64-bit machines the portable shuffle is fastrand's own, so native runs keep their
+    /// data and epoch orders.
+    #[test]
+    fn shuffle_is_fastrands_on_64_bit() {
+        for (seed, len) in [(0u64, 1usize), (1, 2), (7, 100), (0x5EED_DA7A, 12_000)] {
+            let mut ours: Vec<usize> = (0..len).collect();
+            let mut theirs = ours.clone();
+            super::shuffle(&mut fastrand::Rng::with_seed(seed), &mut ours);
+            fastrand::Rng::with_seed(seed).shuffle(&mut theirs);
+            assert_eq!(ours, theirs, "seed {seed}, {len} elements");
+        }
     }
 }

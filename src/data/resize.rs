@@ -184,3 +184,23 @@ pub fn rgb(img: &image::RgbImage, out_w: u32, out_h: u32) -> image::RgbImage {
         .collect();
     image::RgbImage::from_raw(out_w, out_h, pixels).expect("3 bands of out_w x out_h")
 }
+/// An image as the network's input: `channels` planes (1: gray, 3: RGB) of size x size in
+/// [0, 1], made as training made its images (RGB, then Pillow's bilinear resize, then gray
+/// where the network reads one channel).
+pub fn planes(img: &image::DynamicImage, channels: u32, size: u32) -> Vec<f32> {
+    let img = image::DynamicImage::ImageRgb8(rgb(&img.to_rgb8(), size, size));
+    let raw = match channels {
+        1 => img.to_luma8().into_raw(),
+        _ => img.to_rgb8().into_raw(),
+    };
+    let c = channels as usize;
+    let plane = (size * size) as usize;
+    // Interleaved pixels to channel planes.
+    let mut out = vec![0f32; c * plane];
+    for (i, px) in raw.chunks(raw.len() / plane).enumerate() {
+        for ch in 0..c {
+            out[ch * plane + i] = px[ch.min(px.len() - 1)] as f32 / 255.0;
+        }
+    }
+    out
+}

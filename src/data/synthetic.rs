@@ -84,7 +84,7 @@ fn split(count: usize, rng: &mut fastrand::Rng) -> Dataset {
     let pixels = (SIZE * SIZE) as usize;
     let mut images = vec![0u8; count * pixels];
     let mut labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
-    rng.shuffle(&mut labels);
+    super::shuffle(rng, &mut labels);
     for (img, &label) in images.chunks_mut(pixels).zip(&labels) {
         draw(label as usize, rng, img);
     }

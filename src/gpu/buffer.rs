@@ -223,8 +223,10 @@ impl Gpu {
         Ok(())
     }
 
-    /// Copies `view` back to the host, waiting for all submitted work first.
-    pub fn read<T: Element>(&self, view: View<'_>) -> Result<Vec<T>> {
+    /// Copies `view` back to the host once all submitted work has finished. In a browser
+    /// this yields to its event loop until the copy is mapped; natively it waits for the
+    /// device (see [`Gpu::read`]).
+    pub async fn read_async<T: Element>(&self, view: View<'_>) -> Result<Vec<T>> {
         if T::DTYPE != view.dtype {
             return Err(Error::Device(format!(
                 "reading {} values from a view of {}",
@@ -253,27 +255,49 @@ impl Gpu {
             });
         enc.copy_buffer_to_buffer(view.buffer, start, &staging, 0, bytes);
         self.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let data = self.map_read(&staging, "the readback buffer").await?;
+        let wanted = &data[skip..skip + (view.len * view.dtype.size()) as usize];
+        Ok(bytemuck::pod_collect_to_vec::<u8, T>(wanted))
+    }
+
+    /// Maps a MAP_READ buffer whose copy has been submitted and returns its bytes (then
+    /// unmaps it). Natively the device is polled until the copy is done; a browser polls
+    /// its device itself, and the await yields to it.
+    pub async fn map_read(&self, staging: &wgpu::Buffer, what: &str) -> Result<Vec<u8>> {
+        let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.wait()?;
-        rx.recv()
-            .map_err(|_| Error::Device("readback callback never ran".into()))?
-            .map_err(|e| Error::Device(format!("mapping the readback buffer: {e}")))?;
-        let data = staging
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
+        rx.await
+            .map_err(|_| Error::Device(format!("mapping {what}: the callback never ran")))?
+            .map_err(|e| Error::Device(format!("mapping {what}: {e}")))?;
+        let range = staging
             .get_mapped_range(..)
-            .map_err(|e| Error::Device(format!("reading the readback buffer: {e}")))?;
-        let wanted = &data[skip..skip + (view.len * view.dtype.size()) as usize];
-        let out = bytemuck::pod_collect_to_vec::<u8, T>(wanted);
-        drop(data);
+            .map_err(|e| Error::Device(format!("reading {what}: {e}")))?;
+        let out = range.to_vec();
+        drop(range);
         staging.unmap();
         Ok(out)
     }
 
+    /// Copies `view` back to the host, waiting for all submitted work first.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read<T: Element>(&self, view: View<'_>) -> Result<Vec<T>> {
+        pollster::block_on(self.read_async(view))
+    }
+
     /// Reads a whole buffer back.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_all<T: Element>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
         self.read(buf.view())
+    }
+
+    /// Reads a whole buffer back, asynchronously.
+    pub async fn read_all_async<T: Element>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
+        self.read_async(buf.view()).await
     }
 
     /// Overwrites the start of a float buffer (f32 or f16) with `data`, converted to its type
@@ -289,13 +313,19 @@ impl Gpu {
     }
 
     /// A float buffer's values (f32 or f16) as f32.
-    pub fn read_floats(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+    pub async fn read_floats_async(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
         match buf.dtype {
             DType::F16 => {
-                let h: Vec<half::f16> = self.read_all(buf)?;
+                let h: Vec<half::f16> = self.read_all_async(buf).await?;
                 Ok(h.iter().map(|v| v.to_f32()).collect())
             }
-            _ => self.read_all(buf),
+            _ => self.read_all_async(buf).await,
         }
+    }
+
+    /// A float buffer's values (f32 or f16) as f32, waiting for the device.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_floats(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_floats_async(buf))
     }
 }

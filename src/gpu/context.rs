@@ -62,9 +62,14 @@ pub struct Gpu {
     pub coop: Vec<CoopShape>,
     /// Why this adapter was chosen, for `info` and logs.
     pub reason: String,
+    /// Keep WebGPU's rules beyond its limits (no written binding overlapping another of the
+    /// same buffer in a dispatch): in a browser, and natively under `--limits webgpu`, so
+    /// that what passes there runs in a browser.
+    pub webgpu: bool,
 }
 
 /// Every adapter the selected backends offer, in preference order (best first).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn ranked_adapters(backends: wgpu::Backends) -> (wgpu::Instance, Vec<wgpu::Adapter>) {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
@@ -74,6 +79,7 @@ pub fn ranked_adapters(backends: wgpu::Backends) -> (wgpu::Instance, Vec<wgpu::A
     (instance, adapters)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let device = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -100,6 +106,7 @@ pub fn resolve_backends(requested: Option<wgpu::Backends>) -> wgpu::Backends {
 
 impl Gpu {
     /// Chooses an adapter (high performance first) and creates the device.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
         let backends = resolve_backends(opts.backends);
         // GL is only a fallback: probing it costs time and prints EGL noise, so try it only
@@ -151,20 +158,55 @@ impl Gpu {
         Self::from_adapter_with(adapter, reason, opts.limits.clone())
     }
 
+    /// The browser's WebGPU adapter (high performance preferred) and a device with `limits`
+    /// (the adapter's own when `None`) and our optional features.
+    #[cfg(target_arch = "wasm32")]
+    pub async fn browser(limits: Option<wgpu::Limits>) -> Result<Gpu> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::BROWSER_WEBGPU;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::NoAdapter(format!(
+                    "this browser gives no WebGPU adapter ({e}): use one with WebGPU enabled \
+                     (Chrome or Edge 113+, Safari 26, Firefox 141+)"
+                ))
+            })?;
+        Self::from_adapter_async(adapter, "the browser's WebGPU adapter".into(), limits).await
+    }
+
     /// Creates the device on a given adapter with its own limits and our optional features.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_adapter(adapter: wgpu::Adapter, reason: String) -> Result<Gpu> {
         Self::from_adapter_with(adapter, reason, None)
     }
 
     /// Creates the device on a given adapter with `limits` (the adapter's own when `None`)
     /// and our optional features; limits beyond the adapter's are a one-line error.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_adapter_with(
+        adapter: wgpu::Adapter,
+        reason: String,
+        limits: Option<wgpu::Limits>,
+    ) -> Result<Gpu> {
+        pollster::block_on(Self::from_adapter_async(adapter, reason, limits))
+    }
+
+    /// [`Gpu::from_adapter_with`], asynchronously (as a browser needs it).
+    pub async fn from_adapter_async(
         adapter: wgpu::Adapter,
         reason: String,
         limits: Option<wgpu::Limits>,
     ) -> Result<Gpu> {
         let info = adapter.get_info();
         let features = adapter.features() & OPTIONAL_FEATURES;
+        let webgpu = info.backend == wgpu::Backend::BrowserWebGpu
+            || limits.as_ref() == Some(&wgpu::Limits::default());
         let limits = match limits {
             None => adapter.limits(),
             Some(l) => {
@@ -203,7 +245,9 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+        let (device, queue) = adapter
+            .request_device(&desc)
+            .await
             .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
         Ok(Gpu {
             device,
@@ -213,6 +257,7 @@ impl Gpu {
             limits,
             coop,
             reason,
+            webgpu,
         })
     }
 
@@ -228,6 +273,7 @@ impl Gpu {
     }
 
     /// Blocks until all submitted work has finished.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())

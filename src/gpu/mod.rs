@@ -4,12 +4,15 @@
 mod buffer;
 mod context;
 mod inflight;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod info;
+#[cfg(not(target_arch = "wasm32"))]
 mod timestamps;
 
 pub use buffer::{DType, Element, GpuBuffer, View};
-pub use context::{
-    coop_shapes, ranked_adapters, resolve_backends, CoopShape, Gpu, GpuOptions, OPTIONAL_FEATURES,
-};
+#[cfg(not(target_arch = "wasm32"))]
+pub use context::ranked_adapters;
+pub use context::{coop_shapes, resolve_backends, CoopShape, Gpu, GpuOptions, OPTIONAL_FEATURES};
 pub use inflight::InFlight;
+#[cfg(not(target_arch = "wasm32"))]
 pub use timestamps::Timestamps;

@@ -57,23 +57,8 @@ impl Timestamps {
         enc.resolve_query_set(&self.queries, 0..self.count, &self.resolve, 0);
         enc.copy_buffer_to_buffer(&self.resolve, 0, &self.staging, 0, self.count as u64 * 8);
         gpu.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-        gpu.wait()?;
-        rx.recv()
-            .map_err(|_| Error::Device("timestamp readback callback never ran".into()))?
-            .map_err(|e| Error::Device(format!("mapping the timestamps: {e}")))?;
-        let range = self
-            .staging
-            .get_mapped_range(..)
-            .map_err(|e| Error::Device(format!("reading the timestamps: {e}")))?;
-        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&range);
-        drop(range);
-        self.staging.unmap();
+        let bytes = pollster::block_on(gpu.map_read(&self.staging, "the timestamps"))?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         Ok(ticks)
     }
 

@@ -108,6 +108,41 @@ pub fn fold_grid(gpu: &Gpu, name: &str, workgroups: u64) -> Result<[u32; 3]> {
     Ok([x as u32, y as u32, 1])
 }
 
+/// WebGPU's rule beyond its limits: within one dispatch, a writable binding must not
+/// overlap any other binding of the same buffer (browsers validate it; native wgpu does not).
+fn check_aliasing(
+    label: &str,
+    bindings: &[super::Binding],
+    views: &[(u32, View<'_>)],
+    is_dummy: impl Fn(&View<'_>) -> bool,
+) -> Result<()> {
+    let ranges: Vec<(u32, &View<'_>, bool)> = bindings
+        .iter()
+        .zip(views)
+        .filter(|(_, (_, v))| !is_dummy(v))
+        .map(|(b, (i, v))| (*i, v, b.access == super::Access::ReadWrite))
+        .collect();
+    for (n, (i, a, wa)) in ranges.iter().enumerate() {
+        for (j, b, wb) in &ranges[n + 1..] {
+            let overlap = a.byte_offset() < b.byte_offset() + b.bytes()
+                && b.byte_offset() < a.byte_offset() + a.bytes();
+            if a.buffer == b.buffer && (*wa || *wb) && overlap {
+                return Err(Error::Device(format!(
+                    "kernel {label}: bindings {i} and {j} overlap in one buffer (bytes {}+{} \
+                     and {}+{}) and one is written, which WebGPU forbids; a batch size whose \
+                     batch x height x width is a multiple of 64 keeps a dense block's channel \
+                     ranges apart",
+                    a.byte_offset(),
+                    a.bytes(),
+                    b.byte_offset(),
+                    b.bytes()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Kernels {
     /// Builds a launch of `kernel` with `params` at binding 0 and `views` at exactly the
     /// bindings its entry declares. Checks what wgpu would otherwise panic or fail on later:
@@ -164,6 +199,9 @@ impl Kernels {
                     size: wgpu::BufferSize::new(view.bytes()),
                 }),
             });
+        }
+        if gpu.webgpu {
+            check_aliasing(&label, entry.bindings, views, |v| self.is_dummy(v))?;
         }
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry.name),

@@ -161,10 +161,7 @@ impl Kernels {
             return Ok(m.clone());
         }
         let source = shader.full_source(variant, dtype);
-        let scope = self
-            .gpu
-            .device
-            .push_error_scope(wgpu::ErrorFilter::Validation);
+        let scope = ErrorScope::push(&self.gpu.device);
         let label = format!("{}[{},{}]", shader.file, variant.name, dtype);
         let module = self
             .gpu
@@ -173,7 +170,7 @@ impl Kernels {
                 label: Some(&label),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = scope.pop() {
             return Err(Error::Device(format!("shader {label}: {e}")));
         }
         let module = Arc::new(module);
@@ -216,7 +213,7 @@ impl Kernels {
         }
         let device = &self.gpu.device;
         let label = kernel.label();
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let scope = ErrorScope::push(device);
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(&label),
             entries: &layout_entries,
@@ -242,7 +239,7 @@ impl Kernels {
             },
             cache: None,
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = scope.pop() {
             return Err(Error::Device(format!("creating kernel {label}: {e}")));
         }
         Ok(Pipeline {
@@ -250,5 +247,38 @@ impl Kernels {
             pipeline,
             layout,
         })
+    }
+}
+
+/// Validation errors of the calls between `push` and `pop`. Natively they are waited for,
+/// so a bad shader is an error of the call that made it. A browser reports them only
+/// asynchronously, and a page cannot block: there the scope is not opened, and the errors
+/// reach the device's uncaptured-error handler, which the web front-end shows.
+struct ErrorScope {
+    #[cfg(not(target_arch = "wasm32"))]
+    guard: wgpu::ErrorScopeGuard,
+}
+
+impl ErrorScope {
+    #[cfg(not(target_arch = "wasm32"))]
+    fn push(device: &wgpu::Device) -> ErrorScope {
+        ErrorScope {
+            guard: device.push_error_scope(wgpu::ErrorFilter::Validation),
+        }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn push(_device: &wgpu::Device) -> ErrorScope {
+        ErrorScope {}
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn pop(self) -> Option<wgpu::Error> {
+        pollster::block_on(self.guard.pop())
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn pop(self) -> Option<wgpu::Error> {
+        None
     }
 }

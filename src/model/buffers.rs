@@ -12,11 +12,12 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuBuffer, View};
 use crate::model::config::DenseNetConfig;
+use crate::model::graph::nodes;
 use crate::model::layout::Layout;
 use crate::model::memory::{
     place, BufferSpec, Category, MemoryReport, Placement, TensorId, TensorSpec,
 };
-use crate::model::nodes::{nodes, Mode, Nodes, PlanTarget};
+use crate::model::nodes::{Mode, Nodes, PlanTarget};
 use crate::ops::{batchnorm, loss_scale};
 
 /// The buffers that live across steps.

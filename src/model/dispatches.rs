@@ -9,10 +9,10 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuBuffer, View};
 use crate::kernels::{Dispatch, Kernels};
 use crate::model::buffers::{Buffers, Tensors};
+use crate::model::cmd::Cmd;
 use crate::model::layout::{BnSlots, Layout, SlotId};
 use crate::model::memory::{Stage, TensorId};
 use crate::model::nodes::{ConvCall, Nodes};
-use crate::model::plan::Cmd;
 use crate::ops::batchnorm::{self, BatchNormParams, BnRelu};
 use crate::ops::conv2d::{self, Conv2dParams};
 

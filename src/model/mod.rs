@@ -1,11 +1,18 @@
 //! The network: its description ([`config`]), where its parameters live ([`layout`]), its
-//! memory planned without a device ([`nodes`], [`memory`], [`buffers`]), and the static
-//! plan that runs it on one ([`plan`], built by `build`).
+//! memory planned without a device ([`nodes`], [`graph`], [`memory`], [`buffers`]), and the
+//! static plan that runs it on one ([`plan`], built by `build`).
+//!
+//! The files read bottom-up (a test keeps it so): `config`, `layout`, `memory`; `nodes` (the
+//! node types and the build context); `stem` and `layers` (each node declared); `graph` (the
+//! nodes in order); `buffers` (tensors packed into slots); `cmd` (what a pass records);
+//! `dispatches` and `steps` (each node's commands); `plan`; `build`.
 
 pub mod buffers;
 mod build;
+mod cmd;
 pub mod config;
 mod dispatches;
+pub mod graph;
 mod layers;
 pub mod layout;
 pub mod memory;

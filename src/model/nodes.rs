@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::gpu::{DType, Gpu};
 use crate::kernels::Policy;
-use crate::model::config::{DenseNetConfig, Stem};
+use crate::model::config::DenseNetConfig;
 use crate::model::layout::{BnSlots, ConvSlots, Layout, SlotId};
 use crate::model::memory::{Category, Stage, TensorId, TensorTable};
 use crate::ops::batchnorm::BatchNormParams;
@@ -22,7 +22,7 @@ use crate::ops::global_avgpool::GlobalAvgPoolParams;
 use crate::ops::linear::LinearParams;
 use crate::ops::maxpool::Pool2dParams;
 
-use Category::{Activations, Gradients, Scratch};
+use Category::Scratch;
 
 /// What a plan is built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -77,7 +77,7 @@ pub struct Timeline {
 
 impl Timeline {
     /// `nodes`: each node's name and backward stage count, in forward order.
-    fn new(nodes: &[(String, usize)], mode: Mode) -> Timeline {
+    pub(super) fn new(nodes: &[(String, usize)], mode: Mode) -> Timeline {
         let mut names: Vec<String> = nodes.iter().map(|(n, _)| format!("fwd {n}")).collect();
         let fwd = (0..nodes.len() as Stage).collect();
         let mut bwd = vec![Vec::new(); nodes.len()];
@@ -283,7 +283,7 @@ impl Nodes {
         for node in &self.list {
             let bns: Vec<BatchNormParams> = match node {
                 Node::Stem(s) if s.imagenet.is_some() => {
-                    super::steps::groups(s)?.into_iter().map(|g| g.bn).collect()
+                    s.groups()?.into_iter().map(|g| g.bn).collect()
                 }
                 Node::Stem(_) => vec![],
                 Node::Layer(l) => l.bottleneck.iter().map(|b| b.bn).chain([l.bn]).collect(),
@@ -301,25 +301,6 @@ impl Nodes {
             }
         }
         Ok(out)
-    }
-}
-
-/// Where a node sits in the forward order.
-enum Kind {
-    Stem,
-    Layer(usize, usize),
-    Transition(usize),
-    Head,
-}
-
-impl Kind {
-    fn name(&self) -> String {
-        match self {
-            Kind::Stem => "stem".into(),
-            Kind::Layer(b, l) => format!("blocks.{b}.layers.{l}"),
-            Kind::Transition(i) => format!("transitions.{i}"),
-            Kind::Head => "head".into(),
-        }
     }
 }
 
@@ -425,106 +406,39 @@ impl Ctx<'_> {
     }
 }
 
-/// Plans `cfg` at batch `n` for `mode`: nodes, timeline and tensors.
-pub fn nodes(
-    cfg: &DenseNetConfig,
-    layout: &Layout,
-    n: u32,
-    mode: Mode,
-    target: &PlanTarget,
-) -> Result<Nodes> {
-    let mut kinds = vec![Kind::Stem];
-    for (b, block) in layout.blocks.iter().enumerate() {
-        if b > 0 {
-            kinds.push(Kind::Transition(b - 1));
-        }
-        kinds.extend((0..block.layers.len()).map(|l| Kind::Layer(b, l)));
-    }
-    kinds.push(Kind::Head);
-    let imagenet = matches!(cfg.stem, Stem::ImageNet { .. });
-    let skeleton: Vec<(String, usize)> = kinds
-        .iter()
-        .map(|k| {
-            let bwd = match k {
-                Kind::Stem if imagenet => 2,
-                Kind::Transition(_) => 2,
-                _ => 1,
-            };
-            (k.name(), bwd)
-        })
-        .collect();
-    let mut index = Indices::default();
-    for (i, k) in kinds.iter().enumerate() {
-        match k {
-            Kind::Transition(_) => index.transitions.push(i),
-            Kind::Layer(_, 0) => index.first_layers.push(i),
-            Kind::Head => index.head = i,
-            _ => {}
-        }
-    }
-    let mut ctx = Ctx {
-        cfg,
-        layout,
-        n,
-        mode,
-        limits: target.limits,
-        dtype: target.dtype,
-        policy: &target.policy,
-        timeline: Timeline::new(&skeleton, mode),
-        tensors: TensorTable::default(),
-        affine_len: 0,
-        index,
-    };
-    let (blocks, block_grads) = block_tensors(&mut ctx);
-    let mut list = Vec::new();
-    for (i, k) in kinds.iter().enumerate() {
-        list.push(match *k {
-            Kind::Stem => Node::Stem(super::stem::stem(&mut ctx, i)?),
-            Kind::Layer(b, l) => Node::Layer(super::layers::layer(&mut ctx, i, b, l)?),
-            Kind::Transition(t) => Node::Transition(super::layers::transition(&mut ctx, i, t)?),
-            Kind::Head => Node::Head(super::layers::head(&mut ctx, i)?),
-        });
-    }
-    Ok(Nodes {
-        list,
-        timeline: ctx.timeline,
-        tensors: ctx.tensors,
-        blocks,
-        block_grads,
-        affine_len: ctx.affine_len,
-        mode,
-    })
+/// One channel group of the ImageNet stem: its conv params and first channel, the pool and
+/// the BN (statistics at `stat + g0`) over its channels.
+pub(super) struct Group {
+    pub(super) g0: u32,
+    pub(super) conv: Conv2dParams,
+    pub(super) pool: Pool2dParams,
+    pub(super) bn: BatchNormParams,
 }
 
-/// Each block's activations, live from the node that writes its first channels (the stem
-/// or the transition before it) to its first layer's backward (evaluation: to the node
-/// after the block), and their gradients, live from the backward of the node after the
-/// block to the backward of the node before it.
-fn block_tensors(ctx: &mut Ctx<'_>) -> (Vec<TensorId>, Vec<Option<TensorId>>) {
-    let (mut acts, mut grads) = (Vec::new(), Vec::new());
-    for (b, block) in ctx.layout.blocks.iter().enumerate() {
-        let shape = ctx.chw(block.shape.c_out, block.shape.size);
-        let producer = match b {
-            0 => 0,
-            _ => ctx.index.transitions[b - 1],
-        };
-        let consumer = ctx
-            .index
-            .transitions
-            .get(b)
-            .copied()
-            .unwrap_or(ctx.index.head);
-        let t = &ctx.timeline;
-        let live = match ctx.mode {
-            Mode::Train => (t.fwd(producer), t.bwd(ctx.index.first_layers[b], 0)),
-            Mode::Eval => (t.fwd(producer), t.fwd(consumer)),
-        };
-        let grad_live =
-            (ctx.mode == Mode::Train).then(|| (t.last_bwd(consumer), t.bwd(producer, 0)));
-        acts.push(ctx.tensor(format!("blocks.{b}"), &shape, Activations, live));
-        grads.push(
-            grad_live.map(|live| ctx.tensor(format!("blocks.{b}.grad"), &shape, Gradients, live)),
-        );
+impl StemNode {
+    /// The ImageNet stem's channel groups (it runs in groups so that each group's conv
+    /// output, before the pool, stays small).
+    pub(super) fn groups(&self) -> Result<Vec<Group>> {
+        let node = self;
+        let inet = node.imagenet.as_ref().expect("an ImageNet stem");
+        let full = &node.conv.p;
+        let per = full.c_out;
+        let mut out = Vec::new();
+        let mut g0 = 0;
+        while g0 < node.channels {
+            let gc = per.min(node.channels - g0);
+            let size = full.out_h;
+            out.push(Group {
+                g0,
+                conv: Conv2dParams { c_out: gc, ..*full },
+                pool: Pool2dParams::new([full.n, gc, size, size], (3, 3), (2, 2), (1, 1))?
+                    .with_y_channel_offset(g0),
+                bn: BatchNormParams::new([full.n, gc, size, size])?
+                    .with_stat_offset(inet.stat + g0)
+                    .with_relu(true),
+            });
+            g0 += gc;
+        }
+        Ok(out)
     }
-    (acts, grads)
 }

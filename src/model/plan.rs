@@ -5,7 +5,6 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuBuffer, View};
-use crate::kernels::Dispatch;
 use crate::model::buffers::{Buffers, MemoryPlan, Tensors};
 use crate::model::config::DenseNetConfig;
 use crate::model::layout::{Layout, SlotId};
@@ -14,54 +13,7 @@ use crate::ops::cross_entropy::CrossEntropyParams;
 use crate::ops::loss_scale::LossScaleState;
 use crate::ops::sgd::SgdParams;
 
-/// One command of a recorded pass.
-pub enum Cmd {
-    Run(Dispatch),
-    /// Zero `size` bytes of a buffer from `offset` (gradients accumulate, so what they
-    /// accumulate into starts at zero).
-    Zero {
-        buffer: wgpu::Buffer,
-        offset: u64,
-        size: u64,
-    },
-}
-
-impl Cmd {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Cmd::Run(d) => d.name(),
-            Cmd::Zero { .. } => "clear_buffer",
-        }
-    }
-}
-
-/// Records commands into `enc`: consecutive dispatches share one compute pass, clears sit
-/// between passes.
-pub fn encode(cmds: &[Cmd], enc: &mut wgpu::CommandEncoder) {
-    let mut i = 0;
-    while i < cmds.len() {
-        match &cmds[i] {
-            Cmd::Zero {
-                buffer,
-                offset,
-                size,
-            } => {
-                enc.clear_buffer(buffer, *offset, Some(*size));
-                i += 1;
-            }
-            Cmd::Run(_) => {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("densenet"),
-                    timestamp_writes: None,
-                });
-                while let Some(Cmd::Run(d)) = cmds.get(i) {
-                    d.record(&mut pass);
-                    i += 1;
-                }
-            }
-        }
-    }
-}
+pub use super::cmd::{encode, Cmd};
 
 /// Optimizer settings of a training plan (the learning rate may change every step).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -227,8 +179,14 @@ impl Plan {
     }
 
     /// The logits of the last batch (N, K), as f32 whatever the plan's precision.
+    pub async fn read_logits_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.read_floats_async(&self.buffers.logits).await
+    }
+
+    /// [`Plan::read_logits_async`], waiting for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_logits(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        gpu.read_floats(&self.buffers.logits)
+        pollster::block_on(self.read_logits_async(gpu))
     }
 
     /// The activations' element type: f32, or f16 (`--precision f16`).
@@ -236,13 +194,19 @@ impl Plan {
         self.memory.dtype
     }
 
-    /// The dynamic loss scale's state (training in f16 only); waits for the GPU.
-    pub fn read_loss_scale(&self, gpu: &Gpu) -> Result<Option<LossScaleState>> {
+    /// The dynamic loss scale's state (training in f16 only).
+    pub async fn read_loss_scale_async(&self, gpu: &Gpu) -> Result<Option<LossScaleState>> {
         let Some(s) = &self.buffers.loss_scale else {
             return Ok(None);
         };
-        let words: Vec<u32> = gpu.read_all(s)?;
+        let words: Vec<u32> = gpu.read_all_async(s).await?;
         Ok(Some(LossScaleState::from_words(&words)))
+    }
+
+    /// [`Plan::read_loss_scale_async`], waiting for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_loss_scale(&self, gpu: &Gpu) -> Result<Option<LossScaleState>> {
+        pollster::block_on(self.read_loss_scale_async(gpu))
     }
 
     /// Restores the loss scale (a resumed run continues with the scale it had).
@@ -253,11 +217,17 @@ impl Plan {
         }
     }
 
-    /// Reads (summed loss, correct predictions) since the last zeroing; waits for the GPU.
-    pub fn read_metrics(&self, gpu: &Gpu) -> Result<(f64, u64)> {
-        let loss: Vec<f32> = gpu.read_all(&self.buffers.loss_sum)?;
-        let correct: Vec<u32> = gpu.read_all(&self.buffers.correct)?;
+    /// Reads (summed loss, correct predictions) since the last zeroing.
+    pub async fn read_metrics_async(&self, gpu: &Gpu) -> Result<(f64, u64)> {
+        let loss: Vec<f32> = gpu.read_all_async(&self.buffers.loss_sum).await?;
+        let correct: Vec<u32> = gpu.read_all_async(&self.buffers.correct).await?;
         Ok((loss[0] as f64, correct[0] as u64))
+    }
+
+    /// [`Plan::read_metrics_async`], waiting for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_metrics(&self, gpu: &Gpu) -> Result<(f64, u64)> {
+        pollster::block_on(self.read_metrics_async(gpu))
     }
 
     /// Clears the loss and accuracy accumulators now.

@@ -3,11 +3,9 @@
 
 use crate::error::Result;
 use crate::gpu::View;
+use crate::model::cmd::Cmd;
 use crate::model::dispatches::{cmds, zero, Bufs};
 use crate::model::nodes::{HeadNode, LayerNode, Mode, Node, StemNode, TransitionNode};
-use crate::model::plan::Cmd;
-use crate::ops::batchnorm::BatchNormParams;
-use crate::ops::conv2d::Conv2dParams;
 use crate::ops::{avgpool, cross_entropy, global_avgpool, linear, maxpool};
 
 /// A node's commands.
@@ -52,38 +50,6 @@ pub(super) fn node_cmds(b: &Bufs<'_>, i: usize, node: &Node) -> Result<NodeCmds>
     Ok(out)
 }
 
-/// One channel group of the ImageNet stem: its conv params and first channel, the pool and
-/// the BN (statistics at `stat + g0`) over its channels.
-pub(super) struct Group {
-    g0: u32,
-    conv: Conv2dParams,
-    pool: maxpool::Pool2dParams,
-    pub(super) bn: BatchNormParams,
-}
-
-pub(super) fn groups(node: &StemNode) -> Result<Vec<Group>> {
-    let inet = node.imagenet.as_ref().expect("an ImageNet stem");
-    let full = &node.conv.p;
-    let per = full.c_out;
-    let mut out = Vec::new();
-    let mut g0 = 0;
-    while g0 < node.channels {
-        let gc = per.min(node.channels - g0);
-        let size = full.out_h;
-        out.push(Group {
-            g0,
-            conv: Conv2dParams { c_out: gc, ..*full },
-            pool: maxpool::Pool2dParams::new([full.n, gc, size, size], (3, 3), (2, 2), (1, 1))?
-                .with_y_channel_offset(g0),
-            bn: BatchNormParams::new([full.n, gc, size, size])?
-                .with_stat_offset(inet.stat + g0)
-                .with_relu(true),
-        });
-        g0 += gc;
-    }
-    Ok(out)
-}
-
 /// Channels [g0, g0 + gc) of a channel-major tensor of `plane` values per channel.
 fn channels<'a>(v: View<'a>, plane: u64, g0: u32, gc: u32) -> Result<View<'a>> {
     v.sub(g0 as u64 * plane, gc as u64 * plane)
@@ -97,7 +63,7 @@ fn stem_forward(b: &Bufs<'_>, node: &StemNode, eval: bool) -> Result<Vec<Cmd>> {
         Some(inet) => {
             let s_all = b.tensor(inet.conv_out)?;
             let plane = s_all.len / node.channels as u64;
-            for g in groups(node)? {
+            for g in node.groups()? {
                 let gc = g.conv.c_out;
                 let s = channels(s_all, plane, g.g0, gc)?;
                 f.extend(b.conv(&node.conv, &g.conv, g.g0, x, None, s)?);
@@ -134,7 +100,7 @@ fn stem_backward(b: &Bufs<'_>, node: &StemNode, stage: usize) -> Result<Vec<Cmd>
     let dconv_all = b.train_tensor(inet.dconv)?;
     let plane = dconv_all.len / node.channels as u64;
     let mut out = Vec::new();
-    for g in groups(node)? {
+    for g in node.groups()? {
         let gc = g.conv.c_out;
         let dconv = channels(dconv_all, plane, g.g0, gc)?;
         if stage == 1 {

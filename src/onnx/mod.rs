@@ -10,10 +10,7 @@
 
 pub mod proto;
 
-use std::path::Path;
-
-use anyhow::{Context, Result};
-use prost::Message;
+use anyhow::Result;
 
 use crate::checkpoint::Checkpoint;
 use crate::model::config::{DenseNetConfig, Stem};
@@ -107,7 +104,10 @@ pub fn from_checkpoint(ck: &Checkpoint) -> Result<ModelProto> {
 }
 
 /// Writes `model` to `path` (through a temporary file, so a failed write leaves nothing).
-pub fn save(model: &ModelProto, path: &Path) -> Result<()> {
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save(model: &ModelProto, path: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    use prost::Message;
     crate::atomic_file::write_atomic(path, &model.encode_to_vec())
         .with_context(|| format!("writing the ONNX model {}", path.display()))
 }

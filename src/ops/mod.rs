@@ -14,6 +14,7 @@ pub mod loss_scale;
 pub mod maxpool;
 pub mod relu;
 pub mod roofline;
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod scratch;
 pub mod sgd;
 

@@ -15,6 +15,7 @@
 //! picks one per launch of [`batchnorm_stats_update`] and [`batchnorm_backward`].
 
 pub mod split;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod tune;
 
 use bytemuck::{Pod, Zeroable};

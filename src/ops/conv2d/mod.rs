@@ -16,6 +16,7 @@
 mod coop;
 pub mod regtile;
 pub mod tiled;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod tune;
 
 use bytemuck::{Pod, Zeroable};
@@ -390,6 +391,38 @@ pub fn conv2d_forward(
     forward_in(None, k, p, x, affine, weight, bias, y, workspace)
 }
 
+/// A dense layer's conv reads a block's first channels and writes the next ones of the same
+/// buffer: there x and y are narrowed to the ranges read and written (each view starting at
+/// the alignment at or below its data, the params' offsets counted from there), so that the
+/// two bindings do not overlap where the channel boundary is aligned, as WebGPU requires.
+/// The same elements are read and written, so results are unchanged.
+fn apart<'a>(
+    k: &Kernels,
+    mut p: Conv2dParams,
+    x: View<'a>,
+    y: View<'a>,
+) -> (Conv2dParams, View<'a>, View<'a>) {
+    if x.buffer != y.buffer {
+        return (p, x, y);
+    }
+    let align = k.gpu().align_elems(x.dtype);
+    let narrow = |v: View<'a>, at: u32, len: u64| -> (View<'a>, u32) {
+        let start = (v.offset + at as u64) / align * align;
+        let skip = v.offset + at as u64 - start;
+        let whole = View {
+            offset: start,
+            len: skip + len,
+            ..v
+        };
+        (whole, skip as u32)
+    };
+    let (x, x_offset) = narrow(x, p.x_offset, p.x_len());
+    let (y, y_offset) = narrow(y, p.y_offset, p.y_len());
+    p.x_offset = x_offset;
+    p.y_offset = y_offset;
+    (p, x, y)
+}
+
 /// [`conv2d_forward`] in `config`, or the one the policy gives (`None`).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_in(
@@ -407,6 +440,7 @@ pub fn forward_in(
     p.check("x", &x, p.x_offset as u64 + p.x_len())?;
     p.check("weight", &weight, p.weight_len())?;
     p.check("y", &y, p.y_offset as u64 + p.y_len())?;
+    let (p, x, y) = apart(k, p, x, y);
     ensure_shape!(
         bias.is_some() == (p.has_bias != 0),
         OP,

@@ -1,0 +1,53 @@
+//! The commands a plan records: dispatches and buffer clears, and how a list of them is
+//! encoded into one command encoder. The bottom of the plan's side: it knows only kernels.
+
+use crate::kernels::Dispatch;
+
+/// One command of a recorded pass.
+pub enum Cmd {
+    Run(Dispatch),
+    /// Zero `size` bytes of a buffer from `offset` (gradients accumulate, so what they
+    /// accumulate into starts at zero).
+    Zero {
+        buffer: wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    },
+}
+
+impl Cmd {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cmd::Run(d) => d.name(),
+            Cmd::Zero { .. } => "clear_buffer",
+        }
+    }
+}
+
+/// Records commands into `enc`: consecutive dispatches share one compute pass, clears sit
+/// between passes.
+pub fn encode(cmds: &[Cmd], enc: &mut wgpu::CommandEncoder) {
+    let mut i = 0;
+    while i < cmds.len() {
+        match &cmds[i] {
+            Cmd::Zero {
+                buffer,
+                offset,
+                size,
+            } => {
+                enc.clear_buffer(buffer, *offset, Some(*size));
+                i += 1;
+            }
+            Cmd::Run(_) => {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("densenet"),
+                    timestamp_writes: None,
+                });
+                while let Some(Cmd::Run(d)) = cmds.get(i) {
+                    d.record(&mut pass);
+                    i += 1;
+                }
+            }
+        }
+    }
+}
