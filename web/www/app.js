@@ -158,6 +158,9 @@ async function start(overrides = {}) {
     app.running = false;
     chooseData();
     const s = { ...settings(), ...overrides };
+    // The form shows what runs, whoever chose it (a test, a script).
+    const fields = { preset: 'preset', batch_size: 'batch', epochs: 'epochs', lr: 'lr', seed: 'seed' };
+    for (const [key, id] of Object.entries(fields)) if (s[key] !== undefined) $(id).value = s[key];
     afterLoad(app.engine.start(JSON.stringify(s)));
     await resume();
   } catch (e) { showError(e); setState('ready'); }
