@@ -223,3 +223,49 @@ fn to_dataset(
         class_names: names.to_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(gray: u8) -> Vec<u8> {
+        let img = image::GrayImage::from_pixel(4, 4, image::Luma([gray]));
+        let mut out = Vec::new();
+        image::DynamicImage::ImageLuma8(img)
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    /// A dropped folder: its own name is not a class; one tree is split as `load` splits;
+    /// train/ and test/ trees are kept; other files are ignored.
+    #[test]
+    fn dropped_folders_read_as_the_cli_reads_folders() {
+        let mut files = vec![("drop/readme.txt".to_string(), b"x".to_vec())];
+        for (class, gray) in [("cat", 10u8), ("dog", 200)] {
+            for i in 0..5 {
+                files.push((format!("drop/{class}/{i}.png"), png(gray)));
+            }
+        }
+        let s = from_files(files.clone(), 8, 0).unwrap();
+        assert_eq!(s.train.class_names, ["cat", "dog"]);
+        assert_eq!((s.train.len(), s.test.len()), (8, 2));
+        assert_eq!((s.train.channels, s.train.height), (1, 8));
+        let trees: Vec<(String, Vec<u8>)> = files
+            .into_iter()
+            .skip(1)
+            .enumerate()
+            .map(|(i, (p, b))| {
+                let split = if i % 5 == 0 { "test" } else { "train" };
+                (p.replacen("drop/", &format!("drop/{split}/"), 1), b)
+            })
+            .collect();
+        let s = from_files(trees, 8, 0).unwrap();
+        assert_eq!((s.train.len(), s.test.len()), (8, 2));
+        assert_eq!(s.test.labels, [0, 1]);
+        let err = from_files(vec![("a.txt".into(), vec![1])], 8, 0)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no class folders"), "{err}");
+    }
+}
