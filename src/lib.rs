@@ -24,6 +24,7 @@ pub mod device_cache;
 pub mod error;
 pub mod evaluate;
 pub mod gpu;
+pub mod import;
 pub mod kernels;
 pub mod model;
 pub mod onnx;

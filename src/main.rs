@@ -213,8 +213,26 @@ enum Command {
     /// naming what failed and the --kernels setting that avoids it
     Selftest(SelftestCmd),
     /// Write a checkpoint's evaluation graph as ONNX (float32; batch size dynamic; input
-    /// `images` [batch, C, H, W] with pixels in [0, 1], output `logits`)
+    /// `images` [batch, C, H, W] with pixels in [0, 1], output `logits`), or its tensors under
+    /// torchvision's names
     Export(ExportCmd),
+    /// Turn a torchvision or timm DenseNet file (safetensors, or a PyTorch .pth/.pt, legacy
+    /// names included) into a checkpoint: the architecture read from the tensor shapes, each
+    /// batch norm's running statistics kept, ImageNet normalization
+    Import(ImportCmd),
+}
+
+#[derive(Args)]
+struct ImportCmd {
+    /// The state dict to read: torchvision's densenet*.pth, timm's model.safetensors, ...
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Where to write the checkpoint [required]
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The input size the network is used at (it is convolutional up to its global pool)
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
 }
 
 #[derive(Args)]
@@ -338,9 +356,13 @@ struct ExportCmd {
     /// The checkpoint to export [required]
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
-    /// Where to write the ONNX model (opset 17) [required]
+    /// Where to write the ONNX model (opset 17) [default: none; this or --torchvision]
     #[arg(long, value_name = "FILE")]
-    onnx: PathBuf,
+    onnx: Option<PathBuf>,
+    /// Where to write the tensors under torchvision's names, as safetensors (what
+    /// `load_state_dict` takes; densenet121-style networks only) [default: none]
+    #[arg(long, value_name = "FILE")]
+    torchvision: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -432,6 +454,7 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
         }
         Command::Plan(c) => plan(&opts, spec, precision, c),
         Command::Export(c) => export(c),
+        Command::Import(c) => import(c),
         Command::Selftest(c) => selftest(&kernels(&opts, spec)?, c),
         Command::Predict(c) => {
             let k = kernels(&opts, spec)?;
@@ -635,16 +658,50 @@ fn eval(
 }
 
 /// Needs no device: the graph comes from the checkpoint alone.
+fn import(c: ImportCmd) -> anyhow::Result<()> {
+    let sd = densenet_wgpu::import::read_file(&c.file)?;
+    let mut ck = densenet_wgpu::import::to_checkpoint(&sd, &c.file.display().to_string())?;
+    ck.config.image_size = c.image_size;
+    ck.config.validate()?;
+    ck.save(&c.out)?;
+    let cfg = &ck.config;
+    println!(
+        "{}: DenseNet(growth_rate={}, block_config={:?}, num_init_features={}, bn_size={}, \
+         num_classes={}), {} parameters, {}x{} RGB with ImageNet normalization",
+        c.out.display(),
+        cfg.growth_rate,
+        cfg.blocks,
+        cfg.stem.channels(),
+        cfg.bottleneck.unwrap_or(0),
+        cfg.classes,
+        densenet_wgpu::model::Layout::new(cfg, 1).parameter_count(),
+        cfg.image_size,
+        cfg.image_size
+    );
+    Ok(())
+}
+
 fn export(c: ExportCmd) -> anyhow::Result<()> {
     let ck = Checkpoint::load(&c.checkpoint)?;
+    if c.onnx.is_none() && c.torchvision.is_none() {
+        anyhow::bail!("export needs --onnx FILE or --torchvision FILE (or both)");
+    }
+    if let Some(path) = &c.torchvision {
+        densenet_wgpu::import::save_torchvision(&ck, path)
+            .with_context(|| format!("exporting {}", c.checkpoint.display()))?;
+        println!("{}: the tensors under torchvision's names", path.display());
+    }
+    let Some(onnx) = &c.onnx else {
+        return Ok(());
+    };
     let model = densenet_wgpu::onnx::from_checkpoint(&ck)
         .with_context(|| format!("exporting {}", c.checkpoint.display()))?;
-    densenet_wgpu::onnx::save(&model, &c.onnx)?;
+    densenet_wgpu::onnx::save(&model, onnx)?;
     let cfg = &ck.config;
     let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
     println!(
         "{}: {nodes} ONNX nodes (opset {}); input images [batch, {}, {}, {}] in [0, 1], output logits [batch, {}]",
-        c.onnx.display(),
+        onnx.display(),
         densenet_wgpu::onnx::OPSET,
         cfg.in_channels,
         cfg.image_size,

@@ -52,6 +52,17 @@ pub enum Preset {
     Densenet40,
     /// DenseNet-BC (L=100, k=12) with the paper's recipe (CIFAR: 4.51% error on C10+).
     Bc100,
+    /// torchvision's densenet121 (224x224; 7,978,856 parameters with 1000 classes) and
+    /// its ImageNet recipe.
+    Densenet121,
+    /// torchvision's densenet169 (14,149,480 parameters).
+    Densenet169,
+    /// torchvision's densenet201 (20,013,928 parameters).
+    Densenet201,
+    /// torchvision's densenet161 (growth 48; 28,681,000 parameters).
+    Densenet161,
+    /// DenseNet-264 (blocks 6-12-64-48), the deepest of Huang et al.'s ImageNet networks.
+    Densenet264,
 }
 
 /// How to train: what the CLI's flags override.
@@ -178,7 +189,21 @@ impl Preset {
             Preset::Tiny => "tiny",
             Preset::Densenet40 => "densenet40",
             Preset::Bc100 => "bc100",
+            Preset::Densenet121 => "densenet121",
+            Preset::Densenet169 => "densenet169",
+            Preset::Densenet201 => "densenet201",
+            Preset::Densenet161 => "densenet161",
+            Preset::Densenet264 => "densenet264",
         }
+    }
+
+    /// Whether the network keeps its own input size whatever the dataset's (d2l's 96, the
+    /// ImageNet networks' 224): their images are resized to it.
+    pub fn fixed_size(self) -> bool {
+        !matches!(
+            self,
+            Preset::Small | Preset::Tiny | Preset::Densenet40 | Preset::Bc100
+        )
     }
 
     /// The preset whose architecture `cfg` is (whatever its input channels, classes and input
@@ -205,11 +230,17 @@ impl Preset {
             Preset::Tiny => DenseNetConfig::tiny(),
             Preset::Densenet40 => DenseNetConfig::densenet40(),
             Preset::Bc100 => DenseNetConfig::bc100(),
+            Preset::Densenet121 => DenseNetConfig::densenet121(),
+            Preset::Densenet169 => DenseNetConfig::densenet169(),
+            Preset::Densenet201 => DenseNetConfig::densenet201(),
+            Preset::Densenet161 => DenseNetConfig::densenet161(),
+            Preset::Densenet264 => DenseNetConfig::densenet264(),
         };
         cfg.in_channels = channels;
         cfg.classes = classes;
-        // d2l resizes to its own 96; a folder's images are resized to the preset's size.
-        if self != Preset::D2l && dataset != DatasetKind::Folder {
+        // d2l resizes to its own 96 and the ImageNet networks to 224; a folder's images are
+        // resized to the preset's size.
+        if !self.fixed_size() && dataset != DatasetKind::Folder {
             cfg.image_size = size;
         }
         cfg
@@ -261,6 +292,29 @@ impl Preset {
                 schedule: Schedule::Step,
                 seed: 0,
                 milestones: default_milestones(),
+                warmup_epochs: 0,
+                label_smoothing: 0.0,
+                clip_grad_norm: None,
+                patience: None,
+                augment: Augment::default(),
+            },
+            // torchvision's ImageNet reference: SGD momentum 0.9, weight decay 1e-4, rate 0.1
+            // at batch 256 (scale it with the batch: 0.1 x batch / 256), x0.1 every 30 of 90
+            // epochs.
+            Preset::Densenet121
+            | Preset::Densenet169
+            | Preset::Densenet201
+            | Preset::Densenet161
+            | Preset::Densenet264 => Recipe {
+                epochs: 90,
+                batch_size: 256,
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                nesterov: false,
+                schedule: Schedule::Step,
+                seed: 0,
+                milestones: vec![1.0 / 3.0, 2.0 / 3.0],
                 warmup_epochs: 0,
                 label_smoothing: 0.0,
                 clip_grad_norm: None,

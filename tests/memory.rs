@@ -130,6 +130,7 @@ fn block(layers: u32) -> DenseNetConfig {
         compression: 0.5,
         conv_bias: false,
         init: Init::KaimingNormal,
+        layer_stats: false,
     }
 }
 

@@ -81,6 +81,7 @@ fn small(stem: Stem, image_size: u32, bottleneck: Option<u32>) -> DenseNetConfig
         compression: 0.5,
         conv_bias: true,
         init: Init::KaimingNormal,
+        layer_stats: false,
     }
 }
 

@@ -138,6 +138,7 @@ fn imagenet_bc() -> DenseNetConfig {
         compression: 0.5,
         conv_bias: true,
         init: Init::XavierUniform,
+        layer_stats: false,
     }
 }
 

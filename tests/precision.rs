@@ -53,6 +53,7 @@ fn small(stem: Stem, image_size: u32) -> DenseNetConfig {
         compression: 0.5,
         conv_bias: false,
         init: Init::KaimingNormal,
+        layer_stats: false,
     }
 }
 

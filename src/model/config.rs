@@ -56,6 +56,12 @@ pub struct DenseNetConfig {
     /// Biases on the convolutions (PyTorch's nn.Conv2d default, so d2l has them).
     pub conv_bias: bool,
     pub init: Init,
+    /// Every batch norm that reads a block (its layers', the transition's, the head's) keeps
+    /// running statistics of its own, as torchvision's modules do, instead of sharing the
+    /// block's; batch statistics stay shared (they are equal). Networks imported from
+    /// torchvision have it: there the copies differ. Our own presets do not need it.
+    #[serde(default)]
+    pub layer_stats: bool,
 }
 
 /// The channel bookkeeping of one dense block.
@@ -85,6 +91,7 @@ impl DenseNetConfig {
             compression: 0.5,
             conv_bias: true,
             init: Init::XavierUniform,
+            layer_stats: false,
         }
     }
 
@@ -101,6 +108,7 @@ impl DenseNetConfig {
             compression: 0.5,
             conv_bias: false,
             init: Init::KaimingNormal,
+            layer_stats: false,
         }
     }
 
@@ -118,6 +126,7 @@ impl DenseNetConfig {
             compression: 1.0,
             conv_bias: false,
             init: Init::KaimingNormal,
+            layer_stats: false,
         }
     }
 
@@ -134,6 +143,59 @@ impl DenseNetConfig {
         }
     }
 
+    /// torchvision's `DenseNet(growth_rate, block_config, num_init_features, bn_size,
+    /// num_classes)`: the ImageNet stem without conv bias, BC layers (a 1x1 conv to
+    /// bn_size x growth channels), halving transitions, 224x224 RGB input, Kaiming init, and
+    /// running statistics per batch norm as its modules keep them.
+    pub fn torchvision(
+        growth_rate: u32,
+        blocks: &[u32],
+        init_features: u32,
+        bn_size: u32,
+        classes: u32,
+    ) -> Self {
+        DenseNetConfig {
+            in_channels: 3,
+            image_size: 224,
+            classes,
+            stem: Stem::ImageNet {
+                channels: init_features,
+            },
+            blocks: blocks.to_vec(),
+            growth_rate,
+            bottleneck: Some(bn_size),
+            compression: 0.5,
+            conv_bias: false,
+            init: Init::KaimingNormal,
+            layer_stats: true,
+        }
+    }
+
+    /// torchvision's densenet121 (7,978,856 parameters with 1000 classes).
+    pub fn densenet121() -> Self {
+        Self::torchvision(32, &[6, 12, 24, 16], 64, 4, 1000)
+    }
+
+    /// torchvision's densenet169 (14,149,480 parameters).
+    pub fn densenet169() -> Self {
+        Self::torchvision(32, &[6, 12, 32, 32], 64, 4, 1000)
+    }
+
+    /// torchvision's densenet201 (20,013,928 parameters).
+    pub fn densenet201() -> Self {
+        Self::torchvision(32, &[6, 12, 48, 32], 64, 4, 1000)
+    }
+
+    /// torchvision's densenet161 (28,681,000 parameters).
+    pub fn densenet161() -> Self {
+        Self::torchvision(48, &[6, 12, 36, 24], 96, 4, 1000)
+    }
+
+    /// DenseNet-264 of Huang et al. (growth 32, blocks 6-12-64-48), for memory tables.
+    pub fn densenet264() -> Self {
+        Self::torchvision(32, &[6, 12, 64, 48], 64, 4, 1000)
+    }
+
     /// The built-in demo's network: two short blocks on the synthetic images.
     pub fn tiny() -> Self {
         DenseNetConfig {
@@ -147,6 +209,7 @@ impl DenseNetConfig {
             compression: 0.5,
             conv_bias: false,
             init: Init::KaimingNormal,
+            layer_stats: false,
         }
     }
 

@@ -164,6 +164,22 @@ impl<'a> Bufs<'a> {
         Ok(out)
     }
 
+    /// A reader's own running statistics (`layer_stats`, starting at `own`) moved toward
+    /// the batch statistics of the block channels `p` reads, as torchvision updates each
+    /// layer's: the batch statistics are the block's, the running ones the reader's.
+    pub(super) fn own_running(&self, p: &BatchNormParams, own: u32) -> Result<Vec<Cmd>> {
+        let (mean, var) = self.stats_views(false)?;
+        let (from, c) = (p.stat_offset as u64, p.c as u64);
+        let (rm, rv) = (self.b.running_mean.view(), self.b.running_var.view());
+        let (mean, var) = (mean.sub(from, c)?, var.sub(from, c)?);
+        let (rm, rv) = (rm.sub(own as u64, c)?, rv.sub(own as u64, c)?);
+        let p = p.with_stat_offset(0);
+        Ok(cmds(batchnorm::batchnorm_update_running(
+            self.k, &p, mean, var, rm, rv,
+        )?)
+        .collect())
+    }
+
     /// The BN -> ReLU of `p` for a pool to apply as it loads its input.
     pub(super) fn fused(
         &self,

@@ -87,6 +87,7 @@ pub(super) fn layer(ctx: &mut Ctx<'_>, i: usize, b: usize, l: usize) -> Result<L
         block: b,
         bn,
         bn_slots: ll.bn,
+        own: ll.running.map(|s| ctx.stat(s)),
         affine,
         bottleneck,
         conv: ctx.conv(&format!("{name}.conv"), p, ll.conv, i, 0, true),
@@ -139,6 +140,7 @@ pub(super) fn transition(ctx: &mut Ctx<'_>, i: usize, t: usize) -> Result<Transi
         from: t,
         bn: bn_relu_params(n, s, tr.c_in, st)?,
         bn_slots: tr.bn,
+        own: tr.running.map(|s| ctx.stat(s)),
         pool: Pool2dParams::new([n, tr.c_in, s, s], (2, 2), (2, 2), (0, 0))?,
         conv: ctx.conv(&format!("{name}.conv"), p, tr.conv, i, 0, true),
         next_stats: match ctx.train() {
@@ -186,6 +188,7 @@ pub(super) fn head(ctx: &mut Ctx<'_>, i: usize) -> Result<HeadNode> {
     Ok(HeadNode {
         bn: bn_relu_params(n, s, c, st)?,
         bn_slots: layout.head.bn,
+        own: layout.head.running.map(|s| ctx.stat(s)),
         gap: GlobalAvgPoolParams::new([n, c, s, s])?,
         linear: LinearParams::new(n, c, classes, true)?,
         weight: layout.head.weight,

@@ -6,6 +6,8 @@
 //! change once written, so every layer (and the transition or head after the block) that
 //! normalizes channel c uses the same batch mean and variance, computed once when c is
 //! produced; running statistics are therefore equal across those layers too (docs/DESIGN.md).
+//! A network imported from torchvision, whose layers' running statistics differ, has
+//! `layer_stats`: each reader of a block then has a running-statistics slot of its own.
 
 use super::config::{BlockShape, DenseNetConfig, Init, Stem};
 
@@ -99,6 +101,8 @@ pub struct BottleneckLayout {
 pub struct LayerLayout {
     pub c_in: u32,
     pub bn: BnSlots,
+    /// The BN's own running statistics (`layer_stats`), else the block's serve.
+    pub running: Option<SlotId>,
     pub bottleneck: Option<BottleneckLayout>,
     pub conv: ConvSlots,
 }
@@ -117,6 +121,8 @@ pub struct TransitionLayout {
     pub c_in: u32,
     pub c_out: u32,
     pub bn: BnSlots,
+    /// The BN's own running statistics (`layer_stats`).
+    pub running: Option<SlotId>,
     pub conv: ConvSlots,
 }
 
@@ -125,6 +131,8 @@ pub struct TransitionLayout {
 pub struct HeadLayout {
     pub channels: u32,
     pub bn: BnSlots,
+    /// The BN's own running statistics (`layer_stats`).
+    pub running: Option<SlotId>,
     pub weight: SlotId,
     pub bias: SlotId,
 }
@@ -157,6 +165,7 @@ struct Builder {
     roles: Vec<ParamRole>,
     stats: Arena,
     bias: bool,
+    layer_stats: bool,
 }
 
 impl Builder {
@@ -176,6 +185,7 @@ impl Builder {
         let k = cfg.growth_rate;
         let name = format!("blocks.{bi}.layers.{li}");
         let bn = self.bn(&format!("{name}.bn"), c_in);
+        let running = self.running(&format!("{name}.bn"), c_in);
         let bottleneck = cfg.bottleneck.map(|w| {
             let width = w * k;
             BottleneckLayout {
@@ -190,9 +200,15 @@ impl Builder {
         LayerLayout {
             c_in,
             bn,
+            running,
             bottleneck,
             conv,
         }
+    }
+
+    /// A reader's own running statistics, where the network keeps them per reader.
+    fn running(&mut self, name: &str, c: u32) -> Option<SlotId> {
+        self.layer_stats.then(|| self.stats.add(name, &[c]))
     }
 
     fn bn(&mut self, name: &str, c: u32) -> BnSlots {
@@ -210,8 +226,10 @@ impl Layout {
         let mut b = Builder {
             params: Arena::new(align),
             roles: Vec::new(),
-            stats: Arena::new(1),
+            // Aligned where readers keep copies: their updates bind slots as views.
+            stats: Arena::new(if cfg.layer_stats { align } else { 1 }),
             bias: cfg.conv_bias,
+            layer_stats: cfg.layer_stats,
         };
         let c0 = cfg.stem.channels();
         let stem = match cfg.stem {
@@ -235,6 +253,7 @@ impl Layout {
                     c_in,
                     c_out: shape.c_in,
                     bn: b.bn(&format!("{name}.bn"), c_in),
+                    running: b.running(&format!("{name}.bn"), c_in),
                     conv: b.conv(&format!("{name}.conv"), shape.c_in, c_in, 1),
                 });
             }
@@ -250,6 +269,7 @@ impl Layout {
         }
         let channels = cfg.head_channels();
         let bn = b.bn("head.bn", channels);
+        let running = b.running("head.bn", channels);
         let weight = b.params.add("head.linear.weight", &[cfg.classes, channels]);
         b.roles.push(ParamRole::Weight {
             fan_in: channels,
@@ -267,6 +287,7 @@ impl Layout {
             head: HeadLayout {
                 channels,
                 bn,
+                running,
                 weight,
                 bias,
             },

@@ -174,6 +174,8 @@ pub(super) struct LayerNode {
     /// BN -> ReLU of the block's channels [0, c_in), applied by the conv after it.
     pub(super) bn: BatchNormParams,
     pub(super) bn_slots: BnSlots,
+    /// Where the BN's own running statistics start (`layer_stats`), else it uses the block's.
+    pub(super) own: Option<u32>,
     pub(super) affine: u64,
     pub(super) bottleneck: Option<BottleneckNode>,
     /// The 3x3 conv, writing the layer's k channels in place at c_in.
@@ -187,6 +189,7 @@ pub(super) struct TransitionNode {
     pub(super) from: usize,
     pub(super) bn: BatchNormParams,
     pub(super) bn_slots: BnSlots,
+    pub(super) own: Option<u32>,
     /// BN -> ReLU -> 2x2 average pool (fused), then the 1x1 conv: both are linear per pixel
     /// after the ReLU, so the order does not change the result, and the conv runs on a
     /// quarter of the pixels.
@@ -205,6 +208,7 @@ pub(super) struct TransitionNode {
 pub(super) struct HeadNode {
     pub(super) bn: BatchNormParams,
     pub(super) bn_slots: BnSlots,
+    pub(super) own: Option<u32>,
     pub(super) gap: GlobalAvgPoolParams,
     pub(super) linear: LinearParams,
     pub(super) weight: SlotId,

@@ -6,6 +6,7 @@ use crate::gpu::View;
 use crate::model::cmd::Cmd;
 use crate::model::dispatches::{cmds, zero, Bufs};
 use crate::model::nodes::{HeadNode, LayerNode, Mode, Node, StemNode, TransitionNode};
+use crate::ops::batchnorm::BatchNormParams;
 use crate::ops::{avgpool, cross_entropy, global_avgpool, linear, maxpool};
 
 /// A node's commands.
@@ -127,10 +128,27 @@ fn stem_backward(b: &Bufs<'_>, node: &StemNode, stage: usize) -> Result<Vec<Cmd>
 /// BN -> ReLU -> conv 3x3 (DenseNet-BC: BN -> ReLU -> conv 1x1 -> BN -> ReLU -> conv 3x3),
 /// each BN -> ReLU applied by the conv after it as it loads its input; the new channels land
 /// in place in the block's tensor.
+/// A reader's BN params for this pass and, training, its own running statistics' update:
+/// evaluation reads the reader's own running statistics where it keeps them.
+fn reader(
+    b: &Bufs<'_>,
+    p: &BatchNormParams,
+    own: Option<u32>,
+    eval: bool,
+) -> Result<(BatchNormParams, Vec<Cmd>)> {
+    match (own, eval) {
+        (Some(o), true) => Ok((p.with_stat_offset(o), Vec::new())),
+        (Some(o), false) => Ok((*p, b.own_running(p, o)?)),
+        (None, _) => Ok((*p, Vec::new())),
+    }
+}
+
 fn layer_forward(b: &Bufs<'_>, node: &LayerNode, eval: bool) -> Result<Vec<Cmd>> {
     let a = b.block(node.block)?;
     let bn = b.bn_all(node.bn_slots, false)?;
-    let (mut f, aff) = b.affine(&node.bn, &bn, node.affine, eval)?;
+    let (p, mut f) = reader(b, &node.bn, node.own, eval)?;
+    let (f0, aff) = b.affine(&p, &bn, node.affine, eval)?;
+    f.extend(f0);
     match &node.bottleneck {
         None => f.extend(b.conv(&node.conv, &node.conv.p, 0, a, Some(aff), a)?),
         Some(bt) => {
@@ -185,15 +203,15 @@ fn transition_forward(b: &Bufs<'_>, node: &TransitionNode, eval: bool) -> Result
     let (a, a2) = (b.block(node.from)?, b.block(node.from + 1)?);
     let bn = b.bn_all(node.bn_slots, false)?;
     let e = b.tensor(node.pooled)?;
-    let fused = b.fused(&node.bn, &bn, eval)?;
-    let mut f: Vec<Cmd> = cmds(avgpool::avgpool_forward(
+    let (p, mut f) = reader(b, &node.bn, node.own, eval)?;
+    let fused = b.fused(&p, &bn, eval)?;
+    f.extend(cmds(avgpool::avgpool_forward(
         b.k,
         &node.pool,
         a,
         Some(fused),
         e,
-    )?)
-    .collect();
+    )?));
     f.extend(b.conv(&node.conv, &node.conv.p, 0, e, None, a2)?);
     if let (false, Some(p)) = (eval, &node.next_stats) {
         f.extend(b.stats(p, a2)?);
@@ -239,15 +257,15 @@ fn head_forward(b: &Bufs<'_>, node: &HeadNode, eval: bool) -> Result<Vec<Cmd>> {
     let (feat, dlogits) = (b.tensor(node.features)?, b.tensor(node.dlogits)?);
     let (w, bias) = (b.whole_param(node.weight), b.whole_param(node.bias));
     let (logits, labels) = (b.b.logits.view(), b.b.labels.view());
-    let fused = b.fused(&node.bn, &bn, eval)?;
-    let mut f: Vec<Cmd> = cmds(global_avgpool::global_avgpool_forward(
+    let (p, mut f) = reader(b, &node.bn, node.own, eval)?;
+    let fused = b.fused(&p, &bn, eval)?;
+    f.extend(cmds(global_avgpool::global_avgpool_forward(
         b.k,
         &node.gap,
         a,
         Some(fused),
         feat,
-    )?)
-    .collect();
+    )?));
     f.extend(cmds(linear::linear_forward(
         b.k,
         &node.linear,

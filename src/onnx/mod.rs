@@ -289,7 +289,8 @@ impl Graph<'_> {
         for (bi, block) in layout.blocks.iter().enumerate() {
             if bi > 0 {
                 let tr = layout.transitions[bi - 1];
-                let t = self.bn_relu(cur, tr.bn, layout.blocks[bi - 1].stats, tr.c_in);
+                let stats = tr.running.unwrap_or(layout.blocks[bi - 1].stats);
+                let t = self.bn_relu(cur, tr.bn, stats, tr.c_in);
                 let t = self.conv(t, tr.conv, (1, 1, 0));
                 let attrs = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
                 cur = self.node(
@@ -300,7 +301,9 @@ impl Graph<'_> {
                 );
             }
             for (li, l) in block.layers.iter().enumerate() {
-                let mut h = self.bn_relu(cur.clone(), l.bn, block.stats, l.c_in);
+                // A reader's own running statistics where it keeps them (`layer_stats`).
+                let stats = l.running.unwrap_or(block.stats);
+                let mut h = self.bn_relu(cur.clone(), l.bn, stats, l.c_in);
                 if let Some(bt) = l.bottleneck {
                     h = self.conv(h, bt.conv, (1, 1, 0));
                     h = self.bn_relu(h, bt.bn, bt.stats, bt.width);
@@ -315,7 +318,8 @@ impl Graph<'_> {
             .last()
             .expect("a validated network has a block")
             .stats;
-        let h = self.bn_relu(cur, layout.head.bn, last, layout.head.channels);
+        let stats = layout.head.running.unwrap_or(last);
+        let h = self.bn_relu(cur, layout.head.bn, stats, layout.head.channels);
         let pooled = self.node("GlobalAveragePool", "head.pool", vec![h], vec![]);
         let flat = self.node(
             "Flatten",

@@ -47,6 +47,7 @@ fn config(net: Net) -> DenseNetConfig {
         compression: 0.5,
         conv_bias: net.conv_bias,
         init: Init::KaimingNormal,
+        layer_stats: false,
     }
 }
 
