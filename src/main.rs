@@ -123,6 +123,13 @@ struct RecipeArgs {
     /// checkpoint's]
     #[arg(long, value_parser = AugmentSpec::parse, value_name = "LIST")]
     augment: Option<AugmentSpec>,
+    /// Fine-tuning: the rate of every parameter before the classifier times FACTOR (the
+    /// classifier keeps the base rate) [default: 1]
+    #[arg(long, value_name = "FACTOR")]
+    lr_features: Option<f32>,
+    /// Fine-tuning: train only the classifier for the first EPOCHS epochs [default: 0]
+    #[arg(long, value_name = "EPOCHS")]
+    freeze_features: Option<u32>,
 }
 
 /// How the kernels of the convolutions and batch norms are chosen and checked.
@@ -261,6 +268,15 @@ struct TrainCmd {
     /// [default: start afresh]
     #[arg(long, value_name = "FILE")]
     resume: Option<PathBuf>,
+    /// Start from these weights (fine-tuning): a checkpoint of ours, or a torchvision/timm
+    /// DenseNet file (safetensors or .pth), whose network, running statistics and input
+    /// normalization the run takes [default: the preset's initialization]
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    init: Option<PathBuf>,
+    /// With --init: a new classifier for N classes (as torchvision initializes nn.Linear)
+    /// where the file's has another count [default: the file's classifier]
+    #[arg(long, value_name = "N", requires = "init")]
+    num_classes: Option<u32>,
     #[command(flatten)]
     tune: TuneArgs,
 }
@@ -531,12 +547,16 @@ fn train(
             clip_grad_norm: r.clip_grad_norm,
             patience: r.patience,
             augment: r.augment,
+            lr_features: r.lr_features,
+            freeze_features: r.freeze_features,
         },
         seed: c.seed,
         limit_train: c.limit_train,
         limit_test: c.limit_test,
         out: out.clone(),
         resume: c.resume,
+        init: c.init,
+        num_classes: c.num_classes,
         progress: std::io::stderr().is_terminal(),
         precision,
         interrupt: Some(interrupt_flag()?),

@@ -97,6 +97,18 @@ pub struct Recipe {
     /// dataset when a run starts: [`crate::data::augment::AugmentSpec::default_for`]).
     #[serde(default)]
     pub augment: Augment,
+    /// Fine-tuning: the rate of every parameter before the classifier is the base rate times
+    /// this (the classifier keeps the base rate).
+    #[serde(default = "one")]
+    pub lr_features: f32,
+    /// Fine-tuning: epochs at the start during which only the classifier learns (the
+    /// features' rate is 0; their batch norms' running statistics still follow the data).
+    #[serde(default)]
+    pub freeze_features: u32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 /// Recipe values given on the command line; `None` keeps the preset's (or the checkpoint's).
@@ -115,6 +127,8 @@ pub struct Overrides {
     pub patience: Option<u32>,
     /// `--augment`; applied by the run's setup, which has the training data.
     pub augment: Option<AugmentSpec>,
+    pub lr_features: Option<f32>,
+    pub freeze_features: Option<u32>,
 }
 
 impl Recipe {
@@ -155,7 +169,21 @@ impl Recipe {
         if let Some(v) = o.patience {
             self.patience = Some(v);
         }
+        if let Some(v) = o.lr_features {
+            self.lr_features = v;
+        }
+        if let Some(v) = o.freeze_features {
+            self.freeze_features = v;
+        }
         self
+    }
+
+    /// The factor on the features' rate in `epoch` (1-based): 0 while they are frozen.
+    pub fn features_factor(&self, epoch: u32) -> f32 {
+        match epoch <= self.freeze_features {
+            true => 0.0,
+            false => self.lr_features,
+        }
     }
 
     /// The learning rate at optimizer step `step` of `total` (`per_epoch` steps an epoch):
@@ -263,6 +291,8 @@ impl Preset {
                 clip_grad_norm: None,
                 patience: None,
                 augment: Augment::default(),
+                lr_features: 1.0,
+                freeze_features: 0,
             },
             Preset::Small => Recipe {
                 epochs: 5,
@@ -279,6 +309,8 @@ impl Preset {
                 clip_grad_norm: None,
                 patience: None,
                 augment: Augment::default(),
+                lr_features: 1.0,
+                freeze_features: 0,
             },
             // Huang et al.: SGD with Nesterov momentum 0.9, weight decay 1e-4, rate 0.1,
             // batch 64, 300 epochs, x0.1 at 50% and 75%.
@@ -297,6 +329,8 @@ impl Preset {
                 clip_grad_norm: None,
                 patience: None,
                 augment: Augment::default(),
+                lr_features: 1.0,
+                freeze_features: 0,
             },
             // torchvision's ImageNet reference: SGD momentum 0.9, weight decay 1e-4, rate 0.1
             // at batch 256 (scale it with the batch: 0.1 x batch / 256), x0.1 every 30 of 90
@@ -320,6 +354,8 @@ impl Preset {
                 clip_grad_norm: None,
                 patience: None,
                 augment: Augment::default(),
+                lr_features: 1.0,
+                freeze_features: 0,
             },
             Preset::Tiny => Recipe {
                 epochs: 3,
@@ -336,6 +372,8 @@ impl Preset {
                 clip_grad_norm: None,
                 patience: None,
                 augment: Augment::default(),
+                lr_features: 1.0,
+                freeze_features: 0,
             },
         }
     }

@@ -6,6 +6,7 @@
 //! R x S kernel. Outputs first, then inputs, then params. Backward functions ADD into their
 //! gradient outputs, like the kernels.
 
+use crate::ops::adam::AdamParams;
 use crate::ops::batchnorm::BatchNormParams;
 use crate::ops::concat::ConcatParams;
 use crate::ops::conv2d::Conv2dParams;
@@ -281,6 +282,27 @@ pub fn sgd_update(param: &mut [f32], grad: &[f32], velocity: &mut [f32], p: &Sgd
             };
         }
         param[i] = (param[i] as f64 - p.lr as f64 * g) as f32;
+    }
+}
+
+/// One torch.optim.Adam / AdamW step (amsgrad off) on `param`, moving the moments `m` and
+/// `v`, with the bias corrections in `p` (its step), in f64.
+pub fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], p: &AdamParams) {
+    let (b1, b2) = (p.beta1 as f64, p.beta2 as f64);
+    let (lr, wd) = (p.lr as f64, p.weight_decay as f64);
+    for i in 0..p.count as usize {
+        let mut x = param[i] as f64;
+        let mut g = grad[i] as f64;
+        match p.decoupled != 0 {
+            true => x *= 1.0 - lr * wd,
+            false => g += wd * x,
+        }
+        let mi = b1 * m[i] as f64 + (1.0 - b1) * g;
+        let vi = b2 * v[i] as f64 + (1.0 - b2) * g * g;
+        m[i] = mi as f32;
+        v[i] = vi as f32;
+        let denom = vi.sqrt() / (p.bias2 as f64).sqrt() + p.eps as f64;
+        param[i] = (x - lr / p.bias1 as f64 * mi / denom) as f32;
     }
 }
 

@@ -31,6 +31,10 @@ fn main() -> std::process::ExitCode {
             "files_that_are_not_densenets_are_one_line_errors",
             not_densenets,
         ),
+        case(
+            "fine_tuning_from_a_pth_replaces_the_classifier",
+            fine_tuning,
+        ),
     ])
 }
 
@@ -262,4 +266,90 @@ fn not_densenets() {
     sd.insert("fc.weight".into(), (vec![2, 2], vec![0.0; 4]));
     let err = format!("{:#}", import::to_checkpoint(&sd, "resnet").err().unwrap());
     assert!(err.contains("not a torchvision DenseNet"), "{err}");
+}
+
+/// A folder of two classes of colored noise images.
+fn image_folder(dir: &std::path::Path) {
+    let mut rng = fastrand::Rng::with_seed(3);
+    for (class, rgb) in [("red", [200u8, 40, 40]), ("blue", [40u8, 40, 200])] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..6 {
+            let img = image::RgbImage::from_fn(40, 40, |_, _| {
+                image::Rgb(rgb.map(|c| c.saturating_add(rng.u8(..40))))
+            });
+            img.save(dir.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+/// `train --init FILE.pth --num-classes 2 --freeze-features 1`: one epoch with the features
+/// frozen changes the new classifier and the batch norms' running statistics, and no other
+/// parameter; without --num-classes the mismatch is one line naming the fix.
+fn fine_tuning() {
+    let dir = support::temp_dir("fine-tuning");
+    image_folder(&dir.join("images"));
+    let pth = fixture("small-legacy.pth");
+    let out = dir.join("run");
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "train",
+            "--init",
+            pth.to_str().unwrap(),
+            "--dataset",
+            "folder",
+            "--data-dir",
+            dir.join("images").to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = support::binary().args(args(&[])).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(err.contains("--num-classes 2"), "{err}");
+    let run = support::binary()
+        .args(args(&["--num-classes", "2", "--freeze-features", "1"]))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let after = Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    let before = imported("small-legacy.pth");
+    assert_eq!(after.config.classes, 2);
+    assert_eq!(after.class_names, ["blue", "red"]);
+    let mut moved = Vec::new();
+    for (name, (_, v)) in &after.tensors {
+        let Some((_, b)) = before.tensors.get(name) else {
+            continue;
+        };
+        if b != v && !name.starts_with("head.linear.") {
+            moved.push(name.clone());
+        }
+    }
+    assert!(
+        moved
+            .iter()
+            .all(|n| n.ends_with("running_mean") || n.ends_with("running_var")),
+        "frozen parameters moved: {moved:?}"
+    );
+    assert!(
+        moved.iter().any(|n| n == "head.bn.running_mean"),
+        "{moved:?}"
+    );
+    assert_ne!(
+        after.tensors["head.linear.weight"].0,
+        before.tensors["head.linear.weight"].0
+    );
 }

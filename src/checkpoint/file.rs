@@ -35,6 +35,14 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
+/// Whether `bytes` are a safetensors file of ours (its metadata names our format).
+pub fn is_ours(bytes: &[u8]) -> bool {
+    SafeTensors::read_metadata(bytes)
+        .ok()
+        .and_then(|(_, h)| h.metadata().clone())
+        .is_some_and(|m| m.get("format").is_some_and(|f| f == FORMAT))
+}
+
 impl Checkpoint {
     /// Writes the checkpoint to `path` (a temporary file, then renamed).
     #[cfg(not(target_arch = "wasm32"))]

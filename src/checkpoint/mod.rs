@@ -20,7 +20,7 @@ use crate::model::{DenseNetConfig, Layout, Plan};
 use crate::ops::loss_scale::LossScaleState;
 use crate::recipe::Recipe;
 
-pub use file::FORMAT;
+pub use file::{is_ours, FORMAT};
 
 /// Everything a run needs to continue or to evaluate, in device-independent form.
 pub struct Checkpoint {

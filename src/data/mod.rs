@@ -57,6 +57,21 @@ impl Dataset {
     pub fn classes(&self) -> usize {
         self.class_names.len()
     }
+
+    /// Gray images as RGB, each plane three times (what PIL's `convert("RGB")` gives), for
+    /// networks that read three channels.
+    pub fn gray_to_rgb(&mut self) {
+        if self.channels != 1 {
+            return;
+        }
+        let plane = (self.height * self.width) as usize;
+        self.images = self
+            .images
+            .chunks(plane)
+            .flat_map(|p| p.iter().chain(p).chain(p).copied().collect::<Vec<u8>>())
+            .collect();
+        self.channels = 3;
+    }
 }
 
 /// fastrand's `shuffle` as it runs on 64-bit machines, on every target: there it draws each

@@ -19,7 +19,7 @@ use crate::model::config::DenseNetConfig;
 use crate::model::dispatches::{cmds, zero, Bufs};
 use crate::model::layout::Layout;
 use crate::model::nodes::{Mode, Node, Nodes, PlanLimits, PlanTarget};
-use crate::model::plan::{Plan, SgdConfig, Training};
+use crate::model::plan::{Plan, SgdConfig, SgdPart, Training};
 use crate::model::steps::node_cmds;
 use crate::ops::cross_entropy::CrossEntropyParams;
 use crate::ops::grad_clip::{self, GradClipParams};
@@ -138,12 +138,14 @@ impl Plan {
                 }
                 cmds.extend(forward);
                 cmds.extend(backward.into_iter().rev().flatten());
-                let (cmds, sgd_index, sgd) = sgd_step(k, &buffers, cmds, opt)?;
+                let head = layout.params.slots[layout.head.weight].offset;
+                let (cmds, sgd) = sgd_step(k, &buffers, cmds, opt, head)?;
                 let (loss_index, loss) = loss_dispatch(&cmds, &memory.nodes, &buffers)?;
                 Some(Training {
                     cmds,
-                    sgd_index,
                     sgd,
+                    lr: opt.lr,
+                    features_factor: 1.0,
                     loss_index,
                     loss,
                 })
@@ -189,14 +191,17 @@ fn loss_dispatch(
     Ok((index, ce))
 }
 
-/// Appends the SGD update of every parameter to a step's commands; returns them, the SGD
-/// dispatch's index and its params.
+/// Appends the SGD update of every parameter to a step's commands, in two dispatches: the
+/// parameters before the classifier's (from element `head`) and the classifier's, so that
+/// fine-tuning can give them different rates (elementwise, so the split changes no bit);
+/// returns the commands and the two dispatches.
 fn sgd_step(
     k: &Kernels,
     b: &Buffers<GpuBuffer>,
     mut step: Vec<Cmd>,
     opt: SgdConfig,
-) -> Result<(Vec<Cmd>, usize, SgdParams)> {
+    head: u64,
+) -> Result<(Vec<Cmd>, Vec<SgdPart>)> {
     let n = b.params.len as u32;
     let mut p = SgdParams::new(n, opt.lr, opt.momentum, opt.weight_decay, opt.nesterov)?;
     let grads = b.grads.as_ref().expect("a training plan has gradients");
@@ -230,21 +235,34 @@ fn sgd_step(
         }
         _ => None,
     };
-    let sgd_index = step.len();
-    let inputs = SgdInputs {
-        scale_state: scale,
-        clip,
-    };
-    step.extend(cmds(sgd::sgd_update(
-        k,
-        &p,
-        b.params.view(),
-        grads.view(),
-        velocity,
-        inputs,
-    )?));
+    let mut parts = Vec::new();
+    for (start, end, features) in [(0, head, true), (head, n as u64, false)] {
+        let inputs = SgdInputs {
+            scale_state: scale,
+            clip,
+        };
+        let len = end - start;
+        let q = SgdParams {
+            count: len as u32,
+            ..p
+        };
+        let d = sgd::sgd_update(
+            k,
+            &q,
+            b.params.view().sub(start, len)?,
+            grads.view().sub(start, len)?,
+            velocity.map(|v| v.sub(start, len)).transpose()?,
+            inputs,
+        )?;
+        parts.push(SgdPart {
+            index: step.len(),
+            params: q,
+            features,
+        });
+        step.extend(cmds(d));
+    }
     if let Some((lp, s)) = &scaling {
         step.push(Cmd::Run(loss_scale::loss_scale_update(k, lp, *s)?));
     }
-    Ok((step, sgd_index, p))
+    Ok((step, parts))
 }

@@ -26,15 +26,40 @@ pub struct SgdConfig {
     pub clip_norm: Option<f32>,
 }
 
-/// What only a training plan has: the step's commands and its SGD dispatch.
+/// One SGD dispatch of a step: over the features' parameters (everything before the
+/// classifier) or over the classifier's, each with its own rate.
+pub(crate) struct SgdPart {
+    /// Index of the dispatch in `cmds`, and its params (rewritten for a new rate).
+    pub(crate) index: usize,
+    pub(crate) params: SgdParams,
+    pub(crate) features: bool,
+}
+
+/// What only a training plan has: the step's commands and its SGD dispatches.
 pub(crate) struct Training {
     pub(crate) cmds: Vec<Cmd>,
-    /// Index of the SGD dispatch in `cmds`, and its params (rewritten for a new rate).
-    pub(crate) sgd_index: usize,
-    pub(crate) sgd: SgdParams,
+    pub(crate) sgd: Vec<SgdPart>,
+    /// The base rate, and the factor on the features' rate (`--lr-features`; 0 freezes
+    /// them: `--freeze-features`).
+    pub(crate) lr: f32,
+    pub(crate) features_factor: f32,
     /// Index of the loss dispatch in `cmds`, and its params (rewritten for label smoothing).
     pub(crate) loss_index: usize,
     pub(crate) loss: CrossEntropyParams,
+}
+
+impl Training {
+    fn write_rates(&mut self, gpu: &Gpu) {
+        for part in &mut self.sgd {
+            part.params.lr = match part.features {
+                true => self.lr * self.features_factor,
+                false => self.lr,
+            };
+            if let Cmd::Run(d) = &self.cmds[part.index] {
+                d.set_params(gpu, &part.params);
+            }
+        }
+    }
 }
 
 /// A DenseNet on the device: its buffers and its command lists.
@@ -118,10 +143,18 @@ impl Plan {
     /// Sets the learning rate of the next steps (no effect on an evaluation plan).
     pub fn set_lr(&mut self, gpu: &Gpu, lr: f32) {
         if let Some(t) = &mut self.training {
-            t.sgd.lr = lr;
-            if let Cmd::Run(d) = &t.cmds[t.sgd_index] {
-                d.set_params(gpu, &t.sgd);
-            }
+            t.lr = lr;
+            t.write_rates(gpu);
+        }
+    }
+
+    /// Scales the rate of every parameter before the classifier by `factor` from the next
+    /// step (fine-tuning: 0 freezes the features, 0.1 trains them ten times slower); the
+    /// classifier keeps the base rate. No effect on an evaluation plan.
+    pub fn set_features_lr_factor(&mut self, gpu: &Gpu, factor: f32) {
+        if let Some(t) = &mut self.training {
+            t.features_factor = factor;
+            t.write_rates(gpu);
         }
     }
 

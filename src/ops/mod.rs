@@ -1,6 +1,7 @@
 //! One module per op: its params struct (also its uniform), its launchers, its shader and
 //! the static [`Entry`](crate::kernels::Entry) of each of its kernels.
 
+pub mod adam;
 pub mod avgpool;
 pub mod batchnorm;
 pub mod concat;
@@ -37,6 +38,7 @@ pub static SHADERS: &[&Shader] = &[
     &linear::SHADER,
     &cross_entropy::SHADER,
     &sgd::SHADER,
+    &adam::SHADER,
     &loss_scale::SHADER,
     &grad_clip::SHADER,
     &roofline::SHADER,

@@ -101,10 +101,17 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
             }
             (ck.epoch, ck.step)
         }
-        None => {
-            plan.write_params(gpu, &plan.layout.init_params(cfg.init, recipe.seed))?;
-            (0, 0)
-        }
+        None => match &setup.init {
+            // Fine-tuning: the file's weights and running statistics, a fresh optimizer.
+            Some(ck) => {
+                ck.restore(gpu, &plan)?;
+                (0, 0)
+            }
+            None => {
+                plan.write_params(gpu, &plan.layout.init_params(cfg.init, recipe.seed))?;
+                (0, 0)
+            }
+        },
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -240,6 +247,7 @@ fn run_epoch(
         format!("epoch {epoch}/{}", recipe.epochs),
     );
     plan.reset_metrics(gpu);
+    plan.set_features_lr_factor(gpu, recipe.features_factor(epoch));
     let skipped_before = plan.read_loss_scale(gpu)?.map(|s| s.skipped);
     let mut inflight = InFlight::new(2);
     let mut probe = progress::Probe::new(gpu);

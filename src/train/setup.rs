@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::checkpoint::Checkpoint;
-use crate::data::augment::AugmentSpec;
+use crate::data::augment::{Augment, AugmentSpec};
 use crate::data::{self, Dataset, DatasetKind};
 use crate::gpu::DType;
 use crate::model::DenseNetConfig;
@@ -27,6 +27,10 @@ pub struct TrainArgs {
     pub limit_test: Option<usize>,
     pub out: PathBuf,
     pub resume: Option<PathBuf>,
+    /// Weights to start from (`--init`): ours, or a torchvision/timm file.
+    pub init: Option<PathBuf>,
+    /// With `init`: replace its classifier by one for this many classes.
+    pub num_classes: Option<u32>,
     /// Draw progress bars (off in tests and when stderr is not a terminal).
     pub progress: bool,
     /// Element type of activations and their gradients (f32 or f16).
@@ -49,6 +53,9 @@ pub struct Setup {
     pub train: Arc<Dataset>,
     pub test: Arc<Dataset>,
     pub resume: Option<Checkpoint>,
+    /// The weights a fine-tuning run starts from, shaped as `config` (its classifier
+    /// replaced where `--num-classes` asks).
+    pub init: Option<Checkpoint>,
 }
 
 pub fn setup(args: &TrainArgs) -> Result<Setup> {
@@ -58,8 +65,12 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
     };
     // A resumed run keeps its seed: the same synthetic data, the same shuffling sequence.
     let seed = resume.as_ref().map_or(args.seed, |ck| ck.recipe.seed);
+    let init = match &args.init {
+        Some(p) => Some(load_init(p)?),
+        None => None,
+    };
     // Image folders are resized to the network's input size as they load.
-    let size = resume.as_ref().map_or_else(
+    let size = resume.as_ref().or(init.as_ref()).map_or_else(
         || args.preset.config(args.dataset, 1).image_size,
         |ck| ck.config.image_size,
     );
@@ -71,29 +82,49 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
         splits.test.truncate(n);
     }
     let classes = splits.train.classes() as u32;
-    let (config, recipe) = match &resume {
-        Some(ck) => {
-            if ck.dataset != args.dataset {
-                bail!(
-                    "--resume {}: trained on {}, but --dataset is {}",
-                    args.resume
-                        .as_ref()
-                        .map_or(String::new(), |p| p.display().to_string()),
-                    ck.dataset.name(),
-                    args.dataset.name()
-                );
-            }
-            (ck.config.clone(), ck.recipe.clone())
+    if let Some(ck) = &init {
+        // An ImageNet network reads RGB: gray images are replicated, as PIL's convert("RGB").
+        if ck.config.in_channels == 3 && splits.train.channels == 1 {
+            splits.train.gray_to_rgb();
+            splits.test.gray_to_rgb();
         }
-        None => {
+    }
+    let init = match init {
+        Some(ck) => Some(fit_classes(ck, args, classes, &splits.train)?),
+        None => None,
+    };
+    let (config, recipe) = match (&resume, &init) {
+        (None, Some(ck)) => {
             let recipe = Recipe {
                 seed: args.seed,
-                ..args.preset.recipe()
+                ..ck.recipe.clone()
             };
-            let mut config = args.preset.config(args.dataset, classes);
-            config.in_channels = splits.train.channels;
-            (config, recipe)
+            (ck.config.clone(), recipe)
         }
+        _ => match &resume {
+            Some(ck) => {
+                if ck.dataset != args.dataset {
+                    bail!(
+                        "--resume {}: trained on {}, but --dataset is {}",
+                        args.resume
+                            .as_ref()
+                            .map_or(String::new(), |p| p.display().to_string()),
+                        ck.dataset.name(),
+                        args.dataset.name()
+                    );
+                }
+                (ck.config.clone(), ck.recipe.clone())
+            }
+            None => {
+                let recipe = Recipe {
+                    seed: args.seed,
+                    ..args.preset.recipe()
+                };
+                let mut config = args.preset.config(args.dataset, classes);
+                config.in_channels = splits.train.channels;
+                (config, recipe)
+            }
+        },
     };
     let mut recipe = recipe.with(&args.overrides);
     // A fresh run takes the dataset's augmentation unless --augment says otherwise; a resumed
@@ -104,7 +135,15 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
         (Some(_), None) => None,
     };
     if let Some(spec) = spec {
-        recipe.augment = spec.build(&splits.train);
+        let built = spec.build(&splits.train);
+        recipe.augment = match &init {
+            // Fine-tuning keeps the normalization the weights were trained with.
+            Some(ck) => Augment {
+                normalize: ck.recipe.augment.normalize.clone(),
+                ..built
+            },
+            None => built,
+        };
     }
     let batch = recipe.batch_size as usize;
     if splits.train.len() < batch {
@@ -116,9 +155,17 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
     if splits.test.is_empty() {
         bail!("the test set is empty (--limit-test 0?)");
     }
-    let network = match &resume {
-        None => args.preset.name().to_string(),
-        Some(ck) => Preset::of_config(&ck.config).map_or_else(
+    let network = match (&resume, &init) {
+        (None, Some(ck)) => {
+            let from = args
+                .init
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string());
+            let name = Preset::of_config(&ck.config).map_or("a DenseNet", |p| p.name());
+            format!("{name} from {from}")
+        }
+        (None, None) => args.preset.name().to_string(),
+        (Some(ck), _) => Preset::of_config(&ck.config).map_or_else(
             || "the checkpoint's network".to_string(),
             |p| p.name().to_string(),
         ),
@@ -130,5 +177,74 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
         train: Arc::new(splits.train),
         test: Arc::new(splits.test),
         resume,
+        init,
     })
+}
+
+/// `--init FILE`: a checkpoint of ours, or a torchvision/timm file imported.
+fn load_init(path: &std::path::Path) -> Result<Checkpoint> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading --init {}", path.display()))?;
+    let shown = path.display().to_string();
+    if crate::checkpoint::is_ours(&bytes) {
+        return Checkpoint::from_bytes(&bytes, &shown);
+    }
+    let sd = crate::import::read_file(path)?;
+    crate::import::to_checkpoint(&sd, &shown)
+}
+
+/// The `--init` checkpoint for data of `classes` classes: its classifier kept when the
+/// counts agree, replaced (`--num-classes`) by one initialized as torchvision's nn.Linear
+/// (weights and bias uniform in +-1/sqrt(fan_in)), else a one-line error. Optimizer state
+/// and epochs start afresh; class names come from the data.
+fn fit_classes(
+    mut ck: Checkpoint,
+    args: &TrainArgs,
+    classes: u32,
+    train: &Dataset,
+) -> Result<Checkpoint> {
+    let file = args
+        .init
+        .as_ref()
+        .map_or(String::new(), |p| p.display().to_string());
+    let have = ck.config.classes;
+    match args.num_classes {
+        Some(n) if n != classes => {
+            bail!("--num-classes {n}, but the data has {classes} classes")
+        }
+        Some(n) if n != have => {
+            ck.config.classes = n;
+            let layout = crate::model::Layout::new(&ck.config, 1);
+            let fan_in = layout.head.channels;
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let mut rng = fastrand::Rng::with_seed(args.seed ^ 0xC1A5_51F1);
+            for slot in [layout.head.weight, layout.head.bias] {
+                let s = &layout.params.slots[slot];
+                let v = (0..s.len)
+                    .map(|_| (rng.f32() * 2.0 - 1.0) * bound)
+                    .collect();
+                let shape = s.shape.iter().map(|&d| d as usize).collect();
+                ck.tensors.insert(s.name.clone(), (shape, v));
+            }
+        }
+        _ if have != classes => bail!(
+            "--init {file} classifies {have} classes, the data has {classes}: add \
+             --num-classes {classes} to replace its classifier"
+        ),
+        _ => {}
+    }
+    if train.channels != ck.config.in_channels {
+        bail!(
+            "--init {file} reads {} channel(s), the data has {}",
+            ck.config.in_channels,
+            train.channels
+        );
+    }
+    ck.tensors.retain(|name, _| !name.starts_with("optimizer."));
+    ck.class_names = train.class_names.clone();
+    ck.epoch = 0;
+    ck.step = 0;
+    ck.loss_scale = None;
+    ck.kernel_choices = Default::default();
+    Ok(ck)
 }

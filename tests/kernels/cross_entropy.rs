@@ -3,6 +3,7 @@
 use crate::support::harness::{case, per_act, Case};
 use crate::support::*;
 use densenet_wgpu::gpu::DType;
+use densenet_wgpu::ops::adam::{self, AdamParams};
 use densenet_wgpu::ops::cross_entropy::{self, CrossEntropyParams, IGNORE};
 use densenet_wgpu::ops::sgd::{self, SgdParams};
 use densenet_wgpu::reference as cpu;
@@ -13,10 +14,16 @@ pub fn cases() -> Vec<Case> {
             "cross_entropy::softmax_cross_entropy_matches_reference",
             softmax_cross_entropy_matches_reference,
         ),
-        vec![case(
-            "cross_entropy::sgd_update_matches_reference",
-            sgd_update_matches_reference,
-        )],
+        vec![
+            case(
+                "cross_entropy::sgd_update_matches_reference",
+                sgd_update_matches_reference,
+            ),
+            case(
+                "cross_entropy::adam_update_matches_reference",
+                adam_update_matches_reference,
+            ),
+        ],
     ]
     .into_iter()
     .flatten()
@@ -115,4 +122,33 @@ fn sgd_update_matches_reference() {
     }
     assert!(SgdParams::new(10, 0.1, 1.5, 0.0, false).is_err());
     assert!(SgdParams::new(10, f32::NAN, 0.0, 0.0, false).is_err());
+}
+
+/// Adam and AdamW, with and without weight decay, over four steps (the bias corrections
+/// change every step), against the f64 reference.
+fn adam_update_matches_reference() {
+    let mut rng = Rand::new();
+    // (lr, weight decay, decoupled): Adam, Adam with L2, AdamW.
+    let cases = [(1e-3, 0.0, false), (1e-2, 1e-2, false), (1e-3, 0.05, true)];
+    for (i, &(lr, wd, decoupled)) in cases.iter().enumerate() {
+        let count = 900 + i as u32 * 101;
+        let base = AdamParams::new(count, lr, (0.9, 0.999), 1e-8, wd, decoupled).unwrap();
+        let mut param = rng.vec(count as u64);
+        let (mut m, mut v) = (vec![0.0; count as usize], vec![0.0; count as usize]);
+        let (pb, mb, vb) = (up(&param), up(&m), up(&v));
+        for step in 1..=4 {
+            let p = base.at_step(step);
+            let grad = rng.vec(count as u64);
+            let gb = up(&grad);
+            let none = sgd::SgdInputs::default();
+            let moments = (mb.view(), vb.view());
+            run(adam::adam_update(k(), &p, pb.view(), gb.view(), moments, none).unwrap());
+            cpu::adam_update(&mut param, &grad, &mut m, &mut v, &p);
+            let what = format!("adam_update case {i} step {step}");
+            check(&what, rng.seed, &read(&pb), &param, FWD);
+            check(&what, rng.seed, &read(&vb), &v, FWD);
+        }
+    }
+    assert!(AdamParams::new(10, 1e-3, (1.0, 0.999), 1e-8, 0.0, false).is_err());
+    assert!(AdamParams::new(10, 1e-3, (0.9, 0.999), 0.0, 0.0, false).is_err());
 }
