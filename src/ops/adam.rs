@@ -52,7 +52,7 @@ impl AdamParams {
             OP,
             "betas ({beta1}, {beta2}) must be in [0, 1)"
         );
-        ensure_shape!(eps > 0.0, OP, "eps {eps} must be > 0");
+        ensure_shape!(eps.is_finite() && eps > 0.0, OP, "eps {eps} must be > 0");
         ensure_shape!(
             weight_decay.is_finite() && weight_decay >= 0.0,
             OP,
