@@ -130,6 +130,16 @@ struct RecipeArgs {
     /// Fine-tuning: train only the classifier for the first EPOCHS epochs [default: 0]
     #[arg(long, value_name = "EPOCHS")]
     freeze_features: Option<u32>,
+    /// The optimizer: sgd (with --momentum, Nesterov, --weight-decay), adam (weight decay
+    /// as L2 in the gradients), adamw (decoupled weight decay) [default: the preset's: sgd]
+    #[arg(long, value_enum)]
+    optimizer: Option<densenet_wgpu::recipe::Optimizer>,
+    /// Adam's beta1,beta2 [default: 0.9,0.999]
+    #[arg(long, value_delimiter = ',', num_args = 2, value_name = "B1,B2")]
+    betas: Option<Vec<f32>>,
+    /// Adam's eps [default: 1e-8]
+    #[arg(long)]
+    eps: Option<f32>,
 }
 
 /// How the kernels of the convolutions and batch norms are chosen and checked.
@@ -549,6 +559,9 @@ fn train(
             augment: r.augment,
             lr_features: r.lr_features,
             freeze_features: r.freeze_features,
+            optimizer: r.optimizer,
+            betas: r.betas.map(|b| (b[0], b[1])),
+            eps: r.eps,
         },
         seed: c.seed,
         limit_train: c.limit_train,

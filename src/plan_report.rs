@@ -115,7 +115,7 @@ pub fn plan_report(args: &PlanArgs, limits: PlanLimits, policy: &Policy) -> Resu
     let recipe = args.preset.recipe();
     let batch = args.batch_size.unwrap_or(recipe.batch_size);
     let layout = Layout::new(&cfg, limits.align());
-    let momentum = recipe.momentum > 0.0;
+    let momentum = recipe.sgd().state();
     let target = PlanTarget {
         limits,
         dtype: args.precision,
@@ -140,8 +140,14 @@ pub fn plan_report(args: &PlanArgs, limits: PlanLimits, policy: &Policy) -> Resu
         parameters: layout.parameter_count(),
         training: side(&train),
         evaluation: side(&eval),
-        naive_training_bytes: naive_training_bytes(&cfg, &layout, batch, momentum, args.precision)
-            .total(),
+        naive_training_bytes: naive_training_bytes(
+            &cfg,
+            &layout,
+            batch,
+            recipe.momentum > 0.0,
+            args.precision,
+        )
+        .total(),
         training_bytes_by_precision: by_precision,
     })
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::{Augment, AugmentSpec};
 use crate::data::DatasetKind;
-use crate::model::{DenseNetConfig, SgdConfig};
+use crate::model::{AdamConfig, DenseNetConfig, SgdConfig};
 
 /// The learning-rate schedule over all steps of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -105,6 +105,35 @@ pub struct Recipe {
     /// features' rate is 0; their batch norms' running statistics still follow the data).
     #[serde(default)]
     pub freeze_features: u32,
+    /// SGD (the presets'), Adam or AdamW.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// Adam's (beta1, beta2) and eps.
+    #[serde(default = "default_betas")]
+    pub betas: (f32, f32),
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+}
+
+/// The optimizer of a run (`--optimizer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Optimizer {
+    /// torch.optim.SGD: momentum, Nesterov and weight decay from the recipe.
+    #[default]
+    Sgd,
+    /// torch.optim.Adam: weight decay added to the gradients (L2).
+    Adam,
+    /// torch.optim.AdamW: weight decay applied to the parameters (decoupled).
+    Adamw,
+}
+
+fn default_betas() -> (f32, f32) {
+    (0.9, 0.999)
+}
+
+fn default_eps() -> f32 {
+    1e-8
 }
 
 fn one() -> f32 {
@@ -129,6 +158,9 @@ pub struct Overrides {
     pub augment: Option<AugmentSpec>,
     pub lr_features: Option<f32>,
     pub freeze_features: Option<u32>,
+    pub optimizer: Option<Optimizer>,
+    pub betas: Option<(f32, f32)>,
+    pub eps: Option<f32>,
 }
 
 impl Recipe {
@@ -175,6 +207,15 @@ impl Recipe {
         if let Some(v) = o.freeze_features {
             self.freeze_features = v;
         }
+        if let Some(v) = o.optimizer {
+            self.optimizer = v;
+        }
+        if let Some(v) = o.betas {
+            self.betas = v;
+        }
+        if let Some(v) = o.eps {
+            self.eps = v;
+        }
         self
     }
 
@@ -205,6 +246,14 @@ impl Recipe {
             weight_decay: self.weight_decay,
             nesterov: self.nesterov,
             clip_norm: self.clip_grad_norm,
+            adam: match self.optimizer {
+                Optimizer::Sgd => None,
+                o => Some(AdamConfig {
+                    betas: self.betas,
+                    eps: self.eps,
+                    decoupled: o == Optimizer::Adamw,
+                }),
+            },
         }
     }
 }
@@ -293,6 +342,9 @@ impl Preset {
                 augment: Augment::default(),
                 lr_features: 1.0,
                 freeze_features: 0,
+                optimizer: Optimizer::Sgd,
+                betas: default_betas(),
+                eps: default_eps(),
             },
             Preset::Small => Recipe {
                 epochs: 5,
@@ -311,6 +363,9 @@ impl Preset {
                 augment: Augment::default(),
                 lr_features: 1.0,
                 freeze_features: 0,
+                optimizer: Optimizer::Sgd,
+                betas: default_betas(),
+                eps: default_eps(),
             },
             // Huang et al.: SGD with Nesterov momentum 0.9, weight decay 1e-4, rate 0.1,
             // batch 64, 300 epochs, x0.1 at 50% and 75%.
@@ -331,6 +386,9 @@ impl Preset {
                 augment: Augment::default(),
                 lr_features: 1.0,
                 freeze_features: 0,
+                optimizer: Optimizer::Sgd,
+                betas: default_betas(),
+                eps: default_eps(),
             },
             // torchvision's ImageNet reference: SGD momentum 0.9, weight decay 1e-4, rate 0.1
             // at batch 256 (scale it with the batch: 0.1 x batch / 256), x0.1 every 30 of 90
@@ -356,6 +414,9 @@ impl Preset {
                 augment: Augment::default(),
                 lr_features: 1.0,
                 freeze_features: 0,
+                optimizer: Optimizer::Sgd,
+                betas: default_betas(),
+                eps: default_eps(),
             },
             Preset::Tiny => Recipe {
                 epochs: 3,
@@ -374,6 +435,9 @@ impl Preset {
                 augment: Augment::default(),
                 lr_features: 1.0,
                 freeze_features: 0,
+                optimizer: Optimizer::Sgd,
+                betas: default_betas(),
+                eps: default_eps(),
             },
         }
     }

@@ -23,6 +23,7 @@ fn checkpoint(cfg: &DenseNetConfig) -> (Checkpoint, Vec<f32>) {
         running_mean: &stats,
         running_var: &stats,
         velocity: Some(&params),
+        exp_avg_sq: None,
     };
     let recipe = Preset::Tiny.recipe();
     let ck = Checkpoint::new(

@@ -24,6 +24,10 @@ fn main() -> std::process::ExitCode {
             train_eval_resume_and_predict,
         ),
         case(
+            "adamw_learns_and_resumes_exactly",
+            adamw_learns_and_resumes_exactly,
+        ),
+        case(
             "f16_training_resumes_exactly_and_evaluates_in_either_precision",
             f16_training_resumes_exactly_and_evaluates_in_either_precision,
         )
@@ -817,4 +821,61 @@ fn a_resumed_run_names_its_checkpoints_preset() {
         "{banner}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// AdamW trains the tiny preset (the loss falls), keeps both moments in its checkpoint, and
+/// a run stopped after epoch 1 and resumed equals the uninterrupted one in every metric.
+fn adamw_learns_and_resumes_exactly() {
+    let dir = temp_dir("adamw");
+    let run = |out: &Path, epochs: &str, resume: Option<&Path>| {
+        let mut args = vec![
+            "train",
+            "--optimizer",
+            "adamw",
+            // A schedule that does not depend on the run's length, so the first epoch of a
+            // 1-epoch run is the first of a 2-epoch one.
+            "--schedule",
+            "constant",
+            "--lr",
+            "0.003",
+            "--weight-decay",
+            "0.05",
+            "--epochs",
+            epochs,
+            "--limit-train",
+            "512",
+            "--limit-test",
+            "128",
+            "--batch-size",
+            "32",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if let Some(r) = resume {
+            args.extend(["--resume", r.to_str().unwrap()]);
+        }
+        let o = support::binary().args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        read_metrics(&out.join("metrics.jsonl")).unwrap()
+    };
+    let whole = run(&dir.join("whole"), "2", None);
+    assert!(whole[1].train_loss < whole[0].train_loss, "{whole:?}");
+    run(&dir.join("half"), "1", None);
+    let ck = Checkpoint::load(&dir.join("half/checkpoint.safetensors")).unwrap();
+    assert!(ck
+        .tensors
+        .contains_key("optimizer.exp_avg.head.linear.weight"));
+    assert!(ck
+        .tensors
+        .contains_key("optimizer.exp_avg_sq.head.linear.weight"));
+    assert!(!ck
+        .tensors
+        .contains_key("optimizer.velocity.head.linear.weight"));
+    let resumed = run(
+        &dir.join("half"),
+        "2",
+        Some(&dir.join("half/checkpoint.safetensors")),
+    );
+    let key = |m: &EpochMetrics| (m.train_loss, m.train_acc, m.test_loss, m.test_acc);
+    assert_eq!(key(&resumed[1]), key(&whole[1]));
 }

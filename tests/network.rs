@@ -91,6 +91,7 @@ const PLAIN_SGD: SgdConfig = SgdConfig {
     weight_decay: 0.0,
     nesterov: false,
     clip_norm: None,
+    adam: None,
 };
 
 const NESTEROV: SgdConfig = SgdConfig {
@@ -99,6 +100,7 @@ const NESTEROV: SgdConfig = SgdConfig {
     weight_decay: 1e-3,
     nesterov: true,
     clip_norm: None,
+    adam: None,
 };
 
 /// Parameters from `seed`, with batch-norm scales and shifts away from 1 and 0

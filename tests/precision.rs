@@ -63,6 +63,7 @@ const OPT: SgdConfig = SgdConfig {
     weight_decay: 1e-4,
     nesterov: false,
     clip_norm: None,
+    adam: None,
 };
 
 /// A plan's loss scale set to `scale` (nothing skipped yet).

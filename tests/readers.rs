@@ -146,6 +146,7 @@ fn valid_checkpoint(path: &Path) -> Vec<u8> {
         running_mean: &stats,
         running_var: &stats,
         velocity: None,
+        exp_avg_sq: None,
     };
     let recipe = Preset::Tiny.recipe();
     Checkpoint::new(cfg, recipe, DatasetKind::Synthetic, (1, 10), &layout, state)

@@ -189,6 +189,7 @@ fn densenet121_training_step() {
         weight_decay: 0.0,
         nesterov: false,
         clip_norm: None,
+        adam: None,
     };
     let plan = Plan::train_in(k, &ck.config, n, sgd, DType::F32).unwrap();
     ck.restore(k.gpu(), &plan).unwrap();

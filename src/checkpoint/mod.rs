@@ -52,6 +52,8 @@ pub struct State<'a> {
     pub running_mean: &'a [f32],
     pub running_var: &'a [f32],
     pub velocity: Option<&'a [f32]>,
+    /// Adam's second moment (then `velocity` is its first).
+    pub exp_avg_sq: Option<&'a [f32]>,
 }
 
 fn put(
@@ -94,8 +96,13 @@ impl Checkpoint {
             "",
             ".running_var",
         );
-        if let Some(v) = state.velocity {
-            put(&mut tensors, &layout.params, v, "optimizer.velocity.", "");
+        match (state.velocity, state.exp_avg_sq) {
+            (Some(m), Some(v)) => {
+                put(&mut tensors, &layout.params, m, "optimizer.exp_avg.", "");
+                put(&mut tensors, &layout.params, v, "optimizer.exp_avg_sq.", "");
+            }
+            (Some(v), None) => put(&mut tensors, &layout.params, v, "optimizer.velocity.", ""),
+            _ => {}
         }
         Checkpoint {
             config,
@@ -139,11 +146,19 @@ impl Checkpoint {
             Some(v) => Some(gpu.read_all_async(v).await?),
             None => None,
         };
+        // Adam's buffer holds both moments, the second from its aligned start after P.
+        let n = params.len();
+        let (first, second) = match &velocity {
+            Some(v) if v.len() > n => (Some(&v[..n]), Some(&v[v.len() - n..])),
+            Some(v) => (Some(&v[..]), None),
+            None => (None, None),
+        };
         let state = State {
             params: &params,
             running_mean: &running_mean,
             running_var: &running_var,
-            velocity: velocity.as_deref(),
+            velocity: first,
+            exp_avg_sq: second,
         };
         let (cfg, layout) = (plan.cfg.clone(), &plan.layout);
         Ok(Checkpoint::new(
@@ -173,8 +188,28 @@ impl Checkpoint {
             &self.arena(&layout.stats, "", ".running_var")?,
         )?;
         if let Some(v) = &b.velocity {
-            if let Some(values) = self.optional_arena(&layout.params, "optimizer.velocity.", "")? {
-                gpu.write(v, &values)?;
+            let n = layout.params.len as usize;
+            match v.len as usize > n {
+                // Adam: both moments where the checkpoint has them (an SGD run's, or an
+                // imported one, starts them at zero).
+                true => {
+                    let first = self.optional_arena(&layout.params, "optimizer.exp_avg.", "")?;
+                    let second =
+                        self.optional_arena(&layout.params, "optimizer.exp_avg_sq.", "")?;
+                    if let (Some(m), Some(s)) = (first, second) {
+                        let mut both = vec![0f32; v.len as usize];
+                        both[..n].copy_from_slice(&m);
+                        let at = both.len() - n;
+                        both[at..].copy_from_slice(&s);
+                        gpu.write(v, &both)?;
+                    }
+                }
+                false => {
+                    let prefix = "optimizer.velocity.";
+                    if let Some(values) = self.optional_arena(&layout.params, prefix, "")? {
+                        gpu.write(v, &values)?;
+                    }
+                }
             }
         }
         Ok(())

@@ -241,6 +241,7 @@ pub fn to_checkpoint(sd: &Tensors, source: &str) -> Result<Checkpoint> {
         running_mean: &mean,
         running_var: &var,
         velocity: None,
+        exp_avg_sq: None,
     };
     let mut ck = Checkpoint::new(
         cfg.clone(),

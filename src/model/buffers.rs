@@ -27,7 +27,8 @@ pub struct Buffers<B> {
     pub params: B,
     /// (P) their gradients (training).
     pub grads: Option<B>,
-    /// (P) SGD momentum (training with momentum > 0).
+    /// (P) SGD momentum (training with momentum > 0); Adam's two moments, the second from
+    /// the first aligned element after P (training with Adam or AdamW).
     pub velocity: Option<B>,
     /// (S) batch mean and biased variance of every normalized channel (training).
     pub batch_mean: Option<B>,
@@ -120,17 +121,18 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// The memory of `cfg` at batch `batch` for `mode` (`momentum`: training keeps a
-    /// velocity), for `target`'s limits, activation type (parameters and statistics stay
-    /// f32) and kernel policy.
+    /// The memory of `cfg` at batch `batch` for `mode` (`state`: what the optimizer keeps;
+    /// `true` for SGD's momentum), for `target`'s limits, activation type (parameters and
+    /// statistics stay f32) and kernel policy.
     pub fn new(
         cfg: &DenseNetConfig,
         layout: &Layout,
         batch: u32,
         mode: Mode,
-        momentum: bool,
+        state: impl Into<OptimizerState>,
         target: &PlanTarget,
     ) -> Result<MemoryPlan> {
+        let state = state.into();
         let dtype = target.dtype;
         cfg.validate()?;
         if mode == Mode::Train && batch < 2 {
@@ -148,7 +150,8 @@ impl MemoryPlan {
             Mode::Eval => 0,
         };
         let sizes = (nodes.affine_len, bn_partials);
-        let buffers = buffer_specs(cfg, layout, batch, mode, momentum, sizes, dtype);
+        let align = target.limits.align();
+        let buffers = buffer_specs(cfg, layout, batch, mode, (state, align), sizes, dtype);
         let placement = place(&nodes.tensors.specs);
         let mut report = MemoryReport::default();
         for b in buffers.iter() {
@@ -187,14 +190,36 @@ impl MemoryPlan {
     }
 }
 
-/// The buffers of a plan: `momentum` keeps a velocity; `(affine, bn partials)` elements of
+/// What the optimizer of a training plan keeps per parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerState {
+    /// Plain SGD: nothing.
+    None,
+    /// SGD with momentum: a velocity.
+    Momentum,
+    /// Adam and AdamW: two moments.
+    Adam,
+}
+
+impl From<bool> for OptimizerState {
+    /// `true`: SGD's momentum.
+    fn from(momentum: bool) -> Self {
+        match momentum {
+            true => OptimizerState::Momentum,
+            false => OptimizerState::None,
+        }
+    }
+}
+
+/// The buffers of a plan: `state` keeps a velocity or two moments (`align`: elements the
+/// second starts on a multiple of); `(affine, bn partials)` elements of
 /// the fused-BN pairs and of the batch-norm partial sums (0: none).
 fn buffer_specs(
     cfg: &DenseNetConfig,
     layout: &Layout,
     n: u32,
     mode: Mode,
-    momentum: bool,
+    (state, align): (OptimizerState, u64),
     (affine_len, bn_partials): (u64, u64),
     dtype: DType,
 ) -> Buffers<BufferSpec> {
@@ -212,7 +237,16 @@ fn buffer_specs(
     Buffers {
         params: spec("params", &[p], DType::F32, Parameters),
         grads: train.then(|| spec("grads", &[p], DType::F32, Parameters)),
-        velocity: (train && momentum).then(|| spec("velocity", &[p], DType::F32, Parameters)),
+        velocity: match (train, state) {
+            (true, OptimizerState::Momentum) => {
+                Some(spec("velocity", &[p], DType::F32, Parameters))
+            }
+            (true, OptimizerState::Adam) => {
+                let second = p.next_multiple_of(align.max(1));
+                Some(spec("moments", &[second + p], DType::F32, Parameters))
+            }
+            _ => None,
+        },
         batch_mean: train.then(|| spec("batch_mean", &[s], DType::F32, Statistics)),
         batch_var: train.then(|| spec("batch_var", &[s], DType::F32, Statistics)),
         bn_partials: (bn_partials > 0)

@@ -13,14 +13,16 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, GpuBuffer};
 use crate::kernels::Kernels;
+use crate::model::buffers::OptimizerState;
 use crate::model::buffers::{Buffers, MemoryPlan, Tensors};
 use crate::model::cmd::Cmd;
 use crate::model::config::DenseNetConfig;
 use crate::model::dispatches::{cmds, zero, Bufs};
 use crate::model::layout::Layout;
 use crate::model::nodes::{Mode, Node, Nodes, PlanLimits, PlanTarget};
-use crate::model::plan::{Plan, SgdConfig, SgdPart, Training};
+use crate::model::plan::{Plan, SgdConfig, SgdPart, Training, Update};
 use crate::model::steps::node_cmds;
+use crate::ops::adam::{self, AdamParams};
 use crate::ops::cross_entropy::CrossEntropyParams;
 use crate::ops::grad_clip::{self, GradClipParams};
 use crate::ops::loss_scale::{self, LossScaleParams, LossScaleState, GROWTH_INTERVAL};
@@ -104,13 +106,13 @@ impl Plan {
             Some(_) => Mode::Train,
             None => Mode::Eval,
         };
-        let momentum = opt.is_some_and(|o| o.momentum > 0.0);
+        let state = opt.map_or(OptimizerState::None, |o| o.state());
         let target = PlanTarget {
             limits,
             dtype: precision,
             policy: k.policy().clone(),
         };
-        let memory = MemoryPlan::new(cfg, &layout, batch, mode, momentum, &target)?;
+        let memory = MemoryPlan::new(cfg, &layout, batch, mode, state, &target)?;
         let mut buffers = Buffers::allocate(gpu, &memory.buffers)?;
         if let Some(max) = opt.and_then(|o| o.clip_norm) {
             let p = GradClipParams::new(buffers.params.len as u32, max)?;
@@ -146,6 +148,7 @@ impl Plan {
                     sgd,
                     lr: opt.lr,
                     features_factor: 1.0,
+                    step: 1,
                     loss_index,
                     loss,
                 })
@@ -235,6 +238,18 @@ fn sgd_step(
         }
         _ => None,
     };
+    let adam = opt
+        .adam
+        .map(|a| {
+            let q = AdamParams::new(n, opt.lr, a.betas, a.eps, opt.weight_decay, a.decoupled)?;
+            let q = if scaling.is_some() {
+                q.with_loss_scale()
+            } else {
+                q
+            };
+            Ok::<_, crate::Error>(if clip.is_some() { q.with_clip() } else { q })
+        })
+        .transpose()?;
     let mut parts = Vec::new();
     for (start, end, features) in [(0, head, true), (head, n as u64, false)] {
         let inputs = SgdInputs {
@@ -242,21 +257,37 @@ fn sgd_step(
             clip,
         };
         let len = end - start;
-        let q = SgdParams {
-            count: len as u32,
-            ..p
-        };
-        let d = sgd::sgd_update(
-            k,
-            &q,
+        let (param, grad) = (
             b.params.view().sub(start, len)?,
             grads.view().sub(start, len)?,
-            velocity.map(|v| v.sub(start, len)).transpose()?,
-            inputs,
-        )?;
+        );
+        let (params, d) = match adam {
+            Some(a) => {
+                let q = AdamParams {
+                    count: len as u32,
+                    ..a
+                };
+                let v = velocity.expect("an Adam plan keeps its moments");
+                let second = v.len - n as u64;
+                let moments = (v.sub(start, len)?, v.sub(second + start, len)?);
+                let d = adam::adam_update(k, &q, param, grad, moments, inputs)?;
+                (Update::Adam(q), d)
+            }
+            None => {
+                let q = SgdParams {
+                    count: len as u32,
+                    ..p
+                };
+                let vel = velocity.map(|v| v.sub(start, len)).transpose()?;
+                (
+                    Update::Sgd(q),
+                    sgd::sgd_update(k, &q, param, grad, vel, inputs)?,
+                )
+            }
+        };
         parts.push(SgdPart {
             index: step.len(),
-            params: q,
+            params,
             features,
         });
         step.extend(cmds(d));

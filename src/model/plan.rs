@@ -9,6 +9,7 @@ use crate::model::buffers::{Buffers, MemoryPlan, Tensors};
 use crate::model::config::DenseNetConfig;
 use crate::model::layout::{Layout, SlotId};
 use crate::model::nodes::Mode;
+use crate::ops::adam::AdamParams;
 use crate::ops::cross_entropy::CrossEntropyParams;
 use crate::ops::loss_scale::LossScaleState;
 use crate::ops::sgd::SgdParams;
@@ -24,6 +25,36 @@ pub struct SgdConfig {
     pub nesterov: bool,
     /// Clip the gradients to this global L2 norm first (`torch.nn.utils.clip_grad_norm_`).
     pub clip_norm: Option<f32>,
+    /// Adam or AdamW instead of SGD (momentum and Nesterov then unused).
+    pub adam: Option<AdamConfig>,
+}
+
+/// Adam's settings (torch.optim.Adam / AdamW, amsgrad off).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamConfig {
+    pub betas: (f32, f32),
+    pub eps: f32,
+    /// AdamW: weight decay applied to the parameters, not added to the gradients.
+    pub decoupled: bool,
+}
+
+impl SgdConfig {
+    /// What the optimizer keeps per parameter.
+    pub fn state(&self) -> crate::model::buffers::OptimizerState {
+        use crate::model::buffers::OptimizerState as S;
+        match (self.adam, self.momentum > 0.0) {
+            (Some(_), _) => S::Adam,
+            (None, true) => S::Momentum,
+            (None, false) => S::None,
+        }
+    }
+}
+
+/// The update of one optimizer dispatch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Update {
+    Sgd(SgdParams),
+    Adam(AdamParams),
 }
 
 /// One SGD dispatch of a step: over the features' parameters (everything before the
@@ -31,7 +62,7 @@ pub struct SgdConfig {
 pub(crate) struct SgdPart {
     /// Index of the dispatch in `cmds`, and its params (rewritten for a new rate).
     pub(crate) index: usize,
-    pub(crate) params: SgdParams,
+    pub(crate) params: Update,
     pub(crate) features: bool,
 }
 
@@ -43,6 +74,8 @@ pub(crate) struct Training {
     /// them: `--freeze-features`).
     pub(crate) lr: f32,
     pub(crate) features_factor: f32,
+    /// The optimizer step the next update is (1-based; Adam's bias corrections).
+    pub(crate) step: u64,
     /// Index of the loss dispatch in `cmds`, and its params (rewritten for label smoothing).
     pub(crate) loss_index: usize,
     pub(crate) loss: CrossEntropyParams,
@@ -51,12 +84,22 @@ pub(crate) struct Training {
 impl Training {
     fn write_rates(&mut self, gpu: &Gpu) {
         for part in &mut self.sgd {
-            part.params.lr = match part.features {
+            let lr = match part.features {
                 true => self.lr * self.features_factor,
                 false => self.lr,
             };
-            if let Cmd::Run(d) = &self.cmds[part.index] {
-                d.set_params(gpu, &part.params);
+            let Cmd::Run(d) = &self.cmds[part.index] else {
+                continue;
+            };
+            match &mut part.params {
+                Update::Sgd(p) => {
+                    p.lr = lr;
+                    d.set_params(gpu, p);
+                }
+                Update::Adam(p) => {
+                    *p = AdamParams { lr, ..*p }.at_step(self.step);
+                    d.set_params(gpu, p);
+                }
             }
         }
     }
@@ -145,6 +188,14 @@ impl Plan {
         if let Some(t) = &mut self.training {
             t.lr = lr;
             t.write_rates(gpu);
+        }
+    }
+
+    /// Sets which optimizer step the next update is (1-based; `step` steps done + 1): Adam's
+    /// bias corrections depend on it. Takes effect with the next [`Plan::set_lr`].
+    pub fn set_step(&mut self, step: u64) {
+        if let Some(t) = &mut self.training {
+            t.step = step.max(1);
         }
     }
 

@@ -29,6 +29,7 @@ const OPT: SgdConfig = SgdConfig {
     nesterov: true,
     // Far below this step's gradient norm: the clipping factor matters.
     clip_norm: Some(1e-2),
+    adam: None,
 };
 
 /// Two blocks of two layers, a transition between them, shaped as `net` says.

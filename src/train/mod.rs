@@ -254,6 +254,7 @@ fn run_epoch(
     let mut lr = recipe.lr;
     for (i, batch) in loader.enumerate() {
         lr = recipe.lr_at(*step, total_steps, batches);
+        plan.set_step(*step + 1);
         plan.set_lr(gpu, lr);
         plan.upload(gpu, &batch.x, &batch.labels)?;
         inflight.push(gpu, plan.submit_train(gpu)?)?;

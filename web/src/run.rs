@@ -227,6 +227,8 @@ impl Run {
             self.next_batch = 0;
             self.carried = (0.0, 0);
             self.plan.reset_metrics(gpu);
+            self.plan
+                .set_features_lr_factor(gpu, recipe.features_factor(self.epoch + 1));
         }
         let order = self.order.as_ref().expect("opened above");
         let size = (self.plan.cfg.image_size, self.plan.cfg.image_size);
@@ -238,6 +240,7 @@ impl Run {
                 break;
             }
             lr = recipe.lr_at(self.step, total, batches as u64);
+            self.plan.set_step(self.step + 1);
             self.plan.set_lr(gpu, lr);
             let batch = order.batch(train, self.next_batch, size, &recipe.augment);
             self.plan.upload(gpu, &batch.x, &batch.labels)?;
