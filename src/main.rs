@@ -140,6 +140,13 @@ struct RecipeArgs {
     /// Adam's eps [default: 1e-8]
     #[arg(long)]
     eps: Option<f32>,
+    /// --schedule plateau: the factor on the rate at a plateau [default: 0.1]
+    #[arg(long, value_name = "FACTOR")]
+    plateau_factor: Option<f32>,
+    /// --schedule plateau: epochs without a better test loss before the rate drops
+    /// [default: 10]
+    #[arg(long, value_name = "EPOCHS")]
+    plateau_patience: Option<u32>,
 }
 
 /// How the kernels of the convolutions and batch norms are chosen and checked.
@@ -562,6 +569,8 @@ fn train(
             optimizer: r.optimizer,
             betas: r.betas.map(|b| (b[0], b[1])),
             eps: r.eps,
+            plateau_factor: r.plateau_factor,
+            plateau_patience: r.plateau_patience,
         },
         seed: c.seed,
         limit_train: c.limit_train,

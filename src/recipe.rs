@@ -16,6 +16,10 @@ pub enum Schedule {
     /// The rate times 0.1 at each milestone (a fraction of the run), as the DenseNet paper's
     /// x0.1 at 50% and 75% of the epochs.
     Step,
+    /// The rate times --plateau-factor whenever the test loss has not improved (by 1e-4,
+    /// relatively) for --plateau-patience epochs: torch's ReduceLROnPlateau (mode min), as
+    /// CheXNet's recipe.
+    Plateau,
 }
 
 impl Schedule {
@@ -23,7 +27,8 @@ impl Schedule {
     pub fn lr(self, base: f32, step: u64, total: u64, milestones: &[f32]) -> f32 {
         let t = step as f64 / total.max(1) as f64;
         match self {
-            Schedule::Constant => base,
+            // Plateau: the epochs' losses decide (Recipe::plateau_scale); constant within.
+            Schedule::Constant | Schedule::Plateau => base,
             Schedule::Cosine => {
                 (base as f64 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
             }
@@ -113,6 +118,13 @@ pub struct Recipe {
     pub betas: (f32, f32),
     #[serde(default = "default_eps")]
     pub eps: f32,
+    /// The plateau schedule's factor and patience (epochs).
+    #[serde(default = "default_plateau")]
+    pub plateau: (f32, u32),
+}
+
+fn default_plateau() -> (f32, u32) {
+    (0.1, 10)
 }
 
 /// The optimizer of a run (`--optimizer`).
@@ -161,6 +173,8 @@ pub struct Overrides {
     pub optimizer: Option<Optimizer>,
     pub betas: Option<(f32, f32)>,
     pub eps: Option<f32>,
+    pub plateau_factor: Option<f32>,
+    pub plateau_patience: Option<u32>,
 }
 
 impl Recipe {
@@ -216,7 +230,37 @@ impl Recipe {
         if let Some(v) = o.eps {
             self.eps = v;
         }
+        if let Some(v) = o.plateau_factor {
+            self.plateau.0 = v;
+        }
+        if let Some(v) = o.plateau_patience {
+            self.plateau.1 = v;
+        }
         self
+    }
+
+    /// The factor on the rate after the epochs whose test losses are `losses` (in order): 1
+    /// but for the plateau schedule, which replays torch's ReduceLROnPlateau (mode min,
+    /// threshold 1e-4 relative, no cooldown) over them, so a resumed run continues with it.
+    pub fn plateau_scale(&self, losses: &[f64]) -> f32 {
+        if self.schedule != Schedule::Plateau {
+            return 1.0;
+        }
+        let (factor, patience) = self.plateau;
+        let (mut best, mut bad, mut scale) = (f64::INFINITY, 0u32, 1.0f64);
+        for &loss in losses {
+            if loss < best * (1.0 - 1e-4) {
+                best = loss;
+                bad = 0;
+            } else {
+                bad += 1;
+            }
+            if bad > patience {
+                scale *= factor as f64;
+                bad = 0;
+            }
+        }
+        scale as f32
     }
 
     /// The factor on the features' rate in `epoch` (1-based): 0 while they are frozen.
@@ -345,6 +389,7 @@ impl Preset {
                 optimizer: Optimizer::Sgd,
                 betas: default_betas(),
                 eps: default_eps(),
+                plateau: default_plateau(),
             },
             Preset::Small => Recipe {
                 epochs: 5,
@@ -366,6 +411,7 @@ impl Preset {
                 optimizer: Optimizer::Sgd,
                 betas: default_betas(),
                 eps: default_eps(),
+                plateau: default_plateau(),
             },
             // Huang et al.: SGD with Nesterov momentum 0.9, weight decay 1e-4, rate 0.1,
             // batch 64, 300 epochs, x0.1 at 50% and 75%.
@@ -389,6 +435,7 @@ impl Preset {
                 optimizer: Optimizer::Sgd,
                 betas: default_betas(),
                 eps: default_eps(),
+                plateau: default_plateau(),
             },
             // torchvision's ImageNet reference: SGD momentum 0.9, weight decay 1e-4, rate 0.1
             // at batch 256 (scale it with the batch: 0.1 x batch / 256), x0.1 every 30 of 90
@@ -417,6 +464,7 @@ impl Preset {
                 optimizer: Optimizer::Sgd,
                 betas: default_betas(),
                 eps: default_eps(),
+                plateau: default_plateau(),
             },
             Preset::Tiny => Recipe {
                 epochs: 3,
@@ -438,6 +486,7 @@ impl Preset {
                 optimizer: Optimizer::Sgd,
                 betas: default_betas(),
                 eps: default_eps(),
+                plateau: default_plateau(),
             },
         }
     }
@@ -494,5 +543,21 @@ mod tests {
         assert_eq!(at(&w, 19), 0.1);
         assert_eq!(at(&w, 2250), 0.1, "one milestone, at 90%");
         assert!((at(&w, 2700) - 0.01).abs() < 1e-9);
+    }
+
+    /// ReduceLROnPlateau's rule: the rate drops after `patience` epochs in a row without a
+    /// loss better by 1e-4 relatively, then the count starts again.
+    #[test]
+    fn plateau_replays_reduce_lr_on_plateau() {
+        let mut r = Preset::Tiny.recipe();
+        assert_eq!(r.plateau_scale(&[1.0, 2.0, 3.0]), 1.0, "not the plateau schedule");
+        r.schedule = Schedule::Plateau;
+        r.plateau = (0.1, 2);
+        assert_eq!(r.plateau_scale(&[]), 1.0);
+        assert_eq!(r.plateau_scale(&[1.0, 0.9, 0.95, 0.96]), 1.0);
+        assert!((r.plateau_scale(&[1.0, 0.9, 0.95, 0.96, 0.97]) - 0.1).abs() < 1e-9);
+        // 0.89995 is not better than 0.9 by 1e-4 relatively: it counts as bad.
+        let s = r.plateau_scale(&[1.0, 0.9, 0.89995, 0.9, 0.9, 0.9, 0.9, 0.9]);
+        assert!((s - 0.01).abs() < 1e-9, "{s}");
     }
 }

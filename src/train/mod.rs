@@ -125,7 +125,9 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
     };
     announce(k, &plan, &setup, args)?;
     for epoch in first_epoch + 1..=recipe.epochs {
-        let m = run_epoch(k, &mut plan, &setup, args, epoch, &mut step)?;
+        let losses: Vec<f64> = history.iter().map(|m| m.test_loss).collect();
+        let scale = setup.recipe.plateau_scale(&losses);
+        let m = run_epoch(k, &mut plan, &setup, args, (epoch, scale), &mut step)?;
         println!(
             "epoch {epoch:>3}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s, {:.1} s",
             recipe.epochs,
@@ -223,7 +225,7 @@ fn run_epoch(
     plan: &mut Plan,
     setup: &Setup,
     args: &TrainArgs,
-    epoch: u32,
+    (epoch, scale): (u32, f32),
     step: &mut u64,
 ) -> Result<EpochMetrics> {
     let (gpu, recipe) = (k.gpu(), &setup.recipe);
@@ -253,7 +255,7 @@ fn run_epoch(
     let mut probe = progress::Probe::new(gpu);
     let mut lr = recipe.lr;
     for (i, batch) in loader.enumerate() {
-        lr = recipe.lr_at(*step, total_steps, batches);
+        lr = recipe.lr_at(*step, total_steps, batches) * scale;
         plan.set_step(*step + 1);
         plan.set_lr(gpu, lr);
         plan.upload(gpu, &batch.x, &batch.labels)?;
