@@ -67,6 +67,36 @@ pub struct Breakdown {
     pub labels: Vec<u32>,
 }
 
+/// The area under the ROC curve of `scores` for the labels `positive`, as scikit-learn's
+/// `roc_auc_score`: the share of (positive, negative) pairs the scores order correctly, a
+/// tie counting one half (Mann-Whitney's U over average ranks, which equals the trapezoids
+/// under sklearn's curve). None when every label is of one class: the area is undefined
+/// there (sklearn raises), not 0.5.
+pub fn auroc(scores: &[f32], positive: &[bool]) -> Option<f64> {
+    let n = scores.len().min(positive.len());
+    let pos = positive[..n].iter().filter(|&&p| p).count();
+    let neg = n - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Ranks 1..=n, ties sharing their average rank; sum them over the positives.
+    let mut rank_sum = 0f64;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let average = (i + j + 2) as f64 / 2.0;
+        rank_sum += average * order[i..=j].iter().filter(|&&k| positive[k]).count() as f64;
+        i = j + 1;
+    }
+    let (p, q) = (pos as f64, neg as f64);
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * q))
+}
+
 /// The softmax of a row of logits (computed from its maximum, so it cannot overflow).
 pub fn probabilities(row: &[f32]) -> Vec<f32> {
     let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -142,12 +172,46 @@ impl Breakdown {
             .collect()
     }
 
-    /// One line per class: name, accuracy, examples.
+    /// Each class's one-vs-rest AUROC from the predicted probabilities (scikit-learn's
+    /// `roc_auc_score(multi_class="ovr")` per class); None for a class the test set holds
+    /// no example of, or nothing else.
+    pub fn auroc_per_class(&self) -> Vec<Option<f64>> {
+        let classes = self.confusion.len().max(1);
+        let probs: Vec<Vec<f32>> = self.logits.chunks(classes).map(probabilities).collect();
+        (0..classes)
+            .map(|c| {
+                let scores: Vec<f32> = probs.iter().map(|p| p[c]).collect();
+                let positive: Vec<bool> = self.labels.iter().map(|&l| l as usize == c).collect();
+                auroc(&scores, &positive)
+            })
+            .collect()
+    }
+
+    /// The mean of the defined per-class AUROCs (None if none is).
+    pub fn mean_auroc(&self) -> Option<f64> {
+        let defined: Vec<f64> = self.auroc_per_class().into_iter().flatten().collect();
+        (!defined.is_empty()).then(|| defined.iter().sum::<f64>() / defined.len() as f64)
+    }
+
+    /// One line per class: name, accuracy, examples, one-vs-rest AUROC.
     pub fn text(&self, names: &[String]) -> String {
         let mut out = String::new();
-        for ((name, acc), row) in names.iter().zip(self.per_class()).zip(&self.confusion) {
+        let aurocs = self.auroc_per_class();
+        for (((name, acc), row), auc) in names
+            .iter()
+            .zip(self.per_class())
+            .zip(&self.confusion)
+            .zip(&aurocs)
+        {
             let n: u64 = row.iter().sum();
-            out.push_str(&format!("  {name:<16} {:>6.2}% of {n}\n", 100.0 * acc));
+            let auc = auc.map_or("undefined".to_string(), |a| format!("{a:.4}"));
+            out.push_str(&format!(
+                "  {name:<16} {:>6.2}% of {n}, AUROC {auc}\n",
+                100.0 * acc
+            ));
+        }
+        if let Some(m) = self.mean_auroc() {
+            out.push_str(&format!("  mean one-vs-rest AUROC {m:.4}\n"));
         }
         if let Some(t) = self.top5 {
             out.push_str(&format!("  top-5 accuracy {:.2}%\n", 100.0 * t));
@@ -206,6 +270,25 @@ impl Breakdown {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Values scikit-learn's roc_auc_score gives (worked by hand here): ordered pairs count
+    /// 1, tied ones 1/2; one class only is undefined.
+    #[test]
+    fn auroc_counts_pairs_and_halves_ties() {
+        let t = |v: &[u8]| v.iter().map(|&b| b == 1).collect::<Vec<bool>>();
+        // 3 of 4 pairs ordered: 0.35 < 0.4 is the one wrong.
+        assert_eq!(auroc(&[0.1, 0.4, 0.35, 0.8], &t(&[0, 0, 1, 1])), Some(0.75));
+        // (0.5, 0.5) tie: 3.5 of 4.
+        assert_eq!(auroc(&[0.2, 0.5, 0.5, 0.9], &t(&[0, 0, 1, 1])), Some(0.875));
+        assert_eq!(auroc(&[0.5; 4], &t(&[0, 1, 0, 1])), Some(0.5));
+        assert_eq!(auroc(&[0.9, 0.1], &t(&[0, 1])), Some(0.0));
+        // 3 positives, 2 negatives; pairs ordered: 0.7>0.3, 0.7>0.6, 0.6>0.3, 0.6=0.6 (1/2),
+        // 0.2<0.3, 0.2<0.6: 3.5 of 6.
+        let s = auroc(&[0.7, 0.6, 0.2, 0.3, 0.6], &t(&[1, 1, 1, 0, 0])).unwrap();
+        assert!((s - 3.5 / 6.0).abs() < 1e-12, "{s}");
+        assert_eq!(auroc(&[0.1, 0.2], &t(&[1, 1])), None);
+        assert_eq!(auroc(&[], &[]), None);
+    }
 
     #[test]
     fn rank_takes_the_first_maximum_and_the_top_five() {

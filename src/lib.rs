@@ -17,6 +17,8 @@
 pub mod atomic_file;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cam;
 pub mod checkpoint;
 pub mod data;
 #[cfg(not(target_arch = "wasm32"))]

@@ -140,10 +140,10 @@ struct RecipeArgs {
     /// Adam's eps [default: 1e-8]
     #[arg(long)]
     eps: Option<f32>,
-    /// --schedule plateau: the factor on the rate at a plateau [default: 0.1]
+    /// With --schedule plateau: the factor on the rate at a plateau [default: 0.1]
     #[arg(long, value_name = "FACTOR")]
     plateau_factor: Option<f32>,
-    /// --schedule plateau: epochs without a better test loss before the rate drops
+    /// With --schedule plateau: epochs without a better test loss before the rate drops
     /// [default: 10]
     #[arg(long, value_name = "EPOCHS")]
     plateau_patience: Option<u32>,
@@ -374,6 +374,10 @@ struct PredictCmd {
     /// PNG files
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// Also write each image's class activation map of its predicted class, overlaid as a
+    /// heat map, to DIR/<name>.cam.png [default: none]
+    #[arg(long, value_name = "DIR")]
+    cam: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -491,10 +495,19 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
         Command::Selftest(c) => selftest(&kernels(&opts, spec)?, c),
         Command::Predict(c) => {
             let k = kernels(&opts, spec)?;
-            let found = densenet_wgpu::predict::predict(&k, &c.checkpoint, &c.images, precision)?;
+            let cam = c.cam.as_deref();
+            if let Some(dir) = cam {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating --cam {}", dir.display()))?;
+            }
+            let found =
+                densenet_wgpu::predict::predict(&k, &c.checkpoint, &c.images, precision, cam)?;
             for p in found {
+                let drawn = p
+                    .cam
+                    .map_or(String::new(), |c| format!("; map {}", c.display()));
                 println!(
-                    "{}: {} ({:.1}%)",
+                    "{}: {} ({:.1}%){drawn}",
                     p.path.display(),
                     p.name,
                     100.0 * p.probability

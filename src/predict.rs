@@ -15,6 +15,8 @@ pub struct Prediction {
     pub class: usize,
     pub name: String,
     pub probability: f32,
+    /// The class activation map written for it (`--cam`).
+    pub cam: Option<PathBuf>,
 }
 
 /// An image file as the network's input: `channels` planes of size x size in [0, 1], resized
@@ -30,6 +32,7 @@ pub fn predict(
     checkpoint: &Path,
     images: &[PathBuf],
     precision: DType,
+    cam: Option<&Path>,
 ) -> Result<Vec<Prediction>> {
     let gpu = k.gpu();
     let ck = Checkpoint::load(checkpoint)?;
@@ -38,6 +41,7 @@ pub fn predict(
     let plan = Plan::eval_in(k, cfg, batch, precision)?;
     ck.restore(gpu, &plan)?;
     let names = ck.class_names.clone();
+    let head = cam.map(|_| crate::cam::Head::of(&ck)).transpose()?;
     let (c, size) = (cfg.in_channels, cfg.image_size);
     let plane = (size * size) as usize;
     let mut out = Vec::new();
@@ -54,6 +58,10 @@ pub fn predict(
         plan.upload(gpu, &x, &vec![IGNORE; batch as usize])?;
         plan.submit_eval(gpu);
         let logits = plan.read_logits(gpu)?;
+        let features = match &head {
+            Some(_) => Some(last_features(&plan, gpu, cfg.blocks.len() - 1)?),
+            None => None,
+        };
         for (slot, path) in chunk.iter().enumerate() {
             let row = &logits[slot * cfg.classes as usize..][..cfg.classes as usize];
             let probs = crate::evaluate::probabilities(row);
@@ -65,7 +73,20 @@ pub fn predict(
                         (0, f32::NEG_INFINITY),
                         |(a, b), (i, &v)| if v > b { (i, v) } else { (a, b) },
                     );
+            let cam = match (&head, &features, cam) {
+                (Some(h), Some((f, side)), Some(dir)) => Some(write_cam(
+                    h,
+                    f,
+                    *side,
+                    (slot, batch as usize),
+                    class,
+                    path,
+                    dir,
+                )?),
+                _ => None,
+            };
             out.push(Prediction {
+                cam,
                 path: path.clone(),
                 class,
                 name: names
@@ -76,5 +97,49 @@ pub fn predict(
             });
         }
     }
+    Ok(out)
+}
+
+/// The last dense block's features after an evaluation pass, as f32 (C, N, S, S), and S.
+fn last_features(plan: &Plan, gpu: &crate::gpu::Gpu, block: usize) -> Result<(Vec<f32>, usize)> {
+    let view = plan
+        .tensor(&format!("blocks.{block}"))
+        .ok_or_else(|| anyhow::anyhow!("the plan keeps no blocks.{block} tensor"))?;
+    let values: Vec<f32> = match view.dtype {
+        DType::F16 => gpu
+            .read::<half::f16>(view)?
+            .iter()
+            .map(|v| v.to_f32())
+            .collect(),
+        _ => gpu.read::<f32>(view)?,
+    };
+    let side = plan.layout.blocks[block].shape.size as usize;
+    Ok((values, side))
+}
+
+/// Writes the class activation map of `class` for batch slot `slot` of `n`, over the
+/// image at `path`, to `dir/<file stem>.cam.png`; returns that path.
+fn write_cam(
+    head: &crate::cam::Head,
+    features: &[f32],
+    side: usize,
+    (slot, n): (usize, usize),
+    class: usize,
+    path: &Path,
+    dir: &Path,
+) -> Result<PathBuf> {
+    let plane = side * side;
+    let mine: Vec<f32> = (0..head.channels)
+        .flat_map(|c| features[(c * n + slot) * plane..][..plane].iter().copied())
+        .collect();
+    let map = head.map(&mine, plane, class);
+    let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
+    let drawn = crate::cam::overlay(&img.to_rgb8(), &map, side);
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let out = dir.join(format!("{stem}.cam.png"));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(drawn)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    crate::atomic_file::write_atomic(&out, &png)?;
     Ok(out)
 }

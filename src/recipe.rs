@@ -550,7 +550,11 @@ mod tests {
     #[test]
     fn plateau_replays_reduce_lr_on_plateau() {
         let mut r = Preset::Tiny.recipe();
-        assert_eq!(r.plateau_scale(&[1.0, 2.0, 3.0]), 1.0, "not the plateau schedule");
+        assert_eq!(
+            r.plateau_scale(&[1.0, 2.0, 3.0]),
+            1.0,
+            "not the plateau schedule"
+        );
         r.schedule = Schedule::Plateau;
         r.plateau = (0.1, 2);
         assert_eq!(r.plateau_scale(&[]), 1.0);

@@ -698,7 +698,7 @@ fn profile_shows_the_forced_variant_on_the_roofline() {
 /// Every option of every command says what it does and what its default is.
 fn every_flag_documents_its_default() {
     for cmd in [
-        "train", "eval", "bench", "plan", "predict", "info", "export",
+        "train", "eval", "bench", "plan", "predict", "info", "export", "import",
     ] {
         let help = ok(&[cmd, "--help"]);
         let mut blocks: Vec<String> = Vec::new();

@@ -353,4 +353,19 @@ fn fine_tuning() {
         after.tensors["head.linear.weight"].0,
         before.tensors["head.linear.weight"].0
     );
+    // predict --cam: a heat map over each image, at the image's size.
+    let image = dir.join("images/red/0.png");
+    let cams = dir.join("cams");
+    let run = support::binary()
+        .args(["predict", "--checkpoint"])
+        .arg(out.join("checkpoint.safetensors"))
+        .arg("--cam")
+        .arg(&cams)
+        .arg(&image)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success() && said.contains("0.cam.png"), "{said}");
+    let map = image::open(cams.join("0.cam.png")).unwrap();
+    assert_eq!((map.width(), map.height()), (40, 40));
 }
