@@ -13,9 +13,18 @@
 // loss and the accuracy of many steps (batches of unequal valid counts included) on the GPU
 // and read them once.
 //
-// Entry point (params at binding 0, a CrossEntropyParams uniform):
+// Multi-label (sigmoid_cross_entropy, torch's BCEWithLogitsLoss with pos_weight, mean over
+// samples and labels): labels holds N x classes targets (0 or 1; a row starting with IGNORE
+// is padding), and for target y of logit z with the label's weight w = pos_weight[o]
+//   loss_n   = mean over o of  w y softplus(-z) + (1 - y) softplus(z)
+//   dlogits += (sigmoid(z) (w y + 1 - y) - w y) / (valid * classes)
+//   correct += count of valid n whose every label is predicted right (z > 0 for y = 1)
+//
+// Entry points (params at binding 0, a CrossEntropyParams uniform):
 //   softmax_cross_entropy   logits(1) labels(2) scale_state(6) -> dlogits(3) loss_sum(4)
 //                                                                  correct(5)
+//   sigmoid_cross_entropy   logits(1) labels(2) scale_state(6) pos_weight(7)
+//                                                       -> dlogits(3) loss_sum(4) correct(5)
 // Geometry: ONE workgroup of 256 invocations; invocation t handles samples t, t + 256, ...
 // The valid count is reduced first, so the gradient can be scaled in the same pass.
 
@@ -33,6 +42,7 @@ struct CrossEntropyParams {
 @group(0) @binding(4) var<storage, read_write> loss_sum: array<f32>;
 @group(0) @binding(5) var<storage, read_write> correct: array<u32>;
 @group(0) @binding(6) var<storage, read> scale_state: array<u32>;
+@group(0) @binding(7) var<storage, read> pos_weight: array<f32>;
 
 const WG: u32 = 256u;
 var<workgroup> red_f: array<f32, WG>;
@@ -100,6 +110,58 @@ fn softmax_cross_entropy(@builtin(local_invocation_index) lid: u32) {
             let goal = select(0.0, 1.0 - e, o == label) + spread;
             dlogits[row + o] = act(f32(dlogits[row + o]) + (prob - goal) * scale);
         }
+    }
+    red_f[lid] = losses;
+    red_u[lid] = hits;
+    reduce(lid);
+    if lid == 0u {
+        loss_sum[0] += red_f[0];
+        correct[0] += red_u[0];
+    }
+}
+
+// log(1 + exp(z)) without overflow.
+fn softplus(z: f32) -> f32 {
+    return max(z, 0.0) + log(1.0 + exp(-abs(z)));
+}
+
+@compute @workgroup_size(256)
+fn sigmoid_cross_entropy(@builtin(local_invocation_index) lid: u32) {
+    var valid = 0u;
+    for (var n = lid; n < p.n; n += WG) {
+        valid += u32(labels[n * p.classes] != 0xffffffffu);
+    }
+    red_f[lid] = 0.0;
+    red_u[lid] = valid;
+    reduce(lid);
+    let total_valid = red_u[0];
+    var scale = 1.0 / (f32(max(total_valid, 1u)) * f32(p.classes));
+    if p.loss_scaled != 0u {
+        scale *= bitcast<f32>(scale_state[0]);
+    }
+    workgroupBarrier();
+
+    var losses = 0.0;
+    var hits = 0u;
+    for (var n = lid; n < p.n; n += WG) {
+        let row = n * p.classes;
+        if labels[row] == 0xffffffffu {
+            continue;
+        }
+        var row_loss = 0.0;
+        var right = true;
+        for (var o = 0u; o < p.classes; o++) {
+            let z = f32(logits[row + o]);
+            let y = f32(labels[row + o] != 0u);
+            let w = pos_weight[o];
+            row_loss += w * y * softplus(-z) + (1.0 - y) * softplus(z);
+            let s = 1.0 / (1.0 + exp(-z));
+            let g = s * (w * y + 1.0 - y) - w * y;
+            dlogits[row + o] = act(f32(dlogits[row + o]) + g * scale);
+            right = right && ((z > 0.0) == (y > 0.5));
+        }
+        losses += row_loss / f32(p.classes);
+        hits += u32(right);
     }
     red_f[lid] = losses;
     red_u[lid] = hits;

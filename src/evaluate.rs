@@ -65,6 +65,8 @@ pub struct Breakdown {
     pub logits: Vec<f32>,
     /// Every example's label, in the same order.
     pub labels: Vec<u32>,
+    /// Multi-label: every example's targets (examples x classes, 0 or 1); empty otherwise.
+    pub targets: Vec<u32>,
 }
 
 /// The area under the ROC curve of `scores` for the labels `positive`, as scikit-learn's
@@ -137,11 +139,17 @@ pub async fn evaluate_breakdown_async(
     plan.reset_metrics(gpu);
     let mut confusion = vec![vec![0u64; classes]; classes];
     let mut in_top5 = 0u64;
-    let (mut all_logits, mut all_labels) = (Vec::new(), Vec::new());
+    let (mut all_logits, mut all_labels, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    let multi = plan.cfg.multi_label;
     for batch in loader {
         plan.upload(gpu, &batch.x, &batch.labels)?;
         plan.submit_eval(gpu);
         let logits = plan.read_logits_async(gpu).await?;
+        if multi {
+            all_logits.extend_from_slice(&logits[..batch.count * classes]);
+            targets.extend_from_slice(&batch.labels[..batch.count * classes]);
+            continue;
+        }
         for (row, &label) in logits.chunks(classes).zip(&batch.labels).take(batch.count) {
             let (predicted, top5) = rank(row, label as usize);
             confusion[label as usize][predicted] += 1;
@@ -156,9 +164,10 @@ pub async fn evaluate_breakdown_async(
         loss: loss / n,
         accuracy: correct as f64 / n,
         confusion,
-        top5: (classes > 10).then_some(in_top5 as f64 / n),
+        top5: (classes > 10 && !multi).then_some(in_top5 as f64 / n),
         logits: all_logits,
         labels: all_labels,
+        targets,
     })
 }
 
@@ -177,6 +186,28 @@ impl Breakdown {
     /// no example of, or nothing else.
     pub fn auroc_per_class(&self) -> Vec<Option<f64>> {
         let classes = self.confusion.len().max(1);
+        if !self.targets.is_empty() {
+            // Multi-label: each label's logit ranks its examples (the sigmoid keeps order).
+            return (0..classes)
+                .map(|c| {
+                    let scores: Vec<f32> = self
+                        .logits
+                        .iter()
+                        .skip(c)
+                        .step_by(classes)
+                        .copied()
+                        .collect();
+                    let positive: Vec<bool> = self
+                        .targets
+                        .iter()
+                        .skip(c)
+                        .step_by(classes)
+                        .map(|&t| t != 0)
+                        .collect();
+                    auroc(&scores, &positive)
+                })
+                .collect();
+        }
         let probs: Vec<Vec<f32>> = self.logits.chunks(classes).map(probabilities).collect();
         (0..classes)
             .map(|c| {
@@ -193,9 +224,28 @@ impl Breakdown {
         (!defined.is_empty()).then(|| defined.iter().sum::<f64>() / defined.len() as f64)
     }
 
-    /// One line per class: name, accuracy, examples, one-vs-rest AUROC.
+    /// One line per class: name, accuracy, examples, one-vs-rest AUROC (multi-label: each
+    /// label's AUROC and positives).
     pub fn text(&self, names: &[String]) -> String {
         let mut out = String::new();
+        if !self.targets.is_empty() {
+            let k = names.len().max(1);
+            for (c, (name, auc)) in names.iter().zip(self.auroc_per_class()).enumerate() {
+                let pos = self
+                    .targets
+                    .iter()
+                    .skip(c)
+                    .step_by(k)
+                    .filter(|&&t| t != 0)
+                    .count();
+                let auc = auc.map_or("undefined (one class)".to_string(), |a| format!("{a:.4}"));
+                out.push_str(&format!("  {name:<20} AUROC {auc}, {pos} positive\n"));
+            }
+            if let Some(m) = self.mean_auroc() {
+                out.push_str(&format!("  mean AUROC {m:.4}\n"));
+            }
+            return out;
+        }
         let aurocs = self.auroc_per_class();
         for (((name, acc), row), auc) in names
             .iter()
@@ -304,6 +354,7 @@ mod tests {
             top5: None,
             logits: vec![1.5, -0.1, 0.3, 1e-7],
             labels: vec![0, 1],
+            targets: Vec::new(),
         };
         assert_eq!(
             b.logits_csv(),

@@ -70,6 +70,46 @@ struct DataArgs {
     /// [default: none; required by file datasets]
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// --dataset csv: the CSV naming each image of --data-dir and its labels (ChestX-ray14's
+    /// Data_Entry_2017.csv layout unless the columns are named) [default: none]
+    #[arg(long, value_name = "FILE.csv")]
+    labels: Option<PathBuf>,
+    /// --dataset csv: the column of image names [default: "Image Index"]
+    #[arg(long, default_value = "Image Index")]
+    image_column: String,
+    /// --dataset csv: the column of labels [default: "Finding Labels"]
+    #[arg(long, default_value = "Finding Labels")]
+    label_column: String,
+    /// --dataset csv: what separates an image's labels [default: "|"]
+    #[arg(long, default_value = "|")]
+    label_separator: String,
+    /// --dataset csv: the value meaning no label [default: "No Finding"]
+    #[arg(long, default_value = "No Finding")]
+    no_label: String,
+    /// --dataset csv: files of the training and the test images' names, one per line (the
+    /// set's own split: ChestX-ray14's train_val_list.txt and test_list.txt) [default: 20%
+    /// of the images, drawn by --seed, to test]
+    #[arg(long, value_name = "FILE", requires = "test_list")]
+    train_list: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "train_list")]
+    test_list: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The CSV set's description, when --labels names one.
+    fn csv(&self) -> Option<densenet_wgpu::data::multilabel::CsvSpec> {
+        self.labels
+            .as_ref()
+            .map(|labels| densenet_wgpu::data::multilabel::CsvSpec {
+                labels: labels.clone(),
+                image_column: self.image_column.clone(),
+                label_column: self.label_column.clone(),
+                separator: self.label_separator.clone(),
+                none: self.no_label.clone(),
+                train_list: self.train_list.clone(),
+                test_list: self.test_list.clone(),
+            })
+    }
 }
 
 /// Recipe values; each replaces the preset's (or, resuming, the checkpoint's).
@@ -147,6 +187,10 @@ struct RecipeArgs {
     /// [default: 10]
     #[arg(long, value_name = "EPOCHS")]
     plateau_patience: Option<u32>,
+    /// Multi-label (--dataset csv): weight each label's positives by its negatives /
+    /// positives in the training set (auto, CheXNet's), or not (none) [default: auto]
+    #[arg(long, value_enum)]
+    pos_weight: Option<densenet_wgpu::recipe::PosWeight>,
 }
 
 /// How the kernels of the convolutions and batch norms are chosen and checked.
@@ -506,12 +550,21 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
                 let drawn = p
                     .cam
                     .map_or(String::new(), |c| format!("; map {}", c.display()));
-                println!(
-                    "{}: {} ({:.1}%){drawn}",
-                    p.path.display(),
-                    p.name,
-                    100.0 * p.probability
-                );
+                match &p.labels {
+                    Some(labels) => {
+                        let each: Vec<String> = labels
+                            .iter()
+                            .map(|(n, q)| format!("{n} {:.1}%", 100.0 * q))
+                            .collect();
+                        println!("{}: {}{drawn}", p.path.display(), each.join(", "));
+                    }
+                    None => println!(
+                        "{}: {} ({:.1}%){drawn}",
+                        p.path.display(),
+                        p.name,
+                        100.0 * p.probability
+                    ),
+                }
             }
             Ok(())
         }
@@ -562,6 +615,7 @@ fn train(
     let r = c.recipe;
     let args = TrainArgs {
         dataset,
+        csv: c.data.csv(),
         data_dir: c.data.data_dir,
         preset: c.preset,
         overrides: Overrides {
@@ -584,6 +638,7 @@ fn train(
             eps: r.eps,
             plateau_factor: r.plateau_factor,
             plateau_patience: r.plateau_patience,
+            pos_weight: r.pos_weight,
         },
         seed: c.seed,
         limit_train: c.limit_train,
@@ -655,10 +710,14 @@ fn eval(
     let dataset = data.dataset.unwrap_or(ck.dataset);
     let seed = c.seed.unwrap_or(ck.recipe.seed);
     let dir = data.data_dir.as_deref();
-    let mut splits = data::load_sized(dataset, dir, seed, ck.config.image_size)
+    let csv = data.csv();
+    let mut splits = data::load_sized(dataset, dir, seed, ck.config.image_size, csv.as_ref())
         .with_context(|| format!("loading {} for {}", dataset.name(), checkpoint.display()))?;
     if let Some(n) = c.limit_test {
         splits.test.truncate(n);
+    }
+    if ck.config.in_channels == 3 && splits.test.channels == 1 {
+        splits.test.gray_to_rgb();
     }
     let channels = splits.test.channels;
     if channels != ck.config.in_channels || splits.test.classes() as u32 != ck.config.classes {

@@ -17,6 +17,8 @@ pub struct Prediction {
     pub probability: f32,
     /// The class activation map written for it (`--cam`).
     pub cam: Option<PathBuf>,
+    /// Multi-label: every label's name and probability, in label order.
+    pub labels: Option<Vec<(String, f32)>>,
 }
 
 /// An image file as the network's input: `channels` planes of size x size in [0, 1], resized
@@ -55,7 +57,9 @@ pub fn predict(
                 x[dst..dst + plane].copy_from_slice(&img[ch * plane..][..plane]);
             }
         }
-        plan.upload(gpu, &x, &vec![IGNORE; batch as usize])?;
+        // Multi-label plans take a row of targets per example.
+        let per = if cfg.multi_label { cfg.classes } else { 1 };
+        plan.upload(gpu, &x, &vec![IGNORE; (batch * per) as usize])?;
         plan.submit_eval(gpu);
         let logits = plan.read_logits(gpu)?;
         let features = match &head {
@@ -64,7 +68,11 @@ pub fn predict(
         };
         for (slot, path) in chunk.iter().enumerate() {
             let row = &logits[slot * cfg.classes as usize..][..cfg.classes as usize];
-            let probs = crate::evaluate::probabilities(row);
+            // Multi-label: each label's own sigmoid; else the softmax over classes.
+            let probs: Vec<f32> = match cfg.multi_label {
+                true => row.iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect(),
+                false => crate::evaluate::probabilities(row),
+            };
             let (class, probability) =
                 probs
                     .iter()
@@ -85,7 +93,15 @@ pub fn predict(
                 )?),
                 _ => None,
             };
+            let labels = cfg.multi_label.then(|| {
+                probs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| (names.get(i).cloned().unwrap_or_else(|| i.to_string()), p))
+                    .collect()
+            });
             out.push(Prediction {
+                labels,
                 cam,
                 path: path.clone(),
                 class,

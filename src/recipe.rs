@@ -121,6 +121,20 @@ pub struct Recipe {
     /// The plateau schedule's factor and patience (epochs).
     #[serde(default = "default_plateau")]
     pub plateau: (f32, u32),
+    /// Multi-label: how each label's positives are weighted in the loss.
+    #[serde(default)]
+    pub pos_weight: PosWeight,
+}
+
+/// Multi-label: the weight of each label's positives (`--pos-weight`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PosWeight {
+    /// Negatives / positives of the label in the training set (CheXNet's weighting).
+    #[default]
+    Auto,
+    /// 1 for every label.
+    None,
 }
 
 fn default_plateau() -> (f32, u32) {
@@ -175,6 +189,7 @@ pub struct Overrides {
     pub eps: Option<f32>,
     pub plateau_factor: Option<f32>,
     pub plateau_patience: Option<u32>,
+    pub pos_weight: Option<PosWeight>,
 }
 
 impl Recipe {
@@ -235,6 +250,9 @@ impl Recipe {
         }
         if let Some(v) = o.plateau_patience {
             self.plateau.1 = v;
+        }
+        if let Some(v) = o.pos_weight {
+            self.pos_weight = v;
         }
         self
     }
@@ -361,7 +379,7 @@ impl Preset {
         cfg.classes = classes;
         // d2l resizes to its own 96 and the ImageNet networks to 224; a folder's images are
         // resized to the preset's size.
-        if !self.fixed_size() && dataset != DatasetKind::Folder {
+        if !self.fixed_size() && !matches!(dataset, DatasetKind::Folder | DatasetKind::Csv) {
             cfg.image_size = size;
         }
         cfg
@@ -390,6 +408,7 @@ impl Preset {
                 betas: default_betas(),
                 eps: default_eps(),
                 plateau: default_plateau(),
+                pos_weight: PosWeight::Auto,
             },
             Preset::Small => Recipe {
                 epochs: 5,
@@ -412,6 +431,7 @@ impl Preset {
                 betas: default_betas(),
                 eps: default_eps(),
                 plateau: default_plateau(),
+                pos_weight: PosWeight::Auto,
             },
             // Huang et al.: SGD with Nesterov momentum 0.9, weight decay 1e-4, rate 0.1,
             // batch 64, 300 epochs, x0.1 at 50% and 75%.
@@ -436,6 +456,7 @@ impl Preset {
                 betas: default_betas(),
                 eps: default_eps(),
                 plateau: default_plateau(),
+                pos_weight: PosWeight::Auto,
             },
             // torchvision's ImageNet reference: SGD momentum 0.9, weight decay 1e-4, rate 0.1
             // at batch 256 (scale it with the batch: 0.1 x batch / 256), x0.1 every 30 of 90
@@ -465,6 +486,7 @@ impl Preset {
                 betas: default_betas(),
                 eps: default_eps(),
                 plateau: default_plateau(),
+                pos_weight: PosWeight::Auto,
             },
             Preset::Tiny => Recipe {
                 epochs: 3,
@@ -487,6 +509,7 @@ impl Preset {
                 betas: default_betas(),
                 eps: default_eps(),
                 plateau: default_plateau(),
+                pos_weight: PosWeight::Auto,
             },
         }
     }

@@ -265,6 +265,40 @@ pub fn softmax_cross_entropy(
     (loss as f32, correct)
 }
 
+/// Multi-label sigmoid cross-entropy (torch's BCEWithLogitsLoss with `pos_weight`, mean over
+/// samples and labels) of `logits` (n, k) against `targets` (n x k, 0 or 1; a row starting
+/// with IGNORE is padding): (summed per-sample mean loss, gradient of the mean, samples with
+/// every label right), in f64.
+pub fn sigmoid_cross_entropy(
+    logits: &[f32],
+    targets: &[u32],
+    pos_weight: &[f32],
+    (n, k): (usize, usize),
+) -> (f64, Vec<f32>, u32) {
+    let softplus = |z: f64| z.max(0.0) + (-z.abs()).exp().ln_1p();
+    let valid = (0..n).filter(|&i| targets[i * k] != u32::MAX).count();
+    let scale = 1.0 / (valid.max(1) * k) as f64;
+    let (mut loss, mut grad, mut right) = (0f64, vec![0f32; n * k], 0u32);
+    for i in (0..n).filter(|&i| targets[i * k] != u32::MAX) {
+        let mut row = 0f64;
+        let mut all = true;
+        for o in 0..k {
+            let (z, y, w) = (
+                logits[i * k + o] as f64,
+                (targets[i * k + o] != 0) as u8 as f64,
+                pos_weight[o] as f64,
+            );
+            row += w * y * softplus(-z) + (1.0 - y) * softplus(z);
+            let s = 1.0 / (1.0 + (-z).exp());
+            grad[i * k + o] = ((s * (w * y + 1.0 - y) - w * y) * scale) as f32;
+            all &= (z > 0.0) == (y > 0.5);
+        }
+        loss += row / k as f64;
+        right += all as u32;
+    }
+    (loss, grad, right)
+}
+
 // ---------------------------------------------------------------------------------------
 // SGD
 

@@ -33,6 +33,12 @@ pub struct EpochMetrics {
     pub skipped_steps: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<f64>,
+    /// Multi-label: each label's test AUROC (null where the test set has one class of it)
+    /// and their mean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auroc: Option<Vec<Option<f64>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_auroc: Option<f64>,
 }
 
 /// Reads the epochs already in `metrics.jsonl` (a resumed run appends to them).

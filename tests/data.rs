@@ -272,6 +272,7 @@ fn loader_lays_batches_out_channel_major() {
         height: 2,
         width: 2,
         class_names: (0..5).map(|i| i.to_string()).collect(),
+        targets: None,
     });
     let batches: Vec<_> = Loader::new(ds.clone(), 2, Order::Sequential, (2, 2)).collect();
     assert_eq!(
@@ -301,6 +302,7 @@ fn loader_resizes_bilinearly() {
         height: 2,
         width: 2,
         class_names: vec!["a".into()],
+        targets: None,
     });
     let b = Loader::new(ds, 1, Order::Sequential, (4, 4))
         .next()
@@ -507,6 +509,7 @@ fn loader_augments_training_batches_only() {
         height: 3,
         width: 3,
         class_names: vec!["a".into(), "b".into()],
+        targets: None,
     });
     let aug = AugmentSpec::parse("crop=1,flip,normalize")
         .unwrap()

@@ -131,6 +131,7 @@ fn block(layers: u32) -> DenseNetConfig {
         conv_bias: false,
         init: Init::KaimingNormal,
         layer_stats: false,
+        multi_label: false,
     }
 }
 

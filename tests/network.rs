@@ -82,6 +82,7 @@ fn small(stem: Stem, image_size: u32, bottleneck: Option<u32>) -> DenseNetConfig
         conv_bias: true,
         init: Init::KaimingNormal,
         layer_stats: false,
+        multi_label: false,
     }
 }
 

@@ -139,6 +139,7 @@ fn imagenet_bc() -> DenseNetConfig {
         conv_bias: true,
         init: Init::XavierUniform,
         layer_stats: false,
+        multi_label: false,
     }
 }
 

@@ -54,6 +54,7 @@ fn small(stem: Stem, image_size: u32) -> DenseNetConfig {
         conv_bias: false,
         init: Init::KaimingNormal,
         layer_stats: false,
+        multi_label: false,
     }
 }
 

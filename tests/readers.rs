@@ -104,7 +104,7 @@ proptest! {
             let ext = if jpg { "jpg" } else { "png" };
             std::fs::write(class.join(format!("{i}.{ext}")), bytes).unwrap();
         }
-        let _ = densenet_wgpu::data::load_sized(DatasetKind::Folder, Some(&dir), 0, 8);
+        let _ = densenet_wgpu::data::load_sized(DatasetKind::Folder, Some(&dir), 0, 8, None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

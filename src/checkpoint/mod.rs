@@ -161,14 +161,18 @@ impl Checkpoint {
             exp_avg_sq: second,
         };
         let (cfg, layout) = (plan.cfg.clone(), &plan.layout);
-        Ok(Checkpoint::new(
-            cfg,
-            recipe.clone(),
-            dataset,
-            (epoch, step),
-            layout,
-            state,
-        ))
+        let pos_weight = match &b.pos_weight {
+            Some(w) => Some(gpu.read_all_async::<f32>(w).await?),
+            None => None,
+        };
+        let mut ck = Checkpoint::new(cfg, recipe.clone(), dataset, (epoch, step), layout, state);
+        // Multi-label: the loss's per-label weights (from the training set), so that an
+        // evaluation without it reports the same loss.
+        if let Some(w) = pos_weight {
+            ck.tensors
+                .insert("loss.pos_weight".into(), (vec![w.len()], w));
+        }
+        Ok(ck)
     }
 
     /// Writes this checkpoint's parameters, running statistics and (when both sides have
@@ -187,6 +191,9 @@ impl Checkpoint {
             &b.running_var,
             &self.arena(&layout.stats, "", ".running_var")?,
         )?;
+        if let (Some(w), Some((_, values))) = (&b.pos_weight, self.tensors.get("loss.pos_weight")) {
+            gpu.write(w, values)?;
+        }
         if let Some(v) = &b.velocity {
             let n = layout.params.len as usize;
             match v.len as usize > n {

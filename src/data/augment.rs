@@ -53,6 +53,11 @@ impl AugmentSpec {
                 ..Self::NONE
             },
             DatasetKind::Synthetic | DatasetKind::Folder => Self::NONE,
+            // CheXNet: random horizontal flips, ImageNet normalization (from the weights).
+            DatasetKind::Csv => AugmentSpec {
+                flip: true,
+                ..Self::NONE
+            },
         }
     }
 

@@ -98,6 +98,7 @@ fn read_batches(paths: &[PathBuf], f: &Format) -> Result<Dataset> {
         height: 32,
         width: 32,
         class_names: classes,
+        targets: None,
     })
 }
 

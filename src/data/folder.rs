@@ -221,6 +221,7 @@ fn to_dataset(
         height: size,
         width: size,
         class_names: names.to_vec(),
+        targets: None,
     }
 }
 

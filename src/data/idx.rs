@@ -121,6 +121,7 @@ pub fn split_of(
         height: ishape[1],
         width: ishape[2],
         class_names: class_names.to_vec(),
+        targets: None,
     })
 }
 

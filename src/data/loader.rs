@@ -118,7 +118,9 @@ impl Epoch {
         let per_example = (ds.channels * out.0 * out.1) as usize;
         let chunk = &self.indices[b * batch..((b + 1) * batch).min(self.indices.len())];
         let mut x = vec![0f32; per_example * batch];
-        let mut labels = vec![IGNORE; batch];
+        // Multi-label: a row of targets per example (padding rows start with IGNORE).
+        let k = ds.targets.as_ref().map_or(1, |_| ds.classes());
+        let mut labels = vec![IGNORE; batch * k];
         for (slot, &src) in chunk.iter().enumerate() {
             let random = match self.order {
                 Order::Shuffled(seed) if aug.is_random() => Some(aug.choices(seed, src)),
@@ -126,7 +128,14 @@ impl Epoch {
             };
             let planes = example(ds, src, out, aug, random);
             put(&planes, (out.0 * out.1) as usize, slot, batch, &mut x);
-            labels[slot] = ds.labels[src] as u32;
+            match &ds.targets {
+                Some(t) => {
+                    for (o, &v) in labels[slot * k..][..k].iter_mut().zip(&t[src * k..][..k]) {
+                        *o = v as u32;
+                    }
+                }
+                None => labels[slot] = ds.labels[src] as u32,
+            }
         }
         Batch {
             x,

@@ -10,6 +10,7 @@ pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod multilabel;
 pub mod resize;
 pub mod synthetic;
 
@@ -26,6 +27,9 @@ pub struct Dataset {
     pub height: u32,
     pub width: u32,
     pub class_names: Vec<String>,
+    /// Multi-label sets: each example's targets over the classes (count x classes, 0 or 1);
+    /// `labels` then holds each example's first positive (0 when it has none).
+    pub targets: Option<Vec<u8>>,
 }
 
 impl Dataset {
@@ -51,7 +55,29 @@ impl Dataset {
         if n < self.len() {
             self.labels.truncate(n);
             self.images.truncate(n * self.image_len());
+            let k = self.classes();
+            if let Some(t) = &mut self.targets {
+                t.truncate(n * k);
+            }
         }
+    }
+
+    /// Multi-label: each label's negatives / positives over the set (CheXNet's weighting of
+    /// its loss; a label without positives gets 1).
+    pub fn pos_weights(&self) -> Vec<f32> {
+        let k = self.classes();
+        let Some(t) = &self.targets else {
+            return vec![1.0; k];
+        };
+        (0..k)
+            .map(|c| {
+                let pos = t.iter().skip(c).step_by(k).filter(|&&v| v != 0).count();
+                match pos {
+                    0 => 1.0,
+                    p => (self.len() - p) as f32 / p as f32,
+                }
+            })
+            .collect()
     }
 
     pub fn classes(&self) -> usize {
@@ -101,6 +127,8 @@ pub enum DatasetKind {
     Cifar100,
     /// Image folders (`--data-dir DIR`: DIR/train/CLASS/*.png|jpg and DIR/test/CLASS/...).
     Folder,
+    /// Multi-label images named in a CSV file (`--labels FILE.csv`, ChestX-ray14's layout).
+    Csv,
 }
 
 impl DatasetKind {
@@ -112,6 +140,7 @@ impl DatasetKind {
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Cifar100 => "cifar100",
             DatasetKind::Folder => "folder",
+            DatasetKind::Csv => "csv",
         }
     }
 
@@ -127,14 +156,16 @@ impl DatasetKind {
             DatasetKind::Synthetic => (1, synthetic::SIZE, synthetic::SIZE),
             DatasetKind::FashionMnist | DatasetKind::Mnist => (1, 28, 28),
             DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Folder => (3, 32, 32),
+            DatasetKind::Csv => (1, 224, 224),
         }
     }
 
     pub fn class_names(self) -> Vec<String> {
         let names: &[&str] = match self {
             DatasetKind::Cifar100 => &CIFAR100_NAMES,
-            // A folder's names are its class folders: known once loaded.
-            DatasetKind::Folder => &[],
+            // A folder's names are its class folders, a CSV set's its findings: known once
+            // loaded.
+            DatasetKind::Folder | DatasetKind::Csv => &[],
             DatasetKind::Synthetic => &synthetic::CLASS_NAMES,
             DatasetKind::FashionMnist => &[
                 "t-shirt",
@@ -270,16 +301,19 @@ const CIFAR100_NAMES: [&str; 100] = [
     "worm",
 ];
 
-/// Loads a dataset's train and test splits. File datasets need `data_dir`; a folder's images
-/// are resized to `size` (the network's input) and split by `seed` when it is one tree.
+/// Loads a dataset's train and test splits. File datasets need `data_dir`; a folder's and a
+/// CSV set's images are resized to `size` (the network's input) and split by `seed` when the
+/// set has no split of its own; a CSV set needs `csv`, where its labels are.
 pub fn load_sized(
     kind: DatasetKind,
     data_dir: Option<&Path>,
     seed: u64,
     size: u32,
+    csv: Option<&multilabel::CsvSpec>,
 ) -> Result<Splits> {
-    match (kind, data_dir) {
-        (DatasetKind::Folder, Some(d)) => folder::load(d, size, seed),
+    match (kind, data_dir, csv) {
+        (DatasetKind::Folder, Some(d), _) => folder::load(d, size, seed),
+        (DatasetKind::Csv, Some(d), Some(spec)) => multilabel::load(d, spec, size, seed),
         _ => load(kind, data_dir, seed),
     }
 }
@@ -301,6 +335,10 @@ pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Spl
         DatasetKind::Cifar10 => cifar::load(&dir()?),
         DatasetKind::Cifar100 => cifar::load_100(&dir()?),
         DatasetKind::Folder => folder::load(&dir()?, 32, seed),
+        DatasetKind::Csv => bail!(
+            "--dataset csv needs --data-dir IMAGES and --labels FILE.csv (ChestX-ray14's \
+             Data_Entry_2017.csv layout, or name the columns)"
+        ),
     }
 }
 

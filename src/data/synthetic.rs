@@ -95,6 +95,7 @@ fn split(count: usize, rng: &mut fastrand::Rng) -> Dataset {
         height: SIZE,
         width: SIZE,
         class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        targets: None,
     }
 }
 

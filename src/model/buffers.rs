@@ -43,8 +43,11 @@ pub struct Buffers<B> {
     pub affine: B,
     /// (C, N, H, W) the batch, channel-major.
     pub input: B,
-    /// (N) u32 labels, IGNORE for padding.
+    /// (N) u32 labels, IGNORE for padding; multi-label: (N, K) u32 targets (0 or 1), a row
+    /// starting with IGNORE for padding.
     pub labels: B,
+    /// (K) the weight of each label's positives (multi-label only; 1: unweighted).
+    pub pos_weight: Option<B>,
     /// (N, K) logits of the last batch.
     pub logits: B,
     /// (1) summed loss and (1) u32 correct predictions since the last zeroing.
@@ -77,6 +80,7 @@ impl<B> Buffers<B> {
             Some(&self.loss_sum),
             Some(&self.correct),
             self.loss_scale.as_ref(),
+            self.pos_weight.as_ref(),
             self.clip.as_ref(),
             self.clip_partials.as_ref(),
         ]
@@ -94,6 +98,7 @@ impl<B> Buffers<B> {
             batch_var: opt(&self.batch_var)?,
             bn_partials: opt(&self.bn_partials)?,
             loss_scale: opt(&self.loss_scale)?,
+            pos_weight: opt(&self.pos_weight)?,
             clip: opt(&self.clip)?,
             clip_partials: opt(&self.clip_partials)?,
             params: f(&self.params)?,
@@ -260,7 +265,13 @@ fn buffer_specs(
             dtype,
             Input,
         ),
-        labels: spec("labels", &[n], DType::U32, Input),
+        labels: match cfg.multi_label {
+            true => spec("labels", &[n, k], DType::U32, Input),
+            false => spec("labels", &[n], DType::U32, Input),
+        },
+        pos_weight: cfg
+            .multi_label
+            .then(|| spec("pos_weight", &[k], DType::F32, Statistics)),
         logits: spec("logits", &[n, k], dtype, Outputs),
         loss_sum: spec("loss_sum", &[1], DType::F32, Outputs),
         correct: spec("correct", &[1], DType::U32, Outputs),

@@ -120,6 +120,9 @@ impl Plan {
             buffers.clip_partials = Some(gpu.zeros("clip partials", p.partials_len())?);
         }
         gpu.write(&buffers.running_var, &vec![1f32; layout.stats.len as usize])?;
+        if let Some(w) = &buffers.pos_weight {
+            gpu.write(w, &vec![1f32; cfg.classes as usize])?;
+        }
         if let Some(s) = &buffers.loss_scale {
             gpu.write(s, &LossScaleState::initial().to_words())?;
         }
@@ -176,7 +179,7 @@ fn loss_dispatch(
 ) -> Result<(usize, CrossEntropyParams)> {
     let index = cmds
         .iter()
-        .position(|c| c.name() == "softmax_cross_entropy")
+        .position(|c| matches!(c.name(), "softmax_cross_entropy" | "sigmoid_cross_entropy"))
         .ok_or_else(|| Error::Device("plan error: a training step without a loss".into()))?;
     let ce = nodes
         .list

@@ -62,6 +62,10 @@ pub struct DenseNetConfig {
     /// torchvision have it: there the copies differ. Our own presets do not need it.
     #[serde(default)]
     pub layer_stats: bool,
+    /// Multi-label: `classes` independent labels, each a sigmoid trained with binary
+    /// cross-entropy (CheXNet's 14 findings), instead of one softmax over classes.
+    #[serde(default)]
+    pub multi_label: bool,
 }
 
 /// The channel bookkeeping of one dense block.
@@ -92,6 +96,7 @@ impl DenseNetConfig {
             conv_bias: true,
             init: Init::XavierUniform,
             layer_stats: false,
+            multi_label: false,
         }
     }
 
@@ -109,6 +114,7 @@ impl DenseNetConfig {
             conv_bias: false,
             init: Init::KaimingNormal,
             layer_stats: false,
+            multi_label: false,
         }
     }
 
@@ -127,6 +133,7 @@ impl DenseNetConfig {
             conv_bias: false,
             init: Init::KaimingNormal,
             layer_stats: false,
+            multi_label: false,
         }
     }
 
@@ -168,6 +175,7 @@ impl DenseNetConfig {
             conv_bias: false,
             init: Init::KaimingNormal,
             layer_stats: true,
+            multi_label: false,
         }
     }
 
@@ -210,6 +218,7 @@ impl DenseNetConfig {
             conv_bias: false,
             init: Init::KaimingNormal,
             layer_stats: false,
+            multi_label: false,
         }
     }
 

@@ -194,6 +194,7 @@ pub(super) fn head(ctx: &mut Ctx<'_>, i: usize) -> Result<HeadNode> {
         weight: layout.head.weight,
         bias: layout.head.bias,
         ce: CrossEntropyParams::new(n, classes)?,
+        multi_label: ctx.cfg.multi_label,
         features,
         dlogits,
         dfeatures,

@@ -214,6 +214,8 @@ pub(super) struct HeadNode {
     pub(super) weight: SlotId,
     pub(super) bias: SlotId,
     pub(super) ce: CrossEntropyParams,
+    /// Multi-label: sigmoid cross-entropy with per-label positive weights.
+    pub(super) multi_label: bool,
     /// (C, N) pooled features; (N, K) the loss gradient the loss kernel writes.
     pub(super) features: TensorId,
     pub(super) dlogits: TensorId,

@@ -212,6 +212,11 @@ impl Plan {
     /// Trains against (1 - e) onehot + e / classes from now on (label smoothing `e` in
     /// [0, 1); the evaluation loss stays plain). No effect on an evaluation plan.
     pub fn set_label_smoothing(&mut self, gpu: &Gpu, e: f32) -> Result<()> {
+        if self.cfg.multi_label && e != 0.0 {
+            return Err(Error::Usage(
+                "label smoothing is for one label per example; a multi-label run has none".into(),
+            ));
+        }
         if let Some(t) = &mut self.training {
             t.loss = t.loss.with_smoothing(e)?;
             if let Cmd::Run(d) = &t.cmds[t.loss_index] {
@@ -317,6 +322,17 @@ impl Plan {
     /// Clears the loss and accuracy accumulators now.
     pub fn reset_metrics(&self, gpu: &Gpu) {
         self.submit(gpu, "zero metrics", Self::zero_metrics);
+    }
+
+    /// Multi-label: the weight of each label's positives in the loss (`--pos-weight auto`:
+    /// negatives / positives in the training set, as CheXNet weights its loss).
+    pub fn set_pos_weight(&self, gpu: &Gpu, weights: &[f32]) -> Result<()> {
+        match &self.buffers.pos_weight {
+            Some(w) => gpu.write(w, weights),
+            None => Err(Error::Usage(
+                "positive weights are for multi-label networks".into(),
+            )),
+        }
     }
 
     /// Fills every shared tensor slot with `value` (tests: a stage that reads a tensor

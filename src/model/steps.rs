@@ -281,16 +281,23 @@ fn head_forward(b: &Bufs<'_>, node: &HeadNode, eval: bool) -> Result<Vec<Cmd>> {
         Some(_) => node.ce.with_loss_scale(),
         None => node.ce,
     };
-    f.extend(cmds(cross_entropy::softmax_cross_entropy(
-        b.k,
-        &ce,
-        logits,
-        labels,
-        dlogits,
-        b.b.loss_sum.view(),
-        b.b.correct.view(),
-        scale,
-    )?));
+    let sums = (b.b.loss_sum.view(), b.b.correct.view());
+    let loss = match (node.multi_label, &b.b.pos_weight) {
+        (true, Some(w)) => cross_entropy::sigmoid_cross_entropy(
+            b.k,
+            &ce,
+            logits,
+            labels,
+            w.view(),
+            dlogits,
+            sums,
+            scale,
+        )?,
+        _ => cross_entropy::softmax_cross_entropy(
+            b.k, &ce, logits, labels, dlogits, sums.0, sums.1, scale,
+        )?,
+    };
+    f.extend(cmds(loss));
     Ok(f)
 }
 

@@ -10,8 +10,8 @@ use crate::ensure_shape;
 use crate::error::Result;
 use crate::gpu::{DType, View};
 use crate::kernels::{
-    read, read_u32, write, write_f32, write_u32, Dispatch, Entry, Grid, Kernels, Shader, Source,
-    PLAIN,
+    read, read_f32, read_u32, write, write_f32, write_u32, Dispatch, Entry, Grid, Kernels, Shader,
+    Source, PLAIN,
 };
 
 /// The label of a padding sample (as PyTorch's ignore_index).
@@ -72,7 +72,7 @@ pub static SHADER: Shader = Shader {
     op: OP,
     file: "cross_entropy.wgsl",
     source: Source::File(include_str!("../../shaders/cross_entropy.wgsl")),
-    entries: &[&SOFTMAX_CROSS_ENTROPY],
+    entries: &[&SOFTMAX_CROSS_ENTROPY, &SIGMOID_CROSS_ENTROPY],
     variants: &[PLAIN],
     choice: "one variant",
     dtypes: &[DType::F32, DType::F16],
@@ -137,5 +137,71 @@ pub fn softmax_cross_entropy(
         (6, k.optional(scale_state, DType::U32)),
     ];
     let kernel = SOFTMAX_CROSS_ENTROPY.kernel(dtype);
+    Ok(vec![k.dispatch(kernel, p, &views, Grid::Workgroups(1))?])
+}
+
+pub static SIGMOID_CROSS_ENTROPY: Entry = Entry::new::<CrossEntropyParams>(
+    &SHADER,
+    "sigmoid_cross_entropy",
+    &[
+        read(1),
+        read_u32(2),
+        write(3),
+        write_f32(4),
+        write_u32(5),
+        read_u32(6),
+        read_f32(7),
+    ],
+    256,
+);
+
+/// Multi-label: sigmoid binary cross-entropy of `logits` (N, K) against `labels` (N x K
+/// targets, 0 or 1; a row starting with [`IGNORE`] is padding), each label's positives
+/// weighted by `pos_weight` (K), as torch's BCEWithLogitsLoss(pos_weight) with the mean
+/// over samples and labels; the gradient added into `dlogits`, the summed per-sample mean
+/// loss into `loss_sum`, the samples with every label right into `correct`.
+#[allow(clippy::too_many_arguments)]
+pub fn sigmoid_cross_entropy(
+    k: &Kernels,
+    p: &CrossEntropyParams,
+    logits: View<'_>,
+    labels: View<'_>,
+    pos_weight: View<'_>,
+    dlogits: View<'_>,
+    (loss_sum, correct): (View<'_>, View<'_>),
+    scale_state: Option<View<'_>>,
+) -> Result<Vec<Dispatch>> {
+    const OP: &str = "sigmoid_cross_entropy";
+    ensure_shape!(
+        scale_state.is_some() == (p.loss_scaled != 0) && p.smoothing == 0.0,
+        OP,
+        "a loss-scale state exactly when the params say so, and no label smoothing: {p:?}"
+    );
+    let lens = [
+        ("logits", logits.len, p.logits_len()),
+        ("labels", labels.len, p.logits_len()),
+        ("pos_weight", pos_weight.len, p.classes as u64),
+        ("dlogits", dlogits.len, p.logits_len()),
+        ("loss_sum", loss_sum.len, 1),
+        ("correct", correct.len, 1),
+    ];
+    for (what, have, need) in lens {
+        ensure_shape!(
+            have >= need,
+            OP,
+            "{what} has {have} elements but {p:?} needs {need}"
+        );
+    }
+    let dtype = super::float_dtype(OP, &[&logits, &dlogits])?;
+    let views = [
+        (1, logits),
+        (2, labels),
+        (3, dlogits),
+        (4, loss_sum),
+        (5, correct),
+        (6, k.optional(scale_state, DType::U32)),
+        (7, pos_weight),
+    ];
+    let kernel = SIGMOID_CROSS_ENTROPY.kernel(dtype);
     Ok(vec![k.dispatch(kernel, p, &views, Grid::Workgroups(1))?])
 }

@@ -49,6 +49,7 @@ fn config(net: Net) -> DenseNetConfig {
         conv_bias: net.conv_bias,
         init: Init::KaimingNormal,
         layer_stats: false,
+        multi_label: false,
     }
 }
 

@@ -113,6 +113,14 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
             }
         },
     };
+    // After any restore: the weights come from this run's training set.
+    if cfg.multi_label {
+        let weights = match recipe.pos_weight {
+            crate::recipe::PosWeight::Auto => setup.train.pos_weights(),
+            crate::recipe::PosWeight::None => vec![1.0; cfg.classes as usize],
+        };
+        plan.set_pos_weight(gpu, &weights)?;
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");
@@ -128,8 +136,11 @@ pub fn train(k: &Kernels, args: &TrainArgs) -> Result<Vec<EpochMetrics>> {
         let losses: Vec<f64> = history.iter().map(|m| m.test_loss).collect();
         let scale = setup.recipe.plateau_scale(&losses);
         let m = run_epoch(k, &mut plan, &setup, args, (epoch, scale), &mut step)?;
+        let auroc = m
+            .mean_auroc
+            .map_or(String::new(), |a| format!(" mean AUROC {a:.4}"));
         println!(
-            "epoch {epoch:>3}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s, {:.1} s",
+            "epoch {epoch:>3}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}%{auroc} | {:.0} img/s, {:.1} s",
             recipe.epochs,
             m.train_loss,
             100.0 * m.train_acc,
@@ -297,7 +308,21 @@ fn run_epoch(
     let train_secs = start.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let seen = (batches * recipe.batch_size as u64).max(1) as f64;
-    let (test_loss, test_acc) = evaluate(gpu, plan, &setup.test, &recipe.augment)?;
+    // Multi-label runs read the logits back for each label's AUROC.
+    let (test_loss, test_acc, auroc) = match plan.cfg.multi_label {
+        true => {
+            let b = crate::evaluate::evaluate_breakdown(gpu, plan, &setup.test, &recipe.augment)?;
+            (
+                b.loss,
+                b.accuracy,
+                Some((b.auroc_per_class(), b.mean_auroc())),
+            )
+        }
+        false => {
+            let (l, a) = evaluate(gpu, plan, &setup.test, &recipe.augment)?;
+            (l, a, None)
+        }
+    };
     Ok(EpochMetrics {
         epoch,
         train_loss: loss_sum / seen,
@@ -309,5 +334,7 @@ fn run_epoch(
         lr: lr as f64,
         skipped_steps: scale.map(|s| (s.skipped - skipped_before.unwrap_or(0)) as u64),
         loss_scale: scale.map(|s| s.scale as f64),
+        mean_auroc: auroc.as_ref().and_then(|a| a.1),
+        auroc: auroc.map(|a| a.0),
     })
 }

@@ -19,6 +19,8 @@ use crate::recipe::{Overrides, Preset, Recipe};
 pub struct TrainArgs {
     pub dataset: DatasetKind,
     pub data_dir: Option<PathBuf>,
+    /// `--dataset csv`: where its labels are and how the CSV says them.
+    pub csv: Option<crate::data::multilabel::CsvSpec>,
     pub preset: Preset,
     /// Recipe values that replace the preset's (or, resuming, the checkpoint's).
     pub overrides: Overrides,
@@ -74,7 +76,8 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
         || args.preset.config(args.dataset, 1).image_size,
         |ck| ck.config.image_size,
     );
-    let mut splits = data::load_sized(args.dataset, args.data_dir.as_deref(), seed, size)?;
+    let csv = args.csv.as_ref();
+    let mut splits = data::load_sized(args.dataset, args.data_dir.as_deref(), seed, size, csv)?;
     if let Some(n) = args.limit_train {
         splits.train.truncate(n);
     }
@@ -126,6 +129,12 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
             }
         },
     };
+    let mut config = config;
+    // A set with targets trains one sigmoid per label (a resumed run's config says so).
+    config.multi_label |= splits.train.targets.is_some();
+    if config.multi_label && splits.train.targets.is_none() {
+        bail!("this network is multi-label; train it on a multi-label set (--dataset csv)");
+    }
     let mut recipe = recipe.with(&args.overrides);
     // A fresh run takes the dataset's augmentation unless --augment says otherwise; a resumed
     // one keeps its own (normalization statistics included) unless --augment is given.
@@ -240,6 +249,7 @@ fn fit_classes(
             train.channels
         );
     }
+    ck.config.multi_label = train.targets.is_some();
     ck.tensors.retain(|name, _| !name.starts_with("optimizer."));
     ck.class_names = train.class_names.clone();
     ck.epoch = 0;

@@ -14,6 +14,10 @@ pub fn cases() -> Vec<Case> {
             "cross_entropy::softmax_cross_entropy_matches_reference",
             softmax_cross_entropy_matches_reference,
         ),
+        per_act(
+            "cross_entropy::sigmoid_cross_entropy_matches_reference",
+            sigmoid_cross_entropy_matches_reference,
+        ),
         vec![
             case(
                 "cross_entropy::sgd_update_matches_reference",
@@ -151,4 +155,61 @@ fn adam_update_matches_reference() {
     }
     assert!(AdamParams::new(10, 1e-3, (1.0, 0.999), 1e-8, 0.0, false).is_err());
     assert!(AdamParams::new(10, 1e-3, (0.9, 0.999), 0.0, 0.0, false).is_err());
+}
+
+/// Multi-label: per-label weights, padding rows, a batch wider than the workgroup.
+fn sigmoid_cross_entropy_matches_reference(dtype: DType) {
+    let mut rng = Rand::new();
+    // (batch, labels, padding rows)
+    for (i, &(n, classes, pad)) in [(1u32, 3u32, 0usize), (37, 14, 0), (300, 5, 9)]
+        .iter()
+        .enumerate()
+    {
+        let p = CrossEntropyParams::new(n, classes).unwrap();
+        let logits = as_act(dtype, rng.range(p.logits_len(), -5.0, 5.0));
+        let mut targets: Vec<u32> = (0..p.logits_len()).map(|_| rng.below(2)).collect();
+        for row in (n as usize - pad)..n as usize {
+            targets[row * classes as usize] = IGNORE;
+        }
+        let weights: Vec<f32> = (0..classes)
+            .map(|_| 0.5 + 4.0 * rng.range(1, 0.0, 1.0)[0])
+            .collect();
+        let (lb, yb, wb) = (up_act(dtype, &logits), up_u32(&targets), up(&weights));
+        let db = up_act(dtype, &vec![0.0; p.logits_len() as usize]);
+        let (loss, correct) = (up(&[0.25f32]), up_u32(&[2]));
+        let launch = cross_entropy::sigmoid_cross_entropy(
+            k(),
+            &p,
+            lb.view(),
+            yb.view(),
+            wb.view(),
+            db.view(),
+            (loss.view(), correct.view()),
+            None,
+        );
+        run(launch.unwrap());
+        let (want_loss, want_grad, want_right) =
+            cpu::sigmoid_cross_entropy(&logits, &targets, &weights, (n as usize, classes as usize));
+        let what = |x: &str| format!("sigmoid_cross_entropy[{dtype}] {x} case {i}");
+        check(
+            &what("dlogits"),
+            rng.seed,
+            &read_act(&db),
+            &want_grad,
+            tol_for(dtype, GRAD),
+        );
+        check(
+            &what("loss"),
+            rng.seed,
+            &read(&loss),
+            &[0.25 + want_loss as f32],
+            FWD,
+        );
+        assert_eq!(
+            read_u32(&correct),
+            vec![2 + want_right],
+            "{}",
+            what("correct")
+        );
+    }
 }

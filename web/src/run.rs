@@ -326,7 +326,12 @@ impl Run {
             x[ch * n * plane..][..plane].copy_from_slice(&one[ch * plane..][..plane]);
         }
         let gpu = k.gpu();
-        self.plan.upload(gpu, &x, &vec![IGNORE; n])?;
+        let per = if cfg.multi_label {
+            cfg.classes as usize
+        } else {
+            1
+        };
+        self.plan.upload(gpu, &x, &vec![IGNORE; n * per])?;
         self.plan.submit_eval(gpu);
         let logits = self.plan.read_logits_async(gpu).await?;
         self.plan.reset_metrics(gpu);
