@@ -1,7 +1,9 @@
 //! The file readers against arbitrary bytes (proptest, a fixed number of cases per run, so CI
 //! spends a bounded time): IDX files (raw and gzipped, any header), CIFAR-10 batches of any
-//! length and content, image folders of arbitrary files, and checkpoints (random bytes, and a real checkpoint truncated or with
-//! bytes flipped). Each either loads something consistent or returns an error; none panics.
+//! length and content, image folders of arbitrary files, checkpoints (random bytes, and a
+//! real checkpoint truncated or with bytes flipped), torchvision's `.pth` and safetensors
+//! state dicts (truncated, bytes flipped) and multi-label CSV files. Each either loads
+//! something consistent or returns a one-line error; none panics.
 
 mod support;
 
@@ -153,4 +155,72 @@ fn valid_checkpoint(path: &Path) -> Vec<u8> {
         .save(path)
         .unwrap();
     std::fs::read(path).unwrap()
+}
+
+fn torchvision_fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/torchvision-densenet")
+        .join(name);
+    std::fs::read(path).expect("the torchvision fixtures")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: CASES, ..ProptestConfig::default() })]
+
+    /// A torchvision `.pth` (zip + pickle) cut short or with a byte changed: read into a
+    /// DenseNet checkpoint, or a one-line error.
+    #[test]
+    fn pth_files_damaged_anywhere(cut in 0.0f64..1.0, flip in any::<(usize, u8)>()) {
+        let mut bytes = torchvision_fixture("small-legacy.pth");
+        let at = flip.0 % bytes.len();
+        bytes[at] ^= flip.1.max(1);
+        bytes.truncate(((bytes.len() as f64) * cut) as usize + 1);
+        let dir = temp_dir("fuzz-pth");
+        let path = dir.join("model.pth");
+        std::fs::write(&path, &bytes).unwrap();
+        match densenet_wgpu::import::read_file(&path) {
+            Ok(sd) => {
+                if let Err(e) = densenet_wgpu::import::to_checkpoint(&sd, "model.pth") {
+                    let line = format!("{e:#}");
+                    prop_assert!(!line.contains('\n'));
+                }
+            }
+            Err(e) => {
+                let line = format!("{e:#}");
+                prop_assert!(!line.contains('\n'), "{}", line);
+            }
+        }
+    }
+
+    /// A timm/torchvision safetensors state dict with a byte changed or cut short.
+    #[test]
+    fn state_dict_safetensors_damaged(cut in 0.0f64..1.0, flip in any::<(usize, u8)>()) {
+        let mut bytes = torchvision_fixture("small-legacy-batch.safetensors");
+        let at = flip.0 % bytes.len();
+        bytes[at] ^= flip.1.max(1);
+        bytes.truncate(((bytes.len() as f64) * cut) as usize + 1);
+        match densenet_wgpu::import::read_safetensors(&bytes, "fuzz.safetensors") {
+            Ok(sd) => {
+                let r = densenet_wgpu::import::to_checkpoint(&sd, "fuzz.safetensors");
+                prop_assert!(r.is_err(), "a batch file is no DenseNet");
+            }
+            Err(e) => {
+                let line = format!("{e:#}");
+                prop_assert!(!line.contains('\n'));
+            }
+        }
+    }
+
+    /// Any text as a multi-label CSV: a set, or an error naming the file.
+    #[test]
+    fn multilabel_csv_takes_any_text(text in "[a-zA-Z ,|\"\n.0-9]{0,120}") {
+        let dir = temp_dir("fuzz-csv");
+        let labels = dir.join("labels.csv");
+        std::fs::write(&labels, &text).unwrap();
+        let spec = densenet_wgpu::data::multilabel::CsvSpec::chestxray14(labels);
+        if let Err(e) = densenet_wgpu::data::multilabel::load(&dir, &spec, 8, 0) {
+            let line = format!("{e:#}");
+            prop_assert!(line.contains("labels.csv") || line.contains("image"), "{}", line);
+        }
+    }
 }
