@@ -124,7 +124,9 @@ mod tests {
         assert_eq!(inverted[3], 0.0);
         let img = image::RgbImage::from_pixel(8, 8, image::Rgb([0, 0, 0]));
         let out = overlay(&img, &[0.0, 0.0, 0.0, 1.0], 2);
-        // Bottom right is hot (red), top left cold (blue).
-        assert!(out.get_pixel(7, 7).0[0] > 100 && out.get_pixel(0, 0).0[2] > 100);
+        // Bottom right is hot (red), top left cold (blue): jet's ends, at half strength.
+        let (hot, cold) = (out.get_pixel(7, 7).0, out.get_pixel(0, 0).0);
+        assert!(hot[0] > 50 && hot[2] == 0, "{hot:?}");
+        assert!(cold[2] > 50 && cold[0] == 0, "{cold:?}");
     }
 }
