@@ -70,27 +70,29 @@ struct DataArgs {
     /// [default: none; required by file datasets]
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// --dataset csv: the CSV naming each image of --data-dir and its labels (ChestX-ray14's
+    /// With --dataset csv: the CSV naming each image of --data-dir and its labels (ChestX-ray14's
     /// Data_Entry_2017.csv layout unless the columns are named) [default: none]
     #[arg(long, value_name = "FILE.csv")]
     labels: Option<PathBuf>,
-    /// --dataset csv: the column of image names [default: "Image Index"]
+    /// With --dataset csv: the column of image names [default: "Image Index"]
     #[arg(long, default_value = "Image Index")]
     image_column: String,
-    /// --dataset csv: the column of labels [default: "Finding Labels"]
+    /// With --dataset csv: the column of labels [default: "Finding Labels"]
     #[arg(long, default_value = "Finding Labels")]
     label_column: String,
-    /// --dataset csv: what separates an image's labels [default: "|"]
+    /// With --dataset csv: what separates an image's labels [default: "|"]
     #[arg(long, default_value = "|")]
     label_separator: String,
-    /// --dataset csv: the value meaning no label [default: "No Finding"]
+    /// With --dataset csv: the value meaning no label [default: "No Finding"]
     #[arg(long, default_value = "No Finding")]
     no_label: String,
-    /// --dataset csv: files of the training and the test images' names, one per line (the
+    /// With --dataset csv: files of the training and the test images' names, one per line (the
     /// set's own split: ChestX-ray14's train_val_list.txt and test_list.txt) [default: 20%
     /// of the images, drawn by --seed, to test]
     #[arg(long, value_name = "FILE", requires = "test_list")]
     train_list: Option<PathBuf>,
+    /// With --dataset csv: the test images' names, one per line (with --train-list)
+    /// [default: none]
     #[arg(long, value_name = "FILE", requires = "train_list")]
     test_list: Option<PathBuf>,
 }
@@ -187,7 +189,7 @@ struct RecipeArgs {
     /// [default: 10]
     #[arg(long, value_name = "EPOCHS")]
     plateau_patience: Option<u32>,
-    /// Multi-label (--dataset csv): weight each label's positives by its negatives /
+    /// Multi-label (with --dataset csv): weight each label's positives by its negatives /
     /// positives in the training set (auto, CheXNet's), or not (none) [default: auto]
     #[arg(long, value_enum)]
     pos_weight: Option<densenet_wgpu::recipe::PosWeight>,
