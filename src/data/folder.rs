@@ -132,29 +132,32 @@ pub fn from_files(files: Vec<(String, Vec<u8>)>, size: u32, seed: u64) -> Result
 
 /// The splits of class-grouped images, each read by `read`, converted to RGB and resized to
 /// `size` (as torchvision's ImageFolder); `place` names the source in errors.
-fn assemble<T>(
+fn assemble<T: Sync>(
     place: &str,
     train: Classes<T>,
     test: Classes<T>,
     size: u32,
-    read: impl Fn(&T) -> Result<image::DynamicImage>,
+    read: impl Fn(&T) -> Result<image::DynamicImage> + Sync + Send,
 ) -> Result<Splits> {
     let names: Vec<String> = train.iter().map(|(n, _)| n.clone()).collect();
     if let Some((extra, _)) = test.iter().find(|(n, _)| !names.contains(n)) {
         bail!("{place}: test class {extra:?} has no training folder");
     }
     let images = |set: &[(String, Vec<T>)]| -> Result<Vec<(image::DynamicImage, u8)>> {
-        let mut out = Vec::new();
+        let mut todo: Vec<(&T, u8)> = Vec::new();
         for (name, files) in set {
             let label = names.iter().position(|n| n == name).unwrap_or(0) as u8;
-            for f in files {
-                let img = read(f)?;
-                // As torchvision's ImageFolder: RGB first, then Pillow's bilinear resize.
-                let rgb = super::resize::rgb(&img.to_rgb8(), size, size);
-                out.push((image::DynamicImage::ImageRgb8(rgb), label));
-            }
+            todo.extend(files.iter().map(|f| (f, label)));
         }
-        Ok(out)
+        // Decoded and resized on every core, kept in the set's order.
+        super::map_all(&todo, |&(f, label)| {
+            let img = read(f)?;
+            // As torchvision's ImageFolder: RGB first, then Pillow's bilinear resize.
+            let rgb = super::resize::rgb(&img.to_rgb8(), size, size);
+            Ok((image::DynamicImage::ImageRgb8(rgb), label))
+        })
+        .into_iter()
+        .collect()
     };
     if names.len() > 256 {
         bail!(

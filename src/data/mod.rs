@@ -100,6 +100,20 @@ impl Dataset {
     }
 }
 
+/// `f` over `items`, in order: on every core natively (rayon: decoding and resizing a set's
+/// images is the host's heaviest work), one after another in a browser.
+pub fn map_all<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        items.par_iter().map(f).collect()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        items.iter().map(f).collect()
+    }
+}
+
 /// fastrand's `shuffle` as it runs on 64-bit machines, on every target: there it draws each
 /// index as a u64, but where `usize` has 32 bits (wasm32) as a u32, which would give a
 /// browser other synthetic data and another epoch order than the native tool.

@@ -138,15 +138,15 @@ pub fn load(dir: &Path, spec: &CsvSpec, size: u32, seed: u64) -> Result<Splits> 
         }
         _ => bail!("give both --train-list and --test-list, or neither"),
     };
-    let images: Vec<image::RgbImage> = rows
-        .iter()
-        .map(|(name, _)| {
-            let path = dir.join(name);
-            let img = image::open(&path)
-                .with_context(|| format!("reading image {} (named in --labels)", path.display()))?;
-            Ok(super::resize::rgb(&img.to_rgb8(), size, size))
-        })
-        .collect::<Result<_>>()?;
+    // Decoded and resized on every core (ChestX-ray14's are 1024x1024 PNGs).
+    let images: Vec<image::RgbImage> = super::map_all(&rows, |(name, _)| {
+        let path = dir.join(name);
+        let img = image::open(&path)
+            .with_context(|| format!("reading image {} (named in --labels)", path.display()))?;
+        Ok(super::resize::rgb(&img.to_rgb8(), size, size))
+    })
+    .into_iter()
+    .collect::<Result<_>>()?;
     let color = images
         .iter()
         .any(|i| i.pixels().any(|p| p[0] != p[1] || p[1] != p[2]));
