@@ -31,7 +31,10 @@ fn main() {
             path
         })
         .collect();
-    let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
     println!(
         "{n} images of 1024x1024 gray, {:.0} KiB each on average",
         bytes as f64 / n as f64 / 1024.0

@@ -20,15 +20,19 @@ fn training_bytes(cfg: &DenseNetConfig, batch: u32, dtype: DType) -> u64 {
         policy: Policy::auto(DeviceClass::Gpu),
     };
     let layout = Layout::new(cfg, limits.align());
-    let plan = MemoryPlan::new(cfg, &layout, batch, Mode::Train, true, &target)
-        .expect("a valid DenseNet");
+    let plan =
+        MemoryPlan::new(cfg, &layout, batch, Mode::Train, true, &target).expect("a valid DenseNet");
     plan.report.total()
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let gib: f64 = args.next().map_or(16.0, |a| a.parse().expect("GIB: a number"));
-    let batch: u32 = args.next().map_or(64, |a| a.parse().expect("BATCH: a whole number"));
+    let gib: f64 = args
+        .next()
+        .map_or(16.0, |a| a.parse().expect("GIB: a number"));
+    let batch: u32 = args
+        .next()
+        .map_or(64, |a| a.parse().expect("BATCH: a whole number"));
     let budget = (gib * (1u64 << 30) as f64) as u64;
     let net = |n: u32| DenseNetConfig::torchvision(32, &[6, 12, n, 48], 64, 4, 1000);
     println!("| dtype | blocks | depth | parameters | training plan at batch {batch} |");

@@ -713,7 +713,8 @@ fn eval(
     let seed = c.seed.unwrap_or(ck.recipe.seed);
     let dir = data.data_dir.as_deref();
     let csv = data.csv();
-    let mut splits = data::load_sized(dataset, dir, seed, ck.config.image_size, csv.as_ref())
+    let size = ck.recipe.augment.load_size(ck.config.image_size);
+    let mut splits = data::load_sized(dataset, dir, seed, size, csv.as_ref())
         .with_context(|| format!("loading {} for {}", dataset.name(), checkpoint.display()))?;
     if let Some(n) = c.limit_test {
         splits.test.truncate(n);

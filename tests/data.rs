@@ -457,6 +457,7 @@ fn augmentation_choices_are_seeded() {
         pad: 2,
         flip: true,
         normalize: None,
+        resized_crop: false,
     };
     let draws: Vec<_> = (0..400).map(|i| aug.choices(7, i)).collect();
     assert_eq!(
@@ -579,4 +580,59 @@ fn rgb_images_resize_each_band_as_pillow() {
         assert_eq!(band(1), data::resize::bilinear(&inverse, h, w, oh, ow));
         assert_eq!(band(2), c.output);
     }
+}
+
+/// ImageNet's crops: the random box stays inside the image, covers 8-100% of it at an
+/// aspect in [3/4, 4/3] (or the fallback), repeats for a seed and changes with it; a
+/// training batch is the box resized to the input; evaluation takes the exact center.
+#[test]
+fn imagenet_crops_are_torchvisions() {
+    let aug = Augment {
+        pad: 0,
+        flip: true,
+        normalize: None,
+        resized_crop: true,
+    };
+    assert_eq!(aug.load_size(224), 256);
+    let (h, w) = (256u32, 256u32);
+    let mut flips = 0;
+    for i in 0..500 {
+        let ([top, left, bh, bw], flip) = aug.resized_box(3, i, (h, w));
+        assert!(top + bh <= h && left + bw <= w && bh > 0 && bw > 0);
+        let share = (bh * bw) as f64 / (h * w) as f64;
+        let aspect = bw as f64 / bh as f64;
+        assert!((0.07..=1.0).contains(&share), "{share}");
+        assert!((0.74..=1.35).contains(&aspect), "{aspect}");
+        flips += flip as u32;
+        assert_eq!(aug.resized_box(3, i, (h, w)), ([top, left, bh, bw], flip));
+    }
+    assert!((150..350).contains(&flips), "{flips} flips of 500");
+    assert_ne!(aug.resized_box(3, 0, (h, w)), aug.resized_box(4, 0, (h, w)));
+    // A 16x16 image of one channel whose pixel is its index; the input is 14x14.
+    let ds = Arc::new(Dataset {
+        images: (0..=255u8).collect(),
+        labels: vec![0],
+        channels: 1,
+        height: 16,
+        width: 16,
+        class_names: vec!["a".into()],
+        targets: None,
+    });
+    let eval = Loader::with_augment(
+        ds.clone(),
+        1,
+        Order::Sequential,
+        (14, 14),
+        Arc::new(aug.clone()),
+    );
+    let x = eval.into_iter().next().unwrap().x;
+    // The center 14x14: rows and columns 1..15.
+    let want: Vec<f32> = (1..15)
+        .flat_map(|y| (1..15).map(move |c| (y * 16 + c) as f32 / 255.0))
+        .collect();
+    assert_eq!(x, want);
+    let train = Loader::with_augment(ds, 1, Order::Shuffled(9), (14, 14), Arc::new(aug));
+    let x = train.into_iter().next().unwrap().x;
+    assert_eq!(x.len(), 14 * 14);
+    assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
 }

@@ -21,6 +21,12 @@ pub struct Augment {
     pub flip: bool,
     /// Per-channel (mean, std) the inputs are normalized with, from the training split.
     pub normalize: Option<Vec<(f32, f32)>>,
+    /// ImageNet's crops, from images stored at [`Augment::load_size`]: training takes a
+    /// random box of 8-100% of the area, aspect 3/4 to 4/3, resized to the input
+    /// (torchvision's RandomResizedCrop); evaluation the center (Resize(256) then
+    /// CenterCrop(224), in proportion).
+    #[serde(default)]
+    pub resized_crop: bool,
 }
 
 /// What `--augment` asks for; normalization's statistics come from the data.
@@ -29,6 +35,7 @@ pub struct AugmentSpec {
     pub pad: u32,
     pub flip: bool,
     pub normalize: bool,
+    pub resized_crop: bool,
 }
 
 impl AugmentSpec {
@@ -36,6 +43,7 @@ impl AugmentSpec {
         pad: 0,
         flip: false,
         normalize: false,
+        resized_crop: false,
     };
 
     /// Each dataset's default: CIFAR-10 and -100 as in the DenseNet paper (pad 4 and crop, flip,
@@ -47,6 +55,7 @@ impl AugmentSpec {
                 pad: 4,
                 flip: true,
                 normalize: true,
+                resized_crop: false,
             },
             DatasetKind::FashionMnist | DatasetKind::Mnist => AugmentSpec {
                 pad: 2,
@@ -72,6 +81,7 @@ impl AugmentSpec {
                 None if item == "crop" => spec.pad = 4,
                 None if item == "flip" => spec.flip = true,
                 None if item == "normalize" => spec.normalize = true,
+                None if item == "resized-crop" => spec.resized_crop = true,
                 Some(("crop", p)) => {
                     spec.pad = p
                         .parse()
@@ -79,7 +89,7 @@ impl AugmentSpec {
                 }
                 _ => {
                     return Err(format!(
-                        "{item:?}: choose none, or a list of crop, crop=PIXELS, flip, normalize"
+                        "{item:?}: choose none, or a list of crop, crop=PIXELS, flip, normalize, resized-crop"
                     ))
                 }
             }
@@ -93,6 +103,7 @@ impl AugmentSpec {
             pad: self.pad,
             flip: self.flip,
             normalize: self.normalize.then(|| channel_stats(train)),
+            resized_crop: self.resized_crop,
         }
     }
 }
@@ -100,7 +111,46 @@ impl AugmentSpec {
 impl Augment {
     /// Whether a training batch changes at all beyond normalization.
     pub fn is_random(&self) -> bool {
-        self.pad > 0 || self.flip
+        self.pad > 0 || self.flip || self.resized_crop
+    }
+
+    /// The size images are stored at for an input of `size`: larger by 256/224 with
+    /// ImageNet's crops (torchvision's Resize(256) before CenterCrop(224)).
+    pub fn load_size(&self, size: u32) -> u32 {
+        match self.resized_crop {
+            true => (size as f64 * 256.0 / 224.0).round() as u32,
+            false => size,
+        }
+    }
+
+    /// The box (top, left, height, width) of example `index`'s random resized crop in an
+    /// image of `h` x `w`, in an epoch shuffled with `seed`: torchvision's
+    /// RandomResizedCrop.get_params (scale 0.08-1, ratio 3/4-4/3, ten tries, then the
+    /// largest centered box within the ratios), and its flip.
+    pub fn resized_box(&self, seed: u64, index: usize, (h, w): (u32, u32)) -> ([u32; 4], bool) {
+        let key = seed ^ (index as u64 + 1).wrapping_mul(0x9FB2_1C65_1E98_DF25);
+        let mut rng = fastrand::Rng::with_seed(key);
+        let flip = self.flip && rng.bool();
+        let area = (h * w) as f64;
+        let (lo, hi) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
+        for _ in 0..10 {
+            let target = area * (0.08 + rng.f64() * 0.92);
+            let ratio = (lo + rng.f64() * (hi - lo)).exp();
+            let bw = (target * ratio).sqrt().round() as u32;
+            let bh = (target / ratio).sqrt().round() as u32;
+            if bw > 0 && bw <= w && bh > 0 && bh <= h {
+                let top = rng.u32(..=h - bh);
+                let left = rng.u32(..=w - bw);
+                return ([top, left, bh, bw], flip);
+            }
+        }
+        let ratio = w as f64 / h as f64;
+        let (bh, bw) = match ratio {
+            r if r < 3.0 / 4.0 => (((w as f64) / (3.0 / 4.0)).round() as u32, w),
+            r if r > 4.0 / 3.0 => (h, ((h as f64) * (4.0 / 3.0)).round() as u32),
+            _ => (h, w),
+        };
+        ([(h - bh) / 2, (w - bw) / 2, bh, bw], flip)
     }
 
     /// The spec that rebuilds this augmentation (for a resumed run's overrides).
@@ -109,6 +159,7 @@ impl Augment {
             pad: self.pad,
             flip: self.flip,
             normalize: self.normalize.is_some(),
+            resized_crop: self.resized_crop,
         }
     }
 
@@ -117,6 +168,9 @@ impl Augment {
         let mut parts = Vec::new();
         if self.pad > 0 {
             parts.push(format!("crop (pad {})", self.pad));
+        }
+        if self.resized_crop {
+            parts.push("random resized crop (evaluation: center crop)".to_string());
         }
         if self.flip {
             parts.push("flip".to_string());

@@ -47,6 +47,53 @@ pub fn resize_plane(plane: &[u8], h: u32, w: u32, out_h: u32, out_w: u32) -> Vec
         .collect()
 }
 
+/// Rows [top, top + bh) and columns [left, left + bw) of a plane `w` wide.
+fn crop_plane(plane: &[u8], w: u32, [top, left, bh, bw]: [u32; 4]) -> Vec<u8> {
+    (top..top + bh)
+        .flat_map(|y| &plane[(y * w + left) as usize..][..bw as usize])
+        .copied()
+        .collect()
+}
+
+/// ImageNet's crops of example `src` (planes (C, H, W) in [0, 1]): training (`random`:
+/// the epoch's seed and the example) a random resized crop and maybe a flip; evaluation the
+/// center `out` box (resized when the image is smaller).
+fn resized_crop(
+    ds: &Dataset,
+    src: usize,
+    out: (u32, u32),
+    aug: &Augment,
+    random: Option<(u64, usize)>,
+) -> Vec<f32> {
+    let (h, w) = (ds.height, ds.width);
+    let (oh, ow) = out;
+    let (area, flip) = match random {
+        Some((seed, index)) => aug.resized_box(seed, index, (h, w)),
+        None if h >= oh && w >= ow => {
+            // torchvision's CenterCrop: offsets rounded half to even as Python's round().
+            let mid = |a: u32, b: u32| ((a - b) as f64 / 2.0).round_ties_even() as u32;
+            ([mid(h, oh), mid(w, ow), oh, ow], false)
+        }
+        None => ([0, 0, h, w], false),
+    };
+    let img = ds.image(src);
+    let in_plane = (h * w) as usize;
+    let mut v = Vec::with_capacity((oh * ow * ds.channels) as usize);
+    for c in 0..ds.channels as usize {
+        let crop = crop_plane(&img[c * in_plane..][..in_plane], w, area);
+        let p = resize_plane(&crop, area[2], area[3], oh, ow);
+        match flip {
+            true => v.extend(
+                p.chunks(ow as usize)
+                    .flat_map(|row| row.iter().rev().copied()),
+            ),
+            false => v.extend(p),
+        }
+    }
+    aug.normalize_planes(&mut v, (oh * ow) as usize);
+    v
+}
+
 /// Example `src` as the network sees it: resized, then (`random`: its crop offsets and flip)
 /// augmented, then normalized; planes (C, H, W).
 fn example(
@@ -122,11 +169,14 @@ impl Epoch {
         let k = ds.targets.as_ref().map_or(1, |_| ds.classes());
         let mut labels = vec![IGNORE; batch * k];
         for (slot, &src) in chunk.iter().enumerate() {
-            let random = match self.order {
-                Order::Shuffled(seed) if aug.is_random() => Some(aug.choices(seed, src)),
-                _ => None,
+            let planes = match (aug.resized_crop, self.order) {
+                (true, Order::Shuffled(seed)) => resized_crop(ds, src, out, aug, Some((seed, src))),
+                (true, Order::Sequential) => resized_crop(ds, src, out, aug, None),
+                (false, Order::Shuffled(seed)) if aug.is_random() => {
+                    example(ds, src, out, aug, Some(aug.choices(seed, src)))
+                }
+                (false, _) => example(ds, src, out, aug, None),
             };
-            let planes = example(ds, src, out, aug, random);
             put(&planes, (out.0 * out.1) as usize, slot, batch, &mut x);
             match &ds.targets {
                 Some(t) => {

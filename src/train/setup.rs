@@ -71,11 +71,21 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
         Some(p) => Some(load_init(p)?),
         None => None,
     };
-    // Image folders are resized to the network's input size as they load.
-    let size = resume.as_ref().or(init.as_ref()).map_or_else(
-        || args.preset.config(args.dataset, 1).image_size,
-        |ck| ck.config.image_size,
+    // Image folders are resized to the network's input size as they load (larger, by
+    // 256/224, where ImageNet's crops take the input from them).
+    let net = resume.as_ref().or(init.as_ref()).map_or_else(
+        || args.preset.config(args.dataset, 1),
+        |ck| ck.config.clone(),
     );
+    let crops = match (&resume, args.overrides.augment) {
+        (Some(ck), None) => ck.recipe.augment.resized_crop,
+        (_, Some(spec)) => spec.resized_crop,
+        (None, None) => imagenet_crops(&net, args.dataset),
+    };
+    let size = match crops {
+        true => (net.image_size as f64 * 256.0 / 224.0).round() as u32,
+        false => net.image_size,
+    };
     let csv = args.csv.as_ref();
     let mut splits = data::load_sized(args.dataset, args.data_dir.as_deref(), seed, size, csv)?;
     if let Some(n) = args.limit_train {
@@ -140,7 +150,14 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
     // one keeps its own (normalization statistics included) unless --augment is given.
     let spec = match (&resume, args.overrides.augment) {
         (_, Some(spec)) => Some(spec),
-        (None, None) => Some(AugmentSpec::default_for(args.dataset)),
+        (None, None) => Some(match crops {
+            true => AugmentSpec {
+                flip: true,
+                resized_crop: true,
+                ..AugmentSpec::default_for(args.dataset)
+            },
+            false => AugmentSpec::default_for(args.dataset),
+        }),
         (Some(_), None) => None,
     };
     if let Some(spec) = spec {
@@ -188,6 +205,12 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
         resume,
         init,
     })
+}
+
+/// Whether a fresh run on `dataset` takes torchvision's ImageNet transforms by default:
+/// torchvision-shaped networks (the densenet121-style presets, imported ones) on image files.
+fn imagenet_crops(net: &DenseNetConfig, dataset: DatasetKind) -> bool {
+    net.layer_stats && matches!(dataset, DatasetKind::Folder | DatasetKind::Csv)
 }
 
 /// `--init FILE`: a checkpoint of ours, or a torchvision/timm file imported.

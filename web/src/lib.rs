@@ -217,7 +217,11 @@ impl Engine {
             )));
         }
         let data = source
-            .load(ck.config.image_size, ck.recipe.seed, s.limits)
+            .load(
+                ck.recipe.augment.load_size(ck.config.image_size),
+                ck.recipe.seed,
+                s.limits,
+            )
             .map_err(js)?;
         s.run = None;
         let run = Run::resume(&s.k, &ck, &data).map_err(js)?;
