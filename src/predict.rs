@@ -84,16 +84,30 @@ pub fn predict(
                         (0, f32::NEG_INFINITY),
                         |(a, b), (i, &v)| if v > b { (i, v) } else { (a, b) },
                     );
+            // The top class's map; multi-label: one per label above 0.5 (the top one when
+            // none is), named after the label.
             let cam = match (&head, &features, cam) {
-                (Some(h), Some((f, side)), Some(dir)) => Some(write_cam(
-                    h,
-                    f,
-                    *side,
-                    (slot, batch as usize),
-                    class,
-                    path,
-                    dir,
-                )?),
+                (Some(h), Some((f, side)), Some(dir)) => {
+                    let mut drawn = Vec::new();
+                    let chosen: Vec<usize> = match cfg.multi_label {
+                        true => (0..probs.len()).filter(|&i| probs[i] > 0.5).collect(),
+                        false => Vec::new(),
+                    };
+                    let tag = |c: usize| match cfg.multi_label {
+                        true => Some(names.get(c).cloned().unwrap_or_else(|| c.to_string())),
+                        false => None,
+                    };
+                    let classes = if chosen.is_empty() {
+                        vec![class]
+                    } else {
+                        chosen
+                    };
+                    for c in classes {
+                        let at = (slot, batch as usize);
+                        drawn.push(write_cam(h, f, *side, at, c, path, (dir, tag(c)))?);
+                    }
+                    drawn.into_iter().next()
+                }
                 _ => None,
             };
             let labels = cfg.multi_label.then(|| {
@@ -137,7 +151,8 @@ fn last_features(plan: &Plan, gpu: &crate::gpu::Gpu, block: usize) -> Result<(Ve
 }
 
 /// Writes the class activation map of `class` for batch slot `slot` of `n`, over the
-/// image at `path`, to `dir/<file stem>.cam.png`; returns that path.
+/// image at `path`, to `dir/<file stem>.cam.png` (multi-label: `<stem>.<label>.cam.png`);
+/// returns that path.
 fn write_cam(
     head: &crate::cam::Head,
     features: &[f32],
@@ -145,7 +160,7 @@ fn write_cam(
     (slot, n): (usize, usize),
     class: usize,
     path: &Path,
-    dir: &Path,
+    (dir, label): (&Path, Option<String>),
 ) -> Result<PathBuf> {
     let plane = side * side;
     let mine: Vec<f32> = (0..head.channels)
@@ -155,7 +170,24 @@ fn write_cam(
     let img = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
     let drawn = crate::cam::overlay(&img.to_rgb8(), &map, side);
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-    let out = dir.join(format!("{stem}.cam.png"));
+    // Multi-label maps carry their label's name (made safe for a file name).
+    let name = match label {
+        Some(l) => {
+            let safe: String = l
+                .chars()
+                .map(|c| {
+                    if c.is_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("{stem}.{safe}.cam.png")
+        }
+        None => format!("{stem}.cam.png"),
+    };
+    let out = dir.join(name);
     let mut png = Vec::new();
     image::DynamicImage::ImageRgb8(drawn)
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;

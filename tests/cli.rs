@@ -959,11 +959,25 @@ fn a_multi_label_csv_set_trains_to_a_high_auroc() {
     let predict = support::binary()
         .args(["predict", "--checkpoint"])
         .arg(out.join("checkpoint.safetensors"))
+        .arg("--cam")
+        .arg(dir.join("cams"))
         .arg(dir.join("images/0000.png"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&predict.stdout);
     assert!(text.contains("Bottom") && text.contains("Top"), "{text}");
+    // A map per label above 0.5 (the top label's where none is), named after the label.
+    let maps: Vec<String> = std::fs::read_dir(dir.join("cams"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!maps.is_empty(), "{text}");
+    assert!(
+        maps.iter().all(|m| m.starts_with("0000.")
+            && m.ends_with(".cam.png")
+            && ["Bottom", "Dot", "Top"].iter().any(|l| m.contains(l))),
+        "{maps:?}"
+    );
     std::fs::write(&labels, "Image,Labels\n0000.png,Top\n").unwrap();
     let bad = support::binary()
         .args(["train", "--epochs", "1", "--out"])

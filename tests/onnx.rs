@@ -32,6 +32,10 @@ fn main() -> std::process::ExitCode {
             "exported_checkpoint_matches_eval_in_onnxruntime",
             exported_checkpoint_matches_eval_in_onnxruntime,
         ),
+        case(
+            "an_imported_torchvision_network_matches_torchvision_in_onnxruntime",
+            an_imported_torchvision_network_matches_torchvision_in_onnxruntime,
+        ),
     ])
 }
 
@@ -322,4 +326,33 @@ fn exported_checkpoint_matches_eval_in_onnxruntime() {
     assert!(text.contains("input images [batch, 1, 28, 28]"), "{text}");
     let images = dir.join("t10k-images-idx3-ubyte");
     onnxruntime_agrees(&model, &csv, &["--idx", images.to_str().unwrap()]);
+}
+
+/// A torchvision DenseNet imported from its legacy `.pth` (each batch norm with its own
+/// running statistics) and exported: onnxruntime gives torchvision's logits (the fixture's,
+/// computed by torchvision in f64) from pixels in [0, 1].
+fn an_imported_torchvision_network_matches_torchvision_in_onnxruntime() {
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/torchvision-densenet");
+    let sd = densenet_wgpu::import::read_file(&fixtures.join("small-legacy.pth")).unwrap();
+    let mut ck = densenet_wgpu::import::to_checkpoint(&sd, "small-legacy.pth").unwrap();
+    ck.config.image_size = 64;
+    let dir = support::temp_dir("onnx-imported");
+    let model = densenet_wgpu::onnx::from_checkpoint(&ck).unwrap();
+    densenet_wgpu::onnx::save(&model, &dir.join("small.onnx")).unwrap();
+    let bytes = std::fs::read(fixtures.join("small-legacy-batch.safetensors")).unwrap();
+    let batch = densenet_wgpu::import::read_safetensors(&bytes, "batch").unwrap();
+    let pixels: Vec<u8> = batch["pixels"]
+        .1
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    std::fs::write(dir.join("pixels.f32"), pixels).unwrap();
+    std::fs::write(dir.join("want.csv"), logits_csv(&batch["eval_logits"].1, 5)).unwrap();
+    let raw = dir.join("pixels.f32").display().to_string();
+    onnxruntime_agrees(
+        &dir.join("small.onnx"),
+        &dir.join("want.csv"),
+        &["--raw", &raw],
+    );
 }
