@@ -168,15 +168,18 @@ impl Epoch {
         // Multi-label: a row of targets per example (padding rows start with IGNORE).
         let k = ds.targets.as_ref().map_or(1, |_| ds.classes());
         let mut labels = vec![IGNORE; batch * k];
-        for (slot, &src) in chunk.iter().enumerate() {
-            let planes = match (aug.resized_crop, self.order) {
-                (true, Order::Shuffled(seed)) => resized_crop(ds, src, out, aug, Some((seed, src))),
-                (true, Order::Sequential) => resized_crop(ds, src, out, aug, None),
-                (false, Order::Shuffled(seed)) if aug.is_random() => {
-                    example(ds, src, out, aug, Some(aug.choices(seed, src)))
-                }
-                (false, _) => example(ds, src, out, aug, None),
-            };
+        // Each example's resize, crop and flip on every core (its random choices depend on
+        // the epoch's seed and the example alone, so the batch is the same either way).
+        let order = self.order;
+        let prepared = super::map_all(chunk, |&src| match (aug.resized_crop, order) {
+            (true, Order::Shuffled(seed)) => resized_crop(ds, src, out, aug, Some((seed, src))),
+            (true, Order::Sequential) => resized_crop(ds, src, out, aug, None),
+            (false, Order::Shuffled(seed)) if aug.is_random() => {
+                example(ds, src, out, aug, Some(aug.choices(seed, src)))
+            }
+            (false, _) => example(ds, src, out, aug, None),
+        });
+        for (slot, (&src, planes)) in chunk.iter().zip(prepared).enumerate() {
             put(&planes, (out.0 * out.1) as usize, slot, batch, &mut x);
             match &ds.targets {
                 Some(t) => {
