@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::checkpoint::Checkpoint;
+use crate::data::resize;
 use crate::gpu::DType;
 use crate::kernels::Kernels;
 use crate::model::Plan;
@@ -53,7 +54,7 @@ pub fn predict(
             // ImageNet's evaluation transform where the run trained with its crops: resized
             // to 256/224 of the input, then the center.
             let stored = ck.recipe.augment.load_size(size);
-            let mut img = center(&load_image(path, c, stored)?, c, stored, size);
+            let mut img = resize::center_crop(&load_image(path, c, stored)?, stored, size);
             ck.recipe.augment.normalize_planes(&mut img, plane);
             for ch in 0..c as usize {
                 let dst = (ch * batch as usize + slot) * plane;
@@ -195,18 +196,3 @@ fn write_cam(
     Ok(out)
 }
 
-/// The center `to` x `to` of `c` planes of `from` x `from` (torchvision's CenterCrop).
-fn center(planes: &[f32], c: u32, from: u32, to: u32) -> Vec<f32> {
-    if from == to {
-        return planes.to_vec();
-    }
-    let off = ((from - to) as f64 / 2.0).round_ties_even() as usize;
-    let (from, to) = (from as usize, to as usize);
-    let mut out = Vec::with_capacity(c as usize * to * to);
-    for p in planes.chunks(from * from) {
-        for y in off..off + to {
-            out.extend_from_slice(&p[y * from + off..][..to]);
-        }
-    }
-    out
-}

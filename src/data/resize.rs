@@ -204,3 +204,20 @@ pub fn planes(img: &image::DynamicImage, channels: u32, size: u32) -> Vec<f32> {
     }
     out
 }
+/// The center `to` x `to` of planes of `from` x `from` (torchvision's CenterCrop: offsets
+/// rounded half to even, as Python's round()).
+pub fn center_crop(planes: &[f32], from: u32, to: u32) -> Vec<f32> {
+    if from <= to {
+        return planes.to_vec();
+    }
+    let off = ((from - to) as f64 / 2.0).round_ties_even() as usize;
+    let (from, to) = (from as usize, to as usize);
+    let mut out = Vec::with_capacity(planes.len() / (from * from) * to * to);
+    for p in planes.chunks(from * from) {
+        for y in off..off + to {
+            out.extend_from_slice(&p[y * from + off..][..to]);
+        }
+    }
+    out
+}
+

@@ -318,7 +318,9 @@ impl Run {
         let cfg = &self.plan.cfg;
         let (c, size, n) = (cfg.in_channels, cfg.image_size, self.plan.batch as usize);
         let plane = (size * size) as usize;
-        let mut one = resize::planes(img, c, size);
+        // As the CLI's predict: ImageNet's center crop where the run trained with its crops.
+        let stored = self.recipe.augment.load_size(size);
+        let mut one = resize::center_crop(&resize::planes(img, c, stored), stored, size);
         self.recipe.augment.normalize_planes(&mut one, plane);
         // The image in slot 0 of every channel; the rest of the batch is zeros, ignored.
         let mut x = vec![0f32; c as usize * n * plane];
