@@ -195,4 +195,3 @@ fn write_cam(
     crate::atomic_file::write_atomic(&out, &png)?;
     Ok(out)
 }
-

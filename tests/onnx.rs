@@ -332,15 +332,13 @@ fn exported_checkpoint_matches_eval_in_onnxruntime() {
 /// running statistics) and exported: onnxruntime gives torchvision's logits (the fixture's,
 /// computed by torchvision in f64) from pixels in [0, 1].
 fn an_imported_torchvision_network_matches_torchvision_in_onnxruntime() {
-    let fixtures =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/torchvision-densenet");
-    let sd = densenet_wgpu::import::read_file(&fixtures.join("small-legacy.pth")).unwrap();
+    let sd = densenet_wgpu::import::read_file(&support::small_fixture("small-legacy.pth")).unwrap();
     let mut ck = densenet_wgpu::import::to_checkpoint(&sd, "small-legacy.pth").unwrap();
     ck.config.image_size = 64;
     let dir = support::temp_dir("onnx-imported");
     let model = densenet_wgpu::onnx::from_checkpoint(&ck).unwrap();
     densenet_wgpu::onnx::save(&model, &dir.join("small.onnx")).unwrap();
-    let bytes = std::fs::read(fixtures.join("small-legacy-batch.safetensors")).unwrap();
+    let bytes = std::fs::read(support::small_fixture("small-legacy-batch.safetensors")).unwrap();
     let batch = densenet_wgpu::import::read_safetensors(&bytes, "batch").unwrap();
     let pixels: Vec<u8> = batch["pixels"]
         .1

@@ -158,10 +158,7 @@ fn valid_checkpoint(path: &Path) -> Vec<u8> {
 }
 
 fn torchvision_fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/torchvision-densenet")
-        .join(name);
-    std::fs::read(path).expect("the torchvision fixtures")
+    std::fs::read(support::small_fixture(name)).expect("tests/fixtures/torchvision")
 }
 
 proptest! {

@@ -14,18 +14,19 @@ use densenet_wgpu::checkpoint::Checkpoint;
 use densenet_wgpu::gpu::DType;
 use densenet_wgpu::import::{self, Tensors, IMAGENET_NORMALIZE};
 use densenet_wgpu::model::{DenseNetConfig, Layout, Plan, SgdConfig};
-use support::harness::case;
+use support::harness::{case, FIXTURES};
 use support::k;
 
 fn main() -> std::process::ExitCode {
     support::harness::run(vec![
         case("preset_parameter_counts_are_torchvisions", parameter_counts),
-        case("names_map_both_ways", names_map_both_ways),
+        case("names_map_both_ways", names_map_both_ways).needs(FIXTURES),
         case(
             "densenet121_evaluation_logits",
             densenet121_evaluation_logits,
-        ),
-        case("densenet121_training_step", densenet121_training_step),
+        )
+        .needs(FIXTURES),
+        case("densenet121_training_step", densenet121_training_step).needs(FIXTURES),
         case("legacy_pth_imports_with_its_logits", legacy_pth_logits),
         case(
             "files_that_are_not_densenets_are_one_line_errors",
@@ -38,10 +39,15 @@ fn main() -> std::process::ExitCode {
     ])
 }
 
+/// A fixture: the small ones are in the repository, densenet121's beside it (the cases that
+/// read them need `FIXTURES`).
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/torchvision-densenet")
-        .join(name)
+    match name.starts_with("small-") {
+        true => support::small_fixture(name),
+        false => support::shared_fixtures()
+            .expect("the torchvision fixtures (the case needs FIXTURES)")
+            .join(name),
+    }
 }
 
 fn tensors(name: &str) -> Tensors {
@@ -259,10 +265,10 @@ fn not_densenets() {
         err.contains("truncated.pth") && !err.contains('\n'),
         "{err}"
     );
-    let mut sd = tensors("densenet121.safetensors");
-    sd.remove("features.denseblock3.denselayer7.conv2.weight");
+    let mut sd = import::read_file(&fixture("small-legacy.pth")).unwrap();
+    sd.remove("features.denseblock2.denselayer2.conv2.weight");
     let err = format!("{:#}", import::to_checkpoint(&sd, "holey").err().unwrap());
-    assert!(err.contains("denselayer7") && !err.contains('\n'), "{err}");
+    assert!(err.contains("denselayer2") && !err.contains('\n'), "{err}");
     let mut sd = Tensors::new();
     sd.insert("fc.weight".into(), (vec![2, 2], vec![0.0; 4]));
     let err = format!("{:#}", import::to_checkpoint(&sd, "resnet").err().unwrap());

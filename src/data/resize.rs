@@ -220,4 +220,3 @@ pub fn center_crop(planes: &[f32], from: u32, to: u32) -> Vec<f32> {
     }
     out
 }
-

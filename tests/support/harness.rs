@@ -33,7 +33,13 @@ pub enum Need {
     Feature(&'static str, &'static str, wgpu::Features),
     /// A kernel variant's needs (the cooperative-matrix ones: `DENSENET_REQUIRE` name `coop`).
     Variant(&'static Variant),
+    /// The large torchvision fixtures, outside the repository (`DENSENET_REQUIRE` name
+    /// `fixtures`; see tests/fixtures/torchvision/README.md).
+    Fixtures,
 }
+
+/// densenet121's torchvision fixtures.
+pub const FIXTURES: Need = Need::Fixtures;
 
 /// f16 storage and arithmetic in WGSL (`enable f16`).
 pub const F16: Need = Need::Feature("f16", "SHADER_F16", wgpu::Features::SHADER_F16);
@@ -47,7 +53,7 @@ pub const TIMESTAMPS: Need = Need::Feature(
 pub const SUBGROUPS: Need = Need::Feature("subgroups", "SUBGROUP", wgpu::Features::SUBGROUP);
 
 /// The names `DENSENET_REQUIRE` may list.
-const REQUIRABLE: [&str; 4] = ["f16", "coop", "timestamps", "subgroups"];
+const REQUIRABLE: [&str; 5] = ["f16", "coop", "timestamps", "subgroups", "fixtures"];
 
 impl Need {
     /// Its `DENSENET_REQUIRE` name.
@@ -55,6 +61,7 @@ impl Need {
         match self {
             Need::Feature(name, ..) => name,
             Need::Variant(_) => "coop",
+            Need::Fixtures => "fixtures",
         }
     }
 
@@ -65,7 +72,7 @@ impl Need {
     /// cooperative-matrix variant runs here, and fails where none does.
     fn required_here(&self) -> bool {
         match self {
-            Need::Feature(..) => true,
+            Need::Feature(..) | Need::Fixtures => true,
             Need::Variant(_) => !densenet_wgpu::ops::SHADERS
                 .iter()
                 .flat_map(|s| s.variants.iter())
@@ -82,6 +89,11 @@ impl Need {
                 format!("needs {label}, which {name} ({backend:?}) lacks")
             }),
             Need::Variant(v) => v.needs.unmet(gpu).map(|why| format!("{} {why}", v.name)),
+            Need::Fixtures => super::shared_fixtures().is_none().then(|| {
+                "needs the torchvision fixtures ($DENSENET_FIXTURES or \
+                 ../shared/fixtures/torchvision-densenet), absent here"
+                    .to_string()
+            }),
         }
     }
 }

@@ -224,6 +224,32 @@ pub fn read_act(buf: &GpuBuffer) -> Vec<f32> {
     gpu().read_floats(buf).unwrap()
 }
 
+/// A small torchvision fixture kept in the repository (tests/fixtures/torchvision).
+#[allow(dead_code)]
+pub fn small_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/torchvision")
+        .join(name)
+}
+
+/// Where the large torchvision fixtures are (densenet121's weights and batch): the folder
+/// `$DENSENET_FIXTURES`, else `../shared/fixtures/torchvision-densenet` beside the clone;
+/// None where neither holds them.
+#[allow(dead_code)]
+pub fn shared_fixtures() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("DENSENET_FIXTURES").map(PathBuf::from),
+        Some(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/fixtures/torchvision-densenet"),
+        ),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("densenet121.safetensors").is_file())
+}
+
 /// A new empty folder under the system's temporary folder.
 pub fn temp_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
