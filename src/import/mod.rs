@@ -161,6 +161,12 @@ pub fn infer(sd: &Tensors) -> Result<DenseNetConfig> {
     let conv1 = shape_of(sd, "features.denseblock1.denselayer1.conv1.weight")?;
     let conv2 = shape_of(sd, "features.denseblock1.denselayer1.conv2.weight")?;
     let classifier = shape_of(sd, "classifier.weight")?;
+    if conv1.len() != 4 || conv2.len() != 4 || classifier.len() != 2 {
+        bail!(
+            "conv1 {conv1:?}, conv2 {conv2:?} and classifier {classifier:?}: convolutions are \
+             [out, in, h, w] and the classifier [classes, features] in a torchvision DenseNet"
+        );
+    }
     let growth = conv2[0] as u32;
     if growth == 0 || conv1[0] as u32 % growth != 0 {
         bail!("the first layer's conv1 ({conv1:?}) and conv2 ({conv2:?}) do not make a DenseNet-BC layer");
@@ -214,12 +220,11 @@ pub fn to_checkpoint(sd: &Tensors, source: &str) -> Result<Checkpoint> {
                     true => format!("features.transition{}.norm", b + 1),
                     false => "features.norm5".to_string(),
                 };
-                let (m, v) = (
-                    &sd[&format!("{last}.running_mean")],
-                    &sd[&format!("{last}.running_var")],
-                );
-                mean[s.offset as usize..][..s.len as usize].copy_from_slice(&m.1[..s.len as usize]);
-                var[s.offset as usize..][..s.len as usize].copy_from_slice(&v.1[..s.len as usize]);
+                // Checked like every other tensor (its own slot takes it again below).
+                let m = take(&format!("{last}.running_mean"), &s.shape)?;
+                let v = take(&format!("{last}.running_var"), &s.shape)?;
+                mean[s.offset as usize..][..s.len as usize].copy_from_slice(&m);
+                var[s.offset as usize..][..s.len as usize].copy_from_slice(&v);
                 continue;
             }
         };
