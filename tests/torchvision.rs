@@ -1,6 +1,6 @@
 //! torchvision's DenseNets imported (`densenet_wgpu::import`) against what torchvision's own
-//! modules computed (the fixtures in ../shared/fixtures/torchvision-densenet, made in f64
-//! from f32 weights whose batch norms were perturbed layer by layer): densenet121's
+//! modules computed (tests/fixtures/torchvision, and densenet121's in $DENSENET_FIXTURES:
+//! made in f64 from f32 weights whose batch norms were perturbed layer by layer): densenet121's
 //! evaluation logits through the evaluation plan, its training-mode loss, ten parameter
 //! gradients and three batch norms' running statistics after one step through the training
 //! plan; a legacy `.pth` of a small DenseNet and its logits; the presets' parameter counts;

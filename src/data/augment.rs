@@ -117,10 +117,7 @@ impl Augment {
     /// The size images are stored at for an input of `size`: larger by 256/224 with
     /// ImageNet's crops (torchvision's Resize(256) before CenterCrop(224)).
     pub fn load_size(&self, size: u32) -> u32 {
-        match self.resized_crop {
-            true => (size as f64 * 256.0 / 224.0).round() as u32,
-            false => size,
-        }
+        stored_size(size, self.resized_crop)
     }
 
     /// The box (top, left, height, width) of example `index`'s random resized crop in an
@@ -230,6 +227,15 @@ pub fn crop_flip(
         }
     }
     out
+}
+
+/// The size images are stored at for an input of `size`: with ImageNet's `crops`, larger by
+/// 256/224 (torchvision's Resize(256) before CenterCrop(224)).
+pub fn stored_size(size: u32, crops: bool) -> u32 {
+    match crops {
+        true => (size as f64 * 256.0 / 224.0).round() as u32,
+        false => size,
+    }
 }
 
 /// Per-channel mean and standard deviation (population) of a dataset's pixels in [0, 1].

@@ -120,13 +120,7 @@ pub fn softmax_cross_entropy(
         ("loss_sum", loss_sum.len, 1),
         ("correct", correct.len, 1),
     ];
-    for (what, have, need) in lens {
-        ensure_shape!(
-            have >= need,
-            OP,
-            "{what} has {have} elements but {p:?} needs {need}"
-        );
-    }
+    check_lens(OP, p, &lens)?;
     let dtype = super::float_dtype(OP, &[&logits, &dlogits])?;
     let views = [
         (1, logits),
@@ -138,6 +132,19 @@ pub fn softmax_cross_entropy(
     ];
     let kernel = SOFTMAX_CROSS_ENTROPY.kernel(dtype);
     Ok(vec![k.dispatch(kernel, p, &views, Grid::Workgroups(1))?])
+}
+
+/// Each (argument, elements it has, elements `p` needs): a one-line error naming the first
+/// that is short.
+fn check_lens(op: &'static str, p: &CrossEntropyParams, lens: &[(&str, u64, u64)]) -> Result<()> {
+    for &(what, have, need) in lens {
+        ensure_shape!(
+            have >= need,
+            op,
+            "{what} has {have} elements but {p:?} needs {need}"
+        );
+    }
+    Ok(())
 }
 
 pub static SIGMOID_CROSS_ENTROPY: Entry = Entry::new::<CrossEntropyParams>(
@@ -185,13 +192,7 @@ pub fn sigmoid_cross_entropy(
         ("loss_sum", loss_sum.len, 1),
         ("correct", correct.len, 1),
     ];
-    for (what, have, need) in lens {
-        ensure_shape!(
-            have >= need,
-            OP,
-            "{what} has {have} elements but {p:?} needs {need}"
-        );
-    }
+    check_lens(OP, p, &lens)?;
     let dtype = super::float_dtype(OP, &[&logits, &dlogits])?;
     let views = [
         (1, logits),

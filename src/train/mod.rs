@@ -230,6 +230,33 @@ fn announce(k: &Kernels, plan: &Plan, setup: &Setup, args: &TrainArgs) -> Result
     Ok(())
 }
 
+/// Whether Ctrl-C asked the run to stop.
+fn interrupted(args: &TrainArgs) -> bool {
+    args.interrupt
+        .as_ref()
+        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Per-label AUROCs and their mean (multi-label runs).
+type Aurocs = (Vec<Option<f64>>, Option<f64>);
+
+/// The test set's mean loss and accuracy with the running statistics; multi-label runs
+/// read the logits back for each label's AUROC.
+fn test_metrics(
+    gpu: &crate::gpu::Gpu,
+    plan: &Plan,
+    setup: &Setup,
+) -> Result<(f64, f64, Option<Aurocs>)> {
+    let aug = &setup.recipe.augment;
+    if plan.cfg.multi_label {
+        let b = crate::evaluate::evaluate_breakdown(gpu, plan, &setup.test, aug)?;
+        let aurocs = (b.auroc_per_class(), b.mean_auroc());
+        return Ok((b.loss, b.accuracy, Some(aurocs)));
+    }
+    let (loss, acc) = evaluate(gpu, plan, &setup.test, aug)?;
+    Ok((loss, acc, None))
+}
+
 /// One epoch: the training steps, then the evaluation; `step` counts optimizer steps.
 fn run_epoch(
     k: &Kernels,
@@ -275,11 +302,7 @@ fn run_epoch(
         if i % 8 == 7 {
             probe.request(gpu, plan);
         }
-        if args
-            .interrupt
-            .as_ref()
-            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
-        {
+        if interrupted(args) {
             gpu.wait()?;
             return Err(Interrupted {
                 epoch,
@@ -308,21 +331,7 @@ fn run_epoch(
     let train_secs = start.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let seen = (batches * recipe.batch_size as u64).max(1) as f64;
-    // Multi-label runs read the logits back for each label's AUROC.
-    let (test_loss, test_acc, auroc) = match plan.cfg.multi_label {
-        true => {
-            let b = crate::evaluate::evaluate_breakdown(gpu, plan, &setup.test, &recipe.augment)?;
-            (
-                b.loss,
-                b.accuracy,
-                Some((b.auroc_per_class(), b.mean_auroc())),
-            )
-        }
-        false => {
-            let (l, a) = evaluate(gpu, plan, &setup.test, &recipe.augment)?;
-            (l, a, None)
-        }
-    };
+    let (test_loss, test_acc, auroc) = test_metrics(gpu, plan, setup)?;
     Ok(EpochMetrics {
         epoch,
         train_loss: loss_sum / seen,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::checkpoint::Checkpoint;
-use crate::data::augment::{Augment, AugmentSpec};
+use crate::data::augment::{stored_size, Augment, AugmentSpec};
 use crate::data::{self, Dataset, DatasetKind};
 use crate::gpu::DType;
 use crate::model::DenseNetConfig;
@@ -71,8 +71,6 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
         Some(p) => Some(load_init(p)?),
         None => None,
     };
-    // Image folders are resized to the network's input size as they load (larger, by
-    // 256/224, where ImageNet's crops take the input from them).
     let net = resume.as_ref().or(init.as_ref()).map_or_else(
         || args.preset.config(args.dataset, 1),
         |ck| ck.config.clone(),
@@ -82,19 +80,7 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
         (_, Some(spec)) => spec.resized_crop,
         (None, None) => imagenet_crops(&net, args.dataset),
     };
-    let size = match crops {
-        true => (net.image_size as f64 * 256.0 / 224.0).round() as u32,
-        false => net.image_size,
-    };
-    let csv = args.csv.as_ref();
-    let mut splits = data::load_sized(args.dataset, args.data_dir.as_deref(), seed, size, csv)?;
-    if let Some(n) = args.limit_train {
-        splits.train.truncate(n);
-    }
-    if let Some(n) = args.limit_test {
-        splits.test.truncate(n);
-    }
-    let classes = splits.train.classes() as u32;
+    let mut splits = load_data(args, seed, stored_size(net.image_size, crops))?;
     if let Some(ck) = &init {
         // An ImageNet network reads RGB: gray images are replicated, as PIL's convert("RGB").
         if ck.config.in_channels == 3 && splits.train.channels == 1 {
@@ -102,74 +88,14 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
             splits.test.gray_to_rgb();
         }
     }
+    let classes = splits.train.classes() as u32;
     let init = match init {
         Some(ck) => Some(fit_classes(ck, args, classes, &splits.train)?),
         None => None,
     };
-    let (config, recipe) = match (&resume, &init) {
-        (None, Some(ck)) => {
-            let recipe = Recipe {
-                seed: args.seed,
-                ..ck.recipe.clone()
-            };
-            (ck.config.clone(), recipe)
-        }
-        _ => match &resume {
-            Some(ck) => {
-                if ck.dataset != args.dataset {
-                    bail!(
-                        "--resume {}: trained on {}, but --dataset is {}",
-                        args.resume
-                            .as_ref()
-                            .map_or(String::new(), |p| p.display().to_string()),
-                        ck.dataset.name(),
-                        args.dataset.name()
-                    );
-                }
-                (ck.config.clone(), ck.recipe.clone())
-            }
-            None => {
-                let recipe = Recipe {
-                    seed: args.seed,
-                    ..args.preset.recipe()
-                };
-                let mut config = args.preset.config(args.dataset, classes);
-                config.in_channels = splits.train.channels;
-                (config, recipe)
-            }
-        },
-    };
-    let mut config = config;
-    // A set with targets trains one sigmoid per label (a resumed run's config says so).
-    config.multi_label |= splits.train.targets.is_some();
-    if config.multi_label && splits.train.targets.is_none() {
-        bail!("this network is multi-label; train it on a multi-label set (--dataset csv)");
-    }
-    let mut recipe = recipe.with(&args.overrides);
-    // A fresh run takes the dataset's augmentation unless --augment says otherwise; a resumed
-    // one keeps its own (normalization statistics included) unless --augment is given.
-    let spec = match (&resume, args.overrides.augment) {
-        (_, Some(spec)) => Some(spec),
-        (None, None) => Some(match crops {
-            true => AugmentSpec {
-                flip: true,
-                resized_crop: true,
-                ..AugmentSpec::default_for(args.dataset)
-            },
-            false => AugmentSpec::default_for(args.dataset),
-        }),
-        (Some(_), None) => None,
-    };
-    if let Some(spec) = spec {
-        let built = spec.build(&splits.train);
-        recipe.augment = match &init {
-            // Fine-tuning keeps the normalization the weights were trained with.
-            Some(ck) => Augment {
-                normalize: ck.recipe.augment.normalize.clone(),
-                ..built
-            },
-            None => built,
-        };
+    let (config, mut recipe) = network_and_recipe(args, (&resume, &init), &splits.train)?;
+    if let Some(augment) = augmentation(args, (&resume, &init), crops, &splits.train) {
+        recipe.augment = augment;
     }
     let batch = recipe.batch_size as usize;
     if splits.train.len() < batch {
@@ -181,7 +107,114 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
     if splits.test.is_empty() {
         bail!("the test set is empty (--limit-test 0?)");
     }
-    let network = match (&resume, &init) {
+    Ok(Setup {
+        network: network_name(args, (&resume, &init)),
+        config,
+        recipe,
+        train: Arc::new(splits.train),
+        test: Arc::new(splits.test),
+        resume,
+        init,
+    })
+}
+
+/// The run's data, its images stored at `size`, cut to --limit-train and --limit-test.
+fn load_data(args: &TrainArgs, seed: u64, size: u32) -> Result<data::Splits> {
+    let csv = args.csv.as_ref();
+    let mut splits = data::load_sized(args.dataset, args.data_dir.as_deref(), seed, size, csv)?;
+    if let Some(n) = args.limit_train {
+        splits.train.truncate(n);
+    }
+    if let Some(n) = args.limit_test {
+        splits.test.truncate(n);
+    }
+    Ok(splits)
+}
+
+type Starts<'a> = (&'a Option<Checkpoint>, &'a Option<Checkpoint>);
+
+/// The network and recipe: the checkpoint's when resuming, the --init file's when
+/// fine-tuning, else the preset's for the data; then the command line's overrides. A set
+/// with targets makes the network multi-label.
+fn network_and_recipe(
+    args: &TrainArgs,
+    (resume, init): Starts<'_>,
+    train: &Dataset,
+) -> Result<(DenseNetConfig, Recipe)> {
+    let (mut config, recipe) = match (resume, init) {
+        (Some(ck), _) => {
+            if ck.dataset != args.dataset {
+                bail!(
+                    "--resume {}: trained on {}, but --dataset is {}",
+                    args.resume
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string()),
+                    ck.dataset.name(),
+                    args.dataset.name()
+                );
+            }
+            (ck.config.clone(), ck.recipe.clone())
+        }
+        (None, Some(ck)) => {
+            let recipe = Recipe {
+                seed: args.seed,
+                ..ck.recipe.clone()
+            };
+            (ck.config.clone(), recipe)
+        }
+        (None, None) => {
+            let recipe = Recipe {
+                seed: args.seed,
+                ..args.preset.recipe()
+            };
+            let mut config = args.preset.config(args.dataset, train.classes() as u32);
+            config.in_channels = train.channels;
+            (config, recipe)
+        }
+    };
+    config.multi_label |= train.targets.is_some();
+    if config.multi_label && train.targets.is_none() {
+        bail!("this network is multi-label; train it on a multi-label set (--dataset csv)");
+    }
+    Ok((config, recipe.with(&args.overrides)))
+}
+
+/// The augmentation a run takes, where it changes: a fresh run takes the dataset's (with
+/// ImageNet's crops under `crops`) unless --augment says otherwise; a resumed one keeps its
+/// own (normalization statistics included) unless --augment is given (None). Fine-tuning
+/// keeps the normalization the weights were trained with.
+fn augmentation(
+    args: &TrainArgs,
+    (resume, init): Starts<'_>,
+    crops: bool,
+    train: &Dataset,
+) -> Option<Augment> {
+    let spec = match (resume, args.overrides.augment) {
+        (_, Some(spec)) => spec,
+        (None, None) => AugmentSpec {
+            flip: crops || AugmentSpec::default_for(args.dataset).flip,
+            resized_crop: crops,
+            ..AugmentSpec::default_for(args.dataset)
+        },
+        (Some(_), None) => return None,
+    };
+    let built = spec.build(train);
+    Some(match init {
+        Some(ck) => Augment {
+            normalize: ck.recipe.augment.normalize.clone(),
+            ..built
+        },
+        None => built,
+    })
+}
+
+/// What the run trains, for its banner and plots.
+fn network_name(args: &TrainArgs, (resume, init): Starts<'_>) -> String {
+    match (resume, init) {
+        (Some(ck), _) => Preset::of_config(&ck.config).map_or_else(
+            || "the checkpoint's network".to_string(),
+            |p| p.name().to_string(),
+        ),
         (None, Some(ck)) => {
             let from = args
                 .init
@@ -191,20 +224,7 @@ pub fn setup(args: &TrainArgs) -> Result<Setup> {
             format!("{name} from {from}")
         }
         (None, None) => args.preset.name().to_string(),
-        (Some(ck), _) => Preset::of_config(&ck.config).map_or_else(
-            || "the checkpoint's network".to_string(),
-            |p| p.name().to_string(),
-        ),
-    };
-    Ok(Setup {
-        network,
-        config,
-        recipe,
-        train: Arc::new(splits.train),
-        test: Arc::new(splits.test),
-        resume,
-        init,
-    })
+    }
 }
 
 /// Whether a fresh run on `dataset` takes torchvision's ImageNet transforms by default:

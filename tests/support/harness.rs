@@ -90,8 +90,8 @@ impl Need {
             }),
             Need::Variant(v) => v.needs.unmet(gpu).map(|why| format!("{} {why}", v.name)),
             Need::Fixtures => super::shared_fixtures().is_none().then(|| {
-                "needs the torchvision fixtures ($DENSENET_FIXTURES or \
-                 ../shared/fixtures/torchvision-densenet), absent here"
+                "needs the densenet121 fixtures in $DENSENET_FIXTURES (see \
+                 tests/fixtures/torchvision/README.md), absent here"
                     .to_string()
             }),
         }

@@ -232,22 +232,13 @@ pub fn small_fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Where the large torchvision fixtures are (densenet121's weights and batch): the folder
-/// `$DENSENET_FIXTURES`, else `../shared/fixtures/torchvision-densenet` beside the clone;
-/// None where neither holds them.
+/// Where the large torchvision fixtures are (densenet121's weights and batch; see
+/// tests/fixtures/torchvision/README.md): the folder `$DENSENET_FIXTURES`, when it holds them.
 #[allow(dead_code)]
 pub fn shared_fixtures() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("DENSENET_FIXTURES").map(PathBuf::from),
-        Some(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/fixtures/torchvision-densenet"),
-        ),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|d| d.join("densenet121.safetensors").is_file())
+    std::env::var_os("DENSENET_FIXTURES")
+        .map(PathBuf::from)
+        .filter(|d| d.join("densenet121.safetensors").is_file())
 }
 
 /// A new empty folder under the system's temporary folder.
