@@ -25,6 +25,9 @@
 //   batchnorm_backward        x(1) dy(11) mean(7) variance(8) gamma_beta(16)
 //                                                          -> dx(12) dgamma_dbeta(17)
 //                                                             adds into dx, dgamma, dbeta
+//   batchnorm_backward_sums   the same bindings; adds the sums into dgamma, dbeta only
+//   batchnorm_backward_dx     the same bindings; adds into dx from the sums dgamma and
+//                             dbeta hold (synchronized batch norm: the replicas' mean)
 //
 // The backward reads gamma and beta through one binding, gamma at 0 and beta at beta_at,
 // and adds into dgamma and dbeta likewise (a layout's parameters and their gradients lie so):
@@ -184,6 +187,56 @@ fn masked_dy(i: u32, xhat: f32, g: f32, b: f32) -> f32 {
     return select(f32(dy[i]), 0.0, p.relu != 0u && xhat * g + b <= 0.0);
 }
 
+// Channel c's mean, invstd, gamma and beta (c clamped: idle workgroups read channel 0..c-1).
+struct Channel {
+    mu: f32,
+    invstd: f32,
+    g: f32,
+    b: f32,
+    xbase: u32,
+    ybase: u32,
+}
+
+fn channel(c: u32) -> Channel {
+    let cc = min(c, p.c - 1u);
+    return Channel(
+        mean[p.stat_offset + cc],
+        inverseSqrt(variance[p.stat_offset + cc] + p.eps),
+        gamma_beta[cc],
+        gamma_beta[p.beta_at + cc],
+        p.x_offset + c * p.m,
+        p.y_offset + c * p.m,
+    );
+}
+
+// (sum(dy), sum(dy * xhat)) of channel c over the workgroup, returned to every invocation.
+// Must be called from uniform control flow.
+fn backward_sums(c: u32, lid: u32) -> vec2<f32> {
+    let ch = channel(c);
+    var sums = vec2<f32>(0.0);
+    if c < p.c {
+        for (var i = lid; i < p.m; i += RED) {
+            let xhat = (f32(x[ch.xbase + i]) - ch.mu) * ch.invstd;
+            let g = masked_dy(ch.ybase + i, xhat, ch.g, ch.b);
+            sums += vec2<f32>(g, g * xhat);
+        }
+    }
+    return workgroup_sum(lid, sums);
+}
+
+// dx of channel c's run given its sums (sum(dy), sum(dy * xhat)).
+fn backward_dx(c: u32, lid: u32, total: vec2<f32>) {
+    let ch = channel(c);
+    let mean_dy = total.x / f32(p.m);
+    let mean_dy_xhat = total.y / f32(p.m);
+    let scale = ch.g * ch.invstd;
+    for (var i = lid; i < p.m; i += RED) {
+        let xhat = (f32(x[ch.xbase + i]) - ch.mu) * ch.invstd;
+        let g = masked_dy(ch.ybase + i, xhat, ch.g, ch.b);
+        dx[ch.xbase + i] = act(f32(dx[ch.xbase + i]) + scale * (g - mean_dy - xhat * mean_dy_xhat));
+    }
+}
+
 // One workgroup per channel: both sums in one tree, then dx for the channel's run.
 @compute @workgroup_size(256)
 fn batchnorm_backward(
@@ -192,36 +245,42 @@ fn batchnorm_backward(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let c = flat_workgroup(wid, nwg);
-    let live = c < p.c;
-    let cc = min(c, p.c - 1u);
-    let mu = mean[p.stat_offset + cc];
-    let invstd = inverseSqrt(variance[p.stat_offset + cc] + p.eps);
-    let xbase = p.x_offset + c * p.m;
-    let ybase = p.y_offset + c * p.m;
-    let g_c = gamma_beta[cc];
-    let b_c = gamma_beta[p.beta_at + cc];
-    var sums = vec2<f32>(0.0);
-    if live {
-        for (var i = lid; i < p.m; i += RED) {
-            let xhat = (f32(x[xbase + i]) - mu) * invstd;
-            let g = masked_dy(ybase + i, xhat, g_c, b_c);
-            sums += vec2<f32>(g, g * xhat);
-        }
-    }
-    let total = workgroup_sum(lid, sums);
-    if !live {
+    let total = backward_sums(c, lid);
+    if c >= p.c {
         return;
     }
-    let mean_dy = total.x / f32(p.m);
-    let mean_dy_xhat = total.y / f32(p.m);
-    let scale = g_c * invstd;
-    for (var i = lid; i < p.m; i += RED) {
-        let xhat = (f32(x[xbase + i]) - mu) * invstd;
-        let g = masked_dy(ybase + i, xhat, g_c, b_c);
-        dx[xbase + i] = act(f32(dx[xbase + i]) + scale * (g - mean_dy - xhat * mean_dy_xhat));
-    }
+    backward_dx(c, lid, total);
     if lid == 0u {
         dgamma_dbeta[c] += total.y;
         dgamma_dbeta[p.beta_at + c] += total.x;
     }
+}
+
+// Synchronized batch norm, first half: the sums alone, added into dgamma and dbeta.
+@compute @workgroup_size(256)
+fn batchnorm_backward_sums(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let c = flat_workgroup(wid, nwg);
+    let total = backward_sums(c, lid);
+    if c < p.c && lid == 0u {
+        dgamma_dbeta[c] += total.y;
+        dgamma_dbeta[p.beta_at + c] += total.x;
+    }
+}
+
+// Second half: dx from the sums dgamma and dbeta hold now (the replicas' mean by then).
+@compute @workgroup_size(256)
+fn batchnorm_backward_dx(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let c = flat_workgroup(wid, nwg);
+    if c >= p.c {
+        return;
+    }
+    backward_dx(c, lid, vec2<f32>(dgamma_dbeta[p.beta_at + c], dgamma_dbeta[c]));
 }

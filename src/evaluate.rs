@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::data::augment::Augment;
-use crate::data::loader::{Loader, Order};
+use crate::data::loader::{Loader, Order, Shard};
 use crate::data::Dataset;
 use crate::gpu::{Gpu, InFlight};
 use crate::model::Plan;
@@ -14,15 +14,86 @@ use crate::model::Plan;
 /// `test` in order, in batches of the plan's size, normalized as `aug` says (crop and flip
 /// are for training only).
 fn test_batches(plan: &Plan, test: &Arc<Dataset>, aug: &Augment) -> Loader {
+    shard_batches(plan, test, aug, Shard::WHOLE)
+}
+
+fn shard_batches(plan: &Plan, test: &Arc<Dataset>, aug: &Augment, shard: Shard) -> Loader {
     let size = (plan.cfg.image_size, plan.cfg.image_size);
     let aug = Arc::new(aug.clone());
-    Loader::with_augment(
-        test.clone(),
-        plan.batch as usize,
-        Order::Sequential,
-        size,
-        aug,
-    )
+    let batch = plan.batch as usize;
+    Loader::sharded(test.clone(), batch, Order::Sequential, size, aug, shard)
+}
+
+/// One shard's part of an evaluation (data-parallel runs): its summed loss and correct
+/// count, and (multi-label) its examples' logits and targets; the ranks' parts add up.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardEval {
+    pub loss_sum: f64,
+    pub correct: u64,
+    pub logits: Vec<f32>,
+    pub targets: Vec<u32>,
+}
+
+impl ShardEval {
+    /// As bytes, to pass between ranks.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(self.loss_sum.to_le_bytes());
+        out.extend(self.correct.to_le_bytes());
+        out.extend((self.logits.len() as u64).to_le_bytes());
+        out.extend(bytemuck::cast_slice(&self.logits));
+        out.extend(bytemuck::cast_slice(&self.targets));
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<ShardEval> {
+        let word = |i: usize| -> Result<[u8; 8]> {
+            b.get(8 * i..8 * i + 8)
+                .and_then(|w| w.try_into().ok())
+                .ok_or_else(|| anyhow::anyhow!("a rank's evaluation was cut short"))
+        };
+        let n = u64::from_le_bytes(word(2)?) as usize;
+        let rest = &b[24..];
+        if rest.len() < 4 * n || (rest.len() - 4 * n) % 4 != 0 {
+            anyhow::bail!("a rank's evaluation was cut short");
+        }
+        Ok(ShardEval {
+            loss_sum: f64::from_le_bytes(word(0)?),
+            correct: u64::from_le_bytes(word(1)?),
+            logits: bytemuck::pod_collect_to_vec(&rest[..4 * n]),
+            targets: bytemuck::pod_collect_to_vec(&rest[4 * n..]),
+        })
+    }
+}
+
+/// Evaluates `shard` of `test` (its loss and correct sums; multi-label: its logits and
+/// targets too). Waits for the GPU.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn evaluate_shard(
+    gpu: &Gpu,
+    plan: &Plan,
+    test: &Arc<Dataset>,
+    aug: &Augment,
+    shard: Shard,
+) -> Result<ShardEval> {
+    let k = plan.cfg.classes as usize;
+    plan.reset_metrics(gpu);
+    let mut out = ShardEval::default();
+    let mut inflight = InFlight::new(2);
+    for batch in shard_batches(plan, test, aug, shard) {
+        plan.upload(gpu, &batch.x, &batch.labels)?;
+        let index = plan.submit_eval(gpu);
+        if !plan.cfg.multi_label {
+            inflight.push(gpu, index)?;
+            continue;
+        }
+        out.logits
+            .extend_from_slice(&plan.read_logits(gpu)?[..batch.count * k]);
+        out.targets
+            .extend_from_slice(&batch.labels[..batch.count * k]);
+    }
+    (out.loss_sum, out.correct) = plan.read_metrics(gpu)?;
+    Ok(out)
 }
 
 /// (mean loss, accuracy) of `plan` (training or evaluation) over `test`, its inputs

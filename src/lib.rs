@@ -32,6 +32,8 @@ pub mod model;
 pub mod onnx;
 pub mod ops;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod parallel;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod plan_report;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod predict;

@@ -19,7 +19,7 @@ use densenet_wgpu::model::{Mode, Plan, PlanLimits};
 use densenet_wgpu::plan_report::{plan_report, PlanArgs};
 use densenet_wgpu::recipe::{Overrides, Preset, Schedule};
 use densenet_wgpu::selfcheck;
-use densenet_wgpu::train::{self, Interrupted, TrainArgs};
+use densenet_wgpu::train::{self, Interrupted, Spread, TrainArgs};
 use densenet_wgpu::tune::{self, TuneMode, TuneOptions};
 use densenet_wgpu::{DType, Gpu, GpuOptions, Kernels, Policy};
 
@@ -342,6 +342,30 @@ struct TrainCmd {
     num_classes: Option<u32>,
     #[command(flatten)]
     tune: TuneArgs,
+    #[command(flatten)]
+    spread: SpreadArgs,
+}
+
+/// Data parallelism: `mpirun -np N densenet-wgpu train ...` (a build with `--features mpi`)
+/// runs one rank per GPU, each on its shard of a global batch of N x --batch-size.
+#[derive(Args)]
+struct SpreadArgs {
+    /// Train N replicas in this one process, each on its shard of a global batch of N x
+    /// --batch-size, averaging their gradients exactly as N MPI ranks do (their oracle) [default:
+    /// one]
+    #[arg(long, value_name = "N", conflicts_with = "sync_bn")]
+    simulate_ranks: Option<usize>,
+    /// Under mpirun: normalize with the global batch's statistics (SyncBatchNorm) [default:
+    /// each rank's own batch, as PyTorch's DDP]
+    #[arg(long)]
+    sync_bn: bool,
+    /// Reduce the gradients in buckets of at least this many MiB, each while the backward
+    /// still runs
+    #[arg(long, value_name = "MIB", default_value_t = densenet_wgpu::parallel::DEFAULT_BUCKET_MIB)]
+    bucket_mib: f64,
+    /// Under mpirun: a rank whose peers are silent this long (one died) stops the job
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    rank_timeout: f64,
 }
 
 #[derive(Args)]
@@ -479,6 +503,62 @@ fn interrupted_line(i: &Interrupted) -> String {
     }
 }
 
+/// The run's spread: ranks when mpirun started it (and this process's index on its
+/// machine), simulated ranks, or one process.
+fn spread(a: &SpreadArgs) -> anyhow::Result<(Spread, Option<usize>)> {
+    if a.bucket_mib.is_nan() || a.bucket_mib <= 0.0 {
+        bail!("--bucket-mib {} must be positive", a.bucket_mib);
+    }
+    let bucket_bytes = train::bucket_bytes(Some(a.bucket_mib));
+    if densenet_wgpu::parallel::launched_by_mpi() {
+        if a.simulate_ranks.is_some() {
+            bail!("--simulate-ranks is for one process; under mpirun the ranks are real");
+        }
+        return mpi_ranks(a, bucket_bytes);
+    }
+    if a.sync_bn {
+        bail!(
+            "--sync-bn synchronizes the ranks of an MPI job: run under `mpirun -np N` (one \
+             process has nothing to synchronize)"
+        );
+    }
+    Ok(match a.simulate_ranks {
+        None | Some(1) => (Spread::Solo, None),
+        Some(0) => bail!("--simulate-ranks 0: give at least one rank"),
+        Some(replicas) => (
+            Spread::Simulated {
+                replicas,
+                bucket_bytes,
+            },
+            None,
+        ),
+    })
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_ranks(a: &SpreadArgs, bucket_bytes: u64) -> anyhow::Result<(Spread, Option<usize>)> {
+    use densenet_wgpu::parallel::{mpi::MpiTransport, Collective, Ranks};
+    if !(a.rank_timeout > 0.0) {
+        bail!("--rank-timeout {} must be positive", a.rank_timeout);
+    }
+    let t = MpiTransport::init(std::time::Duration::from_secs_f64(a.rank_timeout))?;
+    let local = t.local_rank();
+    let ranks = Ranks {
+        comm: Collective::new(Box::new(t)),
+        sync_bn: a.sync_bn,
+        bucket_bytes,
+    };
+    Ok((Spread::Ranks(ranks), Some(local)))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_ranks(_: &SpreadArgs, _: u64) -> anyhow::Result<(Spread, Option<usize>)> {
+    bail!(
+        "started by mpirun, but this binary was built without MPI, so every process would \
+         train alone: build it with `cargo build --release --features mpi`"
+    )
+}
+
 /// A flag that Ctrl-C sets: training stops after its current step.
 fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
@@ -499,6 +579,7 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
     let opts = GpuOptions {
         backends: cli.backend.as_deref().map(wgpu::Backends::from_comma_list),
         adapter: cli.adapter,
+        nth: None,
         limits: match cli.limits {
             Limits::Adapter => None,
             Limits::Webgpu => Some(wgpu::Limits::default()),
@@ -655,7 +736,26 @@ fn train(
         tune: c.tune.options(),
         verbose,
     };
-    let history = train::train(&kernels(opts, spec)?, &args)?;
+    let (spread, local_rank) = spread(&c.spread)?;
+    let mut opts = opts.clone();
+    if opts.adapter.is_none() {
+        opts.nth = local_rank;
+    }
+    let history = match train::train_spread(&kernels(&opts, spec)?, &args, &spread) {
+        Ok(h) => h,
+        // The other ranks may wait for this one: end the job now (an exit without MPI's
+        // finalize makes mpirun stop them) rather than at their timeout.
+        Err(e)
+            if matches!(spread, Spread::Ranks(_)) && e.downcast_ref::<Interrupted>().is_none() =>
+        {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        Err(e) => return Err(e),
+    };
+    if !spread.is_root() {
+        return Ok(());
+    }
     if let Some(last) = history.last() {
         println!(
             "done: test accuracy {:.2}% after {} epochs; outputs in {}",

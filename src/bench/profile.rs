@@ -68,6 +68,7 @@ pub(super) fn timestamps(gpu: &Gpu, cmds: &[Cmd], dispatches: usize) -> Result<V
                 offset,
                 size,
             } => enc.clear_buffer(buffer, *offset, Some(*size)),
+            Cmd::Sync(_) => {}
             Cmd::Run(d) => {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(d.name()),

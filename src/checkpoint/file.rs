@@ -95,6 +95,10 @@ impl Checkpoint {
             let choices = serde_json::to_string(&self.kernel_choices)?;
             meta.insert("kernel_choices".to_string(), choices);
         }
+        if self.replicas > 1 {
+            meta.insert("replicas".to_string(), self.replicas.to_string());
+            meta.insert("sync_bn".to_string(), self.sync_bn.to_string());
+        }
         Ok(safetensors::serialize(views, Some(meta))?)
     }
 
@@ -152,6 +156,11 @@ impl Checkpoint {
                 Some(s) => serde_json::from_str(s).context("checkpoint kernel_choices")?,
                 None => Default::default(),
             },
+            replicas: match meta.get("replicas") {
+                Some(s) => s.parse().context("checkpoint replicas")?,
+                None => 1,
+            },
+            sync_bn: meta.get("sync_bn").is_some_and(|s| s == "true"),
         })
     }
 }

@@ -43,6 +43,11 @@ pub struct Checkpoint {
     /// (metadata `kernel_choices`): a resumed run launches the same kernels, so it stays
     /// bit-exact whatever tuning would pick today. Empty in older checkpoints.
     pub kernel_choices: std::collections::BTreeMap<String, String>,
+    /// The replicas of a data-parallel run (metadata `replicas`; 1 for one process): a
+    /// resumed run needs the same count to take the same steps.
+    pub replicas: u32,
+    /// Whether its batch norms were synchronized across them (metadata `sync_bn`).
+    pub sync_bn: bool,
 }
 
 /// The running statistics and momentum of a plan, in arena layout, as [`Checkpoint::new`]
@@ -114,6 +119,8 @@ impl Checkpoint {
             loss_scale: None,
             class_names: dataset.class_names(),
             kernel_choices: Default::default(),
+            replicas: 1,
+            sync_bn: false,
         }
     }
 

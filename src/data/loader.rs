@@ -131,30 +131,59 @@ fn put(planes: &[f32], plane: usize, slot: usize, n: usize, x: &mut [f32]) {
     }
 }
 
+/// One rank's part of every epoch in a data-parallel run of `count` ranks.
+///
+/// Training (shuffled): the permutation is the same on every rank; global batch b is
+/// examples [b * count * batch, (b + 1) * count * batch) of it and rank `index` takes
+/// the `index`-th `batch` of them. A last global batch with fewer than count x batch
+/// examples is dropped, as a single process drops its last partial batch (padding would
+/// distort training-mode batch norm). Evaluation (sequential): rank `index` takes batches
+/// index, index + count, ... of the dataset order, the last one padded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// A single process: everything.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+}
+
 /// The examples of one epoch, in order, and the batches they make.
 pub struct Epoch {
     indices: Vec<usize>,
     pub batches: usize,
     batch: usize,
     order: Order,
+    shard: Shard,
 }
 
 impl Epoch {
     /// `len` examples in batches of `batch`, in `order`.
     pub fn new(len: usize, batch: usize, order: Order) -> Epoch {
+        Self::sharded(len, batch, order, Shard::WHOLE)
+    }
+
+    /// `shard`'s batches of `len` examples in batches of `batch`, in `order`.
+    pub fn sharded(len: usize, batch: usize, order: Order, shard: Shard) -> Epoch {
         let mut indices: Vec<usize> = (0..len).collect();
         let batches = match order {
             Order::Shuffled(seed) => {
                 super::shuffle(&mut fastrand::Rng::with_seed(seed), &mut indices);
-                len / batch
+                len / (batch * shard.count)
             }
-            Order::Sequential => len.div_ceil(batch),
+            Order::Sequential => len
+                .div_ceil(batch)
+                .saturating_sub(shard.index)
+                .div_ceil(shard.count),
         };
         Epoch {
             indices,
             batches,
             batch,
             order,
+            shard,
         }
     }
 
@@ -163,6 +192,8 @@ impl Epoch {
     pub fn batch(&self, ds: &Dataset, b: usize, out: (u32, u32), aug: &Augment) -> Batch {
         let batch = self.batch;
         let per_example = (ds.channels * out.0 * out.1) as usize;
+        // This shard's b-th batch is the dataset's (or the permutation's) b * count + index.
+        let b = b * self.shard.count + self.shard.index;
         let chunk = &self.indices[b * batch..((b + 1) * batch).min(self.indices.len())];
         let mut x = vec![0f32; per_example * batch];
         // Multi-label: a row of targets per example (padding rows start with IGNORE).
@@ -228,7 +259,6 @@ impl Loader {
 
     /// Batches with `aug`'s normalization, and in a shuffled (training) epoch its random
     /// crop and flip, drawn from the epoch's seed and each example's index.
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_augment(
         ds: Arc<Dataset>,
         batch: usize,
@@ -236,7 +266,20 @@ impl Loader {
         out: (u32, u32),
         aug: Arc<Augment>,
     ) -> Loader {
-        let epoch = Epoch::new(ds.len(), batch, order);
+        Self::sharded(ds, batch, order, out, aug, Shard::WHOLE)
+    }
+
+    /// [`Loader::with_augment`] of one rank's [`Shard`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sharded(
+        ds: Arc<Dataset>,
+        batch: usize,
+        order: Order,
+        out: (u32, u32),
+        aug: Arc<Augment>,
+        shard: Shard,
+    ) -> Loader {
+        let epoch = Epoch::sharded(ds.len(), batch, order, shard);
         let batches = epoch.batches;
         let (tx, rx) = sync_channel(2);
         let worker = std::thread::spawn(move || {
@@ -253,17 +296,17 @@ impl Loader {
         }
     }
 
-    /// Batches with `aug`'s normalization, and in a shuffled (training) epoch its random
-    /// crop and flip, drawn from the epoch's seed and each example's index.
+    /// [`Loader::with_augment`] of one rank's [`Shard`].
     #[cfg(target_arch = "wasm32")]
-    pub fn with_augment(
+    pub fn sharded(
         ds: Arc<Dataset>,
         batch: usize,
         order: Order,
         out: (u32, u32),
         aug: Arc<Augment>,
+        shard: Shard,
     ) -> Loader {
-        let epoch = Epoch::new(ds.len(), batch, order);
+        let epoch = Epoch::sharded(ds.len(), batch, order, shard);
         Loader {
             batches: epoch.batches,
             inline: Inline {

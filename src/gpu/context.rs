@@ -13,6 +13,9 @@ pub struct GpuOptions {
     /// Limits to request instead of the adapter's own (e.g. WebGPU's defaults, what a
     /// browser gives: `--limits webgpu`); every plan and kernel then keeps within them.
     pub limits: Option<wgpu::Limits>,
+    /// Without `adapter`: take the n-th (modulo their count) of the adapters as good as the
+    /// best, same type and API (a data-parallel rank takes its local rank's GPU).
+    pub nth: Option<usize>,
 }
 
 /// Optional adapter features we request when present.
@@ -144,6 +147,23 @@ impl Gpu {
                         )));
                     }
                 }
+            }
+            None if opts.nth.is_some() => {
+                let best = adapters[0].get_info();
+                let peers: Vec<wgpu::Adapter> = adapters
+                    .into_iter()
+                    .filter(|a| {
+                        let i = a.get_info();
+                        (i.device_type, i.backend) == (best.device_type, best.backend)
+                    })
+                    .collect();
+                let n = opts.nth.unwrap_or(0) % peers.len();
+                let why = format!(
+                    "number {n} of {} {:?} adapter(s), by this rank's index on its machine",
+                    peers.len(),
+                    best.device_type
+                );
+                (peers.into_iter().nth(n).expect("n < len"), why)
             }
             None => {
                 let count = adapters.len();

@@ -20,7 +20,7 @@ use crate::model::config::DenseNetConfig;
 use crate::model::dispatches::{cmds, zero, Bufs};
 use crate::model::layout::Layout;
 use crate::model::nodes::{Mode, Node, Nodes, PlanLimits, PlanTarget};
-use crate::model::plan::{Plan, SgdConfig, SgdPart, Training, Update};
+use crate::model::plan::{GradMark, Plan, SgdConfig, SgdPart, Training, Update};
 use crate::model::steps::node_cmds;
 use crate::ops::adam::{self, AdamParams};
 use crate::ops::cross_entropy::CrossEntropyParams;
@@ -47,7 +47,23 @@ impl Plan {
         precision: DType,
     ) -> Result<Plan> {
         let limits = PlanLimits::of(k.gpu());
-        Self::build(k, cfg, batch, Some(opt), limits, precision)
+        Self::build(k, cfg, batch, Some(opt), limits, precision, None)
+    }
+
+    /// As [`Plan::train_in`] for one replica of a data-parallel run whose batch norms are
+    /// synchronized across `replicas` ([`Cmd::Sync`] marks where the replicas agree: the
+    /// batch statistics after each is computed, the backward's sums before dx). `None`:
+    /// per-replica batch norm, a plain training plan.
+    pub fn train_replica(
+        k: &Kernels,
+        cfg: &DenseNetConfig,
+        batch: u32,
+        opt: SgdConfig,
+        precision: DType,
+        sync_bn: Option<u32>,
+    ) -> Result<Plan> {
+        let limits = PlanLimits::of(k.gpu());
+        Self::build(k, cfg, batch, Some(opt), limits, precision, sync_bn)
     }
 
     /// As [`Plan::train`], planning as if no binding could exceed `max_binding` bytes (at
@@ -62,7 +78,7 @@ impl Plan {
     ) -> Result<Plan> {
         let mut limits = PlanLimits::of(k.gpu());
         limits.max_binding = limits.max_binding.min(max_binding);
-        Self::build(k, cfg, batch, Some(opt), limits, DType::F32)
+        Self::build(k, cfg, batch, Some(opt), limits, DType::F32, None)
     }
 
     /// An evaluation-only plan: the forward with running statistics and the loss, with no
@@ -78,7 +94,15 @@ impl Plan {
         batch: u32,
         precision: DType,
     ) -> Result<Plan> {
-        Self::build(k, cfg, batch, None, PlanLimits::of(k.gpu()), precision)
+        Self::build(
+            k,
+            cfg,
+            batch,
+            None,
+            PlanLimits::of(k.gpu()),
+            precision,
+            None,
+        )
     }
 
     fn build(
@@ -88,6 +112,7 @@ impl Plan {
         opt: Option<SgdConfig>,
         limits: PlanLimits,
         precision: DType,
+        sync_bn: Option<u32>,
     ) -> Result<Plan> {
         if !matches!(precision, DType::F32 | DType::F16) {
             return Err(Error::Usage(format!(
@@ -127,13 +152,15 @@ impl Plan {
             gpu.write(s, &LossScaleState::initial().to_words())?;
         }
         let tensors = Tensors::allocate(gpu, &memory)?;
-        let bufs = Bufs::new(k, &layout, &buffers, &tensors, &memory.nodes);
+        let mut bufs = Bufs::new(k, &layout, &buffers, &tensors, &memory.nodes);
+        bufs.sync_bn = sync_bn;
         let (mut eval, mut forward, mut backward) = (Vec::new(), Vec::new(), Vec::new());
         for (i, node) in memory.nodes.list.iter().enumerate() {
+            bufs.take_touched();
             let c = node_cmds(&bufs, i, node)?;
             eval.extend(c.forward_eval);
             forward.extend(c.forward_train);
-            backward.push(c.backward);
+            backward.push((c.backward, bufs.take_touched()));
         }
         let training = match opt {
             Some(opt) => {
@@ -142,7 +169,15 @@ impl Plan {
                     cmds.push(zero(g.view(), g.len));
                 }
                 cmds.extend(forward);
-                cmds.extend(backward.into_iter().rev().flatten());
+                let mut grad_marks = Vec::new();
+                for (b, touched) in backward.into_iter().rev() {
+                    cmds.extend(b);
+                    grad_marks.push(GradMark {
+                        end: cmds.len(),
+                        range: touched,
+                    });
+                }
+                let update_start = cmds.len();
                 let head = layout.params.slots[layout.head.weight].offset;
                 let (cmds, sgd) = sgd_step(k, &buffers, cmds, opt, head)?;
                 let (loss_index, loss) = loss_dispatch(&cmds, &memory.nodes, &buffers)?;
@@ -154,6 +189,8 @@ impl Plan {
                     step: 1,
                     loss_index,
                     loss,
+                    grad_marks,
+                    update_start,
                 })
             }
             None => None,

@@ -13,6 +13,20 @@ pub enum Cmd {
         offset: u64,
         size: u64,
     },
+    /// Where a replica of a data-parallel run stops and agrees with the others before
+    /// going on (synchronized batch norm); recorded as nothing.
+    Sync(Sync),
+}
+
+/// What the replicas agree on at a [`Cmd::Sync`] (ranges in elements).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sync {
+    /// The batch mean and variance of `len` channels from statistics slot `offset` (in
+    /// `batch_mean` and `batch_var`): each replica's become the global batch's.
+    BnStats { offset: u64, len: u64 },
+    /// A batch norm's backward sums, sum(dy * xhat) and sum(dy), in the gradients at `dgamma`
+    /// and `dbeta` (`len` each): each replica's become their mean over the replicas.
+    BnSums { dgamma: u64, dbeta: u64, len: u64 },
 }
 
 impl Cmd {
@@ -20,6 +34,7 @@ impl Cmd {
         match self {
             Cmd::Run(d) => d.name(),
             Cmd::Zero { .. } => "clear_buffer",
+            Cmd::Sync(_) => "sync",
         }
     }
 }
@@ -38,6 +53,7 @@ pub fn encode(cmds: &[Cmd], enc: &mut wgpu::CommandEncoder) {
                 enc.clear_buffer(buffer, *offset, Some(*size));
                 i += 1;
             }
+            Cmd::Sync(_) => i += 1,
             Cmd::Run(_) => {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("densenet"),

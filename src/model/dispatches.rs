@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuBuffer, View};
 use crate::kernels::{Dispatch, Kernels};
 use crate::model::buffers::{Buffers, Tensors};
-use crate::model::cmd::Cmd;
+use crate::model::cmd::{Cmd, Sync};
 use crate::model::layout::{BnSlots, Layout, SlotId};
 use crate::model::memory::{Stage, TensorId};
 use crate::model::nodes::{ConvCall, Nodes};
@@ -24,6 +24,11 @@ pub(super) struct Bufs<'a> {
     pub(super) tensors: &'a Tensors,
     pub(super) nodes: &'a Nodes,
     stage: Cell<Stage>,
+    /// Synchronized batch norm across this many replicas (data-parallel runs).
+    pub(super) sync_bn: Option<u32>,
+    /// The hull of the gradient elements requested since the last [`Bufs::take_touched`]:
+    /// what a node's backward writes, so a data-parallel step can reduce it once done.
+    touched: Cell<Option<(u64, u64)>>,
 }
 
 /// Gamma and beta (and in training their gradients) of channels [c0, c0 + c) of a BN.
@@ -62,7 +67,14 @@ impl<'a> Bufs<'a> {
             tensors,
             nodes,
             stage: Cell::new(0),
+            sync_bn: None,
+            touched: Cell::new(None),
         }
+    }
+
+    /// The gradient elements [start, end) requested since the last call, if any.
+    pub(super) fn take_touched(&self) -> Option<(u64, u64)> {
+        self.touched.take()
     }
 
     /// Commands built from now on run in `stage`.
@@ -114,7 +126,13 @@ impl<'a> Bufs<'a> {
     /// The same range of the parameter gradients.
     pub(super) fn grad(&self, slot: SlotId, start: u64, len: u64) -> Result<View<'a>> {
         let grads = self.training(&self.b.grads, "gradients")?;
-        Ok(grads.slice(self.layout.params.slots[slot].offset + start, len))
+        let from = self.layout.params.slots[slot].offset + start;
+        let hull = match self.touched.get() {
+            Some((a, b)) => (a.min(from), b.max(from + len)),
+            None => (from, from + len),
+        };
+        self.touched.set(Some(hull));
+        Ok(grads.slice(from, len))
     }
 
     pub(super) fn whole_param(&self, slot: SlotId) -> View<'a> {
@@ -158,10 +176,32 @@ impl<'a> Bufs<'a> {
         let mut out: Vec<Cmd> =
             cmds(batchnorm::batchnorm_stats(self.k, p, x, mean, var)?).collect();
         let (rm, rv) = (self.b.running_mean.view(), self.b.running_var.view());
+        // Synchronized: the global batch's statistics, whose unbiased variance counts every
+        // replica's examples.
+        if self.sync_bn.is_some() {
+            out.push(Cmd::Sync(Sync::BnStats {
+                offset: p.stat_offset as u64,
+                len: p.c as u64,
+            }));
+        }
         out.extend(cmds(batchnorm::batchnorm_update_running(
-            self.k, p, mean, var, rm, rv,
+            self.k,
+            &self.running_params(p),
+            mean,
+            var,
+            rm,
+            rv,
         )?));
         Ok(out)
+    }
+
+    /// `p` for a running-statistics update: synchronized, the unbiased variance counts
+    /// every replica's examples.
+    fn running_params(&self, p: &BatchNormParams) -> BatchNormParams {
+        match self.sync_bn {
+            Some(n) => p.with_count(p.m * n),
+            None => *p,
+        }
     }
 
     /// A reader's own running statistics (`layer_stats`, starting at `own`) moved toward
@@ -173,7 +213,7 @@ impl<'a> Bufs<'a> {
         let (rm, rv) = (self.b.running_mean.view(), self.b.running_var.view());
         let (mean, var) = (mean.sub(from, c)?, var.sub(from, c)?);
         let (rm, rv) = (rm.sub(own as u64, c)?, rv.sub(own as u64, c)?);
-        let p = p.with_stat_offset(0);
+        let p = self.running_params(p).with_stat_offset(0);
         Ok(cmds(batchnorm::batchnorm_update_running(
             self.k, &p, mean, var, rm, rv,
         )?)
@@ -222,6 +262,16 @@ impl<'a> Bufs<'a> {
             bn.dbeta.ok_or_else(missing)?,
         );
         let partials = self.b.bn_partials.as_ref().map(|b| b.view());
+        if self.sync_bn.is_some() {
+            let views = [x, dy, mean, var, bn.gamma, bn.beta, dx, dgamma, dbeta];
+            let [sums, apply] = batchnorm::batchnorm_backward_synced(self.k, p, views)?;
+            let sync = Sync::BnSums {
+                dgamma: dgamma.offset,
+                dbeta: dbeta.offset,
+                len: p.c as u64,
+            };
+            return Ok(vec![Cmd::Run(sums), Cmd::Sync(sync), Cmd::Run(apply)]);
+        }
         let d = batchnorm::batchnorm_backward(
             self.k, p, x, dy, mean, var, bn.gamma, bn.beta, dx, dgamma, dbeta, partials,
         )?;

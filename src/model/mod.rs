@@ -27,4 +27,4 @@ pub use buffers::MemoryPlan;
 pub use config::{DenseNetConfig, Init, Stem};
 pub use layout::Layout;
 pub use nodes::{Mode, PlanLimits, PlanTarget};
-pub use plan::{AdamConfig, Plan, SgdConfig};
+pub use plan::{AdamConfig, GradMark, Plan, SgdConfig};

@@ -14,7 +14,7 @@ use crate::ops::cross_entropy::CrossEntropyParams;
 use crate::ops::loss_scale::LossScaleState;
 use crate::ops::sgd::SgdParams;
 
-pub use super::cmd::{encode, Cmd};
+pub use super::cmd::{encode, Cmd, Sync};
 
 /// Optimizer settings of a training plan (the learning rate may change every step).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -79,6 +79,19 @@ pub(crate) struct Training {
     /// Index of the loss dispatch in `cmds`, and its params (rewritten for label smoothing).
     pub(crate) loss_index: usize,
     pub(crate) loss: CrossEntropyParams,
+    /// Where each node's backward ends, in step order, and the gradients it wrote.
+    pub(crate) grad_marks: Vec<GradMark>,
+    /// Index of the first command of the update (after every gradient is written).
+    pub(crate) update_start: usize,
+}
+
+/// The end of one node's backward in a step's commands: after command `end - 1` no later
+/// command writes the gradient elements `range` (none for a node without parameters)
+/// before the update, so a data-parallel step may reduce them from there on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradMark {
+    pub end: usize,
+    pub range: Option<(u64, u64)>,
 }
 
 impl Training {
@@ -141,6 +154,14 @@ impl Plan {
     /// evaluation plan.
     pub fn train_commands(&self) -> &[Cmd] {
         self.training.as_ref().map_or(&[], |t| &t.cmds)
+    }
+
+    /// The step's gradient marks (one per node, in backward order) and the index of the
+    /// update's first command: where a data-parallel step cuts the step.
+    pub fn grad_marks(&self) -> (&[GradMark], usize) {
+        self.training
+            .as_ref()
+            .map_or((&[], 0), |t| (&t.grad_marks, t.update_start))
     }
 
     /// The commands of one evaluation batch (forward with running statistics, loss).

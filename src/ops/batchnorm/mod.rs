@@ -115,6 +115,14 @@ impl BatchNormParams {
         self
     }
 
+    /// Counts `m` values per channel in the running variance's unbiased correction
+    /// (synchronized batch norm: every replica's examples); nothing else reads it after
+    /// the statistics.
+    pub fn with_count(mut self, m: u32) -> Self {
+        self.m = m;
+        self
+    }
+
     pub fn with_momentum(mut self, momentum: f32) -> Self {
         self.momentum = momentum;
         self
@@ -315,7 +323,15 @@ pub static SHADER: Shader = Shader {
     op: OP,
     file: "batchnorm.wgsl",
     source: Source::File(include_str!("../../../shaders/batchnorm.wgsl")),
-    entries: &[&STATS, &AFFINE, &UPDATE_RUNNING, &FORWARD, &BACKWARD],
+    entries: &[
+        &STATS,
+        &AFFINE,
+        &UPDATE_RUNNING,
+        &FORWARD,
+        &BACKWARD,
+        &BACKWARD_SUMS,
+        &BACKWARD_DX,
+    ],
     variants: &[Variant {
         name: PLAIN.name,
         about: "one workgroup of 256 per channel, two passes",
@@ -377,6 +393,21 @@ pub static BACKWARD: Entry = Entry::new::<BatchNormParams>(
     ],
     256,
 );
+
+/// The bindings of the backward and of its two halves (synchronized batch norm).
+const BACKWARD_BINDINGS: &[crate::kernels::Binding] = &[
+    read(1),
+    read_f32(7),
+    read_f32(8),
+    read(11),
+    write(12),
+    read_f32(16),
+    write_f32(17),
+];
+pub static BACKWARD_SUMS: Entry =
+    Entry::new::<BatchNormParams>(&SHADER, "batchnorm_backward_sums", BACKWARD_BINDINGS, 256);
+pub static BACKWARD_DX: Entry =
+    Entry::new::<BatchNormParams>(&SHADER, "batchnorm_backward_dx", BACKWARD_BINDINGS, 256);
 
 /// mean and var (biased) of each channel of x, written at `p.stat_offset`.
 pub fn batchnorm_stats(
@@ -647,15 +678,16 @@ fn one_binding<'a>(
     Ok((span, at as u32))
 }
 
-/// [`batchnorm_backward`] in `config`, or the one the policy gives (`None`); `views` are
-/// [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta].
-pub fn backward_in(
-    config: Option<Config>,
-    k: &Kernels,
-    p: &BatchNormParams,
-    views: [View<'_>; 9],
-    partials: Option<View<'_>>,
-) -> Result<Vec<Dispatch>> {
+/// A backward launch's bindings, checked: the params with `beta_at`, the element type, and
+/// the plain kernel's views.
+struct Backward<'a> {
+    p: BatchNormParams,
+    dtype: DType,
+    views: [(u32, View<'a>); 7],
+}
+
+/// Checks `views` ([x, dy, mean, var, gamma, beta, dx, dgamma, dbeta]) against `p`.
+fn backward_views<'a>(p: &BatchNormParams, views: [View<'a>; 9]) -> Result<Backward<'a>> {
     let [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta] = views;
     p.validate_train()?;
     p.check("beta", &beta, p.c as u64)?;
@@ -675,7 +707,34 @@ pub fn backward_in(
         OP,
         "beta starts {beta_at} after gamma but dbeta {dbeta_at} after dgamma; they must match"
     );
-    let p = &BatchNormParams { beta_at, ..*p };
+    Ok(Backward {
+        p: BatchNormParams { beta_at, ..*p },
+        dtype,
+        views: [
+            (1, x),
+            (7, mean),
+            (8, var),
+            (11, dy),
+            (12, dx),
+            (16, gamma_beta),
+            (17, dgamma_dbeta),
+        ],
+    })
+}
+
+/// [`batchnorm_backward`] in `config`, or the one the policy gives (`None`); `views` are
+/// [x, dy, mean, var, gamma, beta, dx, dgamma, dbeta].
+pub fn backward_in(
+    config: Option<Config>,
+    k: &Kernels,
+    p: &BatchNormParams,
+    views: [View<'_>; 9],
+    partials: Option<View<'_>>,
+) -> Result<Vec<Dispatch>> {
+    let b = backward_views(p, views)?;
+    let (p, dtype) = (&b.p, b.dtype);
+    let [(_, x), (_, mean), (_, var), (_, dy), (_, dx), (_, gamma_beta), (_, dgamma_dbeta)] =
+        b.views;
     let c = config.unwrap_or_else(|| backward_config(k, p, dtype));
     let v = c.variant;
     let fault = fault::after(k, OP, c, dx, p.x_offset as u64)?;
@@ -686,19 +745,32 @@ pub fn backward_in(
         d.extend(fault);
         return Ok(d);
     }
-    let views = [
-        (1, x),
-        (7, mean),
-        (8, var),
-        (11, dy),
-        (12, dx),
-        (16, gamma_beta),
-        (17, dgamma_dbeta),
-    ];
     let grid = Grid::Workgroups(p.c as u64);
     // x and dy read in both passes, dx read and written.
-    let d = k.dispatch(BACKWARD.kernel(dtype), p, &views, grid)?;
+    let d = k.dispatch(BACKWARD.kernel(dtype), p, &b.views, grid)?;
     let mut d = vec![d.with_cost(14 * p.len(), 6 * dtype.size() * p.len())];
     d.extend(fault);
     Ok(d)
+}
+
+/// The backward in two launches for synchronized batch norm: the sums (dgamma += sum(dy *
+/// xhat), dbeta += sum(dy)), then dx from the sums that dgamma and dbeta hold by then,
+/// which the replicas of a data-parallel run replace by their mean in between (with the
+/// local M, the mean of the replicas' sums over M is the global batch's mean). Views as
+/// [`batchnorm_backward`]'s; dgamma and dbeta must start at zero.
+pub fn batchnorm_backward_synced<'a>(
+    k: &Kernels,
+    p: &BatchNormParams,
+    views: [View<'a>; 9],
+) -> Result<[Dispatch; 2]> {
+    let b = backward_views(p, views)?;
+    let grid = Grid::Workgroups(p.c as u64);
+    let n = b.p.len();
+    let sums = k.dispatch(BACKWARD_SUMS.kernel(b.dtype), &b.p, &b.views, grid)?;
+    let dx = k.dispatch(BACKWARD_DX.kernel(b.dtype), &b.p, &b.views, grid)?;
+    let bytes = b.dtype.size() * n;
+    Ok([
+        sums.with_cost(6 * n, 2 * bytes),
+        dx.with_cost(8 * n, 4 * bytes),
+    ])
 }
