@@ -14,45 +14,76 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::plan::{encode, Cmd, GradMark, Plan, Sync};
 
-/// Gradient elements [range.0, range.1) that no command after `end` writes before the
-/// update.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Gradient elements (ranges [start, end), in the order they are reduced) that no command
+/// after `end` writes before the update.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Bucket {
     pub end: usize,
-    pub range: (u64, u64),
+    pub ranges: Vec<(u64, u64)>,
 }
 
 impl Bucket {
+    /// Elements in the bucket.
     pub fn len(&self) -> u64 {
-        self.range.1 - self.range.0
+        self.ranges.iter().map(|(a, b)| b - a).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The bucket's elements of `all` (a whole gradient arena), concatenated.
+    pub fn gather(&self, all: &[f32]) -> Vec<f32> {
+        let ranges = self.ranges.iter();
+        ranges
+            .flat_map(|&(a, b)| all[a as usize..b as usize].iter().copied())
+            .collect()
+    }
 }
 
 /// The plan's gradient marks grouped into buckets of at least `min_elems` elements, in
-/// backward order; a bucket closes only where no later node writes inside its hull.
+/// backward order: each node's gradients go in the bucket open when its backward ends.
+/// Nodes write disjoint ranges (each its own parameters); should two overlap, everything
+/// goes in one bucket at the end.
 pub fn buckets(marks: &[GradMark], min_elems: u64) -> Vec<Bucket> {
+    let mut ranges: Vec<(u64, u64)> = marks.iter().filter_map(|m| m.range).collect();
+    ranges.sort_unstable();
+    if ranges.windows(2).any(|w| w[1].0 < w[0].1) {
+        let last = marks.iter().rev().find(|m| m.range.is_some());
+        let hull = (ranges[0].0, ranges.iter().map(|r| r.1).max().unwrap_or(0));
+        return last
+            .map(|m| Bucket {
+                end: m.end,
+                ranges: vec![hull],
+            })
+            .into_iter()
+            .collect();
+    }
     let mut out = Vec::new();
-    let mut hull: Option<(u64, u64)> = None;
+    let mut open = Bucket {
+        end: 0,
+        ranges: Vec::new(),
+    };
+    let last = marks.iter().rposition(|m| m.range.is_some());
     for (i, m) in marks.iter().enumerate() {
-        if let Some((a, b)) = m.range {
-            hull = Some(hull.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
-        }
-        let Some((lo, hi)) = hull else {
+        let Some((a, b)) = m.range.filter(|(a, b)| b > a) else {
             continue;
         };
-        let later = marks[i + 1..].iter().filter_map(|m| m.range);
-        let overlapped = later.clone().any(|(a, b)| a < hi && lo < b);
-        let last = later.count() == 0;
-        if last || (hi - lo >= min_elems && !overlapped) {
-            out.push(Bucket {
-                end: m.end,
-                range: (lo, hi),
-            });
-            hull = None;
+        match open.ranges.last_mut() {
+            // Backward order meets the parameters from the top: join where they touch.
+            Some(r) if r.0 == b => r.0 = a,
+            Some(r) if r.1 == a => r.1 = b,
+            _ => open.ranges.push((a, b)),
+        }
+        if open.len() >= min_elems || Some(i) == last {
+            open.end = m.end;
+            out.push(std::mem::replace(
+                &mut open,
+                Bucket {
+                    end: 0,
+                    ranges: Vec::new(),
+                },
+            ));
         }
     }
     out
@@ -216,8 +247,18 @@ impl Replica {
         b: usize,
     ) -> Result<Mapped> {
         let grads = plan.buffers.grads.as_ref().expect("a training plan");
-        let (lo, len) = (self.buckets[b].range.0, self.buckets[b].len());
-        enc.copy_buffer_to_buffer(&grads.buffer, 4 * lo, &self.staging[b], 0, 4 * len);
+        let mut at = 0;
+        for &(lo, hi) in &self.buckets[b].ranges {
+            enc.copy_buffer_to_buffer(
+                &grads.buffer,
+                4 * lo,
+                &self.staging[b],
+                4 * at,
+                4 * (hi - lo),
+            );
+            at += hi - lo;
+        }
+        let len = self.buckets[b].len();
         let index = gpu.queue.submit([enc.finish()]);
         let (tx, done) = channel();
         self.staging[b]
@@ -242,7 +283,7 @@ impl Replica {
     ) -> Result<()> {
         let grads = plan.buffers.grads.as_ref().expect("a training plan");
         while let Some(m) = pending.pop_front() {
-            let bucket = self.buckets[m.bucket];
+            let bucket = &self.buckets[m.bucket];
             let waited = Instant::now();
             let mut values = read_mapped(gpu, &self.staging[m.bucket], m, bucket.len())?;
             self.time.wait_secs += waited.elapsed().as_secs_f64();
@@ -250,9 +291,13 @@ impl Replica {
             comm.all_reduce_mean(&mut values)?;
             self.time.reduce_secs += reducing.elapsed().as_secs_f64();
             self.time.bytes += 4 * bucket.len();
-            let at = 4 * bucket.range.0;
-            gpu.queue
-                .write_buffer(&grads.buffer, at, bytemuck::cast_slice(&values));
+            let mut rest = values.as_slice();
+            for &(lo, hi) in &bucket.ranges {
+                let (part, tail) = rest.split_at((hi - lo) as usize);
+                gpu.queue
+                    .write_buffer(&grads.buffer, 4 * lo, bytemuck::cast_slice(part));
+                rest = tail;
+            }
         }
         Ok(())
     }

@@ -103,11 +103,14 @@ impl Simulated {
             parts.push(gpu.read_all::<f32>(grads)?);
         }
         for bucket in &self.buckets {
-            let (lo, hi) = (bucket.range.0 as usize, bucket.range.1 as usize);
-            let slices: Vec<&[f32]> = parts.iter().map(|p| &p[lo..hi]).collect();
-            let mean = ring_mean(&slices);
-            gpu.queue
-                .write_buffer(&grads.buffer, 4 * lo as u64, bytemuck::cast_slice(&mean));
+            let gathered: Vec<Vec<f32>> = parts.iter().map(|p| bucket.gather(p)).collect();
+            let slices: Vec<&[f32]> = gathered.iter().map(|v| v.as_slice()).collect();
+            let mut mean = ring_mean(&slices).into_iter();
+            for &(lo, hi) in &bucket.ranges {
+                let part: Vec<f32> = mean.by_ref().take((hi - lo) as usize).collect();
+                gpu.queue
+                    .write_buffer(&grads.buffer, 4 * lo, bytemuck::cast_slice(&part));
+            }
         }
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         copy(&mut enc, &self.running.0, &b.running_mean);
