@@ -394,7 +394,7 @@ pub static BACKWARD: Entry = Entry::new::<BatchNormParams>(
     256,
 );
 
-/// The bindings of the backward and of its two halves (synchronized batch norm).
+/// The bindings of the backward and of its second half (synchronized batch norm).
 const BACKWARD_BINDINGS: &[crate::kernels::Binding] = &[
     read(1),
     read_f32(7),
@@ -404,8 +404,19 @@ const BACKWARD_BINDINGS: &[crate::kernels::Binding] = &[
     read_f32(16),
     write_f32(17),
 ];
-pub static BACKWARD_SUMS: Entry =
-    Entry::new::<BatchNormParams>(&SHADER, "batchnorm_backward_sums", BACKWARD_BINDINGS, 256);
+pub static BACKWARD_SUMS: Entry = Entry::new::<BatchNormParams>(
+    &SHADER,
+    "batchnorm_backward_sums",
+    &[
+        read(1),
+        read_f32(7),
+        read_f32(8),
+        read(11),
+        read_f32(16),
+        write_f32(17),
+    ],
+    256,
+);
 pub static BACKWARD_DX: Entry =
     Entry::new::<BatchNormParams>(&SHADER, "batchnorm_backward_dx", BACKWARD_BINDINGS, 256);
 
@@ -766,7 +777,9 @@ pub fn batchnorm_backward_synced<'a>(
     let b = backward_views(p, views)?;
     let grid = Grid::Workgroups(p.c as u64);
     let n = b.p.len();
-    let sums = k.dispatch(BACKWARD_SUMS.kernel(b.dtype), &b.p, &b.views, grid)?;
+    // The sums read no dx.
+    let no_dx: Vec<(u32, View<'a>)> = b.views.iter().copied().filter(|v| v.0 != 12).collect();
+    let sums = k.dispatch(BACKWARD_SUMS.kernel(b.dtype), &b.p, &no_dx, grid)?;
     let dx = k.dispatch(BACKWARD_DX.kernel(b.dtype), &b.p, &b.views, grid)?;
     let bytes = b.dtype.size() * n;
     Ok([
