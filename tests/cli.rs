@@ -41,6 +41,10 @@ fn main() -> std::process::ExitCode {
             a_diverging_run_stops_and_keeps_its_checkpoint,
         ),
         case("ctrl_c_says_where_the_run_is", ctrl_c_says_where_the_run_is),
+        case(
+            "simulated_ranks_train_and_resume_exactly",
+            simulated_ranks_train_and_resume_exactly,
+        ),
         case("paper_presets_plan_and_train", paper_presets_plan_and_train),
         case(
             "best_checkpoint_and_early_stopping",
@@ -731,7 +735,10 @@ fn every_flag_documents_its_default() {
 }
 
 fn user_errors_are_one_line_and_fail() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 12] = [
+        (&["train", "--sync-bn"], "mpirun"),
+        (&["train", "--simulate-ranks", "0"], "--simulate-ranks 0"),
+        (&["train", "--bucket-mib", "0"], "--bucket-mib"),
         (&["info", "--adapter", "no-such-gpu"], "no-such-gpu"),
         (&["train", "--dataset", "mnist"], "--data-dir"),
         (
@@ -784,6 +791,52 @@ fn user_errors_are_one_line_and_fail() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err_line.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
+
+/// `--simulate-ranks 2`: a global batch of 2 x 32 in one process; resumed, the same
+/// numbers; the checkpoint refuses another replica count; and a binary without MPI refuses
+/// to run under mpirun (each process would train alone).
+fn simulated_ranks_train_and_resume_exactly() {
+    let (whole, cut) = (temp_dir("sim-whole"), temp_dir("sim-cut"));
+    // A constant rate: the schedule does not depend on the epoch count, so a 1-epoch run
+    // resumed to 2 must equal a 2-epoch run.
+    let sim = ["--simulate-ranks", "2", "--schedule", "constant"];
+    let text = train(&whole, "2", &sim);
+    assert!(text.contains("done"), "{text}");
+    train(&cut, "1", &sim);
+    let ck = cut.join("checkpoint.safetensors");
+    let ck = ck.to_str().unwrap();
+    let mut resume = sim.to_vec();
+    resume.extend(["--resume", ck]);
+    train(&cut, "2", &resume);
+    let read = |d: &Path| read_metrics(&d.join("metrics.jsonl")).unwrap();
+    assert_eq!(figures(&read(&whole)), figures(&read(&cut)));
+    let out = cli(&[
+        "train",
+        "--epochs",
+        "3",
+        "--resume",
+        ck,
+        "--out",
+        cut.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("trained on 2 ranks"),
+        "{err}"
+    );
+    if !cfg!(feature = "mpi") {
+        let out = support::binary()
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .args(["train"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("--features mpi"),
+            "{err}"
+        );
     }
 }
 
