@@ -267,9 +267,9 @@ enum Command {
     /// List adapters, the chosen one, its features and limits, and the kernel policy
     Info,
     /// Train a DenseNet; writes metrics.jsonl, curves.png and checkpoint.safetensors to --out
-    Train(TrainCmd),
+    Train(Box<TrainCmd>),
     /// Test loss and accuracy of a checkpoint (on an evaluation-only plan)
-    Eval(EvalCmd),
+    Eval(Box<EvalCmd>),
     /// Time training steps of a preset on random data; --profile adds per-kernel GPU times
     Bench(BenchCmd),
     /// Print the memory of a preset's training and evaluation plans without running a step,
@@ -538,7 +538,7 @@ fn spread(a: &SpreadArgs) -> anyhow::Result<(Spread, Option<usize>)> {
 #[cfg(feature = "mpi")]
 fn mpi_ranks(a: &SpreadArgs, bucket_bytes: u64) -> anyhow::Result<(Spread, Option<usize>)> {
     use densenet_wgpu::parallel::{mpi::MpiTransport, Collective, Ranks};
-    if !(a.rank_timeout > 0.0) {
+    if a.rank_timeout.is_nan() || a.rank_timeout <= 0.0 {
         bail!("--rank-timeout {} must be positive", a.rank_timeout);
     }
     let t = MpiTransport::init(std::time::Duration::from_secs_f64(a.rank_timeout))?;
@@ -594,8 +594,8 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<()> {
             print!("{}", k.policy().describe(densenet_wgpu::ops::SHADERS));
             Ok(())
         }
-        Command::Train(c) => train((&opts, spec, precision, cli.verbose), c),
-        Command::Eval(c) => eval((&opts, spec, precision, cli.verbose), c),
+        Command::Train(c) => train((&opts, spec, precision, cli.verbose), *c),
+        Command::Eval(c) => eval((&opts, spec, precision, cli.verbose), *c),
         Command::Bench(c) => {
             let args = BenchArgs {
                 preset: c.preset,

@@ -100,7 +100,7 @@ fn run_kernels(
         let mut bytes = Vec::new();
         spread.broadcast(&mut bytes)?;
         let choices = serde_json::from_slice(&bytes).context("rank 0's kernel choices")?;
-        return Ok(tune::tuned_kernels(k, step, &args.tune, Some(&choices))?);
+        return tune::tuned_kernels(k, step, &args.tune, Some(&choices));
     }
     // Tuned once, before the plan: the run keeps these kernels to the end, and so does its
     // resumption (they go into every checkpoint).
