@@ -280,7 +280,7 @@ fn print_epoch(m: &EpochMetrics, epochs: u32, stepper: &spread::Stepper) {
         .comm_per_step()
         .map_or(String::new(), |(ms, bytes)| {
             format!(
-                " | all-reduce {ms:.1} ms/step ({:.1} MB)",
+                " | all-reduce {ms:.1} ms/step ({:.2} MB)",
                 bytes as f64 / 1e6
             )
         });
