@@ -735,7 +735,19 @@ fn every_flag_documents_its_default() {
 }
 
 fn user_errors_are_one_line_and_fail() {
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 13] = [
+        (
+            &[
+                "train",
+                "--limit-train",
+                "100",
+                "--batch-size",
+                "64",
+                "--simulate-ranks",
+                "2",
+            ],
+            "global batch",
+        ),
         (&["train", "--sync-bn"], "mpirun"),
         (&["train", "--simulate-ranks", "0"], "--simulate-ranks 0"),
         (&["train", "--bucket-mib", "0"], "--bucket-mib"),

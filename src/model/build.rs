@@ -162,39 +162,12 @@ impl Plan {
             forward.extend(c.forward_train);
             backward.push((c.backward, bufs.take_touched()));
         }
-        let training = match opt {
-            Some(opt) => {
-                let mut cmds = Vec::new();
-                if let Some(g) = &buffers.grads {
-                    cmds.push(zero(g.view(), g.len));
-                }
-                cmds.extend(forward);
-                let mut grad_marks = Vec::new();
-                for (b, touched) in backward.into_iter().rev() {
-                    cmds.extend(b);
-                    grad_marks.push(GradMark {
-                        end: cmds.len(),
-                        range: touched,
-                    });
-                }
-                let update_start = cmds.len();
+        let training = opt
+            .map(|opt| {
                 let head = layout.params.slots[layout.head.weight].offset;
-                let (cmds, sgd) = sgd_step(k, &buffers, cmds, opt, head)?;
-                let (loss_index, loss) = loss_dispatch(&cmds, &memory.nodes, &buffers)?;
-                Some(Training {
-                    cmds,
-                    sgd,
-                    lr: opt.lr,
-                    features_factor: 1.0,
-                    step: 1,
-                    loss_index,
-                    loss,
-                    grad_marks,
-                    update_start,
-                })
-            }
-            None => None,
-        };
+                training(k, (&buffers, &memory), (forward, backward), opt, head)
+            })
+            .transpose()?;
         Ok(Plan {
             cfg: cfg.clone(),
             batch,
@@ -206,6 +179,47 @@ impl Plan {
             training,
         })
     }
+}
+
+/// A node's backward commands and the gradient elements they write.
+type Backward = (Vec<Cmd>, Option<(u64, u64)>);
+
+/// The training step: gradients cleared, the forward, the nodes' backwards in reverse (each
+/// end marked with the gradients it wrote), the update.
+fn training(
+    k: &Kernels,
+    (buffers, memory): (&Buffers<GpuBuffer>, &MemoryPlan),
+    (forward, backward): (Vec<Cmd>, Vec<Backward>),
+    opt: SgdConfig,
+    head: u64,
+) -> Result<Training> {
+    let mut cmds = Vec::new();
+    if let Some(g) = &buffers.grads {
+        cmds.push(zero(g.view(), g.len));
+    }
+    cmds.extend(forward);
+    let mut grad_marks = Vec::new();
+    for (b, touched) in backward.into_iter().rev() {
+        cmds.extend(b);
+        grad_marks.push(GradMark {
+            end: cmds.len(),
+            range: touched,
+        });
+    }
+    let update_start = cmds.len();
+    let (cmds, sgd) = sgd_step(k, buffers, cmds, opt, head)?;
+    let (loss_index, loss) = loss_dispatch(&cmds, &memory.nodes, buffers)?;
+    Ok(Training {
+        cmds,
+        sgd,
+        lr: opt.lr,
+        features_factor: 1.0,
+        step: 1,
+        loss_index,
+        loss,
+        grad_marks,
+        update_start,
+    })
 }
 
 /// Where a training step's loss dispatch is, and the params it was created with.

@@ -202,6 +202,16 @@ pub fn train_spread(k: &Kernels, args: &TrainArgs, spread: &Spread) -> Result<Ve
     let gpu = k.gpu();
     let setup = setup(args)?;
     check_resumed_spread(&setup, spread)?;
+    let global = setup.recipe.batch_size as usize * spread.replicas();
+    if setup.train.len() < global {
+        anyhow::bail!(
+            "the training set has {} examples, fewer than one global batch of {} ranks x \
+             --batch-size {}; lower --batch-size or use fewer ranks",
+            setup.train.len(),
+            spread.replicas(),
+            setup.recipe.batch_size
+        );
+    }
     let root = spread.is_root();
     let (cfg, recipe) = (&setup.config, &setup.recipe);
     let (tuned, tuning) = run_kernels(k, args, &setup, spread)?;
