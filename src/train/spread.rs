@@ -152,16 +152,16 @@ impl Spread {
         }
     }
 
-    /// Sums over the replicas, in rank order (`local`: this process's replicas' values).
+    /// Sums over the replicas, in rank order from zero, as the ranks' `sum_f64` adds
+    /// (`local`: this process's replicas' values; a rank has one).
     fn sum(&self, local: &[Vec<f64>]) -> Result<Vec<f64>> {
-        let own = local.iter().fold(vec![0f64; local[0].len()], |mut acc, v| {
+        if let Spread::Ranks(r) = self {
+            return Ok(r.comm.sum_f64(&local[0])?);
+        }
+        Ok(local.iter().fold(vec![0f64; local[0].len()], |mut acc, v| {
             acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
             acc
-        });
-        match self {
-            Spread::Ranks(r) => Ok(r.comm.sum_f64(&local[0])?),
-            _ => Ok(own),
-        }
+        }))
     }
 }
 
