@@ -45,22 +45,9 @@ pub fn predict(
     ck.restore(gpu, &plan)?;
     let names = ck.class_names.clone();
     let head = cam.map(|_| crate::cam::Head::of(&ck)).transpose()?;
-    let (c, size) = (cfg.in_channels, cfg.image_size);
-    let plane = (size * size) as usize;
     let mut out = Vec::new();
     for chunk in images.chunks(batch as usize) {
-        let mut x = vec![0f32; (c * batch) as usize * plane];
-        for (slot, path) in chunk.iter().enumerate() {
-            // ImageNet's evaluation transform where the run trained with its crops: resized
-            // to 256/224 of the input, then the center.
-            let stored = ck.recipe.augment.load_size(size);
-            let mut img = resize::center_crop(&load_image(path, c, stored)?, stored, size);
-            ck.recipe.augment.normalize_planes(&mut img, plane);
-            for ch in 0..c as usize {
-                let dst = (ch * batch as usize + slot) * plane;
-                x[dst..dst + plane].copy_from_slice(&img[ch * plane..][..plane]);
-            }
-        }
+        let x = batch_input(&ck, chunk, batch as usize)?;
         // Multi-label plans take a row of targets per example.
         let per = if cfg.multi_label { cfg.classes } else { 1 };
         plan.upload(gpu, &x, &vec![IGNORE; (batch * per) as usize])?;
@@ -85,29 +72,18 @@ pub fn predict(
                         (0, f32::NEG_INFINITY),
                         |(a, b), (i, &v)| if v > b { (i, v) } else { (a, b) },
                     );
-            // The top class's map; multi-label: one per label above 0.5 (the top one when
-            // none is), named after the label.
             let cam = match (&head, &features, cam) {
                 (Some(h), Some((f, side)), Some(dir)) => {
-                    let mut drawn = Vec::new();
-                    let chosen: Vec<usize> = match cfg.multi_label {
-                        true => (0..probs.len()).filter(|&i| probs[i] > 0.5).collect(),
-                        false => Vec::new(),
-                    };
-                    let tag = |c: usize| match cfg.multi_label {
-                        true => Some(names.get(c).cloned().unwrap_or_else(|| c.to_string())),
-                        false => None,
-                    };
-                    let classes = if chosen.is_empty() {
-                        vec![class]
-                    } else {
-                        chosen
-                    };
-                    for c in classes {
-                        let at = (slot, batch as usize);
-                        drawn.push(write_cam(h, f, *side, at, c, path, (dir, tag(c)))?);
-                    }
-                    drawn.into_iter().next()
+                    let at = (slot, batch as usize);
+                    Some(write_cams(
+                        h,
+                        (f, *side),
+                        at,
+                        (&probs, class),
+                        path,
+                        dir,
+                        &ck,
+                    )?)
                 }
                 _ => None,
             };
@@ -132,6 +108,59 @@ pub fn predict(
         }
     }
     Ok(out)
+}
+
+/// The network's input for `paths` (C, n, H, W), each image prepared as `ck`'s evaluation
+/// prepares it: ImageNet's transform where the run trained with its crops (resized to
+/// 256/224 of the input, then the center), and its normalization.
+fn batch_input(ck: &Checkpoint, paths: &[PathBuf], n: usize) -> Result<Vec<f32>> {
+    let (c, size) = (ck.config.in_channels as usize, ck.config.image_size);
+    let plane = (size * size) as usize;
+    let mut x = vec![0f32; c * n * plane];
+    let stored = ck.recipe.augment.load_size(size);
+    for (slot, path) in paths.iter().enumerate() {
+        let mut img = resize::center_crop(&load_image(path, c as u32, stored)?, stored, size);
+        ck.recipe.augment.normalize_planes(&mut img, plane);
+        for ch in 0..c {
+            let dst = (ch * n + slot) * plane;
+            x[dst..dst + plane].copy_from_slice(&img[ch * plane..][..plane]);
+        }
+    }
+    Ok(x)
+}
+
+/// Writes an image's class activation maps into `dir`: the top class's; multi-label, one
+/// per label above 0.5 (the top one when none is), named after the label. Returns the
+/// first map's path.
+fn write_cams(
+    head: &crate::cam::Head,
+    (features, side): (&[f32], usize),
+    at: (usize, usize),
+    (probs, top): (&[f32], usize),
+    path: &Path,
+    dir: &Path,
+    ck: &Checkpoint,
+) -> Result<PathBuf> {
+    let multi = ck.config.multi_label;
+    let chosen: Vec<usize> = match multi {
+        true => (0..probs.len()).filter(|&i| probs[i] > 0.5).collect(),
+        false => Vec::new(),
+    };
+    let classes = if chosen.is_empty() { vec![top] } else { chosen };
+    let tag = |c: usize| {
+        multi.then(|| {
+            ck.class_names
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| c.to_string())
+        })
+    };
+    let mut first = None;
+    for c in classes {
+        let drawn = write_cam(head, features, side, at, c, path, (dir, tag(c)))?;
+        first.get_or_insert(drawn);
+    }
+    Ok(first.expect("at least the top class"))
 }
 
 /// The last dense block's features after an evaluation pass, as f32 (C, N, S, S), and S.

@@ -270,7 +270,6 @@ impl Loader {
     }
 
     /// [`Loader::with_augment`] of one rank's [`Shard`].
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn sharded(
         ds: Arc<Dataset>,
         batch: usize,
@@ -280,6 +279,12 @@ impl Loader {
         shard: Shard,
     ) -> Loader {
         let epoch = Epoch::sharded(ds.len(), batch, order, shard);
+        Self::start(ds, epoch, out, aug)
+    }
+
+    /// Natively: the epoch's batches made ahead on a worker thread.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn start(ds: Arc<Dataset>, epoch: Epoch, out: (u32, u32), aug: Arc<Augment>) -> Loader {
         let batches = epoch.batches;
         let (tx, rx) = sync_channel(2);
         let worker = std::thread::spawn(move || {
@@ -296,17 +301,9 @@ impl Loader {
         }
     }
 
-    /// [`Loader::with_augment`] of one rank's [`Shard`].
+    /// In a browser: each batch made when asked for.
     #[cfg(target_arch = "wasm32")]
-    pub fn sharded(
-        ds: Arc<Dataset>,
-        batch: usize,
-        order: Order,
-        out: (u32, u32),
-        aug: Arc<Augment>,
-        shard: Shard,
-    ) -> Loader {
-        let epoch = Epoch::sharded(ds.len(), batch, order, shard);
+    fn start(ds: Arc<Dataset>, epoch: Epoch, out: (u32, u32), aug: Arc<Augment>) -> Loader {
         Loader {
             batches: epoch.batches,
             inline: Inline {

@@ -104,21 +104,13 @@ impl Collective {
 
     /// Every rank's `mine`, in rank order (lengths may differ).
     pub fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
-        let (n, r) = (self.size(), self.rank());
         let lens = self.all_gather_fixed(&(mine.len() as u64).to_le_bytes())?;
         let mut out: Vec<Vec<u8>> = lens
             .iter()
             .map(|b| vec![0u8; u64::from_le_bytes(b[..8].try_into().expect("8 bytes")) as usize])
             .collect();
-        out[r].copy_from_slice(mine);
-        for s in 0..n - 1 {
-            let (send, recv) = ((r + n - s) % n, (r + 2 * n - s - 1) % n);
-            let outgoing = out[send].clone();
-            self.transport.exchange(
-                Some((self.next(), &outgoing)),
-                Some((self.prev(), &mut out[recv])),
-            )?;
-        }
+        out[self.rank()].copy_from_slice(mine);
+        self.ring_gather(&mut out)?;
         Ok(out)
     }
 
@@ -127,15 +119,23 @@ impl Collective {
         let (n, r) = (self.size(), self.rank());
         let mut out = vec![vec![0u8; mine.len()]; n];
         out[r].copy_from_slice(mine);
+        self.ring_gather(&mut out)?;
+        Ok(out)
+    }
+
+    /// Fills `blocks` (one per rank, each sized, this rank's own filled in) around the ring:
+    /// at step s each rank passes on the block it received at step s - 1.
+    fn ring_gather(&self, blocks: &mut [Vec<u8>]) -> Result<()> {
+        let (n, r) = (self.size(), self.rank());
         for s in 0..n - 1 {
             let (send, recv) = ((r + n - s) % n, (r + 2 * n - s - 1) % n);
-            let outgoing = out[send].clone();
+            let outgoing = blocks[send].clone();
             self.transport.exchange(
                 Some((self.next(), &outgoing)),
-                Some((self.prev(), &mut out[recv])),
+                Some((self.prev(), &mut blocks[recv])),
             )?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Rank 0's `data` on every rank (the others' is replaced), passed along the chain.

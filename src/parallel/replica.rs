@@ -131,9 +131,22 @@ pub struct Replica {
 
 /// A copy submitted and its map requested: ready once the receiver answers.
 struct Mapped {
-    bucket: usize,
     done: Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
     index: wgpu::SubmissionIndex,
+}
+
+impl Mapped {
+    /// Submits `enc` and asks for the first `bytes` of `staging` to be mapped after it.
+    fn submit(gpu: &Gpu, enc: wgpu::CommandEncoder, staging: &wgpu::Buffer, bytes: u64) -> Self {
+        let index = gpu.queue.submit([enc.finish()]);
+        let (tx, done) = channel();
+        staging
+            .slice(..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        Mapped { done, index }
+    }
 }
 
 fn mapped_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
@@ -208,14 +221,14 @@ impl Replica {
             encode(&cmds[pos..at], &mut enc);
             pos = at;
             match bucket {
-                Some(b) => pending.push_back(self.copy_bucket(gpu, plan, enc, b)?),
+                Some(b) => pending.push_back((b, self.copy_bucket(gpu, plan, enc, b)?)),
                 None => {
                     let Cmd::Sync(sync) = &cmds[at] else {
                         unreachable!("events hold the indices of syncs");
                     };
-                    let index = self.copy_sync(gpu, plan, enc, sync)?;
+                    let mapped = self.copy_sync(gpu, plan, enc, sync)?;
                     self.reduce(gpu, plan, comm, &mut pending)?;
-                    self.agree(gpu, plan, comm, sync, index)?;
+                    self.agree(gpu, plan, comm, sync, mapped)?;
                     pos = at + 1;
                 }
             }
@@ -258,19 +271,8 @@ impl Replica {
             );
             at += hi - lo;
         }
-        let len = self.buckets[b].len();
-        let index = gpu.queue.submit([enc.finish()]);
-        let (tx, done) = channel();
-        self.staging[b]
-            .slice(..4 * len)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-        Ok(Mapped {
-            bucket: b,
-            done,
-            index,
-        })
+        let bytes = 4 * self.buckets[b].len();
+        Ok(Mapped::submit(gpu, enc, &self.staging[b], bytes))
     }
 
     /// Averages every pending bucket over the ranks, in order, and writes it back.
@@ -279,13 +281,13 @@ impl Replica {
         gpu: &Gpu,
         plan: &Plan,
         comm: &Collective,
-        pending: &mut VecDeque<Mapped>,
+        pending: &mut VecDeque<(usize, Mapped)>,
     ) -> Result<()> {
         let grads = plan.buffers.grads.as_ref().expect("a training plan");
-        while let Some(m) = pending.pop_front() {
-            let bucket = &self.buckets[m.bucket];
+        while let Some((b, m)) = pending.pop_front() {
+            let bucket = &self.buckets[b];
             let waited = Instant::now();
-            let mut values = read_mapped(gpu, &self.staging[m.bucket], m, bucket.len())?;
+            let mut values = read_mapped(gpu, &self.staging[b], m, bucket.len())?;
             self.time.wait_secs += waited.elapsed().as_secs_f64();
             let reducing = Instant::now();
             comm.all_reduce_mean(&mut values)?;
@@ -318,20 +320,21 @@ impl Replica {
         })
     }
 
-    /// Submits `enc` with the agreement's two ranges copied out after it.
+    /// Submits `enc` with the agreement's two ranges copied out after it, and asks for the
+    /// map.
     fn copy_sync(
         &self,
         gpu: &Gpu,
         plan: &Plan,
         mut enc: wgpu::CommandEncoder,
         sync: &Sync,
-    ) -> Result<wgpu::SubmissionIndex> {
+    ) -> Result<Mapped> {
         let (Sync::BnStats { len, .. } | Sync::BnSums { len, .. }) = *sync;
         let staging = self.sync_staging.as_ref().expect("sized for every sync");
         for (i, (buffer, from)) in Self::sync_ranges(plan, sync)?.into_iter().enumerate() {
             enc.copy_buffer_to_buffer(buffer, 4 * from, staging, 4 * len * i as u64, 4 * len);
         }
-        Ok(gpu.queue.submit([enc.finish()]))
+        Ok(Mapped::submit(gpu, enc, staging, 8 * len))
     }
 
     /// Reads an agreement's ranges, replaces them by the ranks' common values and writes
@@ -342,22 +345,11 @@ impl Replica {
         plan: &Plan,
         comm: &Collective,
         sync: &Sync,
-        index: wgpu::SubmissionIndex,
+        mapped: Mapped,
     ) -> Result<()> {
         let (Sync::BnStats { len, .. } | Sync::BnSums { len, .. }) = *sync;
         let staging = self.sync_staging.as_ref().expect("sized for every sync");
-        let (tx, done) = channel();
-        staging
-            .slice(..8 * len)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-        let m = Mapped {
-            bucket: 0,
-            done,
-            index,
-        };
-        let mut values = read_mapped(gpu, staging, m, 2 * len)?;
+        let mut values = read_mapped(gpu, staging, mapped, 2 * len)?;
         let reducing = Instant::now();
         match sync {
             Sync::BnStats { .. } => {

@@ -11,11 +11,11 @@ use crate::data::augment::Augment;
 use crate::data::loader::{Batch, Loader, Order, Shard};
 use crate::data::Dataset;
 use crate::evaluate::{evaluate_shard, Breakdown, ShardEval};
-use crate::gpu::{Gpu, InFlight};
+use crate::gpu::{Gpu, GpuBuffer, InFlight};
 use crate::model::Plan;
 use crate::parallel::replica::Replica;
 use crate::parallel::simulate::Simulated;
-use crate::parallel::{Ranks, DEFAULT_BUCKET_MIB};
+use crate::parallel::{Collective, Ranks, DEFAULT_BUCKET_MIB};
 
 /// Where the replicas of a run are.
 pub enum Spread {
@@ -100,12 +100,7 @@ impl Spread {
             Some(&b.running_var),
         ];
         for buf in floats.into_iter().flatten() {
-            let mut bytes = match r.comm.rank() {
-                0 => bytemuck::cast_slice(&gpu.read_all::<f32>(buf)?).to_vec(),
-                _ => Vec::new(),
-            };
-            r.comm.broadcast(&mut bytes)?;
-            gpu.write::<f32>(buf, &bytemuck::pod_collect_to_vec(&bytes))?;
+            broadcast_floats(gpu, &r.comm, buf)?;
         }
         if let Some(s) = plan.read_loss_scale(gpu)? {
             let mut bytes = bytemuck::cast_slice(&s.to_words()).to_vec();
@@ -126,9 +121,7 @@ impl Spread {
             return Ok(());
         };
         for buf in [&plan.buffers.running_mean, &plan.buffers.running_var] {
-            let mut bytes = bytemuck::cast_slice(&gpu.read_all::<f32>(buf)?).to_vec();
-            r.comm.broadcast(&mut bytes)?;
-            gpu.write::<f32>(buf, &bytemuck::pod_collect_to_vec(&bytes))?;
+            broadcast_floats(gpu, &r.comm, buf)?;
         }
         Ok(())
     }
@@ -163,6 +156,17 @@ impl Spread {
             acc
         }))
     }
+}
+
+/// Rank 0's values of an f32 buffer on every rank (only rank 0 reads it back).
+fn broadcast_floats(gpu: &Gpu, comm: &Collective, buf: &GpuBuffer) -> Result<()> {
+    let mut bytes = match comm.rank() {
+        0 => bytemuck::cast_slice(&gpu.read_all::<f32>(buf)?).to_vec(),
+        _ => Vec::new(),
+    };
+    comm.broadcast(&mut bytes)?;
+    gpu.write::<f32>(buf, &bytemuck::pod_collect_to_vec(&bytes))?;
+    Ok(())
 }
 
 /// An epoch's training batches and steps, per spread.
